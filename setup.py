@@ -1,0 +1,31 @@
+"""ament_python build of cobot_hybrid (also installs editable into a plain venv)."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = 'cobot_hybrid'
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    packages=find_packages(include=['cobot_hybrid_*']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
+        (f'share/{PACKAGE}', ['package.xml']),
+        (f'share/{PACKAGE}/launch', glob('launch/*.launch.py')),
+        (f'share/{PACKAGE}/config', glob('config/*.yaml') + glob('config/*.xml')),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=True,
+    maintainer='cobot_hybrid maintainers',
+    maintainer_email='maintainers@cobot-hybrid.invalid',
+    description='Cloud-edge hybrid AI suite for collaborative robots (ROS 2).',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    entry_points={
+        'console_scripts': [
+            'image_source_node = cobot_hybrid_perception.nodes.image_source_node:main',
+        ],
+    },
+)
