@@ -156,7 +156,7 @@ def image_fields(array: npt.NDArray[Any], encoding: str) -> ImageFields:
         raise ImageConversionError(
             f'array of shape {array.shape} does not fit encoding {encoding} '
             f'({info.channels} channel(s)); expected (height, width'
-            f'{", %d" % info.channels if info.channels > 1 else ""})')
+            f'{f", {info.channels}" if info.channels > 1 else ""})')
     if array.dtype.kind != info.dtype.kind or array.dtype.itemsize != info.dtype.itemsize:
         raise ImageConversionError(
             f'array dtype {array.dtype} does not fit encoding {encoding} ({info.dtype}); '

@@ -1,0 +1,288 @@
+"""Shared fixtures: isolated ROS contexts, ROS processes, a real mosquitto on 127.0.0.1.
+
+Every ROS participant the suite creates (in this process or a child) gets
+``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, the loopback Fast DDS profile in ``config/`` and a
+``ROS_DOMAIN_ID`` of its own test, so parallel workers never see each other's traffic.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FASTDDS_PROFILE = ROOT / 'config' / 'fastdds_loopback.xml'
+PROCS = Path(__file__).resolve().parent / 'procs'
+DOMAINS_PER_WORKER = 24
+
+
+def _configure_ros_environment() -> None:
+    """Set the DDS environment before anything in this process creates a participant."""
+    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = str(FASTDDS_PROFILE)
+    os.environ['RMW_IMPLEMENTATION'] = 'rmw_fastrtps_cpp'
+    os.environ.pop('ROS_LOCALHOST_ONLY', None)  # ignored by Kilted; never rely on it
+    os.environ.pop('ROS_STATIC_PEERS', None)
+    os.environ['PYTHONUNBUFFERED'] = '1'
+    if 'ROS_LOG_DIR' not in os.environ:
+        os.environ['ROS_LOG_DIR'] = tempfile.mkdtemp(prefix='cobot_hybrid_roslog_')
+    prefixes = [p for p in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep) if p]
+    if sys.prefix not in prefixes:
+        os.environ['AMENT_PREFIX_PATH'] = os.pathsep.join([sys.prefix, *prefixes])
+
+
+_configure_ros_environment()
+
+
+def _worker_index() -> int:
+    worker = os.environ.get('PYTEST_XDIST_WORKER', 'gw0')
+    return int(worker[2:]) if worker.startswith('gw') and worker[2:].isdigit() else 0
+
+
+# Domain ids 1..96: each xdist worker owns a block of 24, each test takes the next id in it.
+_domain_counter = itertools.count()
+
+
+@pytest.fixture
+def ros_domain_id() -> int:
+    """A ROS_DOMAIN_ID used by this test alone (among those running at the same time)."""
+    block = _worker_index() % 4
+    return 1 + block * DOMAINS_PER_WORKER + next(_domain_counter) % DOMAINS_PER_WORKER
+
+
+@pytest.fixture
+def ros_context(ros_domain_id: int) -> Iterator[Any]:
+    """An initialised rclpy context on the test's own domain, shut down afterwards."""
+    import rclpy
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=ros_domain_id)
+    try:
+        yield context
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+@dataclass
+class NodeHarness:
+    """A node in the test process with an executor to spin it until a condition holds."""
+
+    node: Any
+    executor: Any
+
+    def spin_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Spin until ``predicate()`` is true or the timeout passes; return the predicate."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            self.executor.spin_once(timeout_sec=0.05)
+        return bool(predicate())
+
+    def spin_for(self, duration_s: float) -> None:
+        """Spin for a fixed time (to let messages that should not come arrive)."""
+        deadline = time.monotonic() + duration_s
+        while time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.05)
+
+
+@pytest.fixture
+def make_node(ros_context: Any) -> Iterator[Callable[[str], NodeHarness]]:
+    """Factory of test-process nodes in the test's context (destroyed at teardown)."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+
+    created: list[NodeHarness] = []
+
+    def factory(name: str) -> NodeHarness:
+        node = Node(name, context=ros_context)
+        executor = SingleThreadedExecutor(context=ros_context)
+        executor.add_node(node)
+        harness = NodeHarness(node, executor)
+        created.append(harness)
+        return harness
+
+    yield factory
+    for harness in created:
+        harness.executor.remove_node(harness.node)
+        harness.executor.shutdown()
+        harness.node.destroy_node()
+
+
+@dataclass
+class ChildProcess:
+    """A process the test started, with its output in a log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    killed: bool = field(default=False)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors='replace') if self.log_path.exists() else ''
+
+    def wait(self, timeout_s: float) -> int:
+        return self.popen.wait(timeout=timeout_s)
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGINT (like Ctrl-C under ros2 launch), then SIGKILL if it does not exit."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+            try:
+                self.popen.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(timeout=10)
+            self.killed = True
+
+
+def child_env(domain_id: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of a ROS child process: the suite's DDS settings plus its domain."""
+    env = dict(os.environ)
+    env['ROS_DOMAIN_ID'] = str(domain_id)
+    env.update(extra or {})
+    return env
+
+
+def clean_fastdds_shm() -> None:
+    """Remove shared-memory segments left by processes that were SIGKILLed."""
+    tool = shutil.which('fastdds', path=str(Path(sys.executable).parent))
+    if tool:
+        subprocess.run([tool, 'shm', 'clean'], capture_output=True, timeout=30, check=False)
+
+
+@pytest.fixture
+def ros_process(ros_domain_id: int, tmp_path: Path) -> Iterator[Callable[..., ChildProcess]]:
+    """Factory: start ``python -m module`` or ``python script`` as a separate ROS process."""
+    started: list[ChildProcess] = []
+
+    def start(target: str, *args: str, name: str | None = None,
+              env: dict[str, str] | None = None) -> ChildProcess:
+        if target.endswith('.py'):
+            script = Path(target)
+            command = [sys.executable, str(script if script.is_absolute() else PROCS / script)]
+        else:
+            command = [sys.executable, '-m', target]
+        label = name or Path(target).stem.split('.')[-1]
+        log_path = tmp_path / f'{label}-{len(started)}.log'
+        with log_path.open('wb') as log_file:
+            popen = subprocess.Popen([*command, *args], stdout=log_file,
+                                     stderr=subprocess.STDOUT, cwd=tmp_path,
+                                     env=child_env(ros_domain_id, env))
+        child = ChildProcess(label, popen, log_path)
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        child.stop(timeout_s=5.0)
+    if any(child.killed for child in started):
+        clean_fastdds_shm()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float = 10.0, host: str = '127.0.0.1') -> bool:
+    """Poll until something accepts TCP connections on host:port."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+@dataclass
+class MosquittoBroker:
+    """A real mosquitto on 127.0.0.1 with persistence in a temp dir (restartable)."""
+
+    port: int
+    data_dir: Path
+    config_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+    host: str = '127.0.0.1'
+
+    def start(self) -> None:
+        binary = shutil.which('mosquitto') or '/usr/sbin/mosquitto'
+        log = (self.data_dir / 'stdout.log').open('ab')
+        self.popen = subprocess.Popen([binary, '-c', str(self.config_path)], stdout=log,
+                                      stderr=subprocess.STDOUT)
+        if not wait_for_port(self.port):
+            self.stop()
+            raise RuntimeError(f'mosquitto did not listen on {self.host}:{self.port}; log:\n'
+                               + (self.data_dir / 'mosquitto.log').read_text(errors='replace'))
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+        self.popen = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def _mosquitto_available() -> bool:
+    return bool(shutil.which('mosquitto') or Path('/usr/sbin/mosquitto').exists())
+
+
+@pytest.fixture
+def mosquitto_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """Start mosquitto on a free loopback port; stop it after the test."""
+    if not _mosquitto_available():
+        pytest.fail('mosquitto is not installed: run `make setup` (apt-get install mosquitto)')
+    data_dir = tmp_path / 'mosquitto'
+    data_dir.mkdir()
+    port = free_port()
+    config_path = data_dir / 'mosquitto.conf'
+    config_path.write_text(
+        f'listener {port} 127.0.0.1\n'
+        'allow_anonymous true\n'
+        'persistence true\n'
+        f'persistence_location {data_dir}/\n'
+        'autosave_interval 1\n'
+        # Started as root, mosquitto drops to user "mosquitto", which cannot write our temp dir.
+        f'user {pwd.getpwuid(os.getuid()).pw_name}\n'
+        f'log_dest file {data_dir}/mosquitto.log\n'
+        'log_type error\nlog_type warning\nlog_type notice\n')
+    broker = MosquittoBroker(port=port, data_dir=data_dir, config_path=config_path)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
