@@ -38,7 +38,7 @@ demo: setup
 
 constraints: setup
 	(echo '# Exact versions tested (pip freeze after `make setup`); applied with -c. Regenerate: make constraints'; \
-	    $(PY) -m pip freeze --exclude-editable | grep -v '^cobot') > requirements/constraints.txt
+	    $(PY) -m pip freeze --all --exclude-editable | grep -v '^cobot') > requirements/constraints.txt
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,8 +1,7 @@
 """Child process: publish a fixed vision_msgs/Detection2DArray once a subscriber matched."""
 
-import time
-
 import rclpy
+from matched_publish import publish_when_matched
 from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
 rclpy.init()
@@ -27,14 +26,6 @@ for i, (cls, score) in enumerate([('person', 0.91), ('person', 0.42), ('cup', 0.
     hyp.pose.pose.position.z = 1.5 * (i + 1)
     det.results.append(hyp)
     msg.detections.append(det)
-deadline = time.monotonic() + 20.0
-while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
-    rclpy.spin_once(node, timeout_sec=0.05)
-for _ in range(3):
-    pub.publish(msg)
-    rclpy.spin_once(node, timeout_sec=0.1)
-deadline = time.monotonic() + 20.0
-while pub.get_subscription_count() > 0 and time.monotonic() < deadline:
-    rclpy.spin_once(node, timeout_sec=0.05)
+publish_when_matched(node, pub, lambda: msg, count=3, period_s=0.1)
 node.destroy_node()
 rclpy.try_shutdown()

@@ -4,10 +4,10 @@ Publishing starts once a subscriber has matched.
 """
 
 import argparse
-import time
 
 import numpy as np
 import rclpy
+from matched_publish import publish_when_matched
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
@@ -34,17 +34,13 @@ else:
     msg_type = Image
 pub = node.create_publisher(msg_type, args.topic,
                             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-deadline = time.monotonic() + 20.0
-while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
-    rclpy.spin_once(node, timeout_sec=0.05)
-for _ in range(args.count):
+
+
+def _stamped() -> Image | CompressedImage:
     msg.header.stamp = node.get_clock().now().to_msg()
-    pub.publish(msg)
-    rclpy.spin_once(node, timeout_sec=0.05)
-# Stay until the subscriber has gone (it got what it needed) or a deadline passes, so reliable
-# delivery of the last sample is not cut short by our exit.
-deadline = time.monotonic() + 20.0
-while pub.get_subscription_count() > 0 and time.monotonic() < deadline:
-    rclpy.spin_once(node, timeout_sec=0.05)
+    return msg
+
+
+publish_when_matched(node, pub, _stamped, args.count)
 node.destroy_node()
 rclpy.try_shutdown()
