@@ -190,6 +190,7 @@ class ImageSourceConfig:
     frame_id: str = 'camera_optical_frame'
     loop: bool = True
     max_frames: int = 0
+    wait_for_subscribers: bool = False
 
     def __post_init__(self) -> None:
         if not self.source:

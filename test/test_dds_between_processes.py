@@ -107,3 +107,23 @@ def test_detection2darray_crosses_processes(make_node: Any, ros_process: Any) ->
         ('track-1', 'person', 0.42, 110.0, 200.5, 41.0, 80.25, 3.0),
         ('track-2', 'cup', 0.77, 120.0, 200.5, 42.0, 80.25, 4.5),
     ]
+
+
+def test_finite_source_waits_for_a_subscriber_and_loses_no_frame(make_node: Any,
+                                                                 ros_process: Any) -> None:
+    import time
+
+    from sensor_msgs.msg import Image
+
+    node = ros_process('cobot_hybrid_perception.nodes.image_source_node', '--ros-args',
+                       '-p', 'source:=samples', '-p', 'rate_hz:=50.0', '-p', 'max_frames:=4',
+                       '-p', 'wait_for_subscribers:=true')
+    time.sleep(1.0)  # the source is up and ticking with nobody listening yet
+    assert node.popen.poll() is None, node.log()
+    harness = make_node('late_receiver')
+    received = _collect(harness, Image, 'image')
+    assert harness.spin_until(lambda: node.popen.poll() is not None, 30.0), node.log()
+    harness.spin_for(0.5)
+    assert node.popen.returncode == 0, node.log()
+    assert len(received) == 4
+    assert [m.width for m in received[:3]] == [512, 512, 600]  # astronaut, camera, coffee

@@ -101,11 +101,15 @@ def main() -> int:
     source = subprocess.Popen(
         [sys.executable, '-m', 'cobot_hybrid_perception.nodes.image_source_node', '--ros-args',
          '-p', 'source:=samples', '-p', f'rate_hz:={args.rate}',
-         '-p', f'max_frames:={args.frames}', '--log-level', 'warn'])
+         '-p', f'max_frames:={args.frames}', '-p', 'wait_for_subscribers:=true',
+         '--log-level', 'warn'])
     rows, latencies, raw_bytes, jpeg_bytes = [], [], 0, 0
     deadline = time.monotonic() + 30 + args.frames / args.rate
     try:
         while len(rows) < args.frames and time.monotonic() < deadline:
+            if source.poll() is not None and not frames:
+                # The source has finished: give in-flight frames a moment, then stop waiting.
+                deadline = min(deadline, time.monotonic() + 2.0)
             rclpy.spin_once(node, timeout_sec=0.1)
             while frames:
                 arrived, msg = frames.pop(0)

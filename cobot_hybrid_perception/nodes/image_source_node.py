@@ -2,12 +2,15 @@
 
 A stand-in camera for demos, tests and benchmarks. Publishes ``image``
 (``sensor_msgs/Image``, reliable, depth 5, so both reliable and best-effort subscribers match)
-at ``rate_hz``; with ``max_frames`` > 0 it exits after that many frames.
+at ``rate_hz``; with ``max_frames`` > 0 it exits after that many frames. With
+``wait_for_subscribers`` it starts once a subscriber has matched, so none of a finite run is
+published into the void.
 """
 
 from __future__ import annotations
 
 import rclpy
+from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -30,6 +33,8 @@ PARAMS = (
     ParamSpec('loop', 'restart the source when it ends', read_only=True),
     ParamSpec('max_frames', 'stop after this many frames (0 = never)', read_only=True,
               min_value=0, max_value=2**31 - 1),
+    ParamSpec('wait_for_subscribers', 'hold the first frame until a subscriber matched '
+              '(demos and benchmarks; a camera does not wait)'),
 )
 
 
@@ -54,10 +59,15 @@ class ImageSourceNode(Node):
         self._timer.timer_period_ns = int(1e9 / cfg.rate_hz)
 
     def _tick(self) -> None:
+        if self._params.config.wait_for_subscribers and self._pub.get_subscription_count() == 0:
+            return
         frame = next(self._frames, None)
         if frame is None:
-            self.get_logger().info(f'source ended after {self._published} frames')
             self._timer.cancel()
+            # Reliable delivery of the last frames needs this process alive until acked.
+            acked = self._pub.wait_for_all_acked(Duration(seconds=5.0))
+            self.get_logger().info(f'source ended after {self._published} frames'
+                                   f'{"" if acked else " (not all acknowledged in 5 s)"}')
             self.finished.set_result(self._published)
             return
         header = Header(stamp=self.get_clock().now().to_msg(),
