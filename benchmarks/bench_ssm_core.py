@@ -1,0 +1,53 @@
+"""SSM core decision time for 1, 5 and 20 people (p50 / p99 over many evaluations).
+
+Run: .venv/bin/python benchmarks/bench_ssm_core.py [--evaluations N]
+Prints a table; asserts nothing (targets are judged by a person reading it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+from cobot_hybrid_perception.ssm import Perception, Person, RobotState, SafetyMonitor, SsmConfig
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def bench(people_count: int, evaluations: int, seed: int = 0) -> tuple[float, float]:
+    """Return (p50, p99) decision time in microseconds."""
+    rng = random.Random(seed)
+    cfg = SsmConfig()
+    monitor = SafetyMonitor(cfg)
+    robot = RobotState(0.1, 0.0, 0.8, speed_mps=0.3)
+    dt, now, times = 0.02, 0.0, []
+    for _ in range(evaluations):
+        crowd = [Person(rng.uniform(0.3, 5.0), rng.uniform(-3.0, 3.0), 0.0,
+                        rng.uniform(0.0, 0.2), f'p{i}') for i in range(people_count)]
+        perception = Perception(now, crowd)
+        start = time.perf_counter()
+        monitor.evaluate(now, perception, robot)
+        times.append((time.perf_counter() - start) * 1e6)
+        now += dt
+    return statistics.median(times), _percentile(times, 0.99)
+
+
+def main() -> None:
+    """Print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--evaluations', type=int, default=20000)
+    args = parser.parse_args()
+    print(f'SSM core decision time, {args.evaluations} evaluations each (target p99 <= 1000 us)')
+    print(f'{"people":>6} {"p50 [us]":>9} {"p99 [us]":>9}')
+    for count in (1, 5, 20):
+        p50, p99 = bench(count, args.evaluations)
+        print(f'{count:>6} {p50:>9.1f} {p99:>9.1f}')
+
+
+if __name__ == '__main__':
+    main()
