@@ -127,3 +127,31 @@ def test_finite_source_waits_for_a_subscriber_and_loses_no_frame(make_node: Any,
     assert node.popen.returncode == 0, node.log()
     assert len(received) == 4
     assert [m.width for m in received[:3]] == [512, 512, 600]  # astronaut, camera, coffee
+
+
+def test_live_parameter_changes_respect_ranges_and_read_only(make_node: Any,
+                                                            ros_process: Any) -> None:
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    node = ros_process('cobot_hybrid_perception.nodes.image_source_node', '--ros-args',
+                       '-p', 'source:=sample:coffee', '-p', 'rate_hz:=5.0')
+    harness = make_node('param_client')
+    client = harness.node.create_client(SetParameters, '/image_source_node/set_parameters')
+    assert harness.spin_until(client.service_is_ready, 30.0), node.log()
+
+    def set_param(name: str, value: ParameterValue) -> Any:
+        future = client.call_async(SetParameters.Request(
+            parameters=[Parameter(name=name, value=value)]))
+        assert harness.spin_until(future.done, 10.0)
+        return future.result().results[0]
+
+    double = ParameterType.PARAMETER_DOUBLE
+    ok = set_param('rate_hz', ParameterValue(type=double, double_value=20.0))
+    assert ok.successful, ok.reason
+    too_fast = set_param('rate_hz', ParameterValue(type=double, double_value=500.0))
+    assert not too_fast.successful and 'rate_hz' in too_fast.reason
+    read_only = set_param('source', ParameterValue(type=ParameterType.PARAMETER_STRING,
+                                                   string_value='samples'))
+    assert not read_only.successful
+    assert node.popen.poll() is None, node.log()
