@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = frozenset({'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp'})
+#: Encodings a frame source can produce (8-bit colour or mono).
+FRAME_ENCODINGS = ('bgr8', 'rgb8', 'mono8')
 VIDEO_SUFFIXES = frozenset({'.mp4', '.avi', '.mkv', '.mov', '.webm', '.mpg', '.mpeg'})
 
 #: name -> (python package, file inside it, people in the photo)
@@ -98,9 +100,13 @@ def load_image(path: str | Path, encoding: str = 'bgr8') -> npt.NDArray[Any]:
     return _to_encoding(pixels, encoding)
 
 
-def _to_encoding(bgr: npt.NDArray[Any], encoding: str) -> npt.NDArray[Any]:
-    if encoding not in ('bgr8', 'rgb8', 'mono8'):
+def _require_frame_encoding(encoding: str) -> None:
+    if encoding not in FRAME_ENCODINGS:
         raise MediaSourceError(f'frame sources produce bgr8, rgb8 or mono8, not {encoding!r}')
+
+
+def _to_encoding(bgr: npt.NDArray[Any], encoding: str) -> npt.NDArray[Any]:
+    _require_frame_encoding(encoding)
     return np.ascontiguousarray(convert_color(bgr, 'bgr8', encoding))
 
 
@@ -151,8 +157,7 @@ def iter_frames(spec: str, encoding: str = 'bgr8', loop: bool = False,
     The source is resolved now, so a missing file or unknown sample raises here, not on the
     first frame.
     """
-    if encoding not in ('bgr8', 'rgb8', 'mono8'):
-        raise MediaSourceError(f'frame sources produce bgr8, rgb8 or mono8, not {encoding!r}')
+    _require_frame_encoding(encoding)
     return _generate(_resolve(spec), encoding, loop, max_frames)
 
 
@@ -197,7 +202,7 @@ class ImageSourceConfig:
             raise ConfigError('source is empty; use "samples", "sample:<name>" or a path')
         if not 0.1 <= self.rate_hz <= 240.0:
             raise ConfigError(f'rate_hz {self.rate_hz} outside 0.1..240 Hz')
-        if self.encoding not in ('bgr8', 'rgb8', 'mono8'):
+        if self.encoding not in FRAME_ENCODINGS:
             raise ConfigError(f'encoding {self.encoding!r}: use bgr8, rgb8 or mono8')
         if self.max_frames < 0:
             raise ConfigError(f'max_frames {self.max_frames} < 0 (0 means unlimited)')
