@@ -281,23 +281,24 @@ class SafetyMonitor:
         cfg = self.cfg
         raw = raw_held = 1.0
         closest, required, v_allowed, worst = math.inf, 0.0, cfg.robot_max_speed_mps, ''
-        iso_violation = False
+        violation: tuple[float, float, str] | None = None  # (separation, S_p, label)
         for person in perception.people:
             d = math.hypot(person.x - robot.x, person.y - robot.y)
             s_p = protective_separation(d, robot.speed_mps, cfg, person.uncertainty_m)
             v = allowed_speed(d, cfg, person.uncertainty_m)
             v_held = allowed_speed(max(0.0, d - cfg.hysteresis_m), cfg, person.uncertainty_m)
-            iso_violation = iso_violation or d < s_p
+            if d < s_p and (violation is None or s_p - d > violation[1] - violation[0]):
+                violation = (d, s_p, person.label)
             if v < v_allowed or (v == v_allowed and d < closest):
                 v_allowed, required, worst = v, s_p, person.label
             closest = min(closest, d)
             raw = min(raw, v / cfg.robot_max_speed_mps)
             raw_held = min(raw_held, v_held / cfg.robot_max_speed_mps)
-        if iso_violation:
+        if violation is not None:
             raw = raw_held = 0.0
         self._apply(now_s, raw, raw_held)
         return self._report(closest, required, min(v_allowed, cfg.robot_max_speed_mps), worst,
-                            iso_violation, robot)
+                            violation, robot)
 
     def _apply(self, now_s: float, raw: float, raw_held: float) -> None:
         if raw < self._scale:
@@ -314,13 +315,15 @@ class SafetyMonitor:
             self._hold = _Hold()
 
     def _report(self, closest: float, required: float, v_allowed: float, worst: str,
-                iso_violation: bool, robot: RobotState) -> Decision:
+                violation: tuple[float, float, str] | None,
+                robot: RobotState) -> Decision:
         scale = self._scale
         if scale <= 0.0:
             state = SafetyState.PROTECTIVE_STOP
-            if iso_violation:
-                reason = (f'separation {closest:.2f} m < S_p {required:.2f} m at robot speed '
-                          f'{robot.speed_mps:.2f} m/s (person {worst!r})')
+            if violation is not None:
+                separation, s_p, label = violation
+                reason = (f'separation {separation:.2f} m < S_p {s_p:.2f} m at robot speed '
+                          f'{robot.speed_mps:.2f} m/s (person {label!r})')
             else:
                 reason = f'person {worst!r} too close: no robot speed is safe at {closest:.2f} m'
         elif scale < 1.0:
