@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,27 +24,14 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FASTDDS_PROFILE = ROOT / 'config' / 'fastdds_loopback.xml'
+sys.path.insert(0, str(ROOT / 'tools'))
+from loopback_env import configure_ros_environment  # noqa: E402
+
 PROCS = Path(__file__).resolve().parent / 'procs'
 DOMAINS_PER_WORKER = 24
 
 
-def _configure_ros_environment() -> None:
-    """Set the DDS environment before anything in this process creates a participant."""
-    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = str(FASTDDS_PROFILE)
-    os.environ['RMW_IMPLEMENTATION'] = 'rmw_fastrtps_cpp'
-    os.environ.pop('ROS_LOCALHOST_ONLY', None)  # ignored by Kilted; never rely on it
-    os.environ.pop('ROS_STATIC_PEERS', None)
-    os.environ['PYTHONUNBUFFERED'] = '1'
-    if 'ROS_LOG_DIR' not in os.environ:
-        os.environ['ROS_LOG_DIR'] = tempfile.mkdtemp(prefix='cobot_hybrid_roslog_')
-    prefixes = [p for p in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep) if p]
-    if sys.prefix not in prefixes:
-        os.environ['AMENT_PREFIX_PATH'] = os.pathsep.join([sys.prefix, *prefixes])
-
-
-_configure_ros_environment()
+configure_ros_environment()
 
 
 def _worker_index() -> int:

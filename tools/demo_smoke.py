@@ -26,15 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _setup_environment(domain_id: int) -> None:
-    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = str(ROOT / 'config' / 'fastdds_loopback.xml')
-    os.environ['RMW_IMPLEMENTATION'] = 'rmw_fastrtps_cpp'
-    os.environ['ROS_DOMAIN_ID'] = str(domain_id)
-    os.environ.pop('ROS_LOCALHOST_ONLY', None)
-    os.environ.setdefault('ROS_LOG_DIR', tempfile.mkdtemp(prefix='cobot_hybrid_demo_log_'))
+sys.path.insert(0, str(ROOT / 'tools'))
+from loopback_env import configure_ros_environment  # noqa: E402
 
 
 def _start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -64,7 +57,7 @@ def main() -> int:
     parser.add_argument('--frames', type=int, default=12, help='frames to send')
     parser.add_argument('--rate', type=float, default=10.0, help='frames per second')
     args = parser.parse_args()
-    _setup_environment(domain_id=77)
+    configure_ros_environment(domain_id=77, log_prefix='cobot_hybrid_demo_')
 
     import paho.mqtt.client as mqtt
     import rclpy
