@@ -26,6 +26,7 @@ setup(
     entry_points={
         'console_scripts': [
             'image_source_node = cobot_hybrid_perception.nodes.image_source_node:main',
+            'safety_monitor_node = cobot_hybrid_perception.nodes.safety_monitor_node:main',
         ],
     },
 )

@@ -60,6 +60,13 @@ class CameraModel:
         """Direction (optical frame: x right, y down, z forward) through pixel (u, v)."""
         return np.array([(u - self.cx) / self.fx, (v - self.cy) / self.fy, 1.0])
 
+    def project(self, point: npt.NDArray[np.float64]) -> tuple[float, float]:
+        """Pixel (u, v) of a point in the optical frame (in front of the camera)."""
+        if point[2] <= 0:
+            raise LocalizationError(f'point {point.tolist()} is behind the camera')
+        return (self.fx * float(point[0]) / float(point[2]) + self.cx,
+                self.fy * float(point[1]) / float(point[2]) + self.cy)
+
 
 @dataclass(frozen=True)
 class RigidTransform:
@@ -88,6 +95,11 @@ class RigidTransform:
     def apply(self, point: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Transform a point (or direction, with ``translation`` ignored by the caller)."""
         result: npt.NDArray[np.float64] = self.rotation @ point + self.translation
+        return result
+
+    def inverse_apply(self, point: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Map a base-frame point back into the source (camera) frame."""
+        result: npt.NDArray[np.float64] = self.rotation.T @ (point - self.translation)
         return result
 
 

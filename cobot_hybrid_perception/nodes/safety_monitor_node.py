@@ -1,0 +1,438 @@
+"""``safety_monitor_node``: ISO/TS 15066 speed-and-separation monitoring, lifecycle node.
+
+Subscribes (relative names):
+
+* ``detections`` (``vision_msgs/Detection2DArray``): people in the camera image; an empty
+  array is a frame with nobody in it, and the detector must publish one per frame;
+* ``keypoints`` (``vision_msgs/Detection2DArray``, optional): per person the COCO-17 keypoints
+  as ``results`` (``class_id`` = keypoint name, ``score`` = confidence, ``pose.position.x/y`` =
+  pixel), matched to ``detections`` by header stamp and detection ``id``;
+* ``camera_info`` (``sensor_msgs/CameraInfo``), ``depth`` (``sensor_msgs/Image``, ``16UC1`` mm
+  or ``32FC1`` m, aligned to the detection image, optional);
+* ``robot_speed`` (``geometry_msgs/TwistStamped`` of the TCP, or ``std_msgs/Float64`` [m/s]
+  when ``robot_speed_type`` is ``scalar``);
+* ``diagnostics`` (``diagnostic_msgs/DiagnosticArray``): statuses named ``detector_node...``
+  at ERROR or STALE mark the detector unhealthy.
+
+Publishes ``speed_scale`` (``std_msgs/Float64`` in [0, 1], as cobot drivers' speed scaling),
+``protective_stop`` (``std_msgs/Bool``), both reliable + transient local, on every input and
+every ``evaluation_period_s``; ``diagnostics`` (state, reason, distances, at 2 Hz and on every
+state change) and ``safety_markers`` (``visualization_msgs/MarkerArray`` of zones and people).
+
+Lifecycle: inputs are wired in ``on_configure``; speed scale is published only while active;
+deactivating publishes a protective stop first. ``autostart`` configures and activates at start.
+Any exception while handling an input stops the robot with the exception as the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import TwistStamped
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (
+    DurabilityPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Bool, ColorRGBA, Float64
+from vision_msgs.msg import Detection2D, Detection2DArray
+from visualization_msgs.msg import Marker, MarkerArray
+
+from cobot_hybrid_perception.errors import PerceptionError
+from cobot_hybrid_perception.nodes.conversions import image_to_numpy
+from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
+from cobot_hybrid_perception.safety_pipeline import (
+    PersonDetection,
+    SafetyConfig,
+    SafetyPipeline,
+    SafetyReport,
+    speed_from_twist,
+)
+from cobot_hybrid_perception.ssm import SafetyState, protective_separation
+
+PARAMS = (
+    ParamSpec('reaction_time_s', 'T_R: sensing + controller reaction [s]', min_value=1e-3,
+              max_value=5.0),
+    ParamSpec('stopping_time_s', 'T_S: robot stopping time from speed [s]', min_value=1e-3,
+              max_value=5.0),
+    ParamSpec('stopping_distance_m', 'S_s from the data sheet [m]; < 0 derives v_r*T_S/2',
+              min_value=-1.0, max_value=5.0),
+    ParamSpec('intrusion_distance_m', 'C: reach beyond the detected point [m]', min_value=0.0,
+              max_value=2.0),
+    ParamSpec('detection_uncertainty_m', 'Z_d: minimum position uncertainty [m]',
+              min_value=0.0, max_value=2.0),
+    ParamSpec('robot_uncertainty_m', 'Z_r: robot position uncertainty [m]', min_value=0.0,
+              max_value=1.0),
+    ParamSpec('human_speed_near_mps', 'human speed within near_distance_m (ISO 13855: 2.0)',
+              min_value=0.1, max_value=5.0),
+    ParamSpec('human_speed_far_mps', 'human speed beyond near_distance_m (ISO 13855: 1.6)',
+              min_value=0.1, max_value=5.0),
+    ParamSpec('near_distance_m', 'separation below which the near human speed applies [m]',
+              min_value=0.0, max_value=5.0),
+    ParamSpec('robot_max_speed_mps', 'TCP speed at speed scale 1.0 [m/s]', min_value=0.01,
+              max_value=10.0),
+    ParamSpec('hysteresis_m', 'separation margin required before speeding up [m]',
+              min_value=0.0, max_value=2.0),
+    ParamSpec('hold_time_s', 'a speed-up must hold this long [s]', min_value=0.0,
+              max_value=10.0),
+    ParamSpec('max_perception_age_s', 'older detections: protective stop [s]', min_value=0.01,
+              max_value=5.0),
+    ParamSpec('fault_recovery_s', 'fresh healthy perception needed after a fault [s]',
+              min_value=0.0, max_value=60.0),
+    ParamSpec('max_clock_step_s', 'larger clock jumps between evaluations: a fault [s]',
+              min_value=0.01, max_value=60.0),
+    ParamSpec('person_class_ids', 'detection class ids that are people'),
+    ParamSpec('min_score', 'ignore person detections scoring below this', min_value=0.0,
+              max_value=1.0),
+    ParamSpec('localization', 'auto (depth when fresh, else floor) | depth | floor'),
+    ParamSpec('camera_to_base', 'camera optical frame pose in the robot base frame '
+              '[x, y, z, qx, qy, qz, qw] (floats)'),
+    ParamSpec('floor_z', 'floor height in the robot base frame [m]', min_value=-10.0,
+              max_value=10.0),
+    ParamSpec('depth_sync_tolerance_s', 'max stamp difference of depth and detections [s]',
+              min_value=1e-3, max_value=1.0),
+    ParamSpec('tcp_xyz', 'point separations are measured to, in the base frame [m] (floats)'),
+    ParamSpec('robot_speed_timeout_s', 'older robot speed: assume robot_max_speed_mps [s]',
+              min_value=1e-3, max_value=10.0),
+    ParamSpec('evaluation_period_s', 'watchdog timer period [s]', read_only=True,
+              min_value=1e-3, max_value=1.0),
+)
+
+_LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+_DIAG_PERIOD_S = 0.5
+_LEVELS = {SafetyState.RUN: DiagnosticStatus.OK, SafetyState.SLOW: DiagnosticStatus.WARN,
+           SafetyState.PROTECTIVE_STOP: DiagnosticStatus.ERROR}
+_COLORS = {SafetyState.RUN: (0.1, 0.8, 0.1), SafetyState.SLOW: (1.0, 0.8, 0.0),
+           SafetyState.PROTECTIVE_STOP: (0.9, 0.1, 0.1)}
+
+
+def _level(level: bytes | int) -> int:
+    """DiagnosticStatus levels are one byte in rclpy; compare them as integers."""
+    return level[0] if isinstance(level, bytes) else int(level)
+
+
+def _seconds(stamp: Time) -> float:
+    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
+
+
+def _to_person_detection(det: Detection2D, keypoints: dict[str, np.ndarray]) -> PersonDetection:
+    if not det.results:
+        raise PerceptionError(f'detection {det.id!r} has no class hypothesis')
+    best = max(det.results, key=lambda r: r.hypothesis.score)
+    cx, cy = det.bbox.center.position.x, det.bbox.center.position.y
+    hw, hh = det.bbox.size_x / 2.0, det.bbox.size_y / 2.0
+    return PersonDetection(best.hypothesis.class_id, float(best.hypothesis.score),
+                           (cx - hw, cy - hh, cx + hw, cy + hh), keypoints.get(det.id), det.id)
+
+
+def _keypoint_table(msg: Detection2DArray) -> dict[str, np.ndarray]:
+    return {det.id: np.array([(r.pose.pose.position.x, r.pose.pose.position.y,
+                               r.hypothesis.score) for r in det.results], dtype=np.float64)
+            for det in msg.detections}
+
+
+class SafetyMonitorNode(LifecycleNode):
+    """Lifecycle shell around :class:`SafetyPipeline`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__('safety_monitor_node', **kwargs)
+        self._params = ParameterBinding(self, SafetyConfig, PARAMS, on_change=self._reconfigure)
+        self.declare_parameter('robot_speed_type', 'twist', ParameterDescriptor(
+            description='twist (geometry_msgs/TwistStamped) | scalar (std_msgs/Float64 m/s)',
+            read_only=True))
+        self.declare_parameter('base_frame', 'base_link', ParameterDescriptor(
+            description='frame_id of the markers (the robot base frame)'))
+        self.declare_parameter('detector_status_prefix', 'detector_node', ParameterDescriptor(
+            description='diagnostic status names of the detector start with this'))
+        self.declare_parameter('autostart', True, ParameterDescriptor(
+            description='configure and activate at start (without a lifecycle manager)',
+            read_only=True))
+        self._pipeline: SafetyPipeline | None = None
+        self._active = False
+        self._entities: list[Any] = []
+        self._keypoints: OrderedDict[tuple[int, int], dict[str, np.ndarray]] = OrderedDict()
+        self._last_state: SafetyState | None = None
+        self._last_diag_s = 0.0
+        self._published = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Build the pipeline and wire the topics."""
+        cfg = self._params.config
+        self._pipeline = SafetyPipeline(cfg)
+        self._scale_pub = self.create_lifecycle_publisher(Float64, 'speed_scale', _LATCHED)
+        self._stop_pub = self.create_lifecycle_publisher(Bool, 'protective_stop', _LATCHED)
+        self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, 'diagnostics', 10)
+        self._marker_pub = self.create_lifecycle_publisher(MarkerArray, 'safety_markers', 1)
+        sensor = qos_profile_sensor_data
+        speed_type = self.get_parameter('robot_speed_type').value
+        if speed_type == 'twist':
+            speed_sub = self.create_subscription(TwistStamped, 'robot_speed',
+                                                 self._guard(self._on_twist), 10)
+        elif speed_type == 'scalar':
+            speed_sub = self.create_subscription(Float64, 'robot_speed',
+                                                 self._guard(self._on_scalar_speed), 10)
+        else:
+            self.get_logger().error(f'robot_speed_type {speed_type!r}: use twist or scalar')
+            return TransitionCallbackReturn.FAILURE
+        self._entities = [
+            self.create_subscription(Detection2DArray, 'detections',
+                                     self._guard(self._on_detections), sensor),
+            self.create_subscription(Detection2DArray, 'keypoints', self._on_keypoints, sensor),
+            self.create_subscription(CameraInfo, 'camera_info',
+                                     self._guard(self._on_camera_info), sensor),
+            self.create_subscription(Image, 'depth', self._guard(self._on_depth), sensor),
+            speed_sub,
+            self.create_subscription(DiagnosticArray, 'diagnostics',
+                                     self._guard(self._on_diagnostics), 10),
+        ]
+        self._timer = self.create_timer(cfg.evaluation_period_s, self._guard(lambda: None))
+        self._timer.cancel()
+        self.get_logger().info(
+            f'configured: localization {cfg.localization}, max perception age '
+            f'{cfg.max_perception_age_s} s, evaluation every {cfg.evaluation_period_s} s')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Start publishing (the monitor starts in PROTECTIVE_STOP)."""
+        result = super().on_activate(state)
+        self._active = True
+        self._timer.reset()
+        self._evaluate()
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop the robot, then stop publishing."""
+        if self._pipeline is not None:
+            self._publish(self._pipeline.fault('safety monitor deactivated'))
+        self._active = False
+        self._timer.cancel()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Drop the topics and the pipeline."""
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop the robot if active, then release everything."""
+        if self._active and self._pipeline is not None:
+            self._publish(self._pipeline.fault('safety monitor shutting down'))
+        self._active = False
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        for entity in self._entities:
+            self.destroy_subscription(entity)
+        self._entities = []
+        if getattr(self, '_timer', None) is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
+        for name in ('_scale_pub', '_stop_pub', '_diag_pub', '_marker_pub'):
+            pub = getattr(self, name, None)
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+                setattr(self, name, None)
+        self._pipeline = None
+
+    def _reconfigure(self, cfg: SafetyConfig) -> None:
+        if self._pipeline is not None:
+            self._pipeline.reconfigure(cfg)
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def _guard(self, handler: Callable[..., None]) -> Callable[..., None]:
+        """Run an input handler, then evaluate; any exception becomes a protective stop."""
+        def wrapped(*args: Any) -> None:
+            if self._pipeline is None:
+                return
+            try:
+                handler(*args)
+            except Exception as exc:  # noqa: BLE001 - the fail-safe boundary of the node
+                self.get_logger().error(f'protective stop: {type(exc).__name__}: {exc}')
+                self._publish(self._pipeline.fault(f'input error: {type(exc).__name__}: {exc}'))
+                return
+            self._evaluate()
+        return wrapped
+
+    def _on_detections(self, msg: Detection2DArray) -> None:
+        stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        keypoints = self._keypoints.get(stamp, {})
+        detections = [_to_person_detection(det, keypoints) for det in msg.detections]
+        assert self._pipeline is not None
+        self._pipeline.on_detections(_seconds(msg.header.stamp), detections)
+
+    def _on_keypoints(self, msg: Detection2DArray) -> None:
+        stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        self._keypoints[stamp] = _keypoint_table(msg)
+        while len(self._keypoints) > 8:
+            self._keypoints.popitem(last=False)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        assert self._pipeline is not None
+        self._pipeline.on_camera_info(list(msg.k), msg.height)
+
+    def _on_depth(self, msg: Image) -> None:
+        units = {'16UC1': 1e-3, 'mono16': 1e-3, '32FC1': 1.0}
+        if msg.encoding not in units:
+            raise PerceptionError(f'depth encoding {msg.encoding!r}: publish 16UC1 (mm) or '
+                                  '32FC1 (m) aligned to the detection image')
+        assert self._pipeline is not None
+        self._pipeline.on_depth(_seconds(msg.header.stamp), image_to_numpy(msg),
+                                units[msg.encoding])
+
+    def _on_twist(self, msg: TwistStamped) -> None:
+        assert self._pipeline is not None
+        linear = msg.twist.linear
+        self._pipeline.on_robot_speed(self._now_s(), speed_from_twist((linear.x, linear.y,
+                                                                       linear.z)))
+
+    def _on_scalar_speed(self, msg: Float64) -> None:
+        assert self._pipeline is not None
+        self._pipeline.on_robot_speed(self._now_s(), abs(float(msg.data)))
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        prefix = self.get_parameter('detector_status_prefix').value
+        levels = [_level(s.level) for s in msg.status if s.name.startswith(prefix)]
+        if levels and self._pipeline is not None:
+            self._pipeline.on_detector_health(max(levels) < _level(DiagnosticStatus.ERROR))
+
+    # --- outputs -----------------------------------------------------------------------------
+
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _evaluate(self) -> None:
+        if self._active and self._pipeline is not None:
+            self._publish(self._pipeline.evaluate(self._now_s()))
+
+    def _publish(self, report: SafetyReport) -> None:
+        if not self._active:
+            return
+        decision = report.decision
+        self._scale_pub.publish(Float64(data=float(decision.speed_scale)))
+        self._stop_pub.publish(Bool(data=decision.state is SafetyState.PROTECTIVE_STOP))
+        self._published += 1
+        now = time.monotonic()
+        if decision.state != self._last_state or now - self._last_diag_s >= _DIAG_PERIOD_S:
+            if decision.state != self._last_state:
+                self.get_logger().info(f'{decision.state.value}: {decision.reason}')
+            self._last_state = decision.state
+            self._last_diag_s = now
+            self._diag_pub.publish(self._diagnostics(report))
+            self._marker_pub.publish(self._markers(report))
+
+    def _diagnostics(self, report: SafetyReport) -> DiagnosticArray:
+        d = report.decision
+        values = {
+            'state': d.state.value,
+            'speed_scale': f'{d.speed_scale:.3f}',
+            'closest_distance_m': f'{d.closest_distance_m:.3f}',
+            'required_separation_m': f'{d.required_separation_m:.3f}',
+            'allowed_speed_mps': f'{d.allowed_speed_mps:.3f}',
+            'robot_speed_mps': f'{report.robot.speed_mps:.3f}',
+            'robot_speed_source': 'measured' if report.robot_speed_measured
+            else 'assumed robot_max_speed_mps (no fresh robot_speed)',
+            'perception_age_s': f'{report.perception_age_s:.3f}',
+            'people': str(len(report.people)),
+            'localization': ','.join(report.methods),
+            'evaluations_published': str(self._published),
+        }
+        status = DiagnosticStatus(level=_LEVELS[d.state], name=f'{self.get_name()}: ssm',
+                                  message=d.reason, hardware_id='',
+                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        return msg
+
+    def _markers(self, report: SafetyReport) -> MarkerArray:
+        assert self._pipeline is not None
+        cfg = self._pipeline.cfg
+        frame = self.get_parameter('base_frame').value
+        stamp = self.get_clock().now().to_msg()
+        far = cfg.near_distance_m + 10.0
+        zones = (('protective', protective_separation(far, report.robot.speed_mps, cfg),
+                  (0.9, 0.1, 0.1, 0.25)),
+                 ('slow', protective_separation(far, cfg.robot_max_speed_mps, cfg),
+                  (1.0, 0.8, 0.0, 0.12)))
+        markers = [Marker(action=Marker.DELETEALL)]
+        tcp = cfg.tcp_xyz
+        for index, (name, radius, rgba) in enumerate(zones):
+            marker = self._marker(frame, stamp, 'zones', index, Marker.CYLINDER, rgba)
+            marker.pose.position.x, marker.pose.position.y = tcp[0], tcp[1]
+            marker.pose.position.z = cfg.floor_z + 0.01
+            marker.scale.x = marker.scale.y = 2.0 * radius
+            marker.scale.z = 0.02
+            marker.text = name
+            markers.append(marker)
+        color = _COLORS[report.decision.state]
+        for index, person in enumerate(report.people):
+            body = self._marker(frame, stamp, 'people', index, Marker.CYLINDER, (*color, 0.8))
+            body.pose.position.x, body.pose.position.y = person.x, person.y
+            body.pose.position.z = cfg.floor_z + 0.85
+            body.scale.x = body.scale.y = 0.5 + 2.0 * person.uncertainty_m
+            body.scale.z = 1.7
+            label = self._marker(frame, stamp, 'labels', index, Marker.TEXT_VIEW_FACING,
+                                 (1.0, 1.0, 1.0, 1.0))
+            label.pose.position.x, label.pose.position.y = person.x, person.y
+            label.pose.position.z = cfg.floor_z + 1.9
+            label.scale.z = 0.15
+            distance = math.hypot(person.x - tcp[0], person.y - tcp[1])
+            label.text = f'{person.label} {distance:.2f} m'
+            markers.extend((body, label))
+        return MarkerArray(markers=markers)
+
+    @staticmethod
+    def _marker(frame: str, stamp: Time, ns: str, marker_id: int, kind: int,
+                rgba: tuple[float, float, float, float]) -> Marker:
+        marker = Marker(ns=ns, id=marker_id, type=kind, action=Marker.ADD)
+        marker.header.frame_id = frame
+        marker.header.stamp = stamp
+        marker.pose.orientation.w = 1.0
+        marker.color = ColorRGBA(r=rgba[0], g=rgba[1], b=rgba[2], a=rgba[3])
+        return marker
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run the safety monitor until interrupted."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SafetyMonitorNode()
+        if node.get_parameter('autostart').value:
+            node.trigger_configure()
+            node.trigger_activate()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (PerceptionError, ParameterException) as exc:
+        if node is not None:
+            node.get_logger().fatal(str(exc))
+        else:
+            print(f'safety_monitor_node: {exc}')
+        raise SystemExit(2) from None
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,271 @@
+"""From detections, depth and robot speed to an SSM decision. Pure Python, no ROS.
+
+:class:`SafetyPipeline` holds the latest of each input the safety monitor node receives and
+turns them into a :class:`~cobot_hybrid_perception.ssm.SafetyMonitor` evaluation:
+
+* person detections (class in ``person_class_ids``, score >= ``min_score``) are placed in the
+  robot base frame with aligned depth when a depth image close enough in time exists
+  (``localization: auto`` or ``depth``), else on the floor plane (``auto`` or ``floor``);
+* a person that cannot be placed (no camera info yet, a foot ray above the horizon, feet cut
+  off by the bottom of the image, a depth hole under ``localization: depth``) is put *at the
+  TCP*, which stops the robot: an unseen distance is never assumed to be large. (A box cut off
+  at the bottom edge would place the feet too far away: the real feet are nearer the camera.)
+* without a robot speed, or with one older than ``robot_speed_timeout_s``, the robot is assumed
+  to move at ``robot_max_speed_mps`` (the largest S_p);
+* malformed detections (non-finite boxes or scores) stop the robot until well-formed ones
+  arrive and have stayed healthy for ``fault_recovery_s``; so does a detector reporting an
+  error.
+
+Every timestamp is in seconds on one clock (the node passes ROS time).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy.typing as npt
+
+from cobot_hybrid_perception.errors import ConfigError
+from cobot_hybrid_perception.localization import (
+    CameraModel,
+    LocalizationError,
+    RigidTransform,
+    locate_on_floor,
+    locate_with_depth,
+)
+from cobot_hybrid_perception.ssm import (
+    Decision,
+    MalformedInputError,
+    Perception,
+    Person,
+    RobotState,
+    SafetyMonitor,
+    SsmConfig,
+)
+
+__all__ = ['LOCALIZATION_MODES', 'PersonDetection', 'SafetyConfig', 'SafetyPipeline',
+           'SafetyReport', 'speed_from_twist']
+
+LOCALIZATION_MODES = ('auto', 'depth', 'floor')
+_BORDER_PX = 2.0   # a box bottom this close to the image bottom edge is cut off
+# A camera 2 m above the base origin, looking along +x, pitched 35 degrees down
+# (optical frame: z forward, x right, y down).
+_DEFAULT_CAMERA_TO_BASE = (0.0, 0.0, 2.0, -0.627211, 0.627211, -0.326506, 0.326506)
+
+
+@dataclass(frozen=True)
+class SafetyConfig(SsmConfig):
+    """SSM parameters plus how the node turns its inputs into people and a robot state."""
+
+    person_class_ids: tuple[str, ...] = ('person',)
+    min_score: float = 0.3
+    localization: str = 'auto'
+    camera_to_base: tuple[float, ...] = _DEFAULT_CAMERA_TO_BASE
+    floor_z: float = 0.0
+    depth_sync_tolerance_s: float = 0.05
+    tcp_xyz: tuple[float, ...] = (0.0, 0.0, 0.0)
+    robot_speed_timeout_s: float = 0.5
+    evaluation_period_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # ROS hands arrays over as lists or array.array; keep the config hashable and frozen.
+        object.__setattr__(self, 'person_class_ids', tuple(str(v) for v in self.person_class_ids))
+        for name in ('camera_to_base', 'tcp_xyz'):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        if not self.person_class_ids:
+            raise ConfigError('person_class_ids is empty; list the class ids of people '
+                              '(e.g. ["person"] or ["0"])')
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ConfigError(f'min_score {self.min_score} outside 0..1')
+        if self.localization not in LOCALIZATION_MODES:
+            raise ConfigError(f'localization {self.localization!r}: use one of '
+                              f'{", ".join(LOCALIZATION_MODES)}')
+        try:
+            RigidTransform.from_xyz_quat(self.camera_to_base)
+        except LocalizationError as exc:
+            raise ConfigError(f'camera_to_base: {exc}') from None
+        if len(self.tcp_xyz) != 3 or not all(math.isfinite(v) for v in self.tcp_xyz):
+            raise ConfigError(f'tcp_xyz {list(self.tcp_xyz)} must be three finite numbers [m]')
+        for name in ('depth_sync_tolerance_s', 'robot_speed_timeout_s', 'evaluation_period_s'):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f'{name} = {value} must be a finite number > 0')
+        if self.evaluation_period_s >= self.max_perception_age_s:
+            raise ConfigError(f'evaluation_period_s {self.evaluation_period_s} must be shorter '
+                              f'than max_perception_age_s {self.max_perception_age_s}, or the '
+                              'watchdog fires late')
+
+
+@dataclass(frozen=True)
+class PersonDetection:
+    """One detection as the node read it (pixels of the detection image)."""
+
+    class_id: str
+    score: float
+    bbox_xyxy: tuple[float, float, float, float]
+    keypoints: npt.NDArray[Any] | None = None   # (K, 3): x, y, confidence
+    label: str = ''
+
+
+@dataclass(frozen=True)
+class SafetyReport:
+    """A decision with the context the node reports in diagnostics and markers."""
+
+    decision: Decision
+    people: tuple[Person, ...]
+    robot: RobotState
+    robot_speed_measured: bool
+    perception_age_s: float
+    methods: tuple[str, ...]
+
+
+def speed_from_twist(linear_xyz: Sequence[float]) -> float:
+    """TCP speed [m/s] from a twist's linear part."""
+    return math.sqrt(sum(float(v) * float(v) for v in linear_xyz))
+
+
+@dataclass
+class _Depth:
+    stamp_s: float
+    image: npt.NDArray[Any]
+    unit_m: float
+
+
+@dataclass
+class SafetyPipeline:
+    """Latest inputs of the safety monitor and the monitor itself."""
+
+    cfg: SafetyConfig = field(default_factory=SafetyConfig)
+    monitor: SafetyMonitor = field(init=False)
+    _camera: CameraModel | None = None
+    _image_height: int = 0
+    _camera_to_base: RigidTransform = field(init=False)
+    _depth: _Depth | None = None
+    _perception: Perception | None = None
+    _methods: tuple[str, ...] = ()
+    _speed: tuple[float, float] | None = None     # (stamp_s, m/s)
+    _healthy: bool = True
+    _input_fault: str | None = None
+
+    def __post_init__(self) -> None:
+        self.monitor = SafetyMonitor(self.cfg)
+        self._camera_to_base = RigidTransform.from_xyz_quat(self.cfg.camera_to_base)
+
+    def reconfigure(self, cfg: SafetyConfig) -> None:
+        """Apply new parameters; the monitor keeps its state (a stop stays a stop)."""
+        self.cfg = cfg
+        self.monitor.cfg = cfg
+        self._camera_to_base = RigidTransform.from_xyz_quat(cfg.camera_to_base)
+
+    def on_camera_info(self, k: Sequence[float], height: int) -> None:
+        """Take the detection image's intrinsics (LocalizationError when uncalibrated)."""
+        self._camera = CameraModel.from_k(k)
+        self._image_height = int(height)
+
+    def on_depth(self, stamp_s: float, image: npt.NDArray[Any], unit_m: float) -> None:
+        """Take an aligned depth image; ``image * unit_m`` is metres."""
+        self._depth = _Depth(stamp_s, image, unit_m)
+
+    def on_robot_speed(self, stamp_s: float, speed_mps: float) -> None:
+        """Take the TCP's measured speed (a negative or non-finite one is malformed input)."""
+        if not math.isfinite(speed_mps) or speed_mps < 0:
+            self._input_fault = f'malformed input: robot speed {speed_mps} m/s'
+            return
+        self._speed = (stamp_s, speed_mps)
+
+    def on_detector_health(self, healthy: bool) -> None:
+        """Take whether the detector reports itself healthy (from its diagnostics)."""
+        self._healthy = healthy
+
+    def on_detections(self, stamp_s: float, detections: Sequence[PersonDetection]) -> None:
+        """Take the detections of one frame (an empty list: nobody in it)."""
+        try:
+            people, methods = self._locate_all(stamp_s, detections)
+        except MalformedInputError as exc:
+            self._input_fault = f'malformed input: {exc}'
+            self._perception = None
+            return
+        self._input_fault = None
+        self._perception = Perception(stamp_s, people, healthy=True)
+        self._methods = methods
+
+    def evaluate(self, now_s: float) -> SafetyReport:
+        """Decide at ``now_s``; call on every input and on a timer."""
+        robot, measured = self._robot_state(now_s)
+        perception = self._perception
+        if perception is not None and not self._healthy:
+            perception = Perception(perception.stamp_s, perception.people, healthy=False)
+        if self._input_fault is not None:
+            decision = self.monitor.fault(self._input_fault)
+        else:
+            decision = self.monitor.evaluate(now_s, perception, robot)
+        age = math.inf if self._perception is None else now_s - self._perception.stamp_s
+        people = tuple(self._perception.people) if self._perception is not None else ()
+        return SafetyReport(decision, people, robot, measured, age, self._methods)
+
+    def fault(self, reason: str) -> SafetyReport:
+        """Protective stop for a reason found outside the core (an exception in a callback)."""
+        x, y, z = self.cfg.tcp_xyz
+        robot = RobotState(x, y, z, self.cfg.robot_max_speed_mps)
+        return SafetyReport(self.monitor.fault(reason), (), robot, False, math.inf, ())
+
+    def _robot_state(self, now_s: float) -> tuple[RobotState, bool]:
+        x, y, z = self.cfg.tcp_xyz
+        if self._speed is not None and now_s - self._speed[0] <= self.cfg.robot_speed_timeout_s:
+            return RobotState(x, y, z, self._speed[1]), True
+        return RobotState(x, y, z, self.cfg.robot_max_speed_mps), False
+
+    def _locate_all(self, stamp_s: float, detections: Sequence[PersonDetection]
+                    ) -> tuple[tuple[Person, ...], tuple[str, ...]]:
+        people: list[Person] = []
+        methods: list[str] = []
+        for index, det in enumerate(detections):
+            label = det.label or f'person-{index}'
+            values = (det.score, *det.bbox_xyxy)
+            if len(det.bbox_xyxy) != 4 or not all(math.isfinite(v) for v in values):
+                raise MalformedInputError(f'detection {label!r} has non-finite score or box '
+                                          f'{list(values)}')
+            if det.class_id not in self.cfg.person_class_ids or det.score < self.cfg.min_score:
+                continue
+            person, method = self._locate(stamp_s, det, label)
+            people.append(person)
+            methods.append(method)
+        return tuple(people), tuple(methods)
+
+    def _locate(self, stamp_s: float, det: PersonDetection, label: str) -> tuple[Person, str]:
+        cfg = self.cfg
+        try:
+            if self._camera is None:
+                raise LocalizationError('no camera_info received yet')
+            depth = self._depth
+            depth_fresh = (depth is not None
+                           and abs(depth.stamp_s - stamp_s) <= cfg.depth_sync_tolerance_s)
+            if cfg.localization == 'depth' or (cfg.localization == 'auto' and depth_fresh):
+                if depth is None or not depth_fresh:
+                    raise LocalizationError('no depth image within '
+                                            f'{cfg.depth_sync_tolerance_s} s of the detections')
+                located = locate_with_depth(det.bbox_xyxy, depth.image, depth.unit_m,
+                                            self._camera, self._camera_to_base, det.keypoints)
+            else:
+                self._check_feet_visible(det)
+                located = locate_on_floor(det.bbox_xyxy, self._camera, self._camera_to_base,
+                                          cfg.floor_z, det.keypoints)
+        except LocalizationError as exc:
+            # Fail safe: a person we cannot place is treated as standing at the TCP.
+            x, y, z = cfg.tcp_xyz
+            return Person(x, y, z, 0.0, f'{label} (unlocated: {exc})'), 'unlocated'
+        x, y, z = located.xyz
+        return Person(x, y, z, located.uncertainty_m, label), located.method
+
+    def _check_feet_visible(self, det: PersonDetection) -> None:
+        ankles_seen = det.keypoints is not None and len(det.keypoints) > 16 and bool(
+            (det.keypoints[15:17, 2] >= 0.5).any())
+        if (not ankles_seen and self._image_height > 0
+                and det.bbox_xyxy[3] >= self._image_height - _BORDER_PX):
+            raise LocalizationError('feet cut off by the bottom of the image: the person is '
+                                    'nearer than the floor method can tell')
+

@@ -1,0 +1,33 @@
+"""Launch the safety monitor: ``ros2 launch cobot_hybrid safety.launch.py``.
+
+Arguments: ``params_file`` (default: the package's config/safety.yaml), ``namespace``,
+``log_level``. Remap ``robot_speed``/``speed_scale`` to your driver's topics in your own launch.
+"""
+
+from pathlib import Path
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode
+
+from launch import LaunchDescription
+
+
+def generate_launch_description() -> LaunchDescription:
+    """Describe the safety_monitor_node launch."""
+    share = Path(get_package_share_directory('cobot_hybrid'))
+    return LaunchDescription([
+        DeclareLaunchArgument('params_file', default_value=str(share / 'config' / 'safety.yaml')),
+        DeclareLaunchArgument('namespace', default_value=''),
+        DeclareLaunchArgument('log_level', default_value='info'),
+        LifecycleNode(
+            package='cobot_hybrid',
+            executable='safety_monitor_node',
+            name='safety_monitor_node',
+            namespace=LaunchConfiguration('namespace'),
+            parameters=[LaunchConfiguration('params_file')],
+            arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
+            output='screen',
+        ),
+    ])
