@@ -88,3 +88,25 @@ def test_setup_installs_launch_and_config_to_share() -> None:
     assert "f'share/{PACKAGE}/launch'" in setup_py and "glob('launch/*.launch.py')" in setup_py
     assert "f'share/{PACKAGE}/config'" in setup_py and "glob('config/*.yaml')" in setup_py
     assert (ROOT / 'config' / 'fastdds_loopback.xml').is_file()
+
+
+def test_launch_files_start_declared_executables_with_existing_params() -> None:
+    # `ros2 launch` cannot run here (no launch wheel); check what can be checked statically.
+    setup_py = (ROOT / 'setup.py').read_text()
+    scripts = set(re.findall(r"'([\w-]+) = [\w.]+:\w+'", setup_py))
+    launch_files = sorted((ROOT / 'launch').glob('*.launch.py'))
+    assert launch_files
+    for path in launch_files:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        assert any(isinstance(n, ast.FunctionDef) and n.name == 'generate_launch_description'
+                   for n in tree.body), path.name
+        executables = [kw.value for n in ast.walk(tree) if isinstance(n, ast.Call)
+                       for kw in n.keywords if kw.arg == 'executable']
+        assert executables, f'{path.name} starts no executable'
+        for executable in executables:
+            assert isinstance(executable, ast.Constant) and executable.value in scripts, \
+                f'{path.name}: {ast.dump(executable)}'
+        yaml_names = re.findall(r"'(\w+\.yaml)'", path.read_text())
+        assert yaml_names, f'{path.name} names no params file'
+        for name in yaml_names:
+            assert (ROOT / 'config' / name).is_file(), name
