@@ -11,7 +11,8 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 
 setup: $(STAMP)
 
-$(STAMP): requirements/base.txt requirements/dev.txt requirements/constraints.txt setup.py \
+$(STAMP): requirements/base.txt requirements/dev.txt requirements/models.txt \
+          requirements/constraints.txt setup.py \
           tools/build_interfaces.py $(wildcard tools/interfaces/*/msg/*.msg)
 	PYTHON=$(PYTHON) tools/install_system_deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,7 @@ $(STAMP): requirements/base.txt requirements/dev.txt requirements/constraints.tx
 	$(PIP) -r requirements/dev.txt -c requirements/constraints.txt
 	$(PY) tools/build_interfaces.py
 	$(PIP) --no-build-isolation --no-deps -e .
+	$(PY) -m cobot_hybrid_perception.models >/dev/null
 	touch $@
 
 lint: setup
@@ -38,7 +40,8 @@ demo: setup
 
 constraints: setup
 	(echo '# Exact versions tested (pip freeze after `make setup`); applied with -c. Regenerate: make constraints'; \
-	    $(PY) -m pip freeze --all --exclude-editable | grep -v '^cobot') > requirements/constraints.txt
+	    $(PY) -m pip freeze --all --exclude-editable | grep -v '^cobot' \
+	    | sed -E 's/^(torch==[^+]*)\+cpu$$/\1/') > requirements/constraints.txt
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis

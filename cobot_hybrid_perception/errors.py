@@ -5,7 +5,12 @@ Hierarchy::
     PerceptionError
     ├── ConfigError            a parameter value is out of range or inconsistent
     ├── ImageConversionError   an image buffer, encoding or compressed payload is unusable
-    └── MediaSourceError       a photo, folder or video cannot be opened (media.py)
+    ├── MediaSourceError       a photo, folder or video cannot be opened (media.py)
+    ├── ModelLoadError         a model file is missing, corrupt or of an unsupported kind
+    ├── BackendUnavailableError  an inference runtime asked for by name cannot run here
+    ├── ModelOutputError       a model's output has an unrecognised shape or NaNs
+    ├── LocalizationError      a detection cannot be placed in 3D (localization.py)
+    └── MalformedInputError    a person or robot state handed to the SSM is unusable (ssm.py)
 
 Messages say what was wrong and what to do about it.
 """
@@ -21,3 +26,15 @@ class ImageConversionError(PerceptionError, ValueError):
 
 class ConfigError(PerceptionError, ValueError):
     """A configuration value is invalid; the message names the parameter and the fix."""
+
+
+class ModelLoadError(PerceptionError, ValueError):
+    """A model file is missing, corrupt, or its inputs/metadata are not what we can run."""
+
+
+class BackendUnavailableError(PerceptionError, RuntimeError):
+    """The inference backend asked for cannot run on this machine (library or device missing)."""
+
+
+class ModelOutputError(PerceptionError, ValueError):
+    """A model produced an output we cannot decode (unknown shape, NaNs)."""

@@ -7,11 +7,10 @@ Arguments: ``params_file`` (default: the package's config/safety.yaml), ``namesp
 from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
-
-from launch import LaunchDescription
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -22,6 +22,8 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 ConfigT = TypeVar('ConfigT')
+_ARRAY_TYPES = {'string': Parameter.Type.STRING_ARRAY, 'integer': Parameter.Type.INTEGER_ARRAY,
+                'double': Parameter.Type.DOUBLE_ARRAY}
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class ParamSpec:
     read_only: bool = False
     min_value: float | None = None
     max_value: float | None = None
+    array_type: str | None = None   # 'string' | 'integer' | 'double': type of an empty default
 
 
 class ParameterBinding(Generic[ConfigT]):
@@ -49,7 +52,15 @@ class ParameterBinding(Generic[ConfigT]):
         values: dict[str, Any] = {}
         for spec in specs:
             default = getattr(defaults, spec.name)
-            param = node.declare_parameter(spec.name, default, self._descriptor(spec, default))
+            descriptor = self._descriptor(spec, default)
+            if isinstance(default, tuple) and not default:
+                # ROS cannot infer an array's type from an empty default: declare it typed;
+                # it stays unset (and the dataclass default applies) unless YAML sets it.
+                typed = _ARRAY_TYPES[spec.array_type or 'string']
+                param = node.declare_parameter(spec.name, typed, descriptor)
+                values[spec.name] = default if param.value is None else param.value
+                continue
+            param = node.declare_parameter(spec.name, default, descriptor)
             values[spec.name] = param.value
         self.config: ConfigT = config_type(**values)
         node.add_on_set_parameters_callback(self._validate)

@@ -1,0 +1,69 @@
+"""The seam between the detector and an inference runtime.
+
+A backend takes the preprocessed ``float32`` NCHW tensor (the same buffer every frame) and
+returns the model's raw outputs. It owns its runtime resources, allocated once when it is
+built: sessions, engines, device buffers, bindings. ``close()`` releases them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy.typing as npt
+
+from cobot_hybrid_perception.errors import ModelLoadError
+
+__all__ = ['BackendOptions', 'InferenceBackend', 'model_hash']
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """What any backend may use; each takes the fields that apply to it."""
+
+    precision: str = 'fp16'            # fp32 | fp16 | int8 (GPU backends; CPU runs fp32)
+    device: int = 0                    # CUDA device index
+    threads: int = 0                   # CPU intra-op threads (0: runtime default)
+    cache_dir: Path = Path('.')        # engines, timing caches, calibration caches
+    calib_dir: Path | None = None      # images for INT8 calibration
+    calib_images: int = 64
+    imgsz: tuple[int, int] = (640, 640)  # only for models without static input size
+
+
+class InferenceBackend(Protocol):
+    """A runtime ready to run one model."""
+
+    name: str                          # e.g. 'tensorrt', 'ort-cuda', 'ort-cpu'
+    precision: str                     # what it really runs: fp32, fp16, int8
+    input_shape: tuple[int, int, int, int]
+    metadata: Mapping[str, str]        # ONNX custom metadata (Ultralytics writes names...)
+
+    def infer(self, tensor: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
+        """Run the model on the (1, 3, H, W) float32 input; return its outputs."""
+        ...
+
+    def close(self) -> None:
+        """Release sessions, engines and device memory."""
+        ...
+
+
+_HASH_CACHE: dict[tuple[str, int, float], str] = {}
+
+
+def model_hash(path: Path) -> str:
+    """First 16 hex digits of the SHA-256 of a model file (cached by path, size, mtime)."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ModelLoadError(f'model {path} cannot be read: {exc.strerror}') from None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime)
+    if key not in _HASH_CACHE:
+        digest = hashlib.sha256()
+        with path.open('rb') as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b''):
+                digest.update(chunk)
+        _HASH_CACHE[key] = digest.hexdigest()[:16]
+    return _HASH_CACHE[key]

@@ -1,0 +1,152 @@
+"""``cobot-hybrid``: one command line, sub-commands owned by the packages.
+
+Each package with a ``cli`` module exposing ``register(subparsers)`` adds its sub-commands;
+this module holds the perception ones (``detect``, ``bench``, ``quantize``, ``models``) and
+the dispatcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cobot_hybrid_bridge.errors import BridgeError
+from cobot_hybrid_perception.errors import PerceptionError
+from cobot_hybrid_planner.errors import PlannerError
+
+__all__ = ['main', 'register']
+
+PACKAGES = ('cobot_hybrid_perception', 'cobot_hybrid_bridge', 'cobot_hybrid_planner')
+
+
+def _detector_args(parser: argparse.ArgumentParser) -> None:
+    from cobot_hybrid_perception.backends import BACKENDS
+
+    parser.add_argument('--model', default='default',
+                        help='default (YOLO11n-pose from the cache) or a .onnx/.engine/.pt')
+    parser.add_argument('--backend', default='auto', choices=BACKENDS)
+    parser.add_argument('--imgsz', type=int, default=640)
+    parser.add_argument('--precision', default='fp16', choices=('fp32', 'fp16', 'int8'))
+    parser.add_argument('--threads', type=int, default=0, help='CPU threads (0: default)')
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from cobot_hybrid_perception.detector import Detector, DetectorConfig
+    from cobot_hybrid_perception.media import load_image
+
+    detector = Detector(DetectorConfig(model=args.model, backend=args.backend,
+                                       imgsz=args.imgsz, precision=args.precision,
+                                       conf=args.conf, threads=args.threads))
+    if not args.json:
+        print(f'# {detector.backend.name} {detector.backend.precision}, model '
+              f'{detector.model_path.name} ({detector.model_hash}); {detector.backend_reason}',
+              file=sys.stderr)
+    failed = 0
+    try:
+        for image_path in args.images:
+            try:
+                image = load_image(Path(image_path), 'bgr8')
+                detections, times = detector.detect(image)
+            except PerceptionError as exc:
+                print(f'{image_path}: {exc}', file=sys.stderr)
+                failed += 1
+                continue
+            if args.json:
+                print(json.dumps({'image': image_path, 'detections': detections.to_dicts()}))
+                continue
+            print(f'{image_path}: {len(detections)} detections ({times.total_ms:.1f} ms)')
+            for det in detections.to_dicts():
+                print(f'  {det["class_name"]:<12} {det["score"]:.3f} '
+                      f'[{", ".join(f"{v:.1f}" for v in det["bbox_xyxy"])}]'
+                      f'{" +keypoints" if det["keypoints"] is not None else ""}')
+    finally:
+        detector.close()
+    return 1 if failed else 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from cobot_hybrid_perception.models import ensure_default_models
+
+    for path in ensure_default_models(tuple(args.sizes)):
+        print(path)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from cobot_hybrid_perception.runtime_bench import format_table, run_all
+
+    results = run_all(args.model, args.backends, args.imgsz, args.runs, args.precision)
+    print(json.dumps(results, indent=2) if args.json else format_table(results))
+    return 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from cobot_hybrid_perception.quantize import quantize_int8
+
+    report = quantize_int8(Path(args.model), Path(args.calib), Path(args.output)
+                           if args.output else None, args.images)
+    print(json.dumps(report, indent=2) if args.json else
+          f'wrote {report["output"]}: recall {report["recall"]:.3f}, mean IoU '
+          f'{report["mean_iou"]:.3f} against FP32 on {report["images"]} images')
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add the perception sub-commands."""
+    detect = subparsers.add_parser('detect', help='detect objects in image files')
+    detect.add_argument('images', nargs='+', metavar='IMAGE')
+    _detector_args(detect)
+    detect.add_argument('--conf', type=float, default=0.25)
+    detect.add_argument('--json', action='store_true', help='one JSON object per image')
+    detect.set_defaults(func=_cmd_detect)
+
+    bench = subparsers.add_parser('bench', help='compare every runtime available here')
+    bench.add_argument('--model', default='default')
+    bench.add_argument('--backends', nargs='+', default=['all'],
+                       help='backends to run (default: every one available), e.g. ort-cpu')
+    bench.add_argument('--imgsz', type=int, default=640)
+    bench.add_argument('--precision', default='fp16', choices=('fp32', 'fp16', 'int8'))
+    bench.add_argument('--runs', type=int, default=50)
+    bench.add_argument('--json', action='store_true')
+    bench.set_defaults(func=_cmd_bench)
+
+    quantize = subparsers.add_parser('quantize', help='static INT8 (QDQ) ONNX from your images')
+    quantize.add_argument('model', help='FP32 .onnx model')
+    quantize.add_argument('--calib', required=True, help='folder of calibration images')
+    quantize.add_argument('--output', default='', help='default: <model>-int8.onnx')
+    quantize.add_argument('--images', type=int, default=64, help='calibration images to use')
+    quantize.add_argument('--json', action='store_true')
+    quantize.set_defaults(func=_cmd_quantize)
+
+    models = subparsers.add_parser('models', help='export the default model into the cache')
+    models.add_argument('--sizes', type=int, nargs='+', default=[640, 320])
+    models.set_defaults(func=_cmd_models)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to the sub-command; errors print one line and exit 2."""
+    parser = argparse.ArgumentParser(prog='cobot-hybrid', description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest='command', required=True)
+    for package in PACKAGES:
+        try:
+            module = importlib.import_module(f'{package}.cli')
+        except ModuleNotFoundError as exc:
+            if exc.name != f'{package}.cli':
+                raise
+            continue
+        module.register(subparsers)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (PerceptionError, BridgeError, PlannerError) as exc:
+        print(f'cobot-hybrid {args.command}: {exc}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The detector core: letterbox -> backend -> decode, with per-stage times. No ROS.
+
+:class:`Detector` is built from a validated :class:`DetectorConfig`; it resolves the model
+(the default one from the cache, or a path), picks the backend, reads the model's metadata
+(config values win) and preallocates the input tensor. :meth:`Detector.detect` takes an 8-bit
+image and returns :class:`~cobot_hybrid_perception.yolo_decode.Detections` in the image's own
+pixels plus how long each stage took.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
+
+from cobot_hybrid_perception.backends import BACKENDS, BackendOptions, select_backend
+from cobot_hybrid_perception.errors import ConfigError
+from cobot_hybrid_perception.letterbox import Letterbox
+from cobot_hybrid_perception.model_info import TASKS, ModelInfo
+from cobot_hybrid_perception.models import model_cache_dir, resolve_model
+from cobot_hybrid_perception.yolo_decode import Detections, decode
+
+__all__ = ['DetectorConfig', 'Detector', 'StageTimes', 'PRECISIONS']
+
+PRECISIONS = ('fp32', 'fp16', 'int8')
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """What to run and how (also the detector node's parameters)."""
+
+    model: str = 'default'            # default | path to .onnx / .engine / .pt
+    backend: str = 'auto'
+    imgsz: int = 640                  # default model size, or size of a dynamic-shape model
+    precision: str = 'fp16'           # GPU backends; CPU backends run fp32
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 100
+    device: int = 0
+    threads: int = 0                  # CPU threads (0: runtime default)
+    cache_dir: str = ''               # engines, timing/calibration caches ('' = model cache)
+    calib_dir: str = ''               # images for INT8 calibration
+    class_names: tuple[str, ...] = () # override / supply class names
+    task: str = ''                    # override: detect | pose
+    kpt_shape: tuple[int, ...] = ()   # override, e.g. (17, 3)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, 'class_names', tuple(str(v) for v in self.class_names))
+        object.__setattr__(self, 'kpt_shape', tuple(int(v) for v in self.kpt_shape))
+        if self.backend not in BACKENDS:
+            raise ConfigError(f'backend {self.backend!r}: use one of {", ".join(BACKENDS)}')
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f'precision {self.precision!r}: use one of {PRECISIONS}')
+        if self.imgsz <= 0 or self.imgsz % 32:
+            raise ConfigError(f'imgsz {self.imgsz} must be a positive multiple of 32')
+        for name in ('conf', 'iou'):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f'{name} {getattr(self, name)} outside 0..1')
+        if self.max_det <= 0:
+            raise ConfigError(f'max_det {self.max_det} must be > 0')
+        if self.task and self.task not in TASKS:
+            raise ConfigError(f'task {self.task!r}: use one of {TASKS} (or empty for metadata)')
+        if self.kpt_shape and (len(self.kpt_shape) != 2 or self.kpt_shape[1] not in (2, 3)):
+            raise ConfigError(f'kpt_shape {list(self.kpt_shape)}: use [K, 2] or [K, 3]')
+        if self.precision == 'int8' and self.backend == 'tensorrt' and not self.calib_dir:
+            raise ConfigError('precision int8 with backend tensorrt needs calib_dir (a folder '
+                              'of images like the ones the robot sees)')
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Milliseconds spent per stage of one frame."""
+
+    preprocess_ms: float
+    infer_ms: float
+    postprocess_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        """Sum of the stages."""
+        return self.preprocess_ms + self.infer_ms + self.postprocess_ms
+
+
+class Detector:
+    """A model loaded into a backend, ready for frames."""
+
+    def __init__(self, cfg: DetectorConfig) -> None:
+        self.cfg = cfg
+        self.model_path = resolve_model(cfg.model, cfg.imgsz)
+        cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else model_cache_dir()
+        options = BackendOptions(precision=cfg.precision, device=cfg.device,
+                                 threads=cfg.threads, cache_dir=cache,
+                                 calib_dir=Path(cfg.calib_dir) if cfg.calib_dir else None,
+                                 imgsz=(cfg.imgsz, cfg.imgsz))
+        choice = select_backend(cfg.backend, self.model_path, options)
+        self.backend = choice.backend
+        self.backend_reason = choice.reason
+        try:
+            _, _, height, width = self.backend.input_shape
+            overrides = {'class_names': cfg.class_names, 'task': cfg.task,
+                         'kpt_shape': cfg.kpt_shape}
+            self.info = ModelInfo.from_metadata(self.backend.metadata, (height, width),
+                                                overrides)
+        except Exception:
+            self.backend.close()
+            raise
+        self.letterbox = Letterbox(*self.info.imgsz)
+
+    @property
+    def model_hash(self) -> str:
+        """Short SHA-256 of the model file."""
+        return str(getattr(self.backend, 'model_hash', ''))
+
+    def detect(self, image: npt.NDArray[Any], encoding: str = 'bgr8'
+               ) -> tuple[Detections, StageTimes]:
+        """Detect in one 8-bit image (bgr8, rgb8 or mono8)."""
+        t0 = time.perf_counter()
+        transform = self.letterbox(image, encoding)
+        t1 = time.perf_counter()
+        outputs = self.backend.infer(self.letterbox.tensor)
+        t2 = time.perf_counter()
+        detections = decode(outputs, self.info, transform, self.cfg.conf, self.cfg.iou,
+                            self.cfg.max_det)
+        t3 = time.perf_counter()
+        return detections, StageTimes(1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (t3 - t2))
+
+    def close(self) -> None:
+        """Release the backend."""
+        self.backend.close()

@@ -1,0 +1,372 @@
+"""``detector_node``: YOLO detection (TensorRT / ONNX Runtime / Ultralytics), lifecycle node.
+
+Subscribes ``image`` (``sensor_msgs/Image``) or, with ``input: compressed``,
+``image/compressed`` (``sensor_msgs/CompressedImage``), best effort, depth 1, and
+``camera_info`` (optional, for the rviz markers). Inference runs on a worker thread that always
+takes the newest frame; frames replaced before the worker got to them are counted as dropped,
+so latency never grows under overload.
+
+Publishes, with the header of the image: ``detections`` (``vision_msgs/Detection2DArray``:
+class id = class name, score, box centre and size in pixels; an empty array for a frame with
+nothing in it), ``keypoints`` (pose models; the keypoint convention in the README),
+``detection_markers`` (``visualization_msgs/MarkerArray``: boxes on a plane
+``marker_depth_m`` in front of the camera, needs ``camera_info``), ``annotated_image``
+(``publish_annotated``) and ``diagnostics`` (per-stage latency, fps, dropped frames, backend,
+precision, model hash), once per second and whenever the health changes.
+
+Lifecycle: the model is loaded in ``on_configure`` (a failure is FAILURE with the reason),
+frames flow while active, ``on_cleanup`` frees the runtime (GPU memory).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy._rclpy_pybind11 import RCLError
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import ColorRGBA, Header
+from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+from visualization_msgs.msg import Marker, MarkerArray
+
+from cobot_hybrid_perception.annotate import draw_detections
+from cobot_hybrid_perception.detector import Detector, DetectorConfig
+from cobot_hybrid_perception.detector_stats import DetectorStats
+from cobot_hybrid_perception.errors import PerceptionError
+from cobot_hybrid_perception.image_codec import convert_color
+from cobot_hybrid_perception.model_info import COCO_KEYPOINTS
+from cobot_hybrid_perception.nodes.conversions import (
+    compressed_to_numpy,
+    image_to_numpy,
+    numpy_to_image,
+)
+from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
+from cobot_hybrid_perception.yolo_decode import Detections
+
+PARAMS = (
+    ParamSpec('model', 'default (YOLO11n-pose from the model cache) or a .onnx/.engine/.pt path',
+              read_only=True),
+    ParamSpec('backend', 'auto | tensorrt | ort-tensorrt | ort-cuda | ort-cpu | ultralytics',
+              read_only=True),
+    ParamSpec('imgsz', 'network input size of the default model (320 or 640)', read_only=True,
+              min_value=32, max_value=4096),
+    ParamSpec('precision', 'fp32 | fp16 | int8 (GPU backends)', read_only=True),
+    ParamSpec('conf', 'minimum score', min_value=0.0, max_value=1.0),
+    ParamSpec('iou', 'NMS IoU threshold', min_value=0.0, max_value=1.0),
+    ParamSpec('max_det', 'most detections per frame', min_value=1, max_value=10000),
+    ParamSpec('device', 'CUDA device index', read_only=True, min_value=0, max_value=64),
+    ParamSpec('threads', 'CPU inference threads (0: runtime default)', read_only=True,
+              min_value=0, max_value=256),
+    ParamSpec('cache_dir', 'engines and calibration caches (empty: the model cache)',
+              read_only=True),
+    ParamSpec('calib_dir', 'folder of images for INT8 calibration', read_only=True),
+    ParamSpec('class_names', 'class names when the model has no metadata', read_only=True,
+              array_type='string'),
+    ParamSpec('task', 'detect | pose when the model has no metadata', read_only=True),
+    ParamSpec('kpt_shape', '[K, 2|3] when the model has no metadata', read_only=True,
+              array_type='integer'),
+)
+_STATUS_NAME = 'detector_node: inference'
+_DIAG_PERIOD_S = 1.0
+_FAILURES_FOR_ERROR = 3
+
+
+def _level(level: bytes | int) -> int:
+    return level[0] if isinstance(level, bytes) else int(level)
+
+
+class DetectorNode(LifecycleNode):
+    """Lifecycle shell around :class:`Detector`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__('detector_node', **kwargs)
+        self._params = ParameterBinding(self, DetectorConfig, PARAMS,
+                                        on_change=self._reconfigure)
+        for name, default, description in (
+                ('input', 'raw', 'raw (sensor_msgs/Image on image) | compressed '
+                 '(sensor_msgs/CompressedImage on image/compressed)'),
+                ('publish_annotated', False, 'publish annotated_image for rviz'),
+                ('marker_depth_m', 2.0, 'distance of the marker plane from the camera [m]'),
+                ('autostart', True, 'configure and activate at start')):
+            self.declare_parameter(name, default, ParameterDescriptor(
+                description=description, read_only=name in ('input', 'autostart')))
+        self._detector: Detector | None = None
+        self._stats = DetectorStats()
+        self._lock = threading.Condition()
+        self._pending: Any = None
+        self._running = False
+        self._worker: threading.Thread | None = None
+        self._entities: list[Any] = []
+        self._camera_info: CameraInfo | None = None
+        self._last_level = -1
+        self._last_diag = 0.0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load the model into its backend (FAILURE with the reason when it cannot)."""
+        cfg = self._params.config
+        try:
+            self._detector = Detector(cfg)
+        except PerceptionError as exc:
+            self.get_logger().error(f'cannot load the model: {exc}')
+            return TransitionCallbackReturn.FAILURE
+        d = self._detector
+        self.get_logger().info(
+            f'{d.model_path.name} ({d.model_hash}) on {d.backend.name} {d.backend.precision}, '
+            f'input {d.info.imgsz}, task {d.info.task}: {d.backend_reason}')
+        self._det_pub = self.create_lifecycle_publisher(Detection2DArray, 'detections', 10)
+        self._kp_pub = self.create_lifecycle_publisher(Detection2DArray, 'keypoints', 10)
+        self._marker_pub = self.create_lifecycle_publisher(MarkerArray, 'detection_markers', 1)
+        self._annotated_pub = self.create_lifecycle_publisher(Image, 'annotated_image', 1)
+        self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, 'diagnostics', 10)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Subscribe and start the worker."""
+        result = super().on_activate(state)
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+        if self.get_parameter('input').value == 'compressed':
+            image_sub = self.create_subscription(CompressedImage, 'image/compressed',
+                                                 self._on_image, qos)
+        else:
+            image_sub = self.create_subscription(Image, 'image', self._on_image, qos)
+        self._entities = [image_sub, self.create_subscription(
+            CameraInfo, 'camera_info', self._on_camera_info, qos_profile_sensor_data)]
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name='detector', daemon=True)
+        self._worker.start()
+        self._diag_timer = self.create_timer(_DIAG_PERIOD_S, self._publish_diagnostics)
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop taking frames."""
+        self._stop_worker()
+        for entity in self._entities:
+            self.destroy_subscription(entity)
+        self._entities = []
+        self.destroy_timer(self._diag_timer)
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free the runtime (GPU memory included) and the publishers."""
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop and free everything."""
+        self._stop_worker()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        if self._detector is not None:
+            self._detector.close()
+            self._detector = None
+        for name in ('_det_pub', '_kp_pub', '_marker_pub', '_annotated_pub', '_diag_pub'):
+            pub = getattr(self, name, None)
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+                setattr(self, name, None)
+
+    def _reconfigure(self, cfg: DetectorConfig) -> None:
+        if self._detector is not None:  # conf, iou, max_det apply from the next frame
+            self._detector.cfg = cfg
+
+    # --- frames ------------------------------------------------------------------------------
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        with self._lock:
+            if self._pending is not None:
+                self._stats.dropped += 1
+            self._pending = (msg, time.perf_counter())
+            self._lock.notify()
+
+    def _stop_worker(self) -> None:
+        with self._lock:
+            self._running = False
+            self._lock.notify()
+        if self._worker is not None:
+            self._worker.join(timeout=10.0)
+            self._worker = None
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while self._running and self._pending is None:
+                    self._lock.wait(timeout=0.5)
+                if not self._running:
+                    return
+                msg, received = self._pending
+                self._pending = None
+            try:
+                self._process(msg, received)
+            except RCLError:
+                if self.context.ok():
+                    raise
+                return  # shutting down (Ctrl-C): the context went away under the worker
+
+    def _process(self, msg: Image | CompressedImage, received: float) -> None:
+        detector = self._detector
+        if detector is None:
+            return
+        try:
+            t0 = time.perf_counter()
+            if isinstance(msg, CompressedImage):
+                pixels, encoding = compressed_to_numpy(msg)
+            else:
+                pixels, encoding = image_to_numpy(msg), msg.encoding
+            if encoding not in ('bgr8', 'rgb8', 'mono8'):
+                pixels = convert_color(pixels, encoding, 'bgr8')
+                encoding = 'bgr8'
+            convert_ms = 1e3 * (time.perf_counter() - t0)
+            detections, times = detector.detect(pixels, encoding)
+        except PerceptionError as exc:
+            self._stats.fail(str(exc))
+            self.get_logger().error(f'frame skipped: {exc}', throttle_duration_sec=2.0)
+            self._publish_diagnostics(force=True)
+            return
+        self._stats.record(convert_ms, times, 1e3 * (time.perf_counter() - received))
+        self._publish(msg.header, detections, pixels, encoding)
+        if self._stats.level_changed():
+            self._publish_diagnostics(force=True)
+
+    # --- outputs -----------------------------------------------------------------------------
+
+    def _publish(self, header: Header, detections: Detections, pixels: Any,
+                 encoding: str) -> None:
+        array = Detection2DArray(header=header)
+        keypoints = Detection2DArray(header=header)
+        for i in range(len(detections)):
+            x1, y1, x2, y2 = (float(v) for v in detections.boxes[i])
+            det = Detection2D(header=header, id=str(i))
+            det.bbox.center.position.x = (x1 + x2) / 2.0
+            det.bbox.center.position.y = (y1 + y2) / 2.0
+            det.bbox.size_x, det.bbox.size_y = x2 - x1, y2 - y1
+            hyp = ObjectHypothesisWithPose()
+            hyp.hypothesis.class_id = detections.class_name(i)
+            hyp.hypothesis.score = float(detections.scores[i])
+            det.results.append(hyp)
+            array.detections.append(det)
+            if detections.keypoints is not None:
+                keypoints.detections.append(self._keypoint_detection(det, detections, i))
+        if detections.keypoints is not None:
+            self._kp_pub.publish(keypoints)  # first, so a consumer has them with the boxes
+        self._det_pub.publish(array)
+        if self._camera_info is not None:
+            self._marker_pub.publish(self._markers(header, detections))
+        if self.get_parameter('publish_annotated').value:
+            annotated = draw_detections(pixels, encoding, detections)
+            self._annotated_pub.publish(numpy_to_image(annotated, 'bgr8', header))
+
+    @staticmethod
+    def _keypoint_detection(det: Detection2D, detections: Detections, i: int) -> Detection2D:
+        kp_det = Detection2D(header=det.header, id=det.id, bbox=det.bbox)
+        assert detections.keypoints is not None
+        for k, (x, y, c) in enumerate(detections.keypoints[i]):
+            hyp = ObjectHypothesisWithPose()
+            hyp.hypothesis.class_id = COCO_KEYPOINTS[k] if len(detections.keypoints[i]) == 17 \
+                else f'kp{k}'
+            hyp.hypothesis.score = float(c)
+            hyp.pose.pose.position.x, hyp.pose.pose.position.y = float(x), float(y)
+            kp_det.results.append(hyp)
+        return kp_det
+
+    def _markers(self, header: Header, detections: Detections) -> MarkerArray:
+        info = self._camera_info
+        assert info is not None
+        fx, fy, cx, cy = info.k[0], info.k[4], info.k[2], info.k[5]
+        depth = float(self.get_parameter('marker_depth_m').value)
+        markers = [Marker(header=header, action=Marker.DELETEALL)]
+        if fx <= 0 or fy <= 0:
+            return MarkerArray(markers=markers)
+
+        def point(u: float, v: float) -> Point:
+            return Point(x=(u - cx) / fx * depth, y=(v - cy) / fy * depth, z=depth)
+
+        for i in range(len(detections)):
+            x1, y1, x2, y2 = (float(v) for v in detections.boxes[i])
+            box = Marker(header=header, ns='boxes', id=i, type=Marker.LINE_STRIP,
+                         action=Marker.ADD)
+            box.pose.orientation.w = 1.0
+            box.scale.x = 0.01
+            box.color = ColorRGBA(r=0.1, g=0.9, b=0.2, a=1.0)
+            box.points = [point(x1, y1), point(x2, y1), point(x2, y2), point(x1, y2),
+                          point(x1, y1)]
+            label = Marker(header=header, ns='labels', id=i, type=Marker.TEXT_VIEW_FACING,
+                           action=Marker.ADD)
+            label.pose.position = point(x1, y1)
+            label.pose.orientation.w = 1.0
+            label.scale.z = 0.08
+            label.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
+            label.text = f'{detections.class_name(i)} {float(detections.scores[i]):.2f}'
+            markers.extend((box, label))
+        return MarkerArray(markers=markers)
+
+    def _publish_diagnostics(self, force: bool = False) -> None:
+        detector, pub = self._detector, getattr(self, '_diag_pub', None)
+        if detector is None or pub is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_diag < _DIAG_PERIOD_S * 0.5:
+            return
+        self._last_diag = now
+        summary = self._stats.summary()
+        level = (DiagnosticStatus.ERROR if self._stats.consecutive_failures >= _FAILURES_FOR_ERROR
+                 else DiagnosticStatus.WARN if self._stats.consecutive_failures
+                 else DiagnosticStatus.OK)
+        values = {**{k: f'{v:.2f}' if isinstance(v, float) else str(v)
+                     for k, v in summary.items()},
+                  'backend': detector.backend.name, 'precision': detector.backend.precision,
+                  'model': detector.model_path.name, 'model_hash': detector.model_hash}
+        message = self._stats.last_error if _level(level) else 'ok'
+        status = DiagnosticStatus(level=level, name=_STATUS_NAME, message=message,
+                                  hardware_id=detector.backend.name,
+                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        pub.publish(msg)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run the detector until interrupted."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = DetectorNode()
+        if node.get_parameter('autostart').value:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise SystemExit(2)
+            node.trigger_activate()
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (PerceptionError, ParameterException) as exc:
+        if node is not None:
+            node.get_logger().fatal(str(exc))
+        else:
+            print(f'detector_node: {exc}')
+        raise SystemExit(2) from None
+    finally:
+        if node is not None:
+            node._stop_worker()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

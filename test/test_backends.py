@@ -1,0 +1,175 @@
+"""Backend choice, ONNX Runtime IO binding, and the TensorRT parts that need no GPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cobot_hybrid_perception.backends import BackendOptions, create_backend, select_backend
+from cobot_hybrid_perception.backends.onnxruntime_backend import (
+    OnnxRuntimeBackend,
+    available_providers,
+)
+from cobot_hybrid_perception.backends.tensorrt_backend import (
+    calibration_batches,
+    engine_cache_key,
+    read_engine_metadata,
+    tensorrt_status,
+    timing_cache_name,
+)
+from cobot_hybrid_perception.errors import BackendUnavailableError, ModelLoadError
+from cobot_hybrid_perception.media import load_image, sample_photo_path
+from cobot_hybrid_perception.models import resolve_model
+
+
+@pytest.fixture(scope='module')
+def model_320() -> Path:
+    try:
+        return resolve_model('default', 320)
+    except ModelLoadError as exc:
+        pytest.fail(f'{exc} (make setup exports it)')
+
+
+def options(tmp_path: Path, **kw: object) -> BackendOptions:
+    return BackendOptions(cache_dir=tmp_path, **kw)  # type: ignore[arg-type]
+
+
+def test_auto_picks_what_runs_and_says_why_it_passed_over_the_rest(model_320: Path,
+                                                                   tmp_path: Path) -> None:
+    choice = select_backend('auto', model_320, options(tmp_path))
+    try:
+        if 'cuda' not in available_providers() and tensorrt_status() is not None:
+            assert choice.backend.name == 'ort-cpu'
+            assert 'passed over tensorrt' in choice.reason
+            assert 'CUDAExecutionProvider' in choice.reason
+        assert choice.reason.startswith('auto picked')
+    finally:
+        choice.backend.close()
+
+
+@pytest.mark.skipif('cuda' in available_providers(), reason='this machine has a CUDA EP')
+def test_a_gpu_backend_asked_for_by_name_is_an_error_not_a_slow_path(model_320: Path,
+                                                                     tmp_path: Path) -> None:
+    with pytest.raises(BackendUnavailableError, match='CUDAExecutionProvider'):
+        select_backend('ort-cuda', model_320, options(tmp_path))
+
+
+@pytest.mark.skipif(tensorrt_status() is None, reason='TensorRT and a GPU are present')
+def test_tensorrt_asked_for_without_tensorrt_says_what_is_missing(model_320: Path,
+                                                                 tmp_path: Path) -> None:
+    with pytest.raises(BackendUnavailableError, match='TensorRT cannot run here'):
+        select_backend('tensorrt', model_320, options(tmp_path))
+
+
+@pytest.mark.parametrize(('name', 'suffix', 'error', 'message'), [
+    ('ort-cpu', '.onnx', ModelLoadError, 'does not exist'),
+    ('ort-cpu', '.tflite', ModelLoadError, 'unsupported file type'),
+    ('ultralytics', '.onnx', BackendUnavailableError, 'cannot run a .onnx model'),
+    ('warp-drive', '.onnx', BackendUnavailableError, 'unknown backend'),
+])
+def test_backend_and_model_mismatches(tmp_path: Path, name: str, suffix: str, error: type,
+                                      message: str) -> None:
+    model = tmp_path / f'model{suffix}'
+    if message != 'does not exist':
+        model.write_bytes(b'x')
+    with pytest.raises(error, match=message):
+        select_backend(name, model, options(tmp_path))
+
+
+def test_corrupt_model_file_is_a_load_error(tmp_path: Path) -> None:
+    model = tmp_path / 'broken.onnx'
+    model.write_bytes(b'\x08\x07 this is not a protobuf' * 10)
+    with pytest.raises(ModelLoadError, match='ONNX Runtime cannot load'):
+        create_backend('ort-cpu', model, options(tmp_path))
+
+
+def test_io_binding_equals_plain_session_run(model_320: Path, tmp_path: Path) -> None:
+    backend = OnnxRuntimeBackend(model_320, 'cpu', options(tmp_path, threads=1))
+    try:
+        assert backend.input_shape == (1, 3, 320, 320)
+        assert backend.metadata['task'] == 'pose'
+        rng = np.random.default_rng(0)
+        tensor = rng.random(backend.input_shape, dtype=np.float32)
+        bound = [o.copy() for o in backend.infer(tensor)]
+        plain = backend.run_plain(tensor)
+        np.testing.assert_allclose(bound[0], plain[0], rtol=1e-5, atol=1e-4)
+        tensor[:] = rng.random(backend.input_shape, dtype=np.float32)  # same buffer, new data
+        again = backend.infer(tensor)
+        assert not np.allclose(again[0], bound[0])
+        with pytest.raises(ModelLoadError, match='does not match'):
+            backend.infer(np.zeros((1, 3, 64, 64), np.float32))
+    finally:
+        backend.close()
+
+
+# --- TensorRT: pure parts ----------------------------------------------------------------------
+
+def test_engine_cache_key_changes_with_everything_that_invalidates_an_engine() -> None:
+    base = ('abc123', 'NVIDIA Orin (nvgpu)', '10.3.0', 'fp16', (640, 640))
+    key = engine_cache_key(*base)
+    assert key == 'abc123-nvidia-orin-nvgpu-trt10.3.0-fp16-640x640.engine'
+    for index, value in enumerate(('abc124', 'NVIDIA H100', '8.6.1', 'int8', (320, 320))):
+        changed = list(base)
+        changed[index] = value
+        assert engine_cache_key(*changed) != key  # type: ignore[arg-type]
+    assert timing_cache_name('NVIDIA H100 80GB HBM3', '10.3.0') == \
+        'timing-nvidia-h100-80gb-hbm3-trt10.3.0.cache'
+
+
+def test_ultralytics_engine_metadata_header_is_split_off() -> None:
+    meta = {'names': {0: 'person'}, 'imgsz': [640, 640], 'task': 'pose'}
+    text = json.dumps(meta).encode()
+    blob = len(text).to_bytes(4, 'little') + text + b'ENGINEBYTES'
+    parsed, engine = read_engine_metadata(blob)
+    assert engine == b'ENGINEBYTES'
+    assert parsed['task'] == 'pose' and parsed['imgsz'] == '[640, 640]'
+    plain = b'\x00\x01\x02\x03raw engine without header'
+    assert read_engine_metadata(plain) == ({}, plain)
+
+
+def test_calibration_batches_are_letterboxed_like_inference(tmp_path: Path) -> None:
+    for name in ('bus', 'zidane', 'coffee'):
+        cv2.imwrite(str(tmp_path / f'{name}.jpg'), load_image(sample_photo_path(name), 'bgr8'))
+    (tmp_path / 'notes.txt').write_text('not an image')
+    batches = list(calibration_batches(tmp_path, (320, 320), limit=2))
+    assert len(batches) == 2 and batches[0].shape == (1, 3, 320, 320)
+    assert batches[0].dtype == np.float32 and 0.0 <= batches[0].min() <= batches[0].max() <= 1
+    assert not np.array_equal(batches[0], batches[1])
+
+
+@pytest.mark.parametrize(('make', 'message'), [('missing', 'does not exist'),
+                                               ('empty', 'holds no images')])
+def test_calibration_folder_problems_are_explained(tmp_path: Path, make: str,
+                                                   message: str) -> None:
+    folder = tmp_path / 'calib'
+    if make == 'empty':
+        folder.mkdir()
+    with pytest.raises(ModelLoadError, match=message):
+        list(calibration_batches(folder, (320, 320), limit=4))
+
+
+# --- TensorRT on a GPU ------------------------------------------------------------------------
+
+@pytest.mark.skipif(tensorrt_status() is not None,
+                    reason=f'needs an NVIDIA GPU with TensorRT: {tensorrt_status()}')
+def test_tensorrt_engine_agrees_with_onnxruntime_and_is_cached(model_320: Path,
+                                                               tmp_path: Path) -> None:
+    from cobot_hybrid_perception.backends.tensorrt_backend import TensorRTBackend
+
+    tensor = np.random.default_rng(1).random((1, 3, 320, 320), dtype=np.float32)
+    reference = OnnxRuntimeBackend(model_320, 'cpu', options(tmp_path)).infer(tensor)[0].copy()
+    first = TensorRTBackend(model_320, options(tmp_path, precision='fp32'))
+    try:
+        assert first.built
+        np.testing.assert_allclose(first.infer(tensor)[0], reference, atol=0.05, rtol=0.01)
+    finally:
+        first.close()
+    second = TensorRTBackend(model_320, options(tmp_path, precision='fp32'))
+    try:
+        assert not second.built  # deserialised from the engine cache
+    finally:
+        second.close()
