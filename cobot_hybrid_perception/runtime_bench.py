@@ -85,7 +85,14 @@ def bench_one(model: str, runtime: str, imgsz: int, runs: int, precision: str
     backend, model_spec = runtime, model
     if runtime == 'ort-cpu-int8':
         backend = 'ort-cpu'
-        model_spec = str(_int8_path(model, imgsz))
+        try:
+            int8 = _int8_path(model, imgsz)
+        except PerceptionError as exc:
+            return {'runtime': runtime, 'skipped': str(exc)}
+        if not int8.is_file():
+            return {'runtime': runtime, 'skipped': f'no INT8 model {int8.name}: run '
+                    '`cobot-hybrid quantize MODEL --calib DIR` first'}
+        model_spec = str(int8)
     elif runtime == 'ultralytics':
         if model not in ('default', ''):
             return {'runtime': runtime, 'skipped': 'needs the .pt of the model (--model x.pt)'}

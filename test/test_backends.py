@@ -15,7 +15,10 @@ from cobot_hybrid_perception.backends.onnxruntime_backend import (
     available_providers,
 )
 from cobot_hybrid_perception.backends.tensorrt_backend import (
+    CudaTensor,
+    _cudart,
     calibration_batches,
+    cuda_status,
     engine_cache_key,
     read_engine_metadata,
     tensorrt_status,
@@ -152,7 +155,33 @@ def test_calibration_folder_problems_are_explained(tmp_path: Path, make: str,
         list(calibration_batches(folder, (320, 320), limit=4))
 
 
-# --- TensorRT on a GPU ------------------------------------------------------------------------
+# --- on a GPU ---------------------------------------------------------------------------------
+
+@pytest.mark.skipif(cuda_status() is not None,
+                    reason=f'needs a CUDA device and cuda-python: {cuda_status()}')
+def test_cuda_tensors_move_data_up_and_down_like_the_tensorrt_backend() -> None:
+    cudart = _cudart()
+    _, stream = cudart.cudaStreamCreate()
+    source = np.random.default_rng(2).random((1, 3, 64, 64), dtype=np.float32)
+    up = CudaTensor(source.shape, source.dtype, cudart, pinned_host=False)
+    down = CudaTensor(source.shape, source.dtype, cudart, pinned_host=True)
+    try:
+        up.upload(source, stream)
+        copy = cudart.cudaMemcpyAsync(down.device_ptr, up.device_ptr, up.nbytes,
+                                      cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice, stream)
+        assert copy[0] == cudart.cudaError_t.cudaSuccess
+        down.download(stream)
+        cudart.cudaStreamSynchronize(stream)
+        assert down.host is not None
+        np.testing.assert_array_equal(down.host, source)
+        with pytest.raises(ModelLoadError, match='does not match'):
+            up.upload(np.zeros((1, 3, 32, 32), np.float32), stream)
+    finally:
+        up.free()
+        down.free()
+        down.free()  # idempotent
+        cudart.cudaStreamDestroy(stream)
+
 
 @pytest.mark.skipif(tensorrt_status() is not None,
                     reason=f'needs an NVIDIA GPU with TensorRT: {tensorrt_status()}')

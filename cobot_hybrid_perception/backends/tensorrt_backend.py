@@ -30,8 +30,8 @@ from cobot_hybrid_perception.backends.base import BackendOptions, model_hash
 from cobot_hybrid_perception.errors import BackendUnavailableError, ModelLoadError
 from cobot_hybrid_perception.letterbox import Letterbox
 
-__all__ = ['TensorRTBackend', 'calibration_batches', 'engine_cache_key',
-           'read_engine_metadata', 'tensorrt_status', 'timing_cache_name']
+__all__ = ['CudaTensor', 'TensorRTBackend', 'calibration_batches', 'cuda_status',
+           'engine_cache_key', 'read_engine_metadata', 'tensorrt_status', 'timing_cache_name']
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 
@@ -87,6 +87,18 @@ def calibration_batches(folder: Path, input_hw: tuple[int, int], limit: int
         yield letterbox.tensor.copy()
 
 
+def cuda_status() -> str | None:
+    """None when cuda-python sees a CUDA device, else why not."""
+    try:
+        cudart = _cudart()
+    except BackendUnavailableError as exc:
+        return str(exc)
+    err, count = cudart.cudaGetDeviceCount()
+    if err != cudart.cudaError_t.cudaSuccess or count == 0:
+        return f'no CUDA device is visible ({err})'
+    return None
+
+
 def tensorrt_status() -> str | None:
     """None when TensorRT and a CUDA device are usable, else why not."""
     try:
@@ -94,14 +106,7 @@ def tensorrt_status() -> str | None:
     except ImportError:
         return 'the tensorrt Python package is not installed (JetPack ships it; on x86 ' \
                'pip install tensorrt)'
-    try:
-        cudart = _cudart()
-    except BackendUnavailableError as exc:
-        return str(exc)
-    err, count = cudart.cudaGetDeviceCount()
-    if err != cudart.cudaError_t.cudaSuccess or count == 0:
-        return 'no CUDA device is visible'
-    return None
+    return cuda_status()
 
 
 def _cudart() -> Any:
@@ -243,78 +248,101 @@ class TensorRTBackend:
     # --- buffers and execution ---------------------------------------------------------------
 
     def _allocate(self) -> None:
-        trt, cudart = self._trt, self._cudart
-        self._inputs: list[tuple[str, int, int]] = []     # name, device ptr, bytes
-        self._outputs: list[tuple[str, int, npt.NDArray[Any]]] = []  # name, device ptr, host
-        self._device_ptrs: list[int] = []
-        self._host_ptrs: list[int] = []
+        trt = self._trt
+        self._inputs: list[CudaTensor] = []
+        self._outputs: list[CudaTensor] = []
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
             shape = tuple(self._engine.get_tensor_shape(name))
             if any(d < 0 for d in shape):
                 shape = tuple(self._context.get_tensor_shape(name))
             dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
-            nbytes = int(np.prod(shape)) * dtype.itemsize
-            device_ptr = _check(cudart.cudaMalloc(nbytes), 'cudaMalloc')
-            self._device_ptrs.append(device_ptr)
-            self._context.set_tensor_address(name, device_ptr)
-            if self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                self._inputs.append((name, device_ptr, nbytes))
+            is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            # Inputs are copied up from the caller's array; outputs land in pinned host memory.
+            buffer = CudaTensor(shape, dtype, self._cudart, pinned_host=not is_input)
+            self._context.set_tensor_address(name, buffer.device_ptr)
+            (self._inputs if is_input else self._outputs).append(buffer)
+            if is_input:
                 self.input_shape = shape  # type: ignore[assignment]
-            else:
-                host_ptr = _check(cudart.cudaMallocHost(nbytes), 'cudaMallocHost')
-                self._host_ptrs.append(host_ptr)
-                host = np.ctypeslib.as_array((ctypes.c_byte * nbytes).from_address(host_ptr))
-                self._outputs.append((name, device_ptr, host.view(dtype).reshape(shape)))
         if len(self._inputs) != 1:
             raise ModelLoadError(f'expected one input tensor, the engine has '
-                                 f'{[n for n, _, _ in self._inputs]}')
+                                 f'{len(self._inputs)}')
 
     def infer(self, tensor: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
         """Copy the input up, run the engine on the stream, copy the outputs down."""
-        cudart = self._cudart
-        name, device_ptr, nbytes = self._inputs[0]
-        if tensor.nbytes != nbytes or not tensor.flags.c_contiguous:
-            raise ModelLoadError(f'input tensor {tensor.shape} {tensor.dtype} does not match '
-                                 f'the engine input {self.input_shape}')
-        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _check(cudart.cudaMemcpyAsync(device_ptr, tensor.ctypes.data, nbytes, h2d,
-                                      self._stream), 'copy to device')
+        self._inputs[0].upload(tensor, self._stream)
         if not self._context.execute_async_v3(self._stream):
             raise ModelLoadError('TensorRT execution failed; see the TensorRT log')
-        for _, out_ptr, host in self._outputs:
-            _check(cudart.cudaMemcpyAsync(host.ctypes.data, out_ptr, host.nbytes, d2h,
-                                          self._stream), 'copy to host')
-        _check(cudart.cudaStreamSynchronize(self._stream), 'stream synchronize')
-        return [host for _, _, host in self._outputs]
+        for output in self._outputs:
+            output.download(self._stream)
+        _check(self._cudart.cudaStreamSynchronize(self._stream), 'stream synchronize')
+        return [output.host for output in self._outputs if output.host is not None]
 
     def close(self) -> None:
         """Free device and pinned memory, the stream, the context and the engine."""
         cudart = getattr(self, '_cudart', None)
         if cudart is None:
             return
-        for ptr in getattr(self, '_device_ptrs', []):
-            cudart.cudaFree(ptr)
-        for ptr in getattr(self, '_host_ptrs', []):
-            cudart.cudaFreeHost(ptr)
+        for buffer in [*getattr(self, '_inputs', []), *getattr(self, '_outputs', [])]:
+            buffer.free()
         if getattr(self, '_stream', None) is not None:
             cudart.cudaStreamDestroy(self._stream)
-        self._device_ptrs, self._host_ptrs, self._outputs = [], [], []
+        self._inputs, self._outputs = [], []
         self._context = self._engine = self._runtime = self._stream = None
         self._cudart = None
+
+
+class CudaTensor:
+    """One device buffer of a fixed shape and dtype, with an optional pinned host mirror."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype[Any], cudart: Any,
+                 pinned_host: bool) -> None:
+        self.shape, self.dtype, self._cudart = shape, np.dtype(dtype), cudart
+        self.nbytes = int(np.prod(shape)) * self.dtype.itemsize
+        self.device_ptr: int = _check(cudart.cudaMalloc(self.nbytes), 'cudaMalloc')
+        self._host_ptr: int | None = None
+        self.host: npt.NDArray[Any] | None = None
+        if pinned_host:
+            self._host_ptr = _check(cudart.cudaMallocHost(self.nbytes), 'cudaMallocHost')
+            raw = np.ctypeslib.as_array((ctypes.c_byte * self.nbytes).from_address(
+                self._host_ptr))
+            self.host = raw.view(self.dtype).reshape(shape)
+
+    def upload(self, array: npt.NDArray[Any], stream: Any) -> None:
+        """Copy a C-contiguous array of exactly this size to the device (async on stream)."""
+        if array.nbytes != self.nbytes or not array.flags.c_contiguous:
+            raise ModelLoadError(f'input {array.shape} {array.dtype} does not match the '
+                                 f'engine tensor {self.shape} {self.dtype}')
+        _check(self._cudart.cudaMemcpyAsync(
+            self.device_ptr, array.ctypes.data, self.nbytes,
+            self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, stream), 'copy to device')
+
+    def download(self, stream: Any) -> None:
+        """Copy the device buffer into the pinned host mirror (async on stream)."""
+        if self.host is None:
+            raise ModelLoadError('this tensor has no host mirror')
+        _check(self._cudart.cudaMemcpyAsync(
+            self.host.ctypes.data, self.device_ptr, self.nbytes,
+            self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream), 'copy to host')
+
+    def free(self) -> None:
+        """Release device and pinned memory (idempotent)."""
+        if self.device_ptr:
+            self._cudart.cudaFree(self.device_ptr)
+            self.device_ptr = 0
+        if self._host_ptr:
+            self._cudart.cudaFreeHost(self._host_ptr)
+            self._host_ptr, self.host = None, None
 
 
 def _make_calibrator(trt: Any, batches: Iterator[npt.NDArray[np.float32]],
                      shape: tuple[int, ...], cache_path: Path, cudart: Any) -> Any:
     """Build an IInt8EntropyCalibrator2 feeding letterboxed images from one device buffer."""
-    nbytes = int(np.prod(shape)) * 4
-
     class _EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
             super().__init__()
             self._batches = batches
-            self._device = _check(cudart.cudaMalloc(nbytes), 'cudaMalloc')
+            self._buffer = CudaTensor(shape, np.dtype(np.float32), cudart, pinned_host=False)
 
         def get_batch_size(self) -> int:
             return 1
@@ -323,10 +351,9 @@ def _make_calibrator(trt: Any, batches: Iterator[npt.NDArray[np.float32]],
             batch = next(self._batches, None)
             if batch is None:
                 return None
-            _check(cudart.cudaMemcpy(self._device, batch.ctypes.data, nbytes,
-                                     cudart.cudaMemcpyKind.cudaMemcpyHostToDevice),
-                   'calibration copy')
-            return [self._device]
+            self._buffer.upload(batch, 0)
+            _check(cudart.cudaDeviceSynchronize(), 'calibration copy')
+            return [self._buffer.device_ptr]
 
         def read_calibration_cache(self) -> bytes | None:
             return cache_path.read_bytes() if cache_path.is_file() else None
