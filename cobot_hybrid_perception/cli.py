@@ -1,7 +1,8 @@
 """``cobot-hybrid``: one command line, sub-commands owned by the packages.
 
 Each package with a ``cli`` module exposing ``register(subparsers)`` adds its sub-commands;
-this module holds the perception ones (``detect``, ``bench``, ``quantize``, ``models``) and
+this module holds the perception ones (``detect``, ``bench``, ``quantize``, ``export``,
+``models``) and
 the dispatcher.
 """
 
@@ -69,6 +70,30 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from cobot_hybrid_perception.backends import BackendOptions
+    from cobot_hybrid_perception.models import export_onnx, model_cache_dir
+
+    source = Path(args.model)
+    if source.suffix != '.pt' or not source.is_file():
+        raise PerceptionError(f'export needs an Ultralytics .pt checkpoint; {source} is not one')
+    onnx_path = export_onnx(source, args.imgsz,
+                            source.with_name(f'{source.stem}-{args.imgsz}.onnx'))
+    print(onnx_path)
+    if args.engine:
+        from cobot_hybrid_perception.backends.tensorrt_backend import TensorRTBackend
+
+        backend = TensorRTBackend(onnx_path, BackendOptions(
+            precision=args.precision, cache_dir=model_cache_dir(),
+            calib_dir=Path(args.calib) if args.calib else None))
+        try:
+            print(f'engine cached for {backend.gpu_name} ({backend.precision}) under '
+                  f'{model_cache_dir() / "engines"}')
+        finally:
+            backend.close()
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from cobot_hybrid_perception.models import ensure_default_models
 
@@ -122,6 +147,15 @@ def register(subparsers: Any) -> None:
     quantize.add_argument('--images', type=int, default=64, help='calibration images to use')
     quantize.add_argument('--json', action='store_true')
     quantize.set_defaults(func=_cmd_quantize)
+
+    export = subparsers.add_parser('export', help='export a .pt to ONNX (and a TensorRT engine)')
+    export.add_argument('model', help='Ultralytics .pt checkpoint')
+    export.add_argument('--imgsz', type=int, default=640)
+    export.add_argument('--engine', action='store_true',
+                        help='also build and cache the TensorRT engine (needs TensorRT)')
+    export.add_argument('--precision', default='fp16', choices=('fp32', 'fp16', 'int8'))
+    export.add_argument('--calib', default='', help='images for INT8 calibration')
+    export.set_defaults(func=_cmd_export)
 
     models = subparsers.add_parser('models', help='export the default model into the cache')
     models.add_argument('--sizes', type=int, nargs='+', default=[640, 320])

@@ -170,3 +170,25 @@ def test_cli_quantize_writes_an_int8_model_that_agrees(tmp_path: Path) -> None:
         assert detector.info.task == 'pose'  # metadata carried over
     finally:
         detector.close()
+
+
+def test_cli_export_writes_onnx_and_explains_a_missing_tensorrt(tmp_path: Path) -> None:
+    from cobot_hybrid_perception.backends.tensorrt_backend import tensorrt_status
+    from cobot_hybrid_perception.models import model_cache_dir
+
+    pt = tmp_path / 'pose.pt'
+    pt.write_bytes((model_cache_dir() / 'yolo11n-pose.pt').read_bytes())
+    result = _cli('export', str(pt), '--imgsz', '256')
+    assert result.returncode == 0, result.stderr
+    exported = tmp_path / 'pose-256.onnx'
+    assert result.stdout.strip().splitlines()[-1] == str(exported)
+    detector = Detector(DetectorConfig(model=str(exported), backend='ort-cpu'))
+    try:
+        assert detector.info.imgsz == (256, 256) and detector.info.task == 'pose'
+    finally:
+        detector.close()
+    if tensorrt_status() is not None:
+        engine = _cli('export', str(pt), '--imgsz', '256', '--engine')
+        assert engine.returncode == 2 and 'TensorRT cannot run here' in engine.stderr
+    bad = _cli('export', str(exported))
+    assert bad.returncode == 2 and '.pt checkpoint' in bad.stderr
