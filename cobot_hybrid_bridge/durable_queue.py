@@ -1,0 +1,391 @@
+"""A durable, bounded outbox for the uplink: SQLite in WAL mode. Pure Python, no ROS, no MQTT.
+
+Life of a message:
+
+1. :meth:`DurableQueue.put` gives it the next ``seq`` of this robot (strictly increasing, also
+   across restarts) and holds it in memory;
+2. :meth:`DurableQueue.commit` writes every held message in one transaction (group commit;
+   ``synchronous=FULL`` by default, so a committed message survives a power cut). Only
+   committed messages are handed to the link: *written before publishing*;
+3. :meth:`DurableQueue.ack` deletes it once the broker really accepted it (the link decides
+   what "really" means: PUBACK/PUBCOMP < 0x80 and not 0x10 "no matching subscribers").
+
+Bounds: messages older than ``ttl_s`` are dropped, and above ``max_bytes`` the lowest priority,
+oldest first, goes. Every drop is counted by reason in the same database, so at any time::
+
+    committed == delivered + queued + dropped          (sum over reasons)
+
+Faults: a disk that fills up makes :meth:`commit` raise :class:`DiskFullError` after rolling
+back; the held messages stay in memory (bounded by ``max_pending``, beyond which they are
+counted as ``dropped_uncommitted`` and never entered the invariant), and a ballast file is
+released so deletes and checkpoints can still run. A corrupt database file is moved aside
+(``<name>.corrupt-<unix time>``) and a fresh one started, with ``seq`` continuing from the
+wall clock in microseconds so it stays above anything issued before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cobot_hybrid_bridge.errors import BridgeError
+
+__all__ = ['DROP_REASONS', 'DiskFullError', 'DurableQueue', 'QueueConfig', 'QueueError',
+           'QueueStats', 'QueuedMessage']
+
+_LOG = logging.getLogger(__name__)
+DROP_REASONS = ('ttl', 'max_bytes', 'rejected')
+_SYNC_MODES = ('FULL', 'NORMAL')
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    created_s REAL NOT NULL,
+    size INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS messages_by_priority ON messages (priority, seq);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class QueueError(BridgeError):
+    """The queue cannot do what was asked (bad configuration, closed queue)."""
+
+
+class DiskFullError(QueueError):
+    """A commit failed because the disk is full; held messages stay in memory."""
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """Bounds and durability of the queue."""
+
+    max_bytes: int = 256 * 2**20          # payload bytes kept at most
+    ttl_s: float = 24 * 3600.0            # older messages are dropped
+    synchronous: str = 'FULL'             # FULL (survives power loss) | NORMAL (process crash)
+    max_pending: int = 100_000            # messages held in memory between commits
+    ballast_bytes: int = 8 * 2**20        # released when the disk fills up
+    wal_limit_bytes: int = 64 * 2**20     # journal_size_limit
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= 0 or self.max_pending <= 0:
+            raise QueueError('max_bytes and max_pending must be > 0')
+        if not self.ttl_s > 0:
+            raise QueueError(f'ttl_s {self.ttl_s} must be > 0')
+        if self.synchronous not in _SYNC_MODES:
+            raise QueueError(f'synchronous {self.synchronous!r}: use FULL or NORMAL')
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """A committed message waiting for its acknowledgement."""
+
+    seq: int
+    topic: str
+    payload: bytes
+    qos: int
+    priority: int
+    retain: bool
+    created_s: float
+    attempts: int
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Counters of the queue; ``committed == delivered + queued + sum(dropped)``."""
+
+    committed: int
+    delivered: int
+    queued: int
+    queued_bytes: int
+    dropped: dict[str, int]
+    oldest_age_s: float
+    pending: int
+    dropped_uncommitted: int
+    next_seq: int
+
+    @property
+    def balanced(self) -> bool:
+        """Whether the invariant holds."""
+        return self.committed == self.delivered + self.queued + sum(self.dropped.values())
+
+
+@dataclass
+class _Pending:
+    seq: int
+    topic: str
+    payload: bytes
+    qos: int
+    priority: int
+    retain: bool
+    created_s: float
+
+
+@dataclass
+class DurableQueue:
+    """The outbox of one robot, in one SQLite file."""
+
+    path: Path
+    cfg: QueueConfig = field(default_factory=QueueConfig)
+    _db: sqlite3.Connection = field(init=False)
+    _pending: list[_Pending] = field(default_factory=list)
+    _next_seq: int = 1
+    _bytes: int = 0
+    _dropped_uncommitted: int = 0
+    disk_full: bool = False
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = self._open()
+        self._ensure_ballast()
+
+    # --- opening, corruption -----------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute('PRAGMA journal_mode=WAL')
+        db.execute(f'PRAGMA synchronous={self.cfg.synchronous}')
+        db.execute(f'PRAGMA journal_size_limit={self.cfg.wal_limit_bytes}')
+        db.execute('PRAGMA wal_autocheckpoint=1000')
+        return db
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            db = self._connect()
+            check = db.execute('PRAGMA quick_check').fetchone()[0]
+            if check != 'ok':
+                raise sqlite3.DatabaseError(f'quick_check: {check}')
+            db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(Exception):
+                db.close()
+            aside = self.path.with_name(f'{self.path.name}.corrupt-{int(time.time())}')
+            _LOG.error('queue database %s is corrupt (%s): moved aside to %s, starting a fresh '
+                       'one; seq continues from the clock', self.path, exc, aside)
+            for suffix in ('', '-wal', '-shm'):
+                source = Path(f'{self.path}{suffix}')
+                if source.exists():
+                    source.replace(Path(f'{aside}{suffix}'))
+            db = self._connect()
+            db.executescript(_SCHEMA)
+            self._set_counter(db, 'next_seq', int(time.time() * 1e6))
+        next_seq = self._counter(db, 'next_seq')
+        max_seq = db.execute('SELECT MAX(seq) FROM messages').fetchone()[0] or 0
+        self._next_seq = max(next_seq, max_seq + 1, 1)
+        self._bytes = db.execute('SELECT COALESCE(SUM(size), 0) FROM messages').fetchone()[0]
+        return db
+
+    @staticmethod
+    def _counter(db: sqlite3.Connection, name: str) -> int:
+        row = db.execute('SELECT value FROM counters WHERE name = ?', (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def _set_counter(db: sqlite3.Connection, name: str, value: int) -> None:
+        db.execute('INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO '
+                   'UPDATE SET value = excluded.value', (name, value))
+
+    @staticmethod
+    def _add_counter(db: sqlite3.Connection, name: str, delta: int) -> None:
+        if delta:
+            db.execute('INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO '
+                       'UPDATE SET value = value + excluded.value', (name, delta))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        db.execute('BEGIN IMMEDIATE')
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:  # SQLite already rolled back after SQLITE_FULL
+                db.execute('ROLLBACK')
+            raise
+        db.execute('COMMIT')
+
+    # --- disk full ---------------------------------------------------------------------------
+
+    @property
+    def _ballast(self) -> Path:
+        return self.path.with_name(self.path.name + '.ballast')
+
+    def _ensure_ballast(self) -> None:
+        if self.cfg.ballast_bytes <= 0 or self._ballast.exists():
+            return
+        try:
+            with self._ballast.open('wb') as handle:
+                handle.truncate(0)
+                handle.write(b'\0' * self.cfg.ballast_bytes)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._ballast.unlink()
+
+    def _release_ballast(self) -> None:
+        with contextlib.suppress(OSError):
+            self._ballast.unlink()
+
+    # --- public API --------------------------------------------------------------------------
+
+    def put(self, topic: str, payload: bytes, qos: int = 1, priority: int = 0,
+            retain: bool = False, now_s: float | None = None) -> int:
+        """Hold a message for the next commit; return its ``seq``."""
+        if qos not in (0, 1, 2):
+            raise QueueError(f'qos {qos} must be 0, 1 or 2')
+        if len(self._pending) >= self.cfg.max_pending:
+            self._pending.pop(0)  # never committed: outside the invariant, but counted
+            self._dropped_uncommitted += 1
+        seq = self._next_seq
+        self._next_seq += 1
+        self._pending.append(_Pending(seq, topic, bytes(payload), qos, priority, retain,
+                                      time.time() if now_s is None else now_s))
+        return seq
+
+    def commit(self) -> int:
+        """Write every held message in one transaction; return how many were committed."""
+        if not self._pending:
+            return 0
+        rows = [(p.seq, p.topic, p.payload, p.qos, p.priority, int(p.retain), p.created_s,
+                 len(p.payload)) for p in self._pending]
+        try:
+            with self._transaction() as db:
+                db.executemany('INSERT INTO messages (seq, topic, payload, qos, priority, '
+                               'retain, created_s, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)', rows)
+                self._add_counter(db, 'committed', len(rows))
+                self._set_counter(db, 'next_seq', self._next_seq)
+        except sqlite3.OperationalError as exc:
+            if 'full' in str(exc).lower():
+                self.disk_full = True
+                self._release_ballast()
+                raise DiskFullError(f'disk full while committing {len(rows)} messages to '
+                                    f'{self.path}; holding them in memory and retrying') from None
+            raise
+        self._bytes += sum(r[7] for r in rows)
+        self._pending.clear()
+        if self.disk_full:
+            self.disk_full = False
+            self._ensure_ballast()
+        self._enforce_bytes()
+        return len(rows)
+
+    def peek(self, limit: int, exclude: Sequence[int] = ()) -> list[QueuedMessage]:
+        """Return the committed messages to send next, skipping ``exclude`` (in flight).
+
+        Highest priority first, then oldest: a topic that keeps its priority keeps its order.
+        """
+        excluded = set(exclude)
+        rows = self._db.execute(
+            'SELECT seq, topic, payload, qos, priority, retain, created_s, attempts FROM '
+            'messages ORDER BY priority DESC, seq ASC LIMIT ?', (limit + len(excluded),))
+        out = [QueuedMessage(r[0], r[1], bytes(r[2]), r[3], r[4], bool(r[5]), r[6], r[7])
+               for r in rows if r[0] not in excluded]
+        return out[:limit]
+
+    def mark_attempt(self, seq: int) -> None:
+        """Count one more publish attempt of ``seq``."""
+        self._db.execute('UPDATE messages SET attempts = attempts + 1 WHERE seq = ?', (seq,))
+
+    def ack(self, seqs: Sequence[int]) -> int:
+        """Delete delivered messages (unknown seqs are ignored: a duplicate ack)."""
+        return self._remove(seqs, 'delivered')
+
+    def reject(self, seqs: Sequence[int]) -> int:
+        """Drop messages the broker refused for good, counted as ``rejected``."""
+        return self._remove(seqs, 'dropped_rejected')
+
+    def _remove(self, seqs: Sequence[int], counter: str) -> int:
+        if not seqs:
+            return 0
+        freed = removed = 0
+        with self._transaction() as db:
+            for start in range(0, len(seqs), 500):  # below SQLite's variable limit
+                chunk = list(seqs[start:start + 500])
+                marks = ','.join('?' * len(chunk))
+                size, count = db.execute(f'SELECT COALESCE(SUM(size), 0), COUNT(*) FROM '
+                                         f'messages WHERE seq IN ({marks})', chunk).fetchone()
+                db.execute(f'DELETE FROM messages WHERE seq IN ({marks})', chunk)
+                freed, removed = freed + int(size), removed + int(count)
+            self._add_counter(db, counter, removed)
+        self._bytes -= freed
+        return removed
+
+    def expire(self, now_s: float | None = None) -> int:
+        """Drop messages older than ``ttl_s``; return how many."""
+        cutoff = (time.time() if now_s is None else now_s) - self.cfg.ttl_s
+        with self._transaction() as db:
+            size, count = db.execute('SELECT COALESCE(SUM(size), 0), COUNT(*) FROM messages '
+                                     'WHERE created_s < ?', (cutoff,)).fetchone()
+            db.execute('DELETE FROM messages WHERE created_s < ?', (cutoff,))
+            self._add_counter(db, 'dropped_ttl', int(count))
+        self._bytes -= int(size)
+        return int(count)
+
+    def _enforce_bytes(self) -> None:
+        if self._bytes <= self.cfg.max_bytes:
+            return
+        excess = self._bytes - self.cfg.max_bytes
+        victims, freed = [], 0
+        for seq, size in self._db.execute('SELECT seq, size FROM messages ORDER BY priority '
+                                          'ASC, seq ASC'):
+            victims.append(seq)
+            freed += size
+            if freed >= excess:
+                break
+        self._remove(victims, 'dropped_max_bytes')
+
+    def stats(self, now_s: float | None = None) -> QueueStats:
+        """Counters, queue depth and the age of the oldest queued message."""
+        db = self._db
+        queued = db.execute('SELECT COUNT(*), MIN(created_s) FROM messages').fetchone()
+        now = time.time() if now_s is None else now_s
+        return QueueStats(
+            committed=self._counter(db, 'committed'),
+            delivered=self._counter(db, 'delivered'),
+            queued=int(queued[0]), queued_bytes=self._bytes,
+            dropped={reason: self._counter(db, f'dropped_{reason}') for reason in DROP_REASONS},
+            oldest_age_s=0.0 if queued[1] is None else max(0.0, now - queued[1]),
+            pending=len(self._pending), dropped_uncommitted=self._dropped_uncommitted,
+            next_seq=self._next_seq)
+
+    def close(self) -> None:
+        """Commit what is held (if the disk allows), checkpoint and close."""
+        with contextlib.suppress(DiskFullError):
+            self.commit()
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute('PRAGMA wal_checkpoint(TRUNCATE)')
+        self._db.close()
+
+
+def open_readonly_stats(path: Path) -> QueueStats:
+    """Stats of a queue file without changing it (``cobot-hybrid queue stats``)."""
+    if not Path(path).is_file():
+        raise QueueError(f'queue file {path} does not exist')
+    uri = f'file:{os.fspath(path)}?mode=ro'
+    try:
+        db = sqlite3.connect(uri, uri=True)
+        try:
+            counters = dict(db.execute('SELECT name, value FROM counters').fetchall())
+            count, size, oldest = db.execute(
+                'SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created_s) FROM messages'
+            ).fetchone()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise QueueError(f'{path} is not a readable queue database: {exc}') from None
+    return QueueStats(
+        committed=counters.get('committed', 0), delivered=counters.get('delivered', 0),
+        queued=count, queued_bytes=size,
+        dropped={r: counters.get(f'dropped_{r}', 0) for r in DROP_REASONS},
+        oldest_age_s=0.0 if oldest is None else max(0.0, time.time() - oldest), pending=0,
+        dropped_uncommitted=0, next_seq=counters.get('next_seq', 0))
