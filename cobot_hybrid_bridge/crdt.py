@@ -1,0 +1,284 @@
+"""State-based CRDTs for robot telemetry, so the cloud's merged view ignores delivery order.
+
+When the link returns, the bridge sends state snapshots; the cloud merges them. Each type's
+``merge`` is commutative, associative and idempotent, so any order, duplication or loss of
+intermediate snapshots gives the same result once the latest of each replica arrived:
+
+* :class:`GCounter` / :class:`PNCounter`: per-replica counts (events, detections, stops);
+* :class:`LWWMap`: last-known value per key, ordered by a hybrid logical clock (:class:`HLC`)
+  with the replica id as the tie-break, so clocks that drift never make an old value win
+  over one that causally followed it;
+* :class:`ORSet`: observed-remove set (active alarms): an alarm raised again after a removal
+  is present, a removal only removes the additions it saw.
+
+All states round-trip through plain JSON (``to_json`` / ``from_json``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from cobot_hybrid_bridge.errors import BridgeError
+
+__all__ = ['CrdtError', 'GCounter', 'HLC', 'HlcTimestamp', 'LWWMap', 'ORSet', 'PNCounter',
+           'TelemetryState']
+
+
+class CrdtError(BridgeError, ValueError):
+    """A CRDT snapshot is malformed."""
+
+
+def _json_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+@dataclass
+class GCounter:
+    """Grow-only counter: one monotone count per replica; merge takes the maximum."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def increment(self, replica: str, amount: int = 1) -> None:
+        """Add ``amount`` (>= 0) on ``replica``."""
+        if amount < 0:
+            raise CrdtError('a GCounter only grows; use a PNCounter')
+        self.counts[replica] = self.counts.get(replica, 0) + amount
+
+    @property
+    def value(self) -> int:
+        """Total over replicas."""
+        return sum(self.counts.values())
+
+    def merge(self, other: GCounter) -> GCounter:
+        """Least upper bound of two states."""
+        keys = self.counts.keys() | other.counts.keys()
+        return GCounter({k: max(self.counts.get(k, 0), other.counts.get(k, 0)) for k in keys})
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form."""
+        return dict(self.counts)
+
+    @classmethod
+    def from_json(cls, data: Any) -> GCounter:
+        """Parse (raises CrdtError)."""
+        if not isinstance(data, dict) or not all(
+                isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in data.items()):
+            raise CrdtError(f'GCounter must map replica -> count >= 0, got {data!r}')
+        return cls(dict(data))
+
+
+@dataclass
+class PNCounter:
+    """Counter that goes up and down: two GCounters."""
+
+    up: GCounter = field(default_factory=GCounter)
+    down: GCounter = field(default_factory=GCounter)
+
+    def add(self, replica: str, amount: int) -> None:
+        """Add (or subtract, when negative) ``amount`` on ``replica``."""
+        if amount >= 0:
+            self.up.increment(replica, amount)
+        else:
+            self.down.increment(replica, -amount)
+
+    @property
+    def value(self) -> int:
+        """Current value."""
+        return self.up.value - self.down.value
+
+    def merge(self, other: PNCounter) -> PNCounter:
+        """Least upper bound of two states."""
+        return PNCounter(self.up.merge(other.up), self.down.merge(other.down))
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form."""
+        return {'p': self.up.to_json(), 'n': self.down.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> PNCounter:
+        """Parse (raises CrdtError)."""
+        if not isinstance(data, dict) or set(data) != {'p', 'n'}:
+            raise CrdtError(f'PNCounter must be {{"p": ..., "n": ...}}, got {data!r}')
+        return cls(GCounter.from_json(data['p']), GCounter.from_json(data['n']))
+
+
+@dataclass(frozen=True, order=True)
+class HlcTimestamp:
+    """Hybrid logical clock reading: (physical ms, logical counter, replica) orders totally."""
+
+    wall_ms: int
+    logical: int
+    replica: str
+
+    def to_json(self) -> list[Any]:
+        """``[wall_ms, logical, replica]``."""
+        return [self.wall_ms, self.logical, self.replica]
+
+    @classmethod
+    def from_json(cls, data: Any) -> HlcTimestamp:
+        """Parse (raises CrdtError)."""
+        if (not isinstance(data, list) or len(data) != 3 or not isinstance(data[0], int)
+                or not isinstance(data[1], int) or not isinstance(data[2], str)):
+            raise CrdtError(f'HLC timestamp must be [wall_ms, logical, replica], got {data!r}')
+        return cls(data[0], data[1], data[2])
+
+
+@dataclass
+class HLC:
+    """A hybrid logical clock of one replica (Kulkarni et al.)."""
+
+    replica: str
+    wall_ms: int = 0
+    logical: int = 0
+
+    def now(self, physical_ms: int | None = None) -> HlcTimestamp:
+        """Timestamp a local event."""
+        physical = int(time.time() * 1000) if physical_ms is None else physical_ms
+        if physical > self.wall_ms:
+            self.wall_ms, self.logical = physical, 0
+        else:
+            self.logical += 1
+        return HlcTimestamp(self.wall_ms, self.logical, self.replica)
+
+    def observe(self, remote: HlcTimestamp, physical_ms: int | None = None) -> None:
+        """Move past a timestamp received from another replica."""
+        physical = int(time.time() * 1000) if physical_ms is None else physical_ms
+        top = max(self.wall_ms, remote.wall_ms, physical)
+        if top == self.wall_ms == remote.wall_ms:
+            self.logical = max(self.logical, remote.logical) + 1
+        elif top == self.wall_ms:
+            self.logical += 1
+        elif top == remote.wall_ms:
+            self.logical = remote.logical + 1
+        else:
+            self.logical = 0
+        self.wall_ms = top
+
+
+@dataclass
+class LWWMap:
+    """Last-writer-wins register per key; the greatest HLC timestamp wins."""
+
+    entries: dict[str, tuple[HlcTimestamp, Any]] = field(default_factory=dict)
+
+    def set(self, key: str, value: Any, stamp: HlcTimestamp) -> None:
+        """Write ``value`` at ``stamp`` (ignored if an entry with a later stamp exists).
+
+        Equal stamps cannot come from one healthy replica; should they meet anyway, the value
+        with the greater JSON text wins, so merging stays commutative.
+        """
+        current = self.entries.get(key)
+        if current is None or stamp > current[0] or (
+                stamp == current[0] and _json_key(value) > _json_key(current[1])):
+            self.entries[key] = (stamp, value)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return the current value of ``key``."""
+        entry = self.entries.get(key)
+        return default if entry is None else entry[1]
+
+    def merge(self, other: LWWMap) -> LWWMap:
+        """Per key, the entry with the greatest stamp."""
+        merged = LWWMap(dict(self.entries))
+        for key, (stamp, value) in other.entries.items():
+            merged.set(key, value, stamp)
+        return merged
+
+    def to_json(self) -> dict[str, Any]:
+        """``{key: [stamp, value]}``."""
+        return {k: [s.to_json(), v] for k, (s, v) in self.entries.items()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> LWWMap:
+        """Parse (raises CrdtError)."""
+        if not isinstance(data, dict):
+            raise CrdtError(f'LWWMap must be an object, got {type(data).__name__}')
+        entries = {}
+        for key, item in data.items():
+            if not isinstance(item, list) or len(item) != 2:
+                raise CrdtError(f'LWWMap entry {key!r} must be [stamp, value]')
+            entries[str(key)] = (HlcTimestamp.from_json(item[0]), item[1])
+        return cls(entries)
+
+
+@dataclass
+class ORSet:
+    """Observed-remove set: elements carry unique add tags; removal tombstones seen tags."""
+
+    adds: dict[str, set[str]] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)
+
+    def add(self, element: str, tag: str | None = None) -> None:
+        """Add ``element`` with a fresh unique tag."""
+        self.adds.setdefault(element, set()).add(tag or uuid.uuid4().hex)
+
+    def remove(self, element: str) -> None:
+        """Remove the additions of ``element`` seen so far."""
+        self.removed |= self.adds.get(element, set())
+
+    def __contains__(self, element: object) -> bool:
+        return bool(self.adds.get(str(element), set()) - self.removed)
+
+    @property
+    def elements(self) -> set[str]:
+        """Elements present now."""
+        return {e for e, tags in self.adds.items() if tags - self.removed}
+
+    def merge(self, other: ORSet) -> ORSet:
+        """Union of adds and of tombstones."""
+        adds = {e: set(tags) for e, tags in self.adds.items()}
+        for element, tags in other.adds.items():
+            adds.setdefault(element, set()).update(tags)
+        return ORSet(adds, self.removed | other.removed)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return ``{"adds": {element: [tags]}, "removed": [tags]}``, sorted (stable bytes)."""
+        return {'adds': {e: sorted(t) for e, t in sorted(self.adds.items())},
+                'removed': sorted(self.removed)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ORSet:
+        """Parse (raises CrdtError)."""
+        if not isinstance(data, dict) or set(data) != {'adds', 'removed'}:
+            raise CrdtError('ORSet must be {"adds": {...}, "removed": [...]}')
+        try:
+            return cls({str(e): set(map(str, t)) for e, t in data['adds'].items()},
+                       set(map(str, data['removed'])))
+        except (AttributeError, TypeError) as exc:
+            raise CrdtError(f'malformed ORSet: {exc}') from None
+
+
+@dataclass
+class TelemetryState:
+    """A robot's telemetry state: counters, last-known values, active alarms."""
+
+    counters: dict[str, PNCounter] = field(default_factory=dict)
+    values: LWWMap = field(default_factory=LWWMap)
+    alarms: ORSet = field(default_factory=ORSet)
+
+    def merge(self, other: TelemetryState) -> TelemetryState:
+        """Merge every part."""
+        names = self.counters.keys() | other.counters.keys()
+        counters = {n: self.counters.get(n, PNCounter()).merge(other.counters.get(n, PNCounter()))
+                    for n in names}
+        return TelemetryState(counters, self.values.merge(other.values),
+                              self.alarms.merge(other.alarms))
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form (what the bridge sends up)."""
+        return {'counters': {n: c.to_json() for n, c in sorted(self.counters.items())},
+                'values': self.values.to_json(), 'alarms': self.alarms.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> TelemetryState:
+        """Parse (raises CrdtError)."""
+        if not isinstance(data, dict) or set(data) != {'counters', 'values', 'alarms'}:
+            raise CrdtError('telemetry state must have exactly counters, values, alarms')
+        if not isinstance(data['counters'], dict):
+            raise CrdtError('counters must be an object')
+        return cls({str(n): PNCounter.from_json(c) for n, c in data['counters'].items()},
+                   LWWMap.from_json(data['values']), ORSet.from_json(data['alarms']))
