@@ -1,0 +1,165 @@
+"""The mission command, version 1: the contract between the cloud planner and the robot.
+
+A mission is JSON, checked field by field with no unknown fields allowed::
+
+    {
+      "schema": "cobot_hybrid/mission/v1",
+      "kind": "mission",
+      "command_id": "m-42-v3",        # unique per command (replay protection)
+      "robot_id": "cobot-1",
+      "mission_id": "m-42",
+      "version": 3,                   # a newer version supersedes an older one
+      "issued_at": 1795790000.0,      # unix seconds
+      "valid_until": 1795793600.0,
+      "frame_id": "map",
+      "tasks": [
+        {"task_id": "t1", "type": "pick", "station": "press-1",
+         "pose": {"x": 1.0, "y": 2.0, "z": 0.0, "yaw": 1.57},
+         "duration_s": 30.0, "deadline": 1795791000.0}        # deadline optional
+      ]
+    }
+
+:func:`validate_mission` returns the parsed :class:`Mission` or raises
+:class:`SchemaError` naming the first field that is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from cobot_hybrid_bridge.errors import BridgeError
+
+__all__ = ['MISSION_SCHEMA', 'TASK_TYPES', 'Mission', 'Pose', 'SchemaError', 'Task',
+           'mission_to_json', 'validate_mission']
+
+MISSION_SCHEMA = 'cobot_hybrid/mission/v1'
+TASK_TYPES = ('pick', 'place', 'inspect', 'move', 'wait', 'charge')
+MAX_TASKS = 500
+_ID_MAX = 128
+
+
+class SchemaError(BridgeError, ValueError):
+    """A command does not follow its schema; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Pose:
+    """A planar pose in the mission's frame [m, rad]."""
+
+    x: float
+    y: float
+    z: float
+    yaw: float
+
+
+@dataclass(frozen=True)
+class Task:
+    """One step of a mission."""
+
+    task_id: str
+    type: str
+    station: str
+    pose: Pose
+    duration_s: float
+    deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class Mission:
+    """A validated mission command."""
+
+    command_id: str
+    robot_id: str
+    mission_id: str
+    version: int
+    issued_at: float
+    valid_until: float
+    frame_id: str
+    tasks: tuple[Task, ...]
+
+
+def _fields(obj: Any, where: str, required: set[str],
+            optional: frozenset[str] = frozenset()) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise SchemaError(f'{where} must be an object')
+    unknown = set(obj) - required - optional
+    if unknown:
+        raise SchemaError(f'{where} has unknown fields {sorted(unknown)}')
+    missing = required - set(obj)
+    if missing:
+        raise SchemaError(f'{where} is missing {sorted(missing)}')
+    return obj
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > _ID_MAX:
+        raise SchemaError(f'{where} must be a non-empty string of at most {_ID_MAX} chars')
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value):
+        raise SchemaError(f'{where} must be a finite number')
+    return float(value)
+
+
+def validate_mission(data: Any) -> Mission:
+    """Check a decoded mission JSON object against the v1 schema."""
+    obj = _fields(data, 'mission', {'schema', 'kind', 'command_id', 'robot_id', 'mission_id',
+                                     'version', 'issued_at', 'valid_until', 'frame_id',
+                                     'tasks'})
+    if obj['schema'] != MISSION_SCHEMA:
+        raise SchemaError(f'schema {obj["schema"]!r} is not {MISSION_SCHEMA!r}')
+    if obj['kind'] != 'mission':
+        raise SchemaError(f'kind {obj["kind"]!r} is not "mission"')
+    version = obj['version']
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise SchemaError('version must be an integer >= 1')
+    issued, until = _number(obj['issued_at'], 'issued_at'), _number(obj['valid_until'],
+                                                                       'valid_until')
+    if until <= issued:
+        raise SchemaError('valid_until must be after issued_at')
+    if not isinstance(obj['tasks'], list) or len(obj['tasks']) > MAX_TASKS:
+        raise SchemaError(f'tasks must be a list of at most {MAX_TASKS}')
+    tasks = []
+    for index, raw in enumerate(obj['tasks']):
+        where = f'tasks[{index}]'
+        task = _fields(raw, where, {'task_id', 'type', 'station', 'pose', 'duration_s'},
+                       frozenset({'deadline'}))
+        if task['type'] not in TASK_TYPES:
+            raise SchemaError(f'{where}.type {task["type"]!r} is not one of {TASK_TYPES}')
+        pose = _fields(task['pose'], f'{where}.pose', {'x', 'y', 'z', 'yaw'})
+        duration = _number(task['duration_s'], f'{where}.duration_s')
+        if duration < 0:
+            raise SchemaError(f'{where}.duration_s must be >= 0')
+        deadline = task.get('deadline')
+        tasks.append(Task(_text(task['task_id'], f'{where}.task_id'), task['type'],
+                          _text(task['station'], f'{where}.station'),
+                          Pose(*(_number(pose[k], f'{where}.pose.{k}')
+                                 for k in ('x', 'y', 'z', 'yaw'))),
+                          duration, None if deadline is None else
+                          _number(deadline, f'{where}.deadline')))
+    return Mission(_text(obj['command_id'], 'command_id'), _text(obj['robot_id'], 'robot_id'),
+                   _text(obj['mission_id'], 'mission_id'), version, issued, until,
+                   _text(obj['frame_id'], 'frame_id'), tuple(tasks))
+
+
+def mission_to_json(mission: Mission) -> dict[str, Any]:
+    """Return the v1 JSON object of a mission (what the planner signs and the robot shows)."""
+    tasks = []
+    for task in mission.tasks:
+        item: dict[str, Any] = {
+            'task_id': task.task_id, 'type': task.type, 'station': task.station,
+            'pose': {'x': task.pose.x, 'y': task.pose.y, 'z': task.pose.z,
+                     'yaw': task.pose.yaw},
+            'duration_s': task.duration_s}
+        if task.deadline is not None:
+            item['deadline'] = task.deadline
+        tasks.append(item)
+    return {'schema': MISSION_SCHEMA, 'kind': 'mission', 'command_id': mission.command_id,
+            'robot_id': mission.robot_id, 'mission_id': mission.mission_id,
+            'version': mission.version, 'issued_at': mission.issued_at,
+            'valid_until': mission.valid_until, 'frame_id': mission.frame_id, 'tasks': tasks}

@@ -1,0 +1,162 @@
+"""Signed commands: every rejection reason, replay across restarts, fuzzed payloads."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cobot_hybrid_bridge.command_security import (
+    CommandRejected,
+    CommandVerifier,
+    load_public_keys,
+    sign_command,
+)
+from cobot_hybrid_bridge.errors import BridgeError
+from cobot_hybrid_bridge.mission_schema import (
+    MISSION_SCHEMA,
+    Mission,
+    mission_to_json,
+    validate_mission,
+)
+
+NOW = 1_795_790_000.0
+KEY = Ed25519PrivateKey.generate()
+
+
+def mission(**overrides: Any) -> dict[str, Any]:
+    data = {'schema': MISSION_SCHEMA, 'kind': 'mission', 'command_id': 'm-1-v1',
+            'robot_id': 'cobot-a', 'mission_id': 'm-1', 'version': 1, 'issued_at': NOW - 5,
+            'valid_until': NOW + 600, 'frame_id': 'map',
+            'tasks': [{'task_id': 't1', 'type': 'pick', 'station': 'press-1',
+                       'pose': {'x': 1.0, 'y': 2.0, 'z': 0.0, 'yaw': 0.5},
+                       'duration_s': 30.0}]}
+    data.update(overrides)
+    return data
+
+
+@pytest.fixture
+def verifier(tmp_path: Path) -> CommandVerifier:
+    v = CommandVerifier('cobot-a', {'planner': KEY.public_key()}, tmp_path / 'replay.db')
+    yield v
+    v.close()
+
+
+def test_a_good_mission_is_accepted(verifier: CommandVerifier) -> None:
+    accepted = verifier.verify(sign_command(KEY, 'planner', mission(), 'cobot-a'), NOW)
+    assert isinstance(accepted, Mission) and accepted.tasks[0].station == 'press-1'
+    assert verifier.accepted == 1 and not verifier.rejected
+
+
+def _tamper(envelope: bytes) -> bytes:
+    data = json.loads(envelope)
+    payload = json.loads(base64.b64decode(data['payload']))
+    payload['tasks'][0]['pose']['x'] = 99.0
+    data['payload'] = base64.b64encode(json.dumps(payload).encode()).decode()
+    return json.dumps(data).encode()
+
+
+OTHER_KEY = Ed25519PrivateKey.generate()
+
+
+@pytest.mark.parametrize(('make', 'reason'), [
+    (lambda: b'x' * 300_000, 'too_large'),
+    (lambda: b'{not json', 'malformed'),
+    (lambda: json.dumps({'payload': 'x'}).encode(), 'malformed'),
+    (lambda: sign_command(KEY, 'someone', mission(), 'cobot-a'), 'unknown_key'),
+    (lambda: sign_command(OTHER_KEY, 'planner', mission(), 'cobot-a'), 'bad_signature'),
+    (lambda: sign_command(KEY, 'planner', mission(), 'cobot-b'), 'bad_signature'),
+    (lambda: _tamper(sign_command(KEY, 'planner', mission(), 'cobot-a')), 'bad_signature'),
+    (lambda: sign_command(KEY, 'planner', mission(extra=1), 'cobot-a'), 'schema'),
+    (lambda: sign_command(KEY, 'planner', mission(version=0), 'cobot-a'), 'schema'),
+    (lambda: sign_command(KEY, 'planner', mission(robot_id='cobot-b'), 'cobot-a'),
+     'wrong_robot'),
+    (lambda: sign_command(KEY, 'planner', mission(issued_at=NOW + 3600,
+                                                  valid_until=NOW + 7200), 'cobot-a'),
+     'not_yet_valid'),
+    (lambda: sign_command(KEY, 'planner', mission(issued_at=NOW - 900, valid_until=NOW - 1),
+                          'cobot-a'), 'expired'),
+    (lambda: sign_command(KEY, 'planner', mission(valid_until=NOW + 90_000), 'cobot-a'),
+     'validity_too_long'),
+])
+def test_each_bad_command_is_rejected_with_its_reason(verifier: CommandVerifier, make: Any,
+                                                      reason: str) -> None:
+    with pytest.raises(CommandRejected) as caught:
+        verifier.verify(make(), NOW)
+    assert caught.value.reason == reason
+    assert verifier.rejected == {reason: 1} and verifier.accepted == 0
+
+
+def test_replay_is_refused_also_after_a_restart(tmp_path: Path) -> None:
+    envelope = sign_command(KEY, 'planner', mission(), 'cobot-a')
+    first = CommandVerifier('cobot-a', {'planner': KEY.public_key()}, tmp_path / 'r.db')
+    first.verify(envelope, NOW)
+    with pytest.raises(CommandRejected, match='replayed'):
+        first.verify(envelope, NOW + 1)
+    first.close()
+    second = CommandVerifier('cobot-a', {'planner': KEY.public_key()}, tmp_path / 'r.db')
+    with pytest.raises(CommandRejected, match='replayed'):
+        second.verify(envelope, NOW + 2)
+    newer = sign_command(KEY, 'planner', mission(command_id='m-1-v2', version=2), 'cobot-a')
+    assert second.verify(newer, NOW + 3).version == 2
+    second.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.one_of(st.binary(max_size=2048), st.text(max_size=512).map(str.encode),
+                     st.recursive(st.none() | st.booleans() | st.integers() | st.text(),
+                                  lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+                                  max_leaves=20).map(lambda v: json.dumps(v).encode())))
+def test_fuzzed_payloads_never_crash_the_verifier(tmp_path_factory: pytest.TempPathFactory,
+                                                  raw: bytes) -> None:
+    verifier = CommandVerifier('cobot-a', {'planner': KEY.public_key()},
+                               tmp_path_factory.mktemp('fuzz') / 'r.db')
+    try:
+        with pytest.raises(CommandRejected):
+            verifier.verify(raw, NOW)
+    finally:
+        verifier.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.dictionaries(st.sampled_from(list(mission())), st.integers() | st.text() |
+                            st.none() | st.lists(st.integers())))
+def test_fuzzed_signed_missions_are_schema_errors_not_crashes(
+        tmp_path_factory: pytest.TempPathFactory, data: dict) -> None:
+    verifier = CommandVerifier('cobot-a', {'planner': KEY.public_key()},
+                               tmp_path_factory.mktemp('fuzz') / 'r.db')
+    try:
+        with pytest.raises(CommandRejected) as caught:
+            verifier.verify(sign_command(KEY, 'planner', {**mission(), **data,
+                                                           'version': 'x'}, 'cobot-a'), NOW)
+        assert caught.value.reason == 'schema'
+    finally:
+        verifier.close()
+
+
+def test_mission_json_round_trip() -> None:
+    parsed = validate_mission(mission(tasks=[{
+        'task_id': 't', 'type': 'move', 'station': 's', 'duration_s': 0,
+        'pose': {'x': 0, 'y': 0, 'z': 0, 'yaw': 0}, 'deadline': NOW + 60}]))
+    assert validate_mission(mission_to_json(parsed)) == parsed
+
+
+def test_public_keys_load_from_pem_files(tmp_path: Path) -> None:
+    pem = tmp_path / 'planner.pub'
+    pem.write_bytes(KEY.public_key().public_bytes(Encoding.PEM,
+                                                  PublicFormat.SubjectPublicKeyInfo))
+    assert 'planner' in load_public_keys({'planner': pem})
+    with pytest.raises(BridgeError, match='cannot be read'):
+        load_public_keys({'x': tmp_path / 'missing.pub'})
+    with pytest.raises(BridgeError, match='no cloud public key'):
+        CommandVerifier('cobot-a', {}, tmp_path / 'r.db')
