@@ -30,7 +30,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,17 +238,21 @@ class DurableQueue:
 
     # --- public API --------------------------------------------------------------------------
 
-    def put(self, topic: str, payload: bytes, qos: int = 1, priority: int = 0,
-            retain: bool = False, now_s: float | None = None) -> int:
-        """Hold a message for the next commit; return its ``seq``."""
+    def put(self, topic: str, payload: bytes | Callable[[int], bytes], qos: int = 1,
+            priority: int = 0, retain: bool = False, now_s: float | None = None) -> int:
+        """Hold a message for the next commit; return its ``seq``.
+
+        ``payload`` may be a function of the seq, for payloads that carry their own seq.
+        """
         if qos not in (0, 1, 2):
             raise QueueError(f'qos {qos} must be 0, 1 or 2')
         if len(self._pending) >= self.cfg.max_pending:
             self._pending.pop(0)  # never committed: outside the invariant, but counted
             self._dropped_uncommitted += 1
         seq = self._next_seq
+        data = payload(seq) if callable(payload) else payload
         self._next_seq += 1
-        self._pending.append(_Pending(seq, topic, bytes(payload), qos, priority, retain,
+        self._pending.append(_Pending(seq, topic, bytes(data), qos, priority, retain,
                                       time.time() if now_s is None else now_s))
         return seq
 
@@ -292,9 +296,11 @@ class DurableQueue:
                for r in rows if r[0] not in excluded]
         return out[:limit]
 
-    def mark_attempt(self, seq: int) -> None:
-        """Count one more publish attempt of ``seq``."""
+    def mark_attempt(self, seq: int) -> int:
+        """Count one more refused attempt of ``seq``; return its attempts (0 if unknown)."""
         self._db.execute('UPDATE messages SET attempts = attempts + 1 WHERE seq = ?', (seq,))
+        row = self._db.execute('SELECT attempts FROM messages WHERE seq = ?', (seq,)).fetchone()
+        return int(row[0]) if row else 0
 
     def ack(self, seqs: Sequence[int]) -> int:
         """Delete delivered messages (unknown seqs are ignored: a duplicate ack)."""

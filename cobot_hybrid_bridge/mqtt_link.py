@@ -1,0 +1,325 @@
+"""The MQTT side of the bridge: drain the durable queue up, bring commands down (paho 2.x).
+
+:class:`MqttLink` owns one paho client (client id = robot id, MQTT 5 with ``clean_start=False``
+and a session expiry, or MQTT 3.1.1) and one pump thread. The pump keeps up to
+``inflight_window`` committed messages published and unacknowledged, highest priority first,
+at most ``drain_rate_hz`` per second, and settles each acknowledgement:
+
+* PUBACK/PUBCOMP with a reason below 0x80, other than 0x10: delivered, deleted from the queue;
+* 0x10 "no matching subscribers": the broker threw it away, so it stays queued and is retried
+  after ``retry_delay_s`` (``retry_no_subscribers``; on by default: that is how a consumer
+  that is not subscribed yet loses nothing);
+* 0x80 and above: refused; retried until ``max_attempts``, then dropped as ``rejected``;
+* QoS 0 topics are deleted once paho has written them to the socket (at most once, by choice).
+
+Every message carries MQTT 5 user properties ``robot_id``, ``seq`` and ``stamp`` so consumers
+remove duplicates (a crash between PUBACK and delete resends at most the in-flight window).
+A retained ``cobot/v1/<robot_id>/status`` says ``online``; the last will says ``offline``.
+Reconnects use paho's capped exponential backoff, started from a per-robot jittered delay so
+a fleet does not reconnect in lockstep after a broker restart. Commands arriving on
+``cobot/v1/<robot_id>/cmd/#`` are handed to ``on_command`` unverified: the caller verifies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from cobot_hybrid_bridge.durable_queue import DurableQueue
+from cobot_hybrid_bridge.errors import BridgeError
+
+__all__ = ['LinkConfig', 'LinkStats', 'MqttLink', 'topic_prefix']
+
+_LOG = logging.getLogger(__name__)
+NO_MATCHING_SUBSCRIBERS = 0x10
+
+
+def topic_prefix(robot_id: str) -> str:
+    """``cobot/v1/<robot_id>``; refuses ids that would break MQTT topic levels or ACLs."""
+    if not robot_id or any(c in robot_id for c in '/+#$ ') or len(robot_id) > 64:
+        raise BridgeError(f'robot_id {robot_id!r} must be 1-64 characters without / + # $ '
+                          'or spaces (it is one MQTT topic level and the client id)')
+    return f'cobot/v1/{robot_id}'
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """Where and how to connect, and how fast to drain."""
+
+    robot_id: str
+    host: str = '127.0.0.1'
+    port: int = 1883
+    protocol: str = 'mqtt5'               # mqtt5 | mqtt311
+    keepalive_s: int = 30
+    session_expiry_s: int = 3600
+    inflight_window: int = 20
+    drain_rate_hz: float = 0.0            # 0: as fast as acknowledgements come
+    retry_no_subscribers: bool = True
+    retry_delay_s: float = 1.0
+    max_attempts: int = 10
+    inflight_timeout_s: float = 30.0
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 30.0
+    tls_ca: str = ''
+    tls_cert: str = ''
+    tls_key: str = ''
+    username: str = ''
+    password_file: str = ''
+    password_env: str = ''
+
+    def __post_init__(self) -> None:
+        topic_prefix(self.robot_id)
+        if self.protocol not in ('mqtt5', 'mqtt311'):
+            raise BridgeError(f'protocol {self.protocol!r}: use mqtt5 or mqtt311')
+        if self.inflight_window < 1:
+            raise BridgeError('inflight_window must be >= 1')
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise BridgeError('tls_cert and tls_key go together (client certificate, mTLS)')
+        for name in ('tls_ca', 'tls_cert', 'tls_key', 'password_file'):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise BridgeError(f'{name} {path} does not exist')
+        if self.password_env and self.password_env not in os.environ:
+            raise BridgeError(f'password_env {self.password_env} is not set')
+
+    def password(self) -> str | None:
+        """Return the password from its file or environment variable (never from YAML)."""
+        if self.password_file:
+            return Path(self.password_file).read_text().strip()
+        if self.password_env:
+            return os.environ[self.password_env]
+        return None
+
+
+@dataclass
+class LinkStats:
+    """What the link reports in diagnostics and telemetry."""
+
+    connected: bool = False
+    connects: int = 0
+    disconnects: int = 0
+    published: int = 0
+    acked: int = 0
+    no_subscribers: int = 0
+    refused: int = 0
+    inflight: int = 0
+    rtt_ms: float = 0.0
+    drain_rate_hz: float = 0.0
+    last_error: str = ''
+
+
+@dataclass
+class _Inflight:
+    seq: int
+    sent_at: float
+
+
+@dataclass
+class MqttLink:
+    """Uplink pump and command downlink over one paho client."""
+
+    cfg: LinkConfig
+    queue: DurableQueue
+    queue_lock: threading.Lock
+    on_command: Callable[[str, bytes], None] | None = None
+    stats: LinkStats = field(default_factory=LinkStats)
+    _acks: deque[tuple[int, int]] = field(default_factory=deque)
+    _inflight: dict[int, _Inflight] = field(default_factory=dict)
+    _not_before: dict[int, float] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _wake: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _acked_times: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
+
+    def __post_init__(self) -> None:
+        cfg = self.cfg
+        self.prefix = topic_prefix(cfg.robot_id)
+        self._v5 = cfg.protocol == 'mqtt5'
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.robot_id,
+                                  protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+                                  clean_session=None if self._v5 else False)
+        self.client.max_inflight_messages_set(cfg.inflight_window)
+        self.client.max_queued_messages_set(0)
+        jitter = random.Random(cfg.robot_id).uniform(0.5, 1.5)
+        self.client.reconnect_delay_set(max(1, round(cfg.reconnect_min_s * jitter)),
+                                        max(1, round(cfg.reconnect_max_s)))
+        if cfg.tls_ca or cfg.tls_cert:
+            self.client.tls_set(ca_certs=cfg.tls_ca or None, certfile=cfg.tls_cert or None,
+                                keyfile=cfg.tls_key or None, cert_reqs=ssl.CERT_REQUIRED,
+                                tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        if cfg.username:
+            self.client.username_pw_set(cfg.username, cfg.password())
+        self.client.will_set(f'{self.prefix}/status', self._status('offline'), qos=1,
+                             retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+
+    @staticmethod
+    def _status(state: str) -> bytes:
+        return json.dumps({'state': state, 'stamp': time.time()}).encode()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background (the broker may be down: it keeps trying) and pump."""
+        properties = None
+        if self._v5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self.cfg.session_expiry_s
+        self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s,
+                                  clean_start=False if self._v5 else
+                                  mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=properties)
+        self.client.loop_start()
+        self._thread = threading.Thread(target=self._pump, name='mqtt-uplink', daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Say offline, stop pumping and disconnect (what is not acked stays queued)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+        if self.stats.connected:
+            info = self.client.publish(f'{self.prefix}/status', self._status('offline'), qos=1,
+                                       retain=True)
+            info.wait_for_publish(timeout=timeout_s)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def wake(self) -> None:
+        """Tell the pump that new messages were committed."""
+        self._wake.set()
+
+    # --- paho callbacks (paho's thread) ------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            self.stats.last_error = f'connect refused: {reason}'
+            _LOG.error('broker refused the connection: %s', reason)
+            return
+        self.stats.connected = True
+        self.stats.connects += 1
+        client.publish(f'{self.prefix}/status', self._status('online'), qos=1, retain=True)
+        client.subscribe(f'{self.prefix}/cmd/#', qos=1)
+        self._wake.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        if self.stats.connected:
+            self.stats.disconnects += 1
+        self.stats.connected = False
+        self.stats.last_error = f'disconnected: {reason}'
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
+                    properties: Any) -> None:
+        value = reason.value if hasattr(reason, 'value') else int(reason)
+        self._acks.append((mid, value))
+        self._wake.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage
+                    ) -> None:
+        if self.on_command is not None:
+            try:
+                self.on_command(message.topic, bytes(message.payload))
+            except Exception:  # noqa: BLE001 - a bad command must not kill paho's thread
+                _LOG.exception('command handler failed on %s', message.topic)
+
+    # --- pump (our thread) -------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        period = 1.0 / self.cfg.drain_rate_hz if self.cfg.drain_rate_hz > 0 else 0.0
+        next_send = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(timeout=0.05)
+            self._wake.clear()
+            self._settle()
+            if not self.stats.connected:
+                continue
+            now = time.monotonic()
+            self._expire_inflight(now)
+            room = self.cfg.inflight_window - len(self._inflight)
+            if room <= 0:
+                continue
+            with self.queue_lock:
+                busy = [i.seq for i in self._inflight.values()]
+                waiting = [s for s, t in self._not_before.items() if t > now]
+                batch = self.queue.peek(room, exclude=busy + waiting)
+            for message in batch:
+                if period and now < next_send:
+                    self._wake.set()
+                    break
+                if not self._publish(message.seq, message.topic, message.payload,
+                                     message.qos, message.retain):
+                    break
+                next_send = max(next_send, now) + period
+
+    def _publish(self, seq: int, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
+        properties = None
+        if self._v5:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.UserProperty = [('robot_id', self.cfg.robot_id), ('seq', str(seq)),
+                                       ('stamp', f'{time.time():.6f}')]
+        info = self.client.publish(topic, payload, qos=qos, retain=retain,
+                                   properties=properties)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False  # not connected any more: it stays queued
+        self._inflight[info.mid] = _Inflight(seq, time.monotonic())
+        self._not_before.pop(seq, None)
+        self.stats.published += 1
+        self.stats.inflight = len(self._inflight)
+        return True
+
+    def _expire_inflight(self, now: float) -> None:
+        for mid, item in list(self._inflight.items()):
+            if now - item.sent_at > self.cfg.inflight_timeout_s:
+                del self._inflight[mid]  # lost with a session: send again (maybe a duplicate)
+
+    def _settle(self) -> None:
+        delivered, refused = [], []
+        now = time.monotonic()
+        while self._acks:
+            mid, reason = self._acks.popleft()
+            item = self._inflight.pop(mid, None)
+            if item is None:
+                continue
+            rtt = 1e3 * (now - item.sent_at)
+            self.stats.rtt_ms = rtt if not self.stats.rtt_ms else 0.9 * self.stats.rtt_ms \
+                + 0.1 * rtt
+            if reason == NO_MATCHING_SUBSCRIBERS and self.cfg.retry_no_subscribers:
+                self.stats.no_subscribers += 1
+                self._not_before[item.seq] = now + self.cfg.retry_delay_s
+            elif reason >= 0x80:
+                self.stats.refused += 1
+                refused.append(item.seq)
+            else:
+                delivered.append(item.seq)
+        if delivered or refused:
+            with self.queue_lock:
+                self.queue.ack(delivered)
+                give_up = [seq for seq in refused
+                           if self.queue.mark_attempt(seq) >= self.cfg.max_attempts]
+                self.queue.reject(give_up)
+            for seq in set(refused) - set(give_up):
+                self._not_before[seq] = now + self.cfg.retry_delay_s
+            self.stats.acked += len(delivered)
+            self._acked_times.extend([now] * len(delivered))
+        window = [t for t in self._acked_times if now - t <= 5.0]
+        self.stats.drain_rate_hz = len(window) / 5.0
+        self.stats.inflight = len(self._inflight)

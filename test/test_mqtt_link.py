@@ -1,0 +1,195 @@
+"""MQTT link against a real mosquitto on 127.0.0.1: drain, 0x10, broker restarts, commands."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from cobot_hybrid_bridge.durable_queue import DurableQueue
+from cobot_hybrid_bridge.errors import BridgeError
+from cobot_hybrid_bridge.mqtt_link import LinkConfig, MqttLink, topic_prefix
+
+pytestmark = pytest.mark.broker
+
+
+@dataclass
+class Consumer:
+    """A cloud-side subscriber with a persistent session that records (robot_id, seq)."""
+
+    port: int
+    client_id: str = 'cloud-consumer'
+    topic: str = 'cobot/v1/+/telemetry/#'
+    received: list[tuple[str, int]] = field(default_factory=list)
+    retained: dict[str, bytes] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(
+            [(self.topic, 1), ('cobot/v1/+/status', 1)])
+        self.client.reconnect_delay_set(1, 2)
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if message.topic.endswith('/status'):
+            self.retained[message.topic] = bytes(message.payload)
+            return
+        props = dict(getattr(message.properties, 'UserProperty', []) or [])
+        with self.lock:
+            self.received.append((props['robot_id'], int(props['seq'])))
+
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.client.connect('127.0.0.1', self.port, clean_start=False, properties=props)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def seqs(self) -> list[int]:
+        with self.lock:
+            return [seq for _, seq in self.received]
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def make_link(tmp_path: Path, port: int, **cfg: Any) -> MqttLink:
+    queue = DurableQueue(tmp_path / 'outbox.db')
+    return MqttLink(LinkConfig(robot_id='cobot-a', port=port, retry_delay_s=0.3, **cfg),
+                    queue, threading.Lock())
+
+
+def fill(link: MqttLink, count: int, topic: str = 'telemetry/events') -> list[int]:
+    with link.queue_lock:
+        seqs = [link.queue.put(f'{link.prefix}/{topic}', b'x' * 100) for _ in range(count)]
+        link.queue.commit()
+    link.wake()
+    return seqs
+
+
+def test_backlog_drains_in_order_and_the_books_balance(tmp_path: Path,
+                                                       mosquitto_broker: Any) -> None:
+    consumer = Consumer(mosquitto_broker.port)
+    consumer.start()
+    link = make_link(tmp_path, mosquitto_broker.port)
+    seqs = fill(link, 300)  # queued while offline
+    link.start()
+    try:
+        assert wait_for(lambda: len(consumer.seqs()) >= 300, 20.0), link.stats
+        assert consumer.seqs()[:300] == seqs  # one topic, one priority: in order
+        assert wait_for(lambda: link.queue.stats().queued == 0, 5.0)
+        stats = link.queue.stats()
+        assert (stats.committed, stats.delivered) == (300, 300) and stats.balanced
+        assert json.loads(consumer.retained['cobot/v1/cobot-a/status'])['state'] == 'online'
+    finally:
+        link.stop()
+        consumer.stop()
+
+
+def test_no_matching_subscribers_keeps_messages_until_someone_listens(
+        tmp_path: Path, mosquitto_broker: Any) -> None:
+    link = make_link(tmp_path, mosquitto_broker.port)
+    seqs = fill(link, 20)
+    link.start()
+    try:
+        assert wait_for(lambda: link.stats.no_subscribers >= 20, 10.0), link.stats
+        assert link.queue.stats().queued == 20  # broker answered 0x10: nothing was deleted
+        consumer = Consumer(mosquitto_broker.port)
+        consumer.start()
+        assert wait_for(lambda: sorted(set(consumer.seqs())) == seqs, 15.0), consumer.seqs()
+        assert wait_for(lambda: link.queue.stats().queued == 0, 5.0)
+        consumer.stop()
+    finally:
+        link.stop()
+
+
+def test_broker_restarts_lose_nothing(tmp_path: Path, mosquitto_broker: Any) -> None:
+    consumer = Consumer(mosquitto_broker.port)
+    consumer.start()
+    link = make_link(tmp_path, mosquitto_broker.port, reconnect_min_s=1.0,
+                     reconnect_max_s=2.0)
+    link.start()
+    expected: list[int] = []
+    try:
+        for round_index in range(3):
+            assert wait_for(lambda n=round_index: link.stats.connects == n + 1, 20.0)
+            expected += fill(link, 150)
+            time.sleep(0.2)
+            mosquitto_broker.restart()  # SIGTERM: persistent sessions survive
+            expected += fill(link, 50)  # committed while the broker is away
+        assert wait_for(lambda: set(expected) <= set(consumer.seqs()), 60.0), (
+            len(set(expected) - set(consumer.seqs())), link.stats)
+        assert wait_for(lambda: link.queue.stats().queued == 0, 10.0)
+        stats = link.queue.stats()
+        assert stats.delivered == len(expected) and stats.balanced
+        duplicates = len(consumer.seqs()) - len(set(consumer.seqs()))
+        assert duplicates <= 3 * link.cfg.inflight_window
+        assert link.stats.connects >= 4
+    finally:
+        link.stop()
+        consumer.stop()
+
+
+def test_commands_come_down_to_the_handler(tmp_path: Path, mosquitto_broker: Any) -> None:
+    link = make_link(tmp_path, mosquitto_broker.port)
+    got: list[tuple[str, bytes]] = []
+    link.on_command = lambda topic, payload: got.append((topic, payload))
+    link.start()
+    try:
+        assert wait_for(lambda: link.stats.connected, 10.0)
+        time.sleep(0.3)  # subscription settles
+        cloud = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id='planner',
+                            protocol=mqtt.MQTTv5)
+        cloud.connect('127.0.0.1', mosquitto_broker.port)
+        cloud.loop_start()
+        cloud.publish('cobot/v1/cobot-a/cmd/mission', b'{"hello": 1}', qos=1).wait_for_publish()
+        cloud.publish('cobot/v1/cobot-b/cmd/mission', b'not for us', qos=1).wait_for_publish()
+        assert wait_for(lambda: len(got) >= 1, 5.0)
+        time.sleep(0.3)
+        assert got == [('cobot/v1/cobot-a/cmd/mission', b'{"hello": 1}')]
+        cloud.loop_stop()
+        cloud.disconnect()
+    finally:
+        link.stop()
+
+
+@pytest.mark.parametrize(('robot_id', 'ok'), [('cobot-1', True), ('a/b', False), ('+', False),
+                                               ('', False), ('x' * 65, False)])
+def test_robot_id_must_be_one_topic_level(robot_id: str, ok: bool) -> None:
+    if ok:
+        assert topic_prefix(robot_id) == f'cobot/v1/{robot_id}'
+    else:
+        with pytest.raises(BridgeError, match='robot_id'):
+            topic_prefix(robot_id)
+
+
+def test_credentials_never_come_from_config_values(tmp_path: Path) -> None:
+    with pytest.raises(BridgeError, match='password_env'):
+        LinkConfig(robot_id='r', password_env='COBOT_HYBRID_NOT_SET_ANYWHERE')
+    with pytest.raises(BridgeError, match='does not exist'):
+        LinkConfig(robot_id='r', tls_ca=str(tmp_path / 'missing-ca.pem'))
+    with pytest.raises(BridgeError, match='go together'):
+        LinkConfig(robot_id='r', tls_cert=str(tmp_path / 'x'))
+    secret = tmp_path / 'password'
+    secret.write_text('s3cret\n')
+    assert LinkConfig(robot_id='r', password_file=str(secret)).password() == 's3cret'
