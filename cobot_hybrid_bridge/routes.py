@@ -1,0 +1,125 @@
+"""The uplink routes file: which ROS topics go up, how, and through which edge filter.
+
+``config/bridge_routes.yaml`` (path in the ``routes_file`` parameter)::
+
+    routes:
+      - ros_topic: detections                       # relative: namespaces and remaps apply
+        type: vision_msgs/msg/Detection2DArray      # any type, resolved at run time
+        mqtt_topic: telemetry/detections            # under cobot/v1/<robot_id>/
+        encoding: json                              # json (any consumer) | cdr (ROS) | jpeg
+        qos: 1
+        priority: 1                                 # higher drains first, dropped last
+        retain: false
+        rate_limit_hz: 2.0                          # 0: no limit
+        filter: {kind: classes, classes: [person], min_score: 0.5}
+
+:func:`load_routes` validates everything and names the route and key of any mistake.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cobot_hybrid_bridge.errors import BridgeError
+from cobot_hybrid_bridge.filters import FilterError, make_filter
+
+__all__ = ['ENCODINGS', 'Route', 'RouteError', 'load_routes', 'parse_routes']
+
+ENCODINGS = ('json', 'cdr', 'jpeg')
+_TYPE = re.compile(r'^[A-Za-z][\w]*/msg/[A-Z][A-Za-z0-9]*$')
+_TOPIC_LEVEL = re.compile(r'^[\w\-.]+(/[\w\-.]+)*$')
+_KEYS = {'ros_topic', 'type', 'mqtt_topic', 'encoding', 'qos', 'priority', 'retain',
+         'rate_limit_hz', 'filter'}
+
+
+class RouteError(BridgeError, ValueError):
+    """The routes file is wrong; the message names the route and the key."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One ROS topic going up."""
+
+    ros_topic: str
+    type_name: str
+    mqtt_topic: str
+    encoding: str = 'json'
+    qos: int = 1
+    priority: int = 0
+    retain: bool = False
+    rate_limit_hz: float = 0.0
+    filter_spec: Mapping[str, Any] | None = None
+
+    @property
+    def package(self) -> str:
+        """Package of the message type (``vision_msgs``)."""
+        return self.type_name.split('/')[0]
+
+    @property
+    def message(self) -> str:
+        """Message name (``Detection2DArray``)."""
+        return self.type_name.split('/')[-1]
+
+
+def parse_routes(data: Any) -> list[Route]:
+    """Validate the decoded YAML of a routes file."""
+    if not isinstance(data, dict) or set(data) != {'routes'} or not isinstance(
+            data['routes'], list):
+        raise RouteError('the routes file must hold exactly one key, "routes", with a list')
+    routes, seen = [], set()
+    for index, raw in enumerate(data['routes']):
+        where = f'routes[{index}]'
+        if not isinstance(raw, dict):
+            raise RouteError(f'{where} must be a mapping')
+        unknown = set(raw) - _KEYS
+        if unknown:
+            raise RouteError(f'{where} has unknown keys {sorted(unknown)}')
+        for key in ('ros_topic', 'type', 'mqtt_topic'):
+            if not isinstance(raw.get(key), str) or not raw[key]:
+                raise RouteError(f'{where}.{key} is required (a string)')
+        where = f'{where} ({raw["ros_topic"]})'
+        if not _TYPE.match(raw['type']):
+            raise RouteError(f'{where}.type {raw["type"]!r} must look like pkg/msg/Name')
+        if not _TOPIC_LEVEL.match(raw['mqtt_topic']) or raw['mqtt_topic'].startswith('cmd'):
+            raise RouteError(f'{where}.mqtt_topic {raw["mqtt_topic"]!r} must be relative '
+                             '(no + # or leading /) and not under cmd/')
+        encoding = raw.get('encoding', 'json')
+        if encoding not in ENCODINGS:
+            raise RouteError(f'{where}.encoding {encoding!r}: use one of {ENCODINGS}')
+        if encoding == 'jpeg' and raw['type'] not in ('sensor_msgs/msg/Image',
+                                                      'sensor_msgs/msg/CompressedImage'):
+            raise RouteError(f'{where}: encoding jpeg is for sensor_msgs images only')
+        qos = raw.get('qos', 1)
+        if qos not in (0, 1, 2):
+            raise RouteError(f'{where}.qos must be 0, 1 or 2')
+        rate = raw.get('rate_limit_hz', 0.0)
+        if not isinstance(rate, (int, float)) or rate < 0:
+            raise RouteError(f'{where}.rate_limit_hz must be a number >= 0')
+        try:
+            make_filter(raw.get('filter'))
+        except FilterError as exc:
+            raise RouteError(f'{where}.filter: {exc}') from None
+        if raw['mqtt_topic'] in seen:
+            raise RouteError(f'{where}.mqtt_topic {raw["mqtt_topic"]!r} is used twice')
+        seen.add(raw['mqtt_topic'])
+        routes.append(Route(raw['ros_topic'], raw['type'], raw['mqtt_topic'], encoding, qos,
+                            int(raw.get('priority', 0)), bool(raw.get('retain', False)),
+                            float(rate), raw.get('filter')))
+    return routes
+
+
+def load_routes(path: Path) -> list[Route]:
+    """Read and validate a routes file."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise RouteError(f'routes file {path} cannot be read: {exc.strerror}') from None
+    except yaml.YAMLError as exc:
+        raise RouteError(f'routes file {path} is not valid YAML: {exc}') from None
+    return parse_routes(data)
