@@ -28,6 +28,7 @@ setup(
             'image_source_node = cobot_hybrid_perception.nodes.image_source_node:main',
             'safety_monitor_node = cobot_hybrid_perception.nodes.safety_monitor_node:main',
             'detector_node = cobot_hybrid_perception.nodes.detector_node:main',
+            'bridge_node = cobot_hybrid_bridge.nodes.bridge_node:main',
             'cobot-hybrid = cobot_hybrid_perception.cli:main',
         ],
     },

@@ -11,6 +11,8 @@
         priority: 1                                 # higher drains first, dropped last
         retain: false
         rate_limit_hz: 2.0                          # 0: no limit
+        reliability: best_effort                    # reliable (default) | best_effort: the
+                                                    # latter also matches sensor publishers
         filter: {kind: classes, classes: [person], min_score: 0.5}
 
 :func:`load_routes` validates everything and names the route and key of any mistake.
@@ -35,7 +37,7 @@ ENCODINGS = ('json', 'cdr', 'jpeg')
 _TYPE = re.compile(r'^[A-Za-z][\w]*/msg/[A-Z][A-Za-z0-9]*$')
 _TOPIC_LEVEL = re.compile(r'^[\w\-.]+(/[\w\-.]+)*$')
 _KEYS = {'ros_topic', 'type', 'mqtt_topic', 'encoding', 'qos', 'priority', 'retain',
-         'rate_limit_hz', 'filter'}
+         'rate_limit_hz', 'reliability', 'filter'}
 
 
 class RouteError(BridgeError, ValueError):
@@ -55,6 +57,7 @@ class Route:
     retain: bool = False
     rate_limit_hz: float = 0.0
     filter_spec: Mapping[str, Any] | None = None
+    reliability: str = 'reliable'
 
     @property
     def package(self) -> str:
@@ -101,6 +104,9 @@ def parse_routes(data: Any) -> list[Route]:
         rate = raw.get('rate_limit_hz', 0.0)
         if not isinstance(rate, (int, float)) or rate < 0:
             raise RouteError(f'{where}.rate_limit_hz must be a number >= 0')
+        reliability = raw.get('reliability', 'reliable')
+        if reliability not in ('reliable', 'best_effort'):
+            raise RouteError(f'{where}.reliability {reliability!r}: use reliable or best_effort')
         try:
             make_filter(raw.get('filter'))
         except FilterError as exc:
@@ -110,7 +116,7 @@ def parse_routes(data: Any) -> list[Route]:
         seen.add(raw['mqtt_topic'])
         routes.append(Route(raw['ros_topic'], raw['type'], raw['mqtt_topic'], encoding, qos,
                             int(raw.get('priority', 0)), bool(raw.get('retain', False)),
-                            float(rate), raw.get('filter')))
+                            float(rate), raw.get('filter'), reliability))
     return routes
 
 

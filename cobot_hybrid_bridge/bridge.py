@@ -1,0 +1,316 @@
+"""The edge bridge without ROS: routes -> filters -> durable queue -> MQTT, and commands back.
+
+:class:`EdgeBridge` is what ``bridge_node`` drives. The node converts each ROS message to a
+dict (or CDR bytes) and calls :meth:`EdgeBridge.offer`; a timer calls :meth:`EdgeBridge.tick`
+(group commit, aggregates, TTL, CRDT state snapshots, link statistics) and
+:meth:`EdgeBridge.take_commands` (verified missions for ROS, rejections counted). Everything
+that goes up is committed to the queue before it is published.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cobot_hybrid_bridge.bridge_config import BridgeConfig
+from cobot_hybrid_bridge.codecs import json_envelope
+from cobot_hybrid_bridge.command_security import (
+    CommandRejected,
+    CommandVerifier,
+    load_public_keys,
+)
+from cobot_hybrid_bridge.crdt import HLC, PNCounter, TelemetryState
+from cobot_hybrid_bridge.durable_queue import DiskFullError, DurableQueue
+from cobot_hybrid_bridge.filters import (
+    EventTrigger,
+    Filter,
+    RateLimiter,
+    Snapshot,
+    make_filter,
+)
+from cobot_hybrid_bridge.mission_schema import Mission
+from cobot_hybrid_bridge.mqtt_link import MqttLink
+from cobot_hybrid_bridge.routes import Route
+
+__all__ = ['EdgeBridge', 'RouteState']
+
+_LOG = logging.getLogger(__name__)
+_ACK_PRIORITY = 8
+_STATE_PRIORITY = 2
+
+
+@dataclass
+class RouteState:
+    """A route with its live filter, rate limiter and counters."""
+
+    route: Route
+    filter: Filter
+    limiter: RateLimiter
+    trigger: EventTrigger | None = None      # on the trigger route of a snapshot route
+    offered: int = 0
+    sent: int = 0
+
+
+@dataclass
+class EdgeBridge:
+    """Queue, link, routes, commands and telemetry state of one robot."""
+
+    cfg: BridgeConfig
+    routes: list[Route]
+    queue: DurableQueue = field(init=False)
+    link: MqttLink = field(init=False)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    states: list[RouteState] = field(init=False)
+    missions: dict[str, Mission] = field(default_factory=dict)
+    rejected: Counter[str] = field(default_factory=Counter)
+    disk_full_errors: int = 0
+    _inbox: deque[tuple[str, bytes]] = field(default_factory=deque)
+    _verifier: CommandVerifier | None = None
+    _state: TelemetryState = field(default_factory=TelemetryState)
+    _clock: HLC = field(init=False)
+    _next_commit: float = 0.0
+    _next_state: float = 0.0
+    _next_expire: float = 0.0
+
+    def __post_init__(self) -> None:
+        data = self.cfg.data_path
+        data.mkdir(parents=True, exist_ok=True)
+        self.queue = DurableQueue(data / 'outbox.db', self.cfg.queue_config())
+        self.link = MqttLink(self.cfg.link_config(), self.queue, self.lock,
+                             on_command=self._on_command)
+        self.prefix = self.link.prefix
+        self.states = [RouteState(r, make_filter(r.filter_spec), RateLimiter(r.rate_limit_hz))
+                       for r in self.routes]
+        for state in self.states:
+            spec = dict(state.route.filter_spec or {})
+            if spec.get('kind') == 'snapshot':
+                for other in self.states:
+                    if other.route.ros_topic == spec['trigger_topic'] and other.trigger is None:
+                        other.trigger = EventTrigger(str(spec['field']), spec['equals'])
+        if self.cfg.cloud_public_keys:
+            self._verifier = CommandVerifier(
+                self.cfg.robot_id, load_public_keys(self.cfg.key_paths()),
+                data / 'replay.db', max_bytes=self.cfg.max_command_bytes,
+                max_clock_skew_s=self.cfg.max_clock_skew_s)
+        self._clock = HLC(self.cfg.robot_id)
+        self._state_path = data / 'telemetry_state.json'
+        if self._state_path.is_file():
+            try:
+                self._state = TelemetryState.from_json(json.loads(self._state_path.read_text()))
+            except (ValueError, OSError) as exc:
+                _LOG.error('telemetry state %s unreadable (%s): starting empty',
+                           self._state_path, exc)
+
+    def start(self) -> None:
+        """Connect (in the background; an unreachable broker is retried, never fatal)."""
+        self.link.start()
+
+    def stop(self) -> None:
+        """Commit what is held, say offline, close files."""
+        with self.lock:
+            self._commit()
+        self.link.stop()
+        self._save_state()
+        self.queue.close()
+        if self._verifier is not None:
+            self._verifier.close()
+
+    # --- uplink ------------------------------------------------------------------------------
+
+    def _enqueue(self, mqtt_topic: str, payload: bytes | Callable[[int], bytes], qos: int,
+                 priority: int, retain: bool) -> int:
+        with self.lock:
+            return self.queue.put(f'{self.prefix}/{mqtt_topic}', payload, qos, priority,
+                                  retain)
+
+    def offer(self, index: int, data: dict[str, Any] | None, raw: bytes | None,
+              now_s: float | None = None) -> list[int]:
+        """Take a ROS message of route ``index`` (a dict, or CDR bytes for ``cdr`` routes).
+
+        Returns the route indices of snapshot routes whose trigger fired on this message.
+        """
+        now = time.time() if now_s is None else now_s
+        state = self.states[index]
+        state.offered += 1
+        fired: list[int] = []
+        if state.trigger is not None and data is not None and state.trigger.fires(data):
+            fired = [i for i, s in enumerate(self.states) if isinstance(s.filter, Snapshot)
+                     and dict(s.route.filter_spec or {}).get('trigger_topic')
+                     == state.route.ros_topic]
+        if state.route.encoding == 'cdr' and raw is not None:
+            outputs: list[Any] = [raw] if state.limiter.allow(now) else []
+        else:
+            outputs = [o for o in state.filter.offer(data or {}, now) if state.limiter.allow(now)]
+        for output in outputs:
+            self._send(state, output, now)
+        return fired
+
+    def send_snapshot(self, index: int, jpeg: bytes, now_s: float | None = None) -> None:
+        """Queue the JPEG of a snapshot route (the node encoded its latest image)."""
+        state = self.states[index]
+        self._enqueue(state.route.mqtt_topic, jpeg, state.route.qos, state.route.priority,
+                      state.route.retain)
+        state.sent += 1
+
+    def _send(self, state: RouteState, output: Any, now: float) -> None:
+        route = state.route
+        if isinstance(output, bytes):
+            payload: bytes | Callable[[int], bytes] = output
+        else:
+            def payload(seq: int, data: Any = output) -> bytes:
+                return json_envelope(self.cfg.robot_id, seq, now, route.ros_topic,
+                                     route.type_name, data)
+        self._enqueue(route.mqtt_topic, payload, route.qos, route.priority, route.retain)
+        state.sent += 1
+
+    def record(self, counter: str, amount: int = 1) -> None:
+        """Count an event in the CRDT telemetry state."""
+        self._state.counters.setdefault(counter, PNCounter()).add(self.cfg.robot_id, amount)
+
+    def set_value(self, key: str, value: Any) -> None:
+        """Record a last-known value in the CRDT telemetry state."""
+        self._state.values.set(key, value, self._clock.now())
+
+    def set_alarm(self, name: str, active: bool) -> None:
+        """Raise or clear an alarm in the CRDT telemetry state."""
+        if active and name not in self._state.alarms:
+            self._state.alarms.add(name)
+        elif not active and name in self._state.alarms:
+            self._state.alarms.remove(name)
+
+    # --- periodic ----------------------------------------------------------------------------
+
+    def tick(self, now_s: float | None = None) -> None:
+        """Run aggregates, group commit, TTL and state snapshots; call every 10-20 ms."""
+        now = time.time() if now_s is None else now_s
+        for state in self.states:
+            for summary in state.filter.tick(now):
+                self._send(state, summary, now)
+        if now >= self._next_state:
+            self._next_state = now + self.cfg.state_period_s
+            self._send_state(now)
+        if now >= self._next_commit:
+            self._next_commit = now + self.cfg.commit_interval_s
+            with self.lock:
+                self._commit()
+                if now >= self._next_expire:
+                    self._next_expire = now + 60.0
+                    self.queue.expire(now)
+
+    def _commit(self) -> None:
+        try:
+            if self.queue.commit():
+                self.link.wake()
+        except DiskFullError as exc:
+            self.disk_full_errors += 1
+            _LOG.error('%s', exc)
+
+    def _send_state(self, now: float) -> None:
+        snapshot = self._state.to_json()
+        self._enqueue('state', lambda seq: json_envelope(
+            self.cfg.robot_id, seq, now, 'state', 'cobot_hybrid/TelemetryState', snapshot),
+            1, _STATE_PRIORITY, True)
+        self._save_state()
+
+    def _save_state(self) -> None:
+        tmp = self._state_path.with_suffix('.tmp')
+        tmp.write_text(json.dumps(self._state.to_json()))
+        tmp.replace(self._state_path)
+
+    # --- downlink ----------------------------------------------------------------------------
+
+    def _on_command(self, topic: str, payload: bytes) -> None:
+        self._inbox.append((topic, payload))  # paho's thread: only queue it
+
+    def take_commands(self, now_s: float | None = None) -> list[Mission]:
+        """Verify what came down; return the missions to act on, newest version only."""
+        accepted = []
+        while self._inbox:
+            topic, payload = self._inbox.popleft()
+            mission = self._verify(topic, payload, now_s)
+            if mission is not None:
+                accepted.append(mission)
+        return accepted
+
+    def _verify(self, topic: str, payload: bytes, now_s: float | None) -> Mission | None:
+        kind = topic.rsplit('/', 1)[-1]
+        if kind != 'mission':
+            self._reject(kind, 'unsupported', f'no handler for command kind {kind!r}')
+            return None
+        if self._verifier is None:
+            self._reject(kind, 'no_key', 'no cloud_public_keys configured: refusing every '
+                         'command')
+            return None
+        try:
+            mission = self._verifier.verify(payload, now_s)
+        except CommandRejected as exc:
+            self._reject(kind, exc.reason, str(exc))
+            return None
+        current = self.missions.get(mission.mission_id)
+        if current is not None and current.version >= mission.version:
+            self._reject(kind, 'superseded', f'mission {mission.mission_id} version '
+                         f'{mission.version} <= the current {current.version}', mission)
+            return None
+        self.missions[mission.mission_id] = mission
+        self.record('missions_accepted')
+        self._ack(mission.mission_id, mission.version, 'accepted', '')
+        return mission
+
+    def _reject(self, kind: str, reason: str, detail: str,
+                mission: Mission | None = None) -> None:
+        self.rejected[reason] += 1
+        self.record('commands_rejected')
+        _LOG.warning('command %s rejected: %s', kind, detail)
+        self._ack(mission.mission_id if mission else None,
+                  mission.version if mission else None, 'rejected', f'{reason}: {detail}')
+
+    def _ack(self, mission_id: str | None, version: int | None, status: str,
+             reason: str) -> None:
+        now = time.time()
+        body = {'mission_id': mission_id, 'version': version, 'status': status,
+                'reason': reason}
+        self._enqueue('events/mission_ack', lambda seq: json_envelope(
+            self.cfg.robot_id, seq, now, 'mission_ack', 'cobot_hybrid/MissionAck', body),
+            1, _ACK_PRIORITY, False)
+
+    # --- observability -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Return connection, backlog, drops, drain rate, RTT and command counters."""
+        with self.lock:
+            queue = self.queue.stats()
+        link = self.link.stats
+        return {
+            'connected': link.connected, 'connects': link.connects,
+            'disconnects': link.disconnects, 'rtt_ms': round(link.rtt_ms, 2),
+            'drain_rate_hz': link.drain_rate_hz, 'inflight': link.inflight,
+            'committed': queue.committed, 'delivered': queue.delivered,
+            'backlog_messages': queue.queued, 'backlog_bytes': queue.queued_bytes,
+            'oldest_age_s': round(queue.oldest_age_s, 3), 'dropped': dict(queue.dropped),
+            'dropped_uncommitted': queue.dropped_uncommitted, 'balanced': queue.balanced,
+            'no_subscribers_retries': link.no_subscribers, 'refused': link.refused,
+            'disk_full_errors': self.disk_full_errors,
+            'commands_rejected': dict(self.rejected),
+            'missions': {k: m.version for k, m in self.missions.items()},
+            'last_error': link.last_error}
+
+    def send_stats(self, now_s: float | None = None) -> dict[str, Any]:
+        """Queue the link statistics as telemetry too; return them."""
+        stats = self.stats()
+        now = time.time() if now_s is None else now_s
+        self._enqueue('telemetry/bridge', lambda seq: json_envelope(
+            self.cfg.robot_id, seq, now, 'bridge', 'cobot_hybrid/BridgeStats', stats),
+            1, 1, False)
+        return stats
+
+
+def routes_path(configured: str, share: Path) -> Path:
+    """Return the routes file: the configured one, else the package's default."""
+    return Path(configured).expanduser() if configured else share / 'bridge_routes.yaml'

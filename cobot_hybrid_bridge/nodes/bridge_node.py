@@ -1,0 +1,236 @@
+"""``bridge_node``: ROS 2 <-> MQTT with a durable offline queue (see :mod:`..bridge`).
+
+Subscribes the ROS topics of the routes file (any message type, resolved at run time) and
+publishes what the cloud sends down once verified: ``mission`` (``std_msgs/String``, mission
+JSON v1, transient local: the robot keeps its last valid mission), ``mission_path``
+(``nav_msgs/Path`` of the mission's poses, for rviz) and ``diagnostics`` (link state, backlog,
+drops by reason, drain rate, RTT, rejected commands). It also watches ``protective_stop`` and
+``speed_scale`` (when routed) for the CRDT telemetry state it sends up.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Path as PathMsg
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.serialization import serialize_message
+from std_msgs.msg import String
+
+from cobot_hybrid_bridge.bridge import EdgeBridge, routes_path
+from cobot_hybrid_bridge.bridge_config import BridgeConfig
+from cobot_hybrid_bridge.codecs import message_to_dict
+from cobot_hybrid_bridge.errors import BridgeError
+from cobot_hybrid_bridge.mission_schema import Mission, mission_to_json
+from cobot_hybrid_bridge.routes import Route, load_routes
+from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
+
+PARAMS = (
+    ParamSpec('robot_id', 'this robot: MQTT client id and topic level', read_only=True),
+    ParamSpec('broker_host', 'MQTT broker host', read_only=True),
+    ParamSpec('broker_port', 'MQTT broker port', read_only=True, min_value=1,
+              max_value=65535),
+    ParamSpec('protocol', 'mqtt5 | mqtt311', read_only=True),
+    ParamSpec('routes_file', 'uplink routes YAML ("" = the package default)', read_only=True),
+    ParamSpec('data_dir', 'queue and replay database folder ("" = ~/.local/state/cobot_hybrid)',
+              read_only=True),
+    ParamSpec('max_queue_bytes', 'payload bytes kept while offline', read_only=True,
+              min_value=1024, max_value=2**40),
+    ParamSpec('message_ttl_s', 'older queued messages are dropped [s]', read_only=True,
+              min_value=1.0, max_value=3.2e7),
+    ParamSpec('synchronous', 'FULL (survives power loss) | NORMAL (process crash)',
+              read_only=True),
+    ParamSpec('commit_interval_s', 'group commit period [s]', read_only=True, min_value=0.001,
+              max_value=10.0),
+    ParamSpec('inflight_window', 'unacknowledged messages at most', read_only=True,
+              min_value=1, max_value=65535),
+    ParamSpec('drain_rate_hz', 'upper bound of the send rate (0: none)', read_only=True,
+              min_value=0.0, max_value=1e6),
+    ParamSpec('retry_no_subscribers', 'keep and retry messages the broker answered 0x10',
+              read_only=True),
+    ParamSpec('session_expiry_s', 'MQTT 5 session expiry [s]', read_only=True, min_value=0,
+              max_value=2**31 - 1),
+    ParamSpec('tls_ca', 'CA certificate file (enables TLS)', read_only=True),
+    ParamSpec('tls_cert', 'client certificate file (mTLS)', read_only=True),
+    ParamSpec('tls_key', 'client key file (mTLS)', read_only=True),
+    ParamSpec('username', 'MQTT username', read_only=True),
+    ParamSpec('password_file', 'file holding the MQTT password', read_only=True),
+    ParamSpec('password_env', 'environment variable holding the MQTT password',
+              read_only=True),
+    ParamSpec('cloud_public_keys', 'key_id=path of the cloud Ed25519 public keys',
+              read_only=True, array_type='string'),
+    ParamSpec('max_command_bytes', 'largest command accepted', read_only=True, min_value=64,
+              max_value=2**26),
+    ParamSpec('max_clock_skew_s', 'tolerated clock difference with the cloud [s]',
+              read_only=True, min_value=0.0, max_value=3600.0),
+    ParamSpec('state_period_s', 'CRDT telemetry state period [s]', read_only=True,
+              min_value=0.1, max_value=3600.0),
+    ParamSpec('stats_period_s', 'diagnostics and link telemetry period [s]', read_only=True,
+              min_value=0.1, max_value=3600.0),
+)
+_TICK_S = 0.01
+
+
+def resolve_type(route: Route) -> Any:
+    """Return the Python class of a route's message type (BridgeError naming it)."""
+    try:
+        module = importlib.import_module(f'{route.package}.msg')
+        return getattr(module, route.message)
+    except (ImportError, AttributeError):
+        raise BridgeError(f'message type {route.type_name} of route {route.ros_topic!r} is '
+                          f'not installed (is the {route.package} package built/sourced?)'
+                          ) from None
+
+
+def _share() -> Path:
+    try:
+        return Path(get_package_share_directory('cobot_hybrid')) / 'config'
+    except PackageNotFoundError:  # editable install in a venv
+        return Path(__file__).resolve().parents[2] / 'config'
+
+
+class BridgeNode(Node):
+    """Thin shell around :class:`EdgeBridge`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__('bridge_node', **kwargs)
+        self._params = ParameterBinding(self, BridgeConfig, PARAMS)
+        cfg = self._params.config
+        routes = load_routes(routes_path(cfg.routes_file, _share()))
+        types = [resolve_type(route) for route in routes]
+        self.bridge = EdgeBridge(cfg, routes)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._mission_pub = self.create_publisher(String, 'mission', latched)
+        self._path_pub = self.create_publisher(PathMsg, 'mission_path', latched)
+        self._diag_pub = self.create_publisher(DiagnosticArray, 'diagnostics', 10)
+        self._latest_images: dict[int, Any] = {}
+        for index, (route, msg_type) in enumerate(zip(routes, types, strict=True)):
+            qos = qos_profile_sensor_data if route.reliability == 'best_effort' else 10
+            self.create_subscription(msg_type, route.ros_topic,
+                                     lambda msg, i=index: self._on_message(i, msg), qos)
+        self.create_timer(_TICK_S, self._tick)
+        self.create_timer(cfg.stats_period_s, self._stats)
+        self.bridge.start()
+        self.get_logger().info(
+            f'{len(routes)} routes to {cfg.broker_host}:{cfg.broker_port} as {cfg.robot_id}; '
+            f'queue {self.bridge.queue.path}; '
+            f'{"commands verified with " + str(len(cfg.cloud_public_keys)) + " key(s)" if cfg.cloud_public_keys else "no cloud key: every command is refused"}')  # noqa: E501
+
+    def _on_message(self, index: int, msg: Any) -> None:
+        route = self.bridge.states[index].route
+        try:
+            if route.encoding == 'jpeg':
+                self._latest_images[index] = msg
+                return
+            raw = serialize_message(msg) if route.encoding == 'cdr' else None
+            data = message_to_dict(msg) if route.encoding != 'cdr' or \
+                self.bridge.states[index].trigger is not None else None
+            fired = self.bridge.offer(index, data, raw)
+            self._track_state(route, data)
+            for snapshot in fired:
+                self._send_snapshot(snapshot)
+        except BridgeError as exc:
+            self.get_logger().error(f'{route.ros_topic}: {exc}', throttle_duration_sec=5.0)
+
+    def _track_state(self, route: Route, data: dict[str, Any] | None) -> None:
+        if data is None:
+            return
+        if route.type_name == 'std_msgs/msg/Bool' and route.ros_topic.endswith('protective_stop'):
+            stopped = bool(data.get('data'))
+            self.bridge.set_alarm('protective_stop', stopped)
+            self.bridge.set_value('protective_stop', stopped)
+        elif route.type_name == 'std_msgs/msg/Float64' and route.ros_topic.endswith('speed_scale'):
+            value = data.get('data')
+            if isinstance(value, float) and math.isfinite(value):
+                self.bridge.set_value('speed_scale', round(value, 3))
+
+    def _send_snapshot(self, index: int) -> None:
+        from cobot_hybrid_perception.image_codec import encode_compressed
+        from cobot_hybrid_perception.nodes.conversions import compressed_to_numpy, image_to_numpy
+
+        msg = self._latest_images.get(index)
+        if msg is None:
+            return
+        if hasattr(msg, 'format'):
+            pixels, encoding = compressed_to_numpy(msg)
+        else:
+            pixels, encoding = image_to_numpy(msg), msg.encoding
+        jpeg, _ = encode_compressed(pixels, encoding, 'jpeg', 80)
+        self.bridge.send_snapshot(index, bytes(jpeg))
+        self.bridge.record('stop_snapshots')
+
+    def _tick(self) -> None:
+        self.bridge.tick()
+        for mission in self.bridge.take_commands():
+            self._publish_mission(mission)
+
+    def _publish_mission(self, mission: Mission) -> None:
+        self._mission_pub.publish(String(data=json.dumps(mission_to_json(mission))))
+        path = PathMsg()
+        path.header.frame_id = mission.frame_id
+        path.header.stamp = self.get_clock().now().to_msg()
+        for task in mission.tasks:
+            pose = PoseStamped()
+            pose.header = path.header
+            pose.pose.position.x, pose.pose.position.y = task.pose.x, task.pose.y
+            pose.pose.position.z = task.pose.z
+            pose.pose.orientation.z = math.sin(task.pose.yaw / 2.0)
+            pose.pose.orientation.w = math.cos(task.pose.yaw / 2.0)
+            path.poses.append(pose)
+        self._path_pub.publish(path)
+        self.get_logger().info(f'mission {mission.mission_id} v{mission.version}: '
+                               f'{len(mission.tasks)} tasks')
+
+    def _stats(self) -> None:
+        stats = self.bridge.send_stats()
+        level = DiagnosticStatus.OK if stats['connected'] else DiagnosticStatus.WARN
+        if stats['disk_full_errors'] or not stats['balanced']:
+            level = DiagnosticStatus.ERROR
+        message = 'connected' if stats['connected'] else f'offline, queueing: ' \
+            f'{stats["backlog_messages"]} messages ({stats["last_error"]})'
+        status = DiagnosticStatus(
+            level=level, name='bridge_node: link', message=message,
+            hardware_id=self._params.config.robot_id,
+            values=[KeyValue(key=k, value=json.dumps(v) if isinstance(v, dict) else str(v))
+                    for k, v in stats.items()])
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run the bridge until interrupted; queued messages stay on disk for the next start."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = BridgeNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (BridgeError, ParameterException) as exc:
+        if node is not None:
+            node.get_logger().fatal(str(exc))
+        else:
+            print(f'bridge_node: {exc}')
+        raise SystemExit(2) from None
+    finally:
+        if node is not None:
+            node.bridge.stop()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,34 @@
+"""Launch the edge bridge: ``ros2 launch cobot_hybrid bridge.launch.py robot_id:=cobot-7``.
+
+Arguments: ``params_file`` (default: the package's config/bridge.yaml), ``namespace``,
+``robot_id``, ``log_level``.
+"""
+
+from pathlib import Path
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description() -> LaunchDescription:
+    """Describe the bridge_node launch."""
+    share = Path(get_package_share_directory('cobot_hybrid'))
+    return LaunchDescription([
+        DeclareLaunchArgument('params_file', default_value=str(share / 'config' / 'bridge.yaml')),
+        DeclareLaunchArgument('namespace', default_value=''),
+        DeclareLaunchArgument('robot_id', default_value='cobot-1'),
+        DeclareLaunchArgument('log_level', default_value='info'),
+        Node(
+            package='cobot_hybrid',
+            executable='bridge_node',
+            name='bridge_node',
+            namespace=LaunchConfiguration('namespace'),
+            parameters=[LaunchConfiguration('params_file'),
+                        {'robot_id': LaunchConfiguration('robot_id')}],
+            arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
+            output='screen',
+        ),
+    ])

@@ -1,0 +1,171 @@
+"""bridge_node as its own process: ROS topics -> filters -> real mosquitto, missions back down."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from cobot_hybrid_bridge.command_security import sign_command
+from cobot_hybrid_bridge.mission_schema import MISSION_SCHEMA
+
+pytestmark = [pytest.mark.ros, pytest.mark.broker]
+
+NODE = 'cobot_hybrid_bridge.nodes.bridge_node'
+KEY = Ed25519PrivateKey.generate()
+
+
+class Cloud:
+    """Everything under cobot/v1/# on the broker, as the cloud sees it."""
+
+    def __init__(self, port: int) -> None:
+        self.messages: list[tuple[str, bytes, dict[str, str]]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id='cloud-test',
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe('cobot/v1/#', qos=1)
+        self.client.on_message = lambda c, u, m: self.messages.append(
+            (m.topic, bytes(m.payload), dict(getattr(m.properties, 'UserProperty', []) or [])))
+        self.client.connect('127.0.0.1', port)
+        self.client.loop_start()
+
+    def on(self, suffix: str) -> list[bytes]:
+        return [p for t, p, _ in list(self.messages) if t.endswith(suffix)]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def start_bridge(ros_process: Any, tmp_path: Path, port: int) -> Any:
+    key_file = tmp_path / 'planner.pub'
+    key_file.write_bytes(KEY.public_key().public_bytes(Encoding.PEM,
+                                                       PublicFormat.SubjectPublicKeyInfo))
+    params = tmp_path / 'bridge.yaml'
+    params.write_text(yaml.safe_dump({'bridge_node': {'ros__parameters': {
+        'robot_id': 'cobot-a', 'broker_port': port, 'data_dir': str(tmp_path / 'data'),
+        'cloud_public_keys': [f'planner={key_file}'], 'state_period_s': 1.0,
+        'stats_period_s': 0.5}}}))
+    return ros_process(NODE, '--ros-args', '--params-file', str(params))
+
+
+def mission(version: int, now: float) -> dict[str, Any]:
+    return {'schema': MISSION_SCHEMA, 'kind': 'mission', 'command_id': f'm-1-v{version}',
+            'robot_id': 'cobot-a', 'mission_id': 'm-1', 'version': version,
+            'issued_at': now, 'valid_until': now + 600, 'frame_id': 'map',
+            'tasks': [{'task_id': 't1', 'type': 'pick', 'station': 'press-1',
+                       'pose': {'x': 1.0, 'y': 2.0, 'z': 0.0, 'yaw': 0.0}, 'duration_s': 5.0},
+                      {'task_id': 't2', 'type': 'place', 'station': 'tray',
+                       'pose': {'x': 3.0, 'y': 1.0, 'z': 0.0, 'yaw': 1.0}, 'duration_s': 5.0}]}
+
+
+def test_only_exceptions_and_summaries_go_up(make_node: Any, ros_process: Any, tmp_path: Path,
+                                             mosquitto_broker: Any) -> None:
+    import numpy as np
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Bool, Float64
+
+    from cobot_hybrid_perception.nodes.conversions import numpy_to_image
+
+    cloud = Cloud(mosquitto_broker.port)
+    bridge = start_bridge(ros_process, tmp_path, mosquitto_broker.port)
+    ros_process('synthetic_detector.py', '--start', '3.0')  # a person and a cup, 30 Hz
+    harness = make_node('robot_side')
+    stop_pub = harness.node.create_publisher(Bool, 'protective_stop', 10)
+    scale_pub = harness.node.create_publisher(Float64, 'speed_scale', 10)
+    image_pub = harness.node.create_publisher(Image, 'image', 10)
+    assert harness.spin_until(lambda: stop_pub.get_subscription_count() > 0, 30.0), bridge.log()
+    frame = numpy_to_image(np.full((48, 64, 3), 120, np.uint8), 'bgr8')
+    for state in (False, False, True, True, True, False):
+        image_pub.publish(frame)
+        harness.spin_for(0.05)
+        stop_pub.publish(Bool(data=state))
+        scale_pub.publish(Float64(data=0.0 if state else 1.0))
+        harness.spin_for(0.3)
+    try:
+        assert harness.spin_until(lambda: len(cloud.on('events/protective_stop')) >= 3
+                                  and cloud.on('events/stop_snapshot')
+                                  and cloud.on('/state'), 20.0), (bridge.log(),
+                                                                   cloud.messages[-3:])
+        harness.spin_for(0.5)
+        stops = [json.loads(p)['data']['data'] for p in cloud.on('events/protective_stop')]
+        assert stops == [False, True, False]  # changes only
+        (snapshot,) = cloud.on('events/stop_snapshot')
+        assert snapshot[:2] == b'\xff\xd8'  # a JPEG, sent once, when the stop began
+        people = [json.loads(p) for p in cloud.on('telemetry/people')]
+        assert people and all(d['data']['detections'][0]['results'][0]['hypothesis']
+                              ['class_id'] == 'person' and len(d['data']['detections']) == 1
+                              for d in people)  # the cup was filtered out at the edge
+        duration = 6 * 0.35
+        assert len(people) <= 2.0 * duration + 3  # rate limited to 2 Hz, not 30 Hz
+        state = json.loads(cloud.on('/state')[-1])['data']
+        assert 'protective_stop' in state['values']
+        seqs = [int(props['seq']) for _, _, props in cloud.messages if 'seq' in props]
+        assert len(seqs) == len(set(seqs))
+    finally:
+        cloud.close()
+
+
+def test_signed_missions_come_down_and_bad_ones_do_not(make_node: Any, ros_process: Any,
+                                                       tmp_path: Path,
+                                                       mosquitto_broker: Any) -> None:
+    from nav_msgs.msg import Path as PathMsg
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    cloud = Cloud(mosquitto_broker.port)
+    bridge = start_bridge(ros_process, tmp_path, mosquitto_broker.port)
+    harness = make_node('robot_side')
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    missions: list[Any] = []
+    paths: list[Any] = []
+    harness.node.create_subscription(String, 'mission', missions.append, latched)
+    harness.node.create_subscription(PathMsg, 'mission_path', paths.append, latched)
+    assert harness.spin_until(lambda: cloud.on('cobot-a/status'), 30.0), bridge.log()
+    harness.spin_for(0.5)
+    now = time.time()
+    topic = 'cobot/v1/cobot-a/cmd/mission'
+    other = Ed25519PrivateKey.generate()
+    for payload in (sign_command(other, 'planner', mission(1, now), 'cobot-a'),   # forged
+                    sign_command(KEY, 'planner', mission(2, now), 'cobot-a'),     # good
+                    sign_command(KEY, 'planner', mission(2, now), 'cobot-a'),     # replay
+                    sign_command(KEY, 'planner', mission(1, now).__or__(
+                        {'command_id': 'm-1-v1b'}), 'cobot-a'),                   # older
+                    b'{"garbage": true'):
+        cloud.client.publish(topic, payload, qos=1).wait_for_publish(5)
+    assert harness.spin_until(lambda: missions and paths and len(
+        cloud.on('events/mission_ack')) >= 5, 20.0), (bridge.log(), cloud.on('mission_ack'))
+    harness.spin_for(0.5)
+    assert len(missions) == 1
+    received = json.loads(missions[0].data)
+    assert (received['mission_id'], received['version']) == ('m-1', 2)
+    assert [(p.pose.position.x, p.pose.position.y) for p in paths[0].poses] == \
+        [(1.0, 2.0), (3.0, 1.0)]
+    acks = [json.loads(p)['data'] for p in cloud.on('events/mission_ack')]
+    assert sorted(a['status'] for a in acks) == ['accepted'] + ['rejected'] * 4
+    reasons = ' '.join(a['reason'] for a in acks)
+    for reason in ('bad_signature', 'replayed', 'superseded', 'malformed'):
+        assert reason in reasons
+    cloud.close()
+
+
+def test_bad_routes_or_keys_exit_with_the_reason(ros_process: Any, tmp_path: Path) -> None:
+    routes = tmp_path / 'routes.yaml'
+    routes.write_text(yaml.safe_dump({'routes': [{'ros_topic': 'x',
+                                                  'type': 'no_such_msgs/msg/Thing',
+                                                  'mqtt_topic': 'telemetry/x'}]}))
+    bridge = ros_process(NODE, '--ros-args', '-p', f'routes_file:={routes}', '-p',
+                         f'data_dir:={tmp_path}', '-p', 'robot_id:=cobot-a')
+    assert bridge.wait(30.0) == 2
+    assert 'no_such_msgs/msg/Thing' in bridge.log() and 'not installed' in bridge.log()
+    keys = ros_process(NODE, '--ros-args', '-p', f'data_dir:={tmp_path}', '-p',
+                       f'cloud_public_keys:=[planner={tmp_path}/missing.pub]')
+    assert keys.wait(30.0) == 2
+    assert 'cannot be read' in keys.log()
