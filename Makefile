@@ -7,7 +7,7 @@ STAMP := $(VENV)/.cobot_hybrid_setup
 JOBS ?= 2
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup test lint typecheck pytest demo constraints clean
+.PHONY: setup test lint typecheck pytest demo soak constraints clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ pytest: setup
 	tools/run_isolated.sh $(PY) -m pytest -n $(JOBS) --durations=10
 
 test: lint typecheck pytest
+
+# The long fault run of the bridge (minutes): kill -9, broker restarts, link cuts of 2-30 s.
+soak: setup
+	COBOT_HYBRID_SOAK=1 tools/run_isolated.sh $(PY) -m pytest -s -q test/test_fault_soak.py
 
 demo: setup
 	tools/run_isolated.sh $(PY) tools/demo_smoke.py

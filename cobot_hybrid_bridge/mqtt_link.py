@@ -8,7 +8,8 @@ at most ``drain_rate_hz`` per second, and settles each acknowledgement:
 * PUBACK/PUBCOMP with a reason below 0x80, other than 0x10: delivered, deleted from the queue;
 * 0x10 "no matching subscribers": the broker threw it away, so it stays queued and is retried
   after ``retry_delay_s`` (``retry_no_subscribers``; on by default: that is how a consumer
-  that is not subscribed yet loses nothing);
+  that is not subscribed yet loses nothing), except a retained message, which the broker
+  keeps for the next subscriber;
 * 0x80 and above: refused; retried until ``max_attempts``, then dropped as ``rejected``;
 * QoS 0 topics are deleted once paho has written them to the socket (at most once, by choice).
 
@@ -126,6 +127,7 @@ class LinkStats:
 class _Inflight:
     seq: int
     sent_at: float
+    retain: bool = False
 
 
 @dataclass
@@ -280,7 +282,7 @@ class MqttLink:
                                    properties=properties)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return False  # not connected any more: it stays queued
-        self._inflight[info.mid] = _Inflight(seq, time.monotonic())
+        self._inflight[info.mid] = _Inflight(seq, time.monotonic(), retain)
         self._not_before.pop(seq, None)
         self.stats.published += 1
         self.stats.inflight = len(self._inflight)
@@ -302,7 +304,8 @@ class MqttLink:
             rtt = 1e3 * (now - item.sent_at)
             self.stats.rtt_ms = rtt if not self.stats.rtt_ms else 0.9 * self.stats.rtt_ms \
                 + 0.1 * rtt
-            if reason == NO_MATCHING_SUBSCRIBERS and self.cfg.retry_no_subscribers:
+            if reason == NO_MATCHING_SUBSCRIBERS and self.cfg.retry_no_subscribers \
+                    and not item.retain:  # a retained message is kept by the broker anyway
                 self.stats.no_subscribers += 1
                 self._not_before[item.seq] = now + self.cfg.retry_delay_s
             elif reason >= 0x80:

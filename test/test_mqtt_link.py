@@ -42,7 +42,7 @@ class Consumer:
         self.client.reconnect_delay_set(1, 2)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        if message.topic.endswith('/status'):
+        if message.topic.endswith('/status') or '/cmd/' in message.topic:
             self.retained[message.topic] = bytes(message.payload)
             return
         props = dict(getattr(message.properties, 'UserProperty', []) or [])

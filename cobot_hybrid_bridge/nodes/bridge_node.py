@@ -117,7 +117,9 @@ class BridgeNode(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, 'diagnostics', 10)
         self._latest_images: dict[int, Any] = {}
         for index, (route, msg_type) in enumerate(zip(routes, types, strict=True)):
-            qos = qos_profile_sensor_data if route.reliability == 'best_effort' else 10
+            # Reliable routes keep 100 samples so a burst is not overwritten before it is
+            # queued; best effort also matches sensor publishers.
+            qos = qos_profile_sensor_data if route.reliability == 'best_effort' else 100
             self.create_subscription(msg_type, route.ros_topic,
                                      lambda msg, i=index: self._on_message(i, msg), qos)
         self.create_timer(_TICK_S, self._tick)
