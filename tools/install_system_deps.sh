@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian/Ubuntu packages that `make setup` needs, only those that are missing.
 # cmake + g++: build vision_msgs into the venv; python3-dev: its Python extension;
-# mosquitto: the broker for tests and the demo; iproute2/util-linux: loopback-only isolation.
+# mosquitto: the broker for tests and the demo; iproute2/util-linux: loopback-only isolation;
+# openssl: test certificates for the TLS + ACL test.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
@@ -12,6 +13,7 @@ command -v make >/dev/null || missing+=(make)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v unshare >/dev/null || missing+=(util-linux)
+command -v openssl >/dev/null || missing+=(openssl)
 if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
   missing+=("python3-venv")
 fi

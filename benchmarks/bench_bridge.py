@@ -1,0 +1,201 @@
+"""Durable uplink vs raw paho, backlog drain rate, and memory with a 100,000-message backlog.
+
+Against one real mosquitto on 127.0.0.1 (started here), in the same run:
+
+1. throughput of 1 KB messages: raw paho QoS 1 (in-flight 20, nothing on disk) vs ours
+   (each message committed to SQLite with synchronous=FULL in 20 ms group commits before it
+   is published, deleted on PUBACK). Target: ours >= 0.8x raw.
+2. drain rate after an outage: 100,000 messages queued while the broker was unreachable, then
+   the link comes up; target >= 5x a live input of 200 msg/s.
+3. peak RSS of the process holding that 100,000-message backlog; target <= 150 MB.
+
+Run (loopback only): tools/run_isolated.sh .venv/bin/python benchmarks/bench_bridge.py
+Prints a table; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from cobot_hybrid_bridge.durable_queue import DurableQueue, QueueConfig
+from cobot_hybrid_bridge.mqtt_link import LinkConfig, MqttLink
+
+PAYLOAD = b'x' * 1024
+
+
+def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a mosquitto on a free 127.0.0.1 port."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    conf = workdir / 'mosquitto.conf'
+    conf.write_text(f'listener {port} 127.0.0.1\nallow_anonymous true\n'
+                    f'max_queued_messages 200000\nuser {pwd.getpwuid(os.getuid()).pw_name}\n')
+    broker = subprocess.Popen([shutil.which('mosquitto') or '/usr/sbin/mosquitto', '-c',
+                               str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(('127.0.0.1', port), timeout=0.1).close()
+            return broker, port
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit('bench: mosquitto did not start')
+
+
+class Sink:
+    """A subscriber counting what arrives (so the broker never answers 0x10)."""
+
+    def __init__(self, port: int) -> None:
+        self.count = 0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id='sink',
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.connect('127.0.0.1', port)
+        self.client.subscribe('bench/#', qos=1)
+        self.client.loop_start()
+        time.sleep(0.3)
+
+    def _on_message(self, client: object, userdata: object, message: object) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def raw_paho(port: int, count: int) -> float:
+    """Messages per second of plain paho QoS 1 publishing, all PUBACKs received."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id='raw',
+                         protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(20)
+    done = threading.Event()
+    acked = [0]
+
+    def on_publish(*_: object) -> None:
+        acked[0] += 1
+        if acked[0] == count:
+            done.set()
+    client.on_publish = on_publish
+    client.connect('127.0.0.1', port)
+    client.loop_start()
+    start = time.perf_counter()
+    for _ in range(count):
+        client.publish('bench/raw', PAYLOAD, qos=1)
+    done.wait(300)
+    elapsed = time.perf_counter() - start
+    client.loop_stop()
+    client.disconnect()
+    return count / elapsed
+
+
+def durable(port: int, count: int, workdir: Path) -> float:
+    """Messages per second through put -> group commit (FULL) -> publish -> PUBACK -> delete."""
+    queue = DurableQueue(workdir / 'throughput.db', QueueConfig(synchronous='FULL'))
+    lock = threading.Lock()
+    link = MqttLink(LinkConfig(robot_id='bench-robot', port=port), queue, lock)
+    link.start()
+    while not link.stats.connected:
+        time.sleep(0.01)
+    start = time.perf_counter()
+    next_commit = start
+    for _ in range(count):
+        with lock:
+            queue.put('bench/durable', PAYLOAD)
+        now = time.perf_counter()
+        if now >= next_commit:  # the node commits every 20 ms
+            with lock:
+                queue.commit()
+            link.wake()
+            next_commit = now + 0.02
+    with lock:
+        queue.commit()
+    link.wake()
+    while link.stats.acked < count:
+        time.sleep(0.001)
+    elapsed = time.perf_counter() - start
+    link.stop()
+    queue.close()
+    return count / elapsed
+
+
+def backlog_child(port: int, count: int, workdir: str) -> None:
+    """Fill a backlog offline, then drain it; print drain rate and peak RSS as JSON."""
+    queue = DurableQueue(Path(workdir) / 'backlog.db')
+    lock = threading.Lock()
+    for start in range(0, count, 1000):
+        for _ in range(min(1000, count - start)):
+            queue.put('bench/backlog', PAYLOAD)
+        queue.commit()
+    link = MqttLink(LinkConfig(robot_id='bench-backlog', port=port), queue, lock)
+    rss_filled = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    begin = time.perf_counter()
+    link.start()
+    while link.stats.acked < count:
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - begin
+    link.stop()
+    queue.close()
+    print(json.dumps({'drain_rate': count / elapsed, 'rss_filled_mb': rss_filled,
+                      'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      'seconds': elapsed}))
+
+
+def main() -> None:
+    """Print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--messages', type=int, default=20000)
+    parser.add_argument('--backlog', type=int, default=100000)
+    parser.add_argument('--child', nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        backlog_child(int(args.child[0]), int(args.child[1]), args.child[2])
+        return
+    workdir = Path(tempfile.mkdtemp(prefix='cobot_hybrid_bench_bridge_'))
+    broker, port = start_broker(workdir)
+    sink = Sink(port)
+    try:
+        raw: list[float] = []
+        ours: list[float] = []
+        for round_index in range(2):  # alternate, so drift hits both alike
+            run_dir = workdir / f'run{round_index}'
+            run_dir.mkdir()
+            raw.append(raw_paho(port, args.messages))
+            ours.append(durable(port, args.messages, run_dir))
+        print(f'1 KB messages, QoS 1, {args.messages} per run, 2 runs each, in-flight 20')
+        print(f'  raw paho        {max(raw):>9.0f} msg/s (runs: '
+              f'{", ".join(f"{r:.0f}" for r in raw)})')
+        print(f'  ours (durable)  {max(ours):>9.0f} msg/s (runs: '
+              f'{", ".join(f"{r:.0f}" for r in ours)})  -> {max(ours) / max(raw):.2f}x raw')
+        out = subprocess.run([sys.executable, __file__, '--child', str(port),
+                              str(args.backlog), str(workdir)], capture_output=True, text=True,
+                             check=True)
+        backlog = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f'backlog of {args.backlog} x 1 KB after an outage: drained at '
+              f'{backlog["drain_rate"]:.0f} msg/s ({backlog["drain_rate"] / 200:.1f}x a '
+              f'200 msg/s live input) in {backlog["seconds"]:.1f} s')
+        print(f'  process RSS with the backlog queued {backlog["rss_filled_mb"]:.0f} MB, peak '
+              f'while draining {backlog["peak_rss_mb"]:.0f} MB; {sink.count} messages reached '
+              'the subscriber in all')
+    finally:
+        sink.close()
+        broker.terminate()
+        broker.wait(timeout=10)
+
+
+if __name__ == '__main__':
+    main()
