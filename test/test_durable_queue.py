@@ -223,3 +223,24 @@ def test_wal_mode_and_full_sync_are_really_set(tmp_path: Path) -> None:
     queue.close()
     assert sqlite3.connect(tmp_path / 'q.db').execute('PRAGMA journal_mode').fetchone()[0] \
         == 'wal'
+
+
+def test_cli_queue_stats(tmp_path: Path) -> None:
+    import json as json_module
+
+    queue = DurableQueue(tmp_path / 'q.db')
+    seqs = [queue.put('t', b'abcd') for _ in range(3)]
+    queue.commit()
+    queue.ack(seqs[:1])
+    queue.close()
+    result = subprocess.run([sys.executable, '-m', 'cobot_hybrid_perception.cli', 'queue',
+                             'stats', str(tmp_path / 'q.db'), '--json'], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    stats = json_module.loads(result.stdout)
+    assert (stats['committed'], stats['delivered'], stats['queued'], stats['balanced']) == \
+        (3, 1, 2, True)
+    missing = subprocess.run([sys.executable, '-m', 'cobot_hybrid_perception.cli', 'queue',
+                              'stats', str(tmp_path / 'nope.db')], capture_output=True,
+                             text=True, timeout=60, check=False)
+    assert missing.returncode == 2 and 'does not exist' in missing.stderr
