@@ -173,10 +173,10 @@ def test_bad_routes_or_keys_exit_with_the_reason(ros_process: Any, tmp_path: Pat
 
 def test_bridge_yaml_declares_exactly_the_node_parameters(ros_context: Any, tmp_path: Path,
                                                           mosquitto_broker: Any) -> None:
+    from conftest import ROOT
     from rclpy.parameter import Parameter
 
     from cobot_hybrid_bridge.nodes.bridge_node import BridgeNode
-    from conftest import ROOT
 
     values = yaml.safe_load((ROOT / 'config' / 'bridge.yaml').read_text())['bridge_node'][
         'ros__parameters']
