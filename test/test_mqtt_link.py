@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import threading
 import time
 from collections.abc import Callable
@@ -193,3 +195,29 @@ def test_credentials_never_come_from_config_values(tmp_path: Path) -> None:
     secret = tmp_path / 'password'
     secret.write_text('s3cret\n')
     assert LinkConfig(robot_id='r', password_file=str(secret)).password() == 's3cret'
+
+
+def test_broker_unreachable_at_start_is_retried_not_fatal(tmp_path: Path) -> None:
+    from conftest import MosquittoBroker, free_port
+
+    port = free_port()
+    link = make_link(tmp_path, port, reconnect_min_s=1.0, reconnect_max_s=2.0)
+    seqs = fill(link, 10)
+    link.start()  # nothing listens on the port yet
+    time.sleep(1.5)
+    assert not link.stats.connected and link.queue.stats().queued == 10
+    data_dir = tmp_path / 'late-broker'
+    data_dir.mkdir()
+    config = data_dir / 'mosquitto.conf'
+    config.write_text(f'listener {port} 127.0.0.1\nallow_anonymous true\n'
+                      f'user {pwd.getpwuid(os.getuid()).pw_name}\n')
+    broker = MosquittoBroker(port=port, data_dir=data_dir, config_path=config)
+    broker.start()
+    try:
+        consumer = Consumer(port)
+        consumer.start()
+        assert wait_for(lambda: sorted(set(consumer.seqs())) == seqs, 30.0), link.stats
+        consumer.stop()
+    finally:
+        link.stop()
+        broker.stop()
