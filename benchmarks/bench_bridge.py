@@ -35,6 +35,7 @@ from cobot_hybrid_bridge.durable_queue import DurableQueue, QueueConfig
 from cobot_hybrid_bridge.mqtt_link import LinkConfig, MqttLink
 
 PAYLOAD = b'x' * 1024
+WINDOW = 20
 
 
 def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -82,7 +83,7 @@ def raw_paho(port: int, count: int) -> float:
     """Messages per second of plain paho QoS 1 publishing, all PUBACKs received."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id='raw',
                          protocol=mqtt.MQTTv5)
-    client.max_inflight_messages_set(20)
+    client.max_inflight_messages_set(WINDOW)
     done = threading.Event()
     acked = [0]
 
@@ -107,7 +108,8 @@ def durable(port: int, count: int, workdir: Path) -> float:
     """Messages per second through put -> group commit (FULL) -> publish -> PUBACK -> delete."""
     queue = DurableQueue(workdir / 'throughput.db', QueueConfig(synchronous='FULL'))
     lock = threading.Lock()
-    link = MqttLink(LinkConfig(robot_id='bench-robot', port=port), queue, lock)
+    link = MqttLink(LinkConfig(robot_id='bench-robot', port=port, inflight_window=WINDOW), queue,
+                    lock)
     link.start()
     while not link.stats.connected:
         time.sleep(0.01)

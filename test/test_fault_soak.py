@@ -62,6 +62,7 @@ def run_soak(ros_process: Any, broker: Any, tmp_path: Path, duration_s: float, k
     rng.shuffle(faults)
     gap = duration_s / (len(faults) + 1)
     log: list[str] = []
+    cut_kinds = ['blackhole', 'reset']  # alternate: both kinds in every run
     start = time.monotonic()
     for index, fault in enumerate(faults):
         time.sleep(max(0.0, start + gap * (index + 1) - time.monotonic()))
@@ -73,7 +74,7 @@ def run_soak(ros_process: Any, broker: Any, tmp_path: Path, duration_s: float, k
             broker.restart()
         else:
             length = rng.uniform(*cut_range_s)
-            kind = rng.choice(['blackhole', 'reset'])
+            kind = cut_kinds[sum(1 for line in log if 'cut' in line) % 2]
             proxy.cut(kind)
             time.sleep(length)
             proxy.restore()
