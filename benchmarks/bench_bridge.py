@@ -1,6 +1,7 @@
 """Durable uplink vs raw paho, backlog drain rate, and memory with a 100,000-message backlog.
 
-Against one real mosquitto on 127.0.0.1 (started here), in the same run:
+Against one real mosquitto on 127.0.0.1 (started here), the consumer in its own process, in
+the same run:
 
 1. throughput of 1 KB messages: raw paho QoS 1 (in-flight 20, nothing on disk) vs ours
    (each message committed to SQLite with synchronous=FULL in 20 ms group commits before it
@@ -57,26 +58,37 @@ def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise SystemExit('bench: mosquitto did not start')
 
 
+_SINK = """
+import sys, paho.mqtt.client as mqtt
+count = [0]
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id='sink', protocol=mqtt.MQTTv5)
+client.on_message = lambda c, u, m: count.__setitem__(0, count[0] + 1)
+client.connect('127.0.0.1', int(sys.argv[1]))
+client.subscribe('bench/#', qos=1)
+print('ready', flush=True)
+try:
+    client.loop_forever()
+except KeyboardInterrupt:
+    print(count[0], flush=True)
+"""
+
+
 class Sink:
-    """A subscriber counting what arrives (so the broker never answers 0x10)."""
+    """The cloud consumer in its own process (so the broker never answers 0x10)."""
 
     def __init__(self, port: int) -> None:
-        self.count = 0
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id='sink',
-                                  protocol=mqtt.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.connect('127.0.0.1', port)
-        self.client.subscribe('bench/#', qos=1)
-        self.client.loop_start()
+        self.proc = subprocess.Popen([sys.executable, '-c', _SINK, str(port)],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.proc.stdout.readline()
         time.sleep(0.3)
-
-    def _on_message(self, client: object, userdata: object, message: object) -> None:
-        self.count += 1
+        self.count = 0
 
     def close(self) -> None:
-        """Disconnect."""
-        self.client.loop_stop()
-        self.client.disconnect()
+        """Stop it and read how many messages it got."""
+        self.proc.send_signal(2)
+        out, _ = self.proc.communicate(timeout=10)
+        self.count = int(out.strip().splitlines()[-1]) if out.strip() else 0
 
 
 def raw_paho(port: int, count: int) -> float:
@@ -191,10 +203,10 @@ def main() -> None:
               f'{backlog["drain_rate"]:.0f} msg/s ({backlog["drain_rate"] / 200:.1f}x a '
               f'200 msg/s live input) in {backlog["seconds"]:.1f} s')
         print(f'  process RSS with the backlog queued {backlog["rss_filled_mb"]:.0f} MB, peak '
-              f'while draining {backlog["peak_rss_mb"]:.0f} MB; {sink.count} messages reached '
-              'the subscriber in all')
+              f'while draining {backlog["peak_rss_mb"]:.0f} MB')
     finally:
         sink.close()
+        print(f'{sink.count} messages reached the subscriber in all')
         broker.terminate()
         broker.wait(timeout=10)
 
