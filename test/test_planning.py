@@ -177,3 +177,34 @@ def test_site_file_round_trip_and_errors(tmp_path: Path) -> None:
                           ('colour: red', 'unknown keys')]:
         with pytest.raises(SiteError, match=message):
             parse_site(yaml.safe_load(text))
+
+
+def test_cli_plan_prints_missions_and_rejections(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    orders = yaml.safe_load((root / 'config' / 'examples' / 'orders.yaml').read_text())
+    orders['tasks'].append({'task_id': 'weld', 'type': 'pick', 'station': 'press-1',
+                            'capability': 'weld', 'duration_s': 10})
+    path = tmp_path / 'orders.yaml'
+    path.write_text(yaml.safe_dump(orders))
+    result = subprocess.run([sys.executable, '-m', 'cobot_hybrid_perception.cli', 'plan',
+                             str(path), '--site', str(root / 'config' / 'examples' / 'site.yaml'),
+                             '--time-limit', '0.5', '--json'], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    planned = {i['task_id'] for items in report['missions'].values() for i in items}
+    assert planned == {t['task_id'] for t in orders['tasks']} - {'weld'}
+    assert "capability 'weld'" in report['rejected']['weld']
+    stack = next(i for items in report['missions'].values() for i in items
+                 if i['task_id'] == 'stack')
+    checks = [i for items in report['missions'].values() for i in items
+              if i['task_id'] in ('check-1', 'check-2')]
+    assert stack['start_s'] >= max(c['end_s'] for c in checks)
+    bad = subprocess.run([sys.executable, '-m', 'cobot_hybrid_perception.cli', 'plan',
+                          str(path), '--site', str(tmp_path / 'nope.yaml')],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode == 2 and 'cannot be read' in bad.stderr
