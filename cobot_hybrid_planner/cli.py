@@ -51,7 +51,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         steps = ', '.join(f'{i["task_id"]}@{i["station"]} {i["start_s"]:.0f}-{i["end_s"]:.0f}s'
                           for i in items)
         print(f'  {robot_id}: {steps or "(idle)"}')
-    for task_id, reason in {**report['rejected'], **result.unassigned}.items():
+    not_planned = {**{r.task_id: r.reason for r in rejected}, **result.unassigned}
+    for task_id, reason in not_planned.items():
         print(f'  not planned: {task_id}: {reason}')
     return 0
 

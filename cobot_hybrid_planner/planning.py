@@ -279,7 +279,7 @@ def _cpsat(best: Plan, tasks: Mapping[str, PlanTask], robots: Mapping[str, Fleet
     solver.parameters.max_time_in_seconds = max(0.05, time_limit_s)
     solver.parameters.num_workers = 2
     status = solver.solve(model)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+    if solver.status_name(status) not in ('OPTIMAL', 'FEASIBLE'):
         best.notes.append(f'CP-SAT found no plan ({solver.status_name(status)})')
         return None
     orders = {r: sorted((t for t in planned if (t, r) in on and solver.value(on[t, r])),
