@@ -1,0 +1,265 @@
+"""The cloud planner over MQTT: orders in, telemetry in, signed missions out. No ROS.
+
+:class:`PlannerService` subscribes ``cobot/v1/#`` (telemetry, status, mission acks, and work
+orders on ``cobot/v1/orders``), keeps the fleet in :class:`FleetStore` and the open tasks
+and issued missions in a SQLite ledger beside it (a restart resumes), and on :meth:`step`:
+
+* validates new orders task by task (rejections are logged with their reason);
+* replans when tasks arrived, a robot came or went, or a mission was rejected; the previous
+  assignment is kept unless moving saves enough (see :func:`planning.plan`);
+* sends each robot whose task list changed one mission (a new version), Ed25519-signed,
+  QoS 1, with an MQTT 5 message expiry equal to its validity;
+* re-sends a mission not acknowledged within ``resend_after_s`` (the same command: a robot
+  that had it answers "replayed", which counts as acknowledged).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from cobot_hybrid_bridge.command_security import sign_command
+from cobot_hybrid_bridge.mission_schema import Mission, Pose, Task, mission_to_json
+from cobot_hybrid_planner.errors import PlannerError
+from cobot_hybrid_planner.fleet_state import FleetStore
+from cobot_hybrid_planner.orders import OrderError, PlanTask, validate_orders
+from cobot_hybrid_planner.planning import FleetRobot, plan
+from cobot_hybrid_planner.site import Site
+
+__all__ = ['PlannerConfig', 'PlannerService']
+
+_LOG = logging.getLogger(__name__)
+ORDERS_TOPIC = 'cobot/v1/orders'
+_LEDGER = """
+CREATE TABLE IF NOT EXISTS tasks (task_id TEXT PRIMARY KEY, body TEXT NOT NULL,
+                                  status TEXT NOT NULL DEFAULT 'open');
+CREATE TABLE IF NOT EXISTS missions (robot_id TEXT PRIMARY KEY, mission_id TEXT NOT NULL,
+                                     version INTEGER NOT NULL, envelope BLOB NOT NULL,
+                                     tasks TEXT NOT NULL, valid_until REAL NOT NULL,
+                                     sent_at REAL NOT NULL, acked TEXT);
+"""
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    """Where the broker is, what the planner signs with, how it plans."""
+
+    data_dir: Path
+    broker_host: str = '127.0.0.1'
+    broker_port: int = 1883
+    client_id: str = 'planner'
+    key_id: str = 'planner'
+    plan_time_limit_s: float = 2.0
+    mission_validity_s: float = 3600.0
+    resend_after_s: float = 10.0
+    offline_after_s: float = 10.0
+
+
+@dataclass
+class PlannerService:
+    """Fleet state, ledger, planning and mission dispatch."""
+
+    cfg: PlannerConfig
+    site: Site
+    private_key: Ed25519PrivateKey
+    rejected_tasks: dict[str, str] = field(default_factory=dict)
+    sent: int = 0
+    _inbox: deque[tuple[str, bytes, dict[str, str]]] = field(default_factory=deque)
+    _dirty: bool = True
+    _online: frozenset[str] = frozenset()
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.fleet = FleetStore(self.cfg.data_dir / 'fleet.db', self.cfg.offline_after_s)
+        self._db = sqlite3.connect(self.cfg.data_dir / 'ledger.db', isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute('PRAGMA journal_mode=WAL')
+        self._db.executescript(_LEDGER)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=self.cfg.client_id, protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe('cobot/v1/#', qos=1)
+        self.client.on_message = self._on_message
+
+    def start(self) -> None:
+        """Connect (retried in the background) with a persistent session."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.client.connect_async(self.cfg.broker_host, self.cfg.broker_port,
+                                  clean_start=False, properties=props)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect and close the stores."""
+        self.client.loop_stop()
+        self.client.disconnect()
+        self.fleet.close()
+        self._db.close()
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        props = dict(getattr(message.properties, 'UserProperty', []) or [])
+        self._inbox.append((message.topic, bytes(message.payload), props))
+
+    # --- orders ------------------------------------------------------------------------------
+
+    def add_orders(self, data: Any) -> list[str]:
+        """Validate an order; store its tasks; return the accepted task ids."""
+        known = frozenset(r[0] for r in self._db.execute('SELECT task_id FROM tasks'))
+        try:
+            tasks, rejected = validate_orders(data, self.site, known)
+        except OrderError as exc:
+            _LOG.warning('order rejected: %s', exc)
+            self.rejected_tasks['<order>'] = str(exc)
+            return []
+        for rejection in rejected:
+            _LOG.warning('task %s rejected: %s', rejection.task_id, rejection.reason)
+            self.rejected_tasks[rejection.task_id] = rejection.reason
+        with self._db:
+            for task in tasks:
+                self._db.execute('INSERT INTO tasks (task_id, body) VALUES (?, ?)',
+                                 (task.task_id, json.dumps(task.__dict__)))
+        if tasks:
+            self._dirty = True
+        return [t.task_id for t in tasks]
+
+    def _open_tasks(self) -> list[PlanTask]:
+        rows = self._db.execute("SELECT body FROM tasks WHERE status = 'open'").fetchall()
+        tasks = []
+        for (body,) in rows:
+            data = json.loads(body)
+            data['after'] = tuple(data['after'])
+            tasks.append(PlanTask(**data))
+        return tasks
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def step(self, now_s: float | None = None) -> None:
+        """Take what arrived, replan if needed, send and re-send missions."""
+        now = time.time() if now_s is None else now_s
+        while self._inbox:
+            topic, payload, props = self._inbox.popleft()
+            if topic == ORDERS_TOPIC:
+                try:
+                    self.add_orders(json.loads(payload))
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    self.rejected_tasks['<order>'] = f'not JSON: {exc}'
+                continue
+            outcome = self.fleet.ingest(topic, payload, props, now)
+            if outcome == 'ack: rejected':
+                self._on_rejected_ack(topic, payload)
+            elif outcome == 'ack: accepted':
+                self._mark_acked(topic, payload, 'accepted')
+        online = frozenset(r for r, view in self.fleet.robots(now).items()
+                           if view.online and r in self.site.robots)
+        if online != self._online:
+            self._online, self._dirty = online, True
+        if self._dirty and online:
+            self._replan(now)
+        self._resend(now)
+
+    def _mark_acked(self, topic: str, payload: bytes, status: str) -> None:
+        robot_id = topic.split('/')[2]
+        data = json.loads(payload).get('data', {})
+        with self._db:
+            self._db.execute('UPDATE missions SET acked = ? WHERE robot_id = ? AND '
+                             'mission_id = ? AND version = ?',
+                             (status, robot_id, data.get('mission_id'), data.get('version')))
+
+    def _on_rejected_ack(self, topic: str, payload: bytes) -> None:
+        reason = str(json.loads(payload).get('data', {}).get('reason', ''))
+        if reason.startswith('replayed') or reason.startswith('superseded'):
+            self._mark_acked(topic, payload, 'accepted')  # the robot already has it
+        else:
+            _LOG.error('mission rejected by %s: %s', topic.split('/')[2], reason)
+            self._mark_acked(topic, payload, 'rejected')
+            self._dirty = True
+
+    def _replan(self, now: float) -> None:
+        self._dirty = False
+        tasks = self._open_tasks()
+        current = {r: json.loads(t) for r, t in self._db.execute(
+            'SELECT robot_id, tasks FROM missions')}
+        robots = [FleetRobot(r, self.site.robots[r].capabilities, self.site.robots[r].start)
+                  for r in sorted(self._online)]
+        result = plan(tasks, robots, self.site, time_limit_s=self.cfg.plan_time_limit_s,
+                      previous=current)
+        by_id = {t.task_id: t for t in tasks}
+        for robot_id, order in result.orders.items():
+            if current.get(robot_id, []) == order:
+                continue  # unchanged (or still nothing to do): no new version
+            self._send(robot_id, order, by_id, now)
+
+    def _send(self, robot_id: str, order: list[str], tasks: dict[str, PlanTask],
+              now: float) -> None:
+        row = self._db.execute('SELECT version FROM missions WHERE robot_id = ?',
+                               (robot_id,)).fetchone()
+        version = (row[0] if row else 0) + 1
+        mission_id = f'{robot_id}-mission'
+        mission = Mission(
+            command_id=f'{mission_id}-v{version}-{int(now * 1000)}', robot_id=robot_id,
+            mission_id=mission_id, version=version, issued_at=now,
+            valid_until=now + self.cfg.mission_validity_s, frame_id=self.site.frame_id,
+            tasks=tuple(Task(t, tasks[t].type, tasks[t].station,
+                             Pose(self.site.stations[tasks[t].station].x,
+                                  self.site.stations[tasks[t].station].y, 0.0,
+                                  self.site.stations[tasks[t].station].yaw),
+                             tasks[t].duration_s,
+                             _absolute(tasks[t].deadline_s, now))
+                        for t in order))
+        envelope = sign_command(self.private_key, self.cfg.key_id, mission_to_json(mission),
+                                robot_id)
+        with self._db:
+            self._db.execute('INSERT OR REPLACE INTO missions VALUES (?, ?, ?, ?, ?, ?, ?, '
+                             'NULL)', (robot_id, mission_id, version, envelope,
+                                       json.dumps(order), mission.valid_until, now))
+        self._publish(robot_id, envelope, mission.valid_until - now)
+        _LOG.info('mission %s v%d to %s: %d tasks', mission_id, version, robot_id, len(order))
+
+    def _publish(self, robot_id: str, envelope: bytes, expiry_s: float) -> None:
+        props = Properties(PacketTypes.PUBLISH)
+        props.MessageExpiryInterval = max(1, int(expiry_s))
+        self.client.publish(f'cobot/v1/{robot_id}/cmd/mission', envelope, qos=1,
+                            properties=props)
+        self.sent += 1
+
+    def _resend(self, now: float) -> None:
+        rows = self._db.execute('SELECT robot_id, envelope, valid_until, sent_at FROM missions '
+                                'WHERE acked IS NULL').fetchall()
+        for robot_id, envelope, valid_until, sent_at in rows:
+            if now - sent_at >= self.cfg.resend_after_s and valid_until > now \
+                    and robot_id in self._online:
+                with self._db:
+                    self._db.execute('UPDATE missions SET sent_at = ? WHERE robot_id = ?',
+                                     (now, robot_id))
+                self._publish(robot_id, bytes(envelope), valid_until - now)
+
+    def missions(self) -> dict[str, dict[str, Any]]:
+        """Return the ledger: robot -> mission id, version, tasks, acknowledgement."""
+        return {r: {'mission_id': m, 'version': v, 'tasks': json.loads(t), 'acked': a}
+                for r, m, v, t, a in self._db.execute(
+                    'SELECT robot_id, mission_id, version, tasks, acked FROM missions')}
+
+
+def _absolute(offset_s: float | None, now: float) -> float | None:
+    return None if offset_s is None else now + offset_s
+
+
+def load_orders_file(path: Path) -> Any:
+    """Read a YAML/JSON work order file (raises PlannerError)."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise PlannerError(f'orders file {path} cannot be read: {exc}') from None
