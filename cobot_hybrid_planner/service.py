@@ -39,7 +39,7 @@ from cobot_hybrid_planner.orders import OrderError, PlanTask, validate_orders
 from cobot_hybrid_planner.planning import FleetRobot, plan
 from cobot_hybrid_planner.site import Site
 
-__all__ = ['PlannerConfig', 'PlannerService']
+__all__ = ['PlannerConfig', 'PlannerParams', 'PlannerService', 'load_private_key']
 
 _LOG = logging.getLogger(__name__)
 ORDERS_TOPIC = 'cobot/v1/orders'
@@ -51,6 +51,62 @@ CREATE TABLE IF NOT EXISTS missions (robot_id TEXT PRIMARY KEY, mission_id TEXT 
                                      tasks TEXT NOT NULL, valid_until REAL NOT NULL,
                                      sent_at REAL NOT NULL, acked TEXT);
 """
+
+
+@dataclass(frozen=True)
+class PlannerParams:
+    """Parameters of ``planner_node`` (paths as text, validated)."""
+
+    site_file: str = ''
+    private_key_file: str = ''
+    key_id: str = 'planner'
+    orders_file: str = ''                 # optional: orders loaded at start
+    broker_host: str = '127.0.0.1'
+    broker_port: int = 1883
+    client_id: str = 'planner'
+    data_dir: str = ''                    # '' = ~/.local/state/cobot_hybrid/planner
+    plan_time_limit_s: float = 2.0
+    mission_validity_s: float = 3600.0
+    resend_after_s: float = 10.0
+    offline_after_s: float = 10.0
+    step_period_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ('plan_time_limit_s', 'mission_validity_s', 'resend_after_s',
+                     'offline_after_s', 'step_period_s'):
+            if not getattr(self, name) > 0:
+                raise PlannerError(f'{name} must be > 0')
+
+    def require_files(self) -> None:
+        """Check the site and key files exist (not at declaration: defaults have none)."""
+        for name in ('site_file', 'private_key_file'):
+            path = getattr(self, name)
+            if not path or not Path(path).expanduser().is_file():
+                raise PlannerError(f'{name} {path!r} does not exist; set it (see '
+                                   'config/examples/site.yaml, and an Ed25519 private key)')
+
+    def config(self) -> PlannerConfig:
+        """Build the service's configuration."""
+        from cobot_hybrid_bridge.bridge_config import default_data_dir
+
+        data = Path(self.data_dir).expanduser() if self.data_dir else default_data_dir() \
+            / 'planner'
+        return PlannerConfig(data, self.broker_host, self.broker_port, self.client_id,
+                             self.key_id, self.plan_time_limit_s, self.mission_validity_s,
+                             self.resend_after_s, self.offline_after_s)
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """Read the planner's PEM Ed25519 private key (raises PlannerError naming the file)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(Path(path).expanduser().read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise PlannerError(f'private key {path} cannot be read: {exc}') from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise PlannerError(f'private key {path} is not an Ed25519 key')
+    return key
 
 
 @dataclass(frozen=True)
@@ -245,6 +301,17 @@ class PlannerService:
                     self._db.execute('UPDATE missions SET sent_at = ? WHERE robot_id = ?',
                                      (now, robot_id))
                 self._publish(robot_id, bytes(envelope), valid_until - now)
+
+    def online(self) -> frozenset[str]:
+        """Robots of the site that are online now."""
+        return self._online
+
+    def task_station(self, task_id: str) -> str:
+        """Return the station of a stored task."""
+        row = self._db.execute('SELECT body FROM tasks WHERE task_id = ?', (task_id,)).fetchone()
+        if row is None:
+            raise PlannerError(f'unknown task {task_id!r}')
+        return str(json.loads(row[0])['station'])
 
     def missions(self) -> dict[str, dict[str, Any]]:
         """Return the ledger: robot -> mission id, version, tasks, acknowledgement."""
