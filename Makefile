@@ -40,7 +40,7 @@ soak: setup
 	COBOT_HYBRID_SOAK=1 tools/run_isolated.sh $(PY) -m pytest -s -q test/test_fault_soak.py
 
 demo: setup
-	tools/run_isolated.sh $(PY) tools/demo_smoke.py
+	tools/run_isolated.sh $(PY) tools/demo.py
 
 constraints: setup
 	(echo '# Exact versions tested (pip freeze after `make setup`); applied with -c. Regenerate: make constraints'; \

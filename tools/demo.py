@@ -1,0 +1,418 @@
+"""`make demo`: the whole edge-cloud loop on one machine, with a link outage in the middle.
+
+Edge (each its own ROS process, Fast DDS on loopback): ``image_source_node`` (real photos
+shipped in installed packages, or ``--source`` a video/folder) -> ``detector_node`` (the
+default YOLO11n-pose model, ONNX Runtime) -> ``safety_monitor_node`` -> ``bridge_node``
+(durable queue) -> a TCP link -> mosquitto on 127.0.0.1 -> ``planner_node`` (cloud), which
+plans the example work order and sends a signed mission back down to the robot's ROS
+``mission`` topic. Midway the link is cut for ``--outage`` seconds: the robot keeps detecting,
+keeps its safety loop and queues. At the end: a report, and ``demo_out/report.html`` with
+plots (per-stage latency, speed scale, bytes up vs raw camera bytes, queue depth, messages
+committed / delivered / lost, missions issued and acknowledged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / 'tools'))
+from fault_proxy import FaultProxy  # noqa: E402
+from loopback_env import configure_ros_environment  # noqa: E402
+
+ROBOT = 'cobot-1'
+
+
+def free_port() -> int:
+    """Return a free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return int(sock.getsockname()[1])
+
+
+def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start mosquitto with persistence on a free loopback port."""
+    port = free_port()
+    conf = workdir / 'mosquitto.conf'
+    conf.write_text(f'listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n'
+                    f'persistence_location {workdir}/\nautosave_interval 1\n'
+                    f'user {pwd.getpwuid(os.getuid()).pw_name}\n')
+    broker = subprocess.Popen([shutil.which('mosquitto') or '/usr/sbin/mosquitto', '-c',
+                               str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(('127.0.0.1', port), timeout=0.1).close()
+            return broker, port
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit('demo: mosquitto did not start on 127.0.0.1')
+
+
+def make_keys(workdir: Path) -> tuple[Path, Path]:
+    """Make an Ed25519 key pair: the planner signs, the robot verifies."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        PublicFormat,
+    )
+    key = Ed25519PrivateKey.generate()
+    private, public = workdir / 'planner.pem', workdir / 'planner.pub'
+    private.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(Encoding.PEM,
+                                                     PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+class Cloud:
+    """Everything that reaches the broker under cobot/v1/#: seqs and bytes per topic."""
+
+    def __init__(self, port: int) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.seqs: set[int] = set()
+        self.duplicates = 0
+        self.bytes_up = 0
+        self.by_topic: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id='demo-cloud',
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(f'cobot/v1/{ROBOT}/#', 1)
+        self.client.on_message = self._on_message
+        self.client.connect('127.0.0.1', port)
+        self.client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if '/cmd/' in message.topic or message.topic.endswith('/status'):
+            return
+        props = dict(getattr(message.properties, 'UserProperty', []) or [])
+        with self.lock:
+            self.bytes_up += len(message.payload)
+            kind = message.topic.split('/', 3)[-1]
+            self.by_topic[kind] = self.by_topic.get(kind, 0) + 1
+            if 'seq' in props:
+                seq = int(props['seq'])
+                if seq in self.seqs:
+                    self.duplicates += 1
+                self.seqs.add(seq)
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def queue_stats(path: Path) -> dict[str, Any] | None:
+    """Read the bridge's queue counters (None before the file exists)."""
+    from cobot_hybrid_bridge.durable_queue import QueueError, open_readonly_stats
+
+    try:
+        stats = open_readonly_stats(path)
+    except (QueueError, sqlite3.Error):
+        return None
+    return {'committed': stats.committed, 'delivered': stats.delivered,
+            'queued': stats.queued, 'dropped': sum(stats.dropped.values()),
+            'next_seq': stats.next_seq}
+
+
+def ledger(path: Path) -> dict[str, Any]:
+    """Missions issued and acknowledged by the planner (read-only)."""
+    if not path.is_file():
+        return {}
+    db = sqlite3.connect(f'file:{path}?mode=ro', uri=True)
+    try:
+        rows = db.execute('SELECT robot_id, version, acked FROM missions').fetchall()
+    except sqlite3.Error:
+        rows = []
+    finally:
+        db.close()
+    return {r: {'version': v, 'acked': a} for r, v, a in rows}
+
+
+class RobotSide:
+    """This process on the robot's ROS graph: camera info, robot speed, what it observes."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import TwistStamped
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image
+        from std_msgs.msg import Bool, Float64, String
+        from vision_msgs.msg import Detection2DArray
+
+        rclpy.init()
+        self.node = rclpy.create_node('demo_robot_side')
+        self.t0 = time.monotonic()
+        self.scale: list[tuple[float, float]] = []
+        self.stages: dict[str, list[float]] = {}
+        self.raw_bytes = 0
+        self.frames = 0
+        self.detections = 0
+        self.people = 0
+        self.stops = 0
+        self.missions: list[dict[str, Any]] = []
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.info_pub = self.node.create_publisher(CameraInfo, 'camera_info', 10)
+        self.speed_pub = self.node.create_publisher(TwistStamped, 'robot_speed', 10)
+        self._camera_info = CameraInfo
+        self._twist = TwistStamped
+        node = self.node
+        node.create_subscription(Image, 'image', self._on_image, 10)
+        node.create_subscription(Detection2DArray, 'detections', self._on_detections, 10)
+        node.create_subscription(Float64, 'speed_scale', lambda m: self.scale.append(
+            (time.monotonic() - self.t0, m.data)), latched)
+        node.create_subscription(Bool, 'protective_stop', self._on_stop, latched)
+        node.create_subscription(DiagnosticArray, 'diagnostics', self._on_diag, 10)
+        node.create_subscription(String, 'mission', lambda m: self.missions.append(
+            json.loads(m.data)), latched)
+        self._last_stop = False
+
+    def _on_image(self, msg: Any) -> None:
+        self.frames += 1
+        self.raw_bytes += len(msg.data)
+        info = self._camera_info(width=msg.width, height=msg.height)
+        info.header = msg.header  # a calibrated camera: K from the image size
+        f = float(max(msg.width, msg.height))
+        info.k = [f, 0.0, msg.width / 2.0, 0.0, f, msg.height / 2.0, 0.0, 0.0, 1.0]
+        self.info_pub.publish(info)
+        twist = self._twist()
+        twist.header.stamp = msg.header.stamp
+        twist.twist.linear.x = 0.3
+        self.speed_pub.publish(twist)
+
+    def _on_detections(self, msg: Any) -> None:
+        self.detections += 1
+        self.people += sum(1 for d in msg.detections
+                           if d.results and d.results[0].hypothesis.class_id == 'person')
+
+    def _on_stop(self, msg: Any) -> None:
+        if msg.data and not self._last_stop:
+            self.stops += 1
+        self._last_stop = msg.data
+
+    def _on_diag(self, msg: Any) -> None:
+        for status in msg.status:
+            if status.name == 'detector_node: inference':
+                for kv in status.values:
+                    if kv.key.endswith('_ms_p50'):
+                        self.stages.setdefault(kv.key[:-7], []).append(float(kv.value))
+
+    def spin_for(self, seconds: float) -> None:
+        """Process ROS callbacks for a while."""
+        import rclpy
+
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            rclpy.spin_once(self.node, timeout_sec=0.02)
+
+    def close(self) -> None:
+        """Leave the ROS graph."""
+        import rclpy
+
+        self.node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a child process with its output in a log file."""
+    with log.open('wb') as handle:
+        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def ros_node(module: str, *params: str) -> list[str]:
+    """Command line of a node module with ``-p`` parameters."""
+    command = [sys.executable, '-m', module, '--ros-args']
+    for param in params:
+        command += ['-p', param]
+    return command
+
+
+def write_html(out: Path, report: dict[str, Any], robot: RobotSide,
+               depth: list[tuple[float, int]], outage: tuple[float, float]) -> None:
+    """Write the report page with its plots inlined as PNG."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    def png(fig: Any) -> str:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format='png', dpi=90, bbox_inches='tight')
+        plt.close(fig)
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    figs = []
+    fig, ax = plt.subplots(figsize=(6, 3))
+    names = list(robot.stages)
+    ax.bar(names, [sorted(v)[len(v) // 2] if v else 0 for v in robot.stages.values()])
+    ax.set_ylabel('ms (p50)')
+    ax.set_title('detector per-stage latency')
+    figs.append(png(fig))
+    fig, ax = plt.subplots(figsize=(6, 3))
+    if robot.scale:
+        ax.step([t for t, _ in robot.scale], [s for _, s in robot.scale], where='post')
+    ax.axvspan(*outage, color='red', alpha=0.15, label='link down')
+    ax.set_xlabel('s')
+    ax.set_ylabel('speed scale')
+    ax.set_title('speed scale (safety monitor): the safety loop runs through the outage')
+    ax.legend()
+    figs.append(png(fig))
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(['raw camera', 'sent up (MQTT)'], [report['raw_camera_mb'],
+                                               report['bytes_up_mb']])
+    ax.set_yscale('log')
+    ax.set_ylabel('MB')
+    ax.set_title(f'edge filtering: {report["reduction"]:.0f}x less data up')
+    figs.append(png(fig))
+    fig, ax = plt.subplots(figsize=(6, 3))
+    if depth:
+        ax.plot([t for t, _ in depth], [d for _, d in depth])
+    ax.axvspan(*outage, color='red', alpha=0.15)
+    ax.set_xlabel('s')
+    ax.set_ylabel('messages queued')
+    ax.set_title('durable queue depth')
+    figs.append(png(fig))
+    rows = ''.join(f'<tr><td>{k}</td><td>{v}</td></tr>' for k, v in report.items())
+    images = ''.join(f'<img src="data:image/png;base64,{f}">' for f in figs)
+    out.write_text(f'<!doctype html><meta charset="utf-8"><title>cobot_hybrid demo</title>'
+                   f'<h1>cobot_hybrid demo</h1><table border=1 cellpadding=4>{rows}</table>'
+                   f'{images}')
+
+
+def main() -> int:
+    """Run the loop, print the report, write the HTML page; exit 1 if anything was lost."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--source', default='samples', help='samples | video | folder')
+    parser.add_argument('--seconds', type=float, default=45.0)
+    parser.add_argument('--outage', type=float, default=10.0)
+    parser.add_argument('--out', default=str(ROOT / 'demo_out'))
+    parser.add_argument('--domain', type=int, default=78, help='ROS_DOMAIN_ID of the demo')
+    args = parser.parse_args()
+    configure_ros_environment(domain_id=args.domain, log_prefix='cobot_hybrid_demo_')
+    work = Path(tempfile.mkdtemp(prefix='cobot_hybrid_demo_'))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    broker, port = start_broker(work)
+    proxy = FaultProxy(target=port)
+    private, public = make_keys(work)
+    cloud = Cloud(port)
+    examples = ROOT / 'config' / 'examples'
+    procs = {
+        'planner': start(ros_node('cobot_hybrid_planner.nodes.planner_node',
+                                  f'site_file:={examples / "site.yaml"}',
+                                  f'private_key_file:={private}',
+                                  f'orders_file:={examples / "orders.yaml"}',
+                                  f'broker_port:={port}', f'data_dir:={work / "cloud"}',
+                                  'plan_time_limit_s:=0.5'), work / 'planner.log'),
+        'bridge': start(ros_node('cobot_hybrid_bridge.nodes.bridge_node', f'robot_id:={ROBOT}',
+                                 f'broker_port:={proxy.port}', f'data_dir:={work / "edge"}',
+                                 f'cloud_public_keys:=[planner={public}]',
+                                 'state_period_s:=2.0'), work / 'bridge.log'),
+        'safety': start(ros_node('cobot_hybrid_perception.nodes.safety_monitor_node'),
+                        work / 'safety.log'),
+        'detector': start(ros_node('cobot_hybrid_perception.nodes.detector_node',
+                                   'backend:=ort-cpu', 'imgsz:=320', 'threads:=1'),
+                          work / 'detector.log'),
+    }
+    robot = RobotSide()
+    robot.spin_for(3.0)
+    procs['camera'] = start(ros_node('cobot_hybrid_perception.nodes.image_source_node',
+                                     f'source:={args.source}', 'rate_hz:=5.0'),
+                            work / 'camera.log')
+    queue_file = work / 'edge' / ROBOT / 'outbox.db'
+    depth: list[tuple[float, int]] = []
+    cut_at = args.seconds / 3
+    outage = (cut_at, cut_at + args.outage)
+    lost_link = False
+    start_time = time.monotonic()
+    try:
+        while (now := time.monotonic() - start_time) < args.seconds:
+            if not lost_link and now >= outage[0]:
+                proxy.cut('reset')
+                lost_link = True
+            if lost_link and proxy.mode != 'forward' and now >= outage[1]:
+                proxy.restore()
+            robot.spin_for(0.25)
+            stats = queue_stats(queue_file)
+            if stats:
+                depth.append((time.monotonic() - robot.t0, stats['queued']))
+            link = 'DOWN' if proxy.mode != 'forward' else 'up  '
+            print(f'\r t={now:5.1f}s link {link} frames {robot.frames:4d} people '
+                  f'{robot.people:4d} stops {robot.stops:3d} queued '
+                  f'{stats["queued"] if stats else 0:5d} up {len(cloud.seqs):5d} missions '
+                  f'{len(robot.missions)}', end='', flush=True)
+        print()
+        procs['camera'].send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:  # let the backlog drain
+            robot.spin_for(0.5)
+            stats = queue_stats(queue_file)
+            if stats and stats['queued'] == 0:
+                break
+        robot.spin_for(2.0)
+    finally:
+        for name in ('camera', 'detector', 'safety', 'bridge', 'planner'):
+            proc = procs[name]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        time.sleep(0.5)
+        cloud.close()
+        proxy.close()
+        broker.terminate()
+        broker.wait(timeout=10)
+    stats = queue_stats(queue_file) or {}
+    committed = set(range(1, stats.get('next_seq', 1)))
+    missions = ledger(work / 'cloud' / 'ledger.db')
+    report = {
+        'frames': robot.frames, 'detection messages': robot.detections,
+        'people detected': robot.people, 'protective stops': robot.stops,
+        'link outage': f'{args.outage:.0f} s at t={cut_at:.0f} s',
+        'committed': stats.get('committed'), 'delivered': stats.get('delivered'),
+        'queued at end': stats.get('queued'), 'dropped': stats.get('dropped'),
+        'lost': len(committed - cloud.seqs), 'duplicates': cloud.duplicates,
+        'raw_camera_mb': round(robot.raw_bytes / 2**20, 2),
+        'bytes_up_mb': round(cloud.bytes_up / 2**20, 3),
+        'reduction': robot.raw_bytes / max(1, cloud.bytes_up),
+        'max queue depth': max((d for _, d in depth), default=0),
+        'missions issued': sum(m['version'] for m in missions.values()),
+        'missions acknowledged': sum(1 for m in missions.values() if m['acked'] == 'accepted'),
+        'missions on the robot ROS topic': len(robot.missions),
+        'messages up by topic': json.dumps(cloud.by_topic),
+    }
+    write_html(out / 'report.html', report, robot, depth, outage)
+    robot.close()
+    print('demo report')
+    for key, value in report.items():
+        print(f'  {key:<34} {value if not isinstance(value, float) else f"{value:.1f}"}')
+    print(f'  {"HTML report":<34} {out / "report.html"}  (logs: {work})')
+    ok = report['lost'] == 0 and robot.frames > 0 and report['missions acknowledged'] >= 1
+    print('demo:', 'OK' if ok else 'FAILED')
+    return 0 if ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
