@@ -95,6 +95,8 @@ class FleetStore:
             seq = int(seq_text)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return 'rejected: no (robot_id, seq) in user properties or payload'
+        if not 0 < seq < 2**63:
+            return f'rejected: seq {seq} outside 1..2^63-1'
         with self._db:
             try:
                 self._db.execute('INSERT INTO seen (robot_id, seq) VALUES (?, ?)',

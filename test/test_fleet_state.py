@@ -70,6 +70,7 @@ def test_a_restart_resumes_from_the_store(tmp_path: Path) -> None:
     ('elsewhere/x', b'{}', {}, 'is not cobot/v1'),
     ('cobot/v1/cobot-a/status', b'{"state": "asleep"}', {}, 'status must be'),
     ('cobot/v1/cobot-a/telemetry/x', b'{}', {}, 'no (robot_id, seq)'),
+    ('cobot/v1/cobot-a/telemetry/x', b'{}', {'seq': str(2**70)}, 'outside'),
     ('cobot/v1/cobot-a/state', b'{"seq": 9, "data": {"counters": 1}}', {}, 'state snapshot'),
     ('cobot/v1/cobot-a/events/mission_ack', b'{"seq": 10, "data": {"status": "maybe"}}', {},
      'mission ack'),
