@@ -136,6 +136,7 @@ class FleetStore:
     def _ack(self, robot_id: str, data: Any, now: float) -> str:
         if not isinstance(data, dict) or not isinstance(data.get('mission_id'), str) \
                 or not isinstance(data.get('version'), int) \
+                or not 0 < data['version'] < 2**63 \
                 or data.get('status') not in ('accepted', 'rejected'):
             return 'rejected: mission ack needs mission_id, version, status'
         with self._db:

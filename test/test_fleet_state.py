@@ -74,6 +74,8 @@ def test_a_restart_resumes_from_the_store(tmp_path: Path) -> None:
     ('cobot/v1/cobot-a/state', b'{"seq": 9, "data": {"counters": 1}}', {}, 'state snapshot'),
     ('cobot/v1/cobot-a/events/mission_ack', b'{"seq": 10, "data": {"status": "maybe"}}', {},
      'mission ack'),
+    ('cobot/v1/cobot-a/events/mission_ack', b'{"seq": 11, "data": {"mission_id": "m", '
+     b'"version": 99999999999999999999999, "status": "accepted"}}', {}, 'mission ack'),
 ])
 def test_bad_messages_are_rejected_with_a_reason(tmp_path: Path, topic: str, payload: bytes,
                                                  props: dict, reason: str) -> None:
