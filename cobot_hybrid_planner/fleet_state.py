@@ -19,7 +19,7 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,10 +69,24 @@ class FleetStore:
     def ingest(self, topic: str, payload: bytes, properties: Mapping[str, str] | None = None,
                now_s: float | None = None) -> str:
         """Take one MQTT message; return what happened to it."""
+        return self.ingest_many([(topic, payload, properties or {})], now_s)[0]
+
+    def ingest_many(self, messages: Sequence[tuple[str, bytes, Mapping[str, str]]],
+                    now_s: float | None = None) -> list[str]:
+        """Take a batch of MQTT messages in one transaction; return each outcome."""
         now = time.time() if now_s is None else now_s
-        outcome = self._ingest(topic, payload, properties or {}, now)
-        self.counts[outcome.split(':')[0]] += 1
-        return outcome
+        outcomes = []
+        self._db.execute('BEGIN IMMEDIATE')
+        try:
+            for topic, payload, props in messages:
+                outcome = self._ingest(topic, payload, props, now)
+                self.counts[outcome.split(':')[0]] += 1
+                outcomes.append(outcome)
+        except BaseException:
+            self._db.execute('ROLLBACK')
+            raise
+        self._db.execute('COMMIT')
+        return outcomes
 
     def _ingest(self, topic: str, payload: bytes, props: Mapping[str, str], now: float) -> str:
         parts = topic.split('/')
@@ -97,13 +111,12 @@ class FleetStore:
             return 'rejected: no (robot_id, seq) in user properties or payload'
         if not 0 < seq < 2**63:
             return f'rejected: seq {seq} outside 1..2^63-1'
-        with self._db:
-            try:
-                self._db.execute('INSERT INTO seen (robot_id, seq) VALUES (?, ?)',
-                                 (robot_id, seq))
-            except sqlite3.IntegrityError:
-                self._touch(robot_id, now)
-                return 'duplicate'
+        try:
+            self._db.execute('INSERT INTO seen (robot_id, seq) VALUES (?, ?)',
+                             (robot_id, seq))
+        except sqlite3.IntegrityError:
+            self._touch(robot_id, now)
+            return 'duplicate'
         self._touch(robot_id, now)
         data = body.get('data') if isinstance(body, dict) else None
         if kind == 'state':
@@ -113,13 +126,12 @@ class FleetStore:
         return 'accepted'
 
     def _touch(self, robot_id: str, now: float, status: str | None = None) -> None:
-        with self._db:
-            self._db.execute(
-                'INSERT INTO robots (robot_id, status, status_stamp, last_seen) VALUES '
-                '(?, ?, ?, ?) ON CONFLICT(robot_id) DO UPDATE SET last_seen = excluded.last_seen'
-                + (', status = excluded.status, status_stamp = excluded.status_stamp'
-                   if status else ''),
-                (robot_id, status or 'online', now, now))
+        self._db.execute(
+            'INSERT INTO robots (robot_id, status, status_stamp, last_seen) VALUES '
+            '(?, ?, ?, ?) ON CONFLICT(robot_id) DO UPDATE SET last_seen = excluded.last_seen'
+            + (', status = excluded.status, status_stamp = excluded.status_stamp'
+               if status else ''),
+            (robot_id, status or 'online', now, now))
 
     def _merge_state(self, robot_id: str, data: Any) -> str:
         try:
@@ -127,10 +139,9 @@ class FleetStore:
         except CrdtError as exc:
             return f'rejected: state snapshot: {exc}'
         merged = self.state(robot_id).merge(incoming)
-        with self._db:
-            self._db.execute('INSERT INTO state (robot_id, snapshot) VALUES (?, ?) ON CONFLICT'
-                             '(robot_id) DO UPDATE SET snapshot = excluded.snapshot',
-                             (robot_id, json.dumps(merged.to_json())))
+        self._db.execute('INSERT INTO state (robot_id, snapshot) VALUES (?, ?) ON CONFLICT'
+                         '(robot_id) DO UPDATE SET snapshot = excluded.snapshot',
+                         (robot_id, json.dumps(merged.to_json())))
         return 'state merged'
 
     def _ack(self, robot_id: str, data: Any, now: float) -> str:
@@ -139,10 +150,9 @@ class FleetStore:
                 or not 0 < data['version'] < 2**63 \
                 or data.get('status') not in ('accepted', 'rejected'):
             return 'rejected: mission ack needs mission_id, version, status'
-        with self._db:
-            self._db.execute('INSERT OR REPLACE INTO acks VALUES (?, ?, ?, ?, ?, ?)',
-                             (robot_id, data['mission_id'], data['version'], data['status'],
-                              str(data.get('reason', '')), now))
+        self._db.execute('INSERT OR REPLACE INTO acks VALUES (?, ?, ?, ?, ?, ?)',
+                         (robot_id, data['mission_id'], data['version'], data['status'],
+                          str(data.get('reason', '')), now))
         return f'ack: {data["status"]}'
 
     def state(self, robot_id: str) -> TelemetryState:

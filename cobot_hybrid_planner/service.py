@@ -205,6 +205,8 @@ class PlannerService:
     def step(self, now_s: float | None = None) -> None:
         """Take what arrived, replan if needed, send and re-send missions."""
         now = time.time() if now_s is None else now_s
+        urgent: list[tuple[str, bytes, dict[str, str]]] = []
+        bulk: list[tuple[str, bytes, dict[str, str]]] = []
         while self._inbox:
             topic, payload, props = self._inbox.popleft()
             if topic == ORDERS_TOPIC:
@@ -213,11 +215,12 @@ class PlannerService:
                 except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                     self.rejected_tasks['<order>'] = f'not JSON: {exc}'
                 continue
-            outcome = self.fleet.ingest(topic, payload, props, now)
-            if outcome == 'ack: rejected':
-                self._on_rejected_ack(topic, payload)
-            elif outcome == 'ack: accepted':
-                self._mark_acked(topic, payload, 'accepted')
+            # Acks and liveness first: under a telemetry flood they must not wait behind it.
+            kind = topic.rsplit('/', 2)
+            (urgent if topic.endswith(('/status', '/events/mission_ack')) or kind[-1] == 'state'
+             else bulk).append((topic, payload, props))
+        self._ingest(urgent, now)
+        self._ingest(bulk, now)
         online = frozenset(r for r, view in self.fleet.robots(now).items()
                            if view.online and r in self.site.robots)
         if online != self._online:
@@ -225,6 +228,16 @@ class PlannerService:
         if self._dirty and online:
             self._replan(now)
         self._resend(now)
+
+    def _ingest(self, batch: list[tuple[str, bytes, dict[str, str]]], now: float) -> None:
+        if not batch:
+            return
+        outcomes = self.fleet.ingest_many(batch, now)  # one transaction for the batch
+        for (topic, payload, _), outcome in zip(batch, outcomes, strict=True):
+            if outcome == 'ack: rejected':
+                self._on_rejected_ack(topic, payload)
+            elif outcome == 'ack: accepted':
+                self._mark_acked(topic, payload, 'accepted')
 
     def _mark_acked(self, topic: str, payload: bytes, status: str) -> None:
         robot_id = topic.split('/')[2]
