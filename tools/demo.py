@@ -344,6 +344,7 @@ def main() -> int:
     outage = (cut_at, cut_at + args.outage)
     lost_link = False
     start_time = time.monotonic()
+    robot.t0 = start_time  # one time axis for the plots and the outage window
     try:
         while (now := time.monotonic() - start_time) < args.seconds:
             if not lost_link and now >= outage[0]:
@@ -354,7 +355,7 @@ def main() -> int:
             robot.spin_for(0.25)
             stats = queue_stats(queue_file)
             if stats:
-                depth.append((time.monotonic() - robot.t0, stats['queued']))
+                depth.append((time.monotonic() - start_time, stats['queued']))
             link = 'DOWN' if proxy.mode != 'forward' else 'up  '
             print(f'\r t={now:5.1f}s link {link} frames {robot.frames:4d} people '
                   f'{robot.people:4d} stops {robot.stops:3d} queued '
