@@ -40,6 +40,7 @@ class BridgeConfig:
     drain_rate_hz: float = 0.0
     retry_no_subscribers: bool = True
     session_expiry_s: int = 3600
+    reconnect_max_s: float = 30.0         # cap of the exponential reconnect backoff
     tls_ca: str = ''
     tls_cert: str = ''
     tls_key: str = ''
@@ -83,7 +84,8 @@ class BridgeConfig:
                           protocol=self.protocol, inflight_window=self.inflight_window,
                           drain_rate_hz=self.drain_rate_hz,
                           retry_no_subscribers=self.retry_no_subscribers,
-                          session_expiry_s=self.session_expiry_s, tls_ca=self.tls_ca,
+                          session_expiry_s=self.session_expiry_s,
+                          reconnect_max_s=self.reconnect_max_s, tls_ca=self.tls_ca,
                           tls_cert=self.tls_cert, tls_key=self.tls_key, username=self.username,
                           password_file=self.password_file, password_env=self.password_env)
 

@@ -61,6 +61,8 @@ PARAMS = (
               read_only=True),
     ParamSpec('session_expiry_s', 'MQTT 5 session expiry [s]', read_only=True, min_value=0,
               max_value=2**31 - 1),
+    ParamSpec('reconnect_max_s', 'cap of the exponential reconnect backoff [s]',
+              read_only=True, min_value=1.0, max_value=3600.0),
     ParamSpec('tls_ca', 'CA certificate file (enables TLS)', read_only=True),
     ParamSpec('tls_cert', 'client certificate file (mTLS)', read_only=True),
     ParamSpec('tls_key', 'client key file (mTLS)', read_only=True),
