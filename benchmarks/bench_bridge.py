@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import pwd
 import resource
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,27 +31,11 @@ import paho.mqtt.client as mqtt
 from cobot_hybrid_bridge.durable_queue import DurableQueue, QueueConfig
 from cobot_hybrid_bridge.mqtt_link import LinkConfig, MqttLink
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tools'))
+from local_broker import start_mosquitto  # noqa: E402
+
 PAYLOAD = b'x' * 1024
 WINDOW = 20
-
-
-def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Start a mosquitto on a free 127.0.0.1 port."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
-    conf = workdir / 'mosquitto.conf'
-    conf.write_text(f'listener {port} 127.0.0.1\nallow_anonymous true\n'
-                    f'max_queued_messages 200000\nuser {pwd.getpwuid(os.getuid()).pw_name}\n')
-    broker = subprocess.Popen([shutil.which('mosquitto') or '/usr/sbin/mosquitto', '-c',
-                               str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            socket.create_connection(('127.0.0.1', port), timeout=0.1).close()
-            return broker, port
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit('bench: mosquitto did not start')
 
 
 _SINK = """
@@ -180,7 +160,7 @@ def main() -> None:
         backlog_child(int(args.child[0]), int(args.child[1]), args.child[2])
         return
     workdir = Path(tempfile.mkdtemp(prefix='cobot_hybrid_bench_bridge_'))
-    broker, port = start_broker(workdir)
+    broker, port = start_mosquitto(workdir, 'max_queued_messages 200000\n')
     sink = Sink(port)
     try:
         raw: list[float] = []

@@ -16,11 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import pwd
-import shutil
-import socket
-import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -33,26 +29,10 @@ from cobot_hybrid_planner.orders import ORDERS_SCHEMA
 from cobot_hybrid_planner.service import PlannerConfig, PlannerService
 from cobot_hybrid_planner.site import Robot, Site, Station
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tools'))
+from local_broker import start_mosquitto  # noqa: E402
+
 ROBOTS = 100
-
-
-def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Start mosquitto on a free loopback port."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
-    conf = workdir / 'mosquitto.conf'
-    conf.write_text(f'listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages '
-                    f'100000\nuser {pwd.getpwuid(os.getuid()).pw_name}\n')
-    broker = subprocess.Popen([shutil.which('mosquitto') or '/usr/sbin/mosquitto', '-c',
-                               str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            socket.create_connection(('127.0.0.1', port), timeout=0.1).close()
-            return broker, port
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit('bench: mosquitto did not start')
 
 
 class Fleet:
@@ -127,7 +107,7 @@ def main() -> None:
     parser.add_argument('--orders', type=int, default=20)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix='cobot_hybrid_bench_planner_'))
-    broker, port = start_broker(work)
+    broker, port = start_mosquitto(work, 'max_queued_messages 100000\n')
     site = Site({'a': Station('a', 0, 0), 'b': Station('b', 5, 0)},
                 {f'robot-{i:03d}': Robot(f'robot-{i:03d}', frozenset({'pick'}), 'a')
                  for i in range(ROBOTS)})

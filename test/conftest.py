@@ -12,7 +12,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / 'tools'))
+from local_broker import free_port, mosquitto_binary, wait_for_port  # noqa: E402, F401
 from loopback_env import configure_ros_environment  # noqa: E402
 
 PROCS = Path(__file__).resolve().parent / 'procs'
@@ -189,25 +189,6 @@ def ros_process(ros_domain_id: int, tmp_path: Path) -> Iterator[Callable[..., Ch
         clean_fastdds_shm()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout_s: float = 10.0, host: str = '127.0.0.1') -> bool:
-    """Poll until something accepts TCP connections on host:port."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
 @dataclass
 class MosquittoBroker:
     """A real mosquitto on 127.0.0.1 with persistence in a temp dir (restartable)."""
@@ -219,7 +200,7 @@ class MosquittoBroker:
     host: str = '127.0.0.1'
 
     def start(self) -> None:
-        binary = shutil.which('mosquitto') or '/usr/sbin/mosquitto'
+        binary = mosquitto_binary()
         log = (self.data_dir / 'stdout.log').open('ab')
         self.popen = subprocess.Popen([binary, '-c', str(self.config_path)], stdout=log,
                                       stderr=subprocess.STDOUT)

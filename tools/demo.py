@@ -17,11 +17,7 @@ import argparse
 import base64
 import io
 import json
-import os
-import pwd
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -34,34 +30,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / 'tools'))
 from fault_proxy import FaultProxy  # noqa: E402
+from local_broker import start_mosquitto  # noqa: E402
 from loopback_env import configure_ros_environment  # noqa: E402
 
 ROBOT = 'cobot-1'
-
-
-def free_port() -> int:
-    """Return a free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return int(sock.getsockname()[1])
-
-
-def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Start mosquitto with persistence on a free loopback port."""
-    port = free_port()
-    conf = workdir / 'mosquitto.conf'
-    conf.write_text(f'listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n'
-                    f'persistence_location {workdir}/\nautosave_interval 1\n'
-                    f'user {pwd.getpwuid(os.getuid()).pw_name}\n')
-    broker = subprocess.Popen([shutil.which('mosquitto') or '/usr/sbin/mosquitto', '-c',
-                               str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            socket.create_connection(('127.0.0.1', port), timeout=0.1).close()
-            return broker, port
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit('demo: mosquitto did not start on 127.0.0.1')
 
 
 def make_keys(workdir: Path) -> tuple[Path, Path]:
@@ -311,7 +283,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix='cobot_hybrid_demo_'))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    broker, port = start_broker(work)
+    broker, port = start_mosquitto(work, f'persistence true\npersistence_location {work}/\n'
+                                         'autosave_interval 1\n')
     proxy = FaultProxy(target=port)
     private, public = make_keys(work)
     cloud = Cloud(port)
