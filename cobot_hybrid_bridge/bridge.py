@@ -152,7 +152,7 @@ class EdgeBridge:
             self._send(state, output, now)
         return fired
 
-    def send_snapshot(self, index: int, jpeg: bytes, now_s: float | None = None) -> None:
+    def send_snapshot(self, index: int, jpeg: bytes) -> None:
         """Queue the JPEG of a snapshot route (the node encoded its latest image)."""
         state = self.states[index]
         self._enqueue(state.route.mqtt_topic, jpeg, state.route.qos, state.route.priority,

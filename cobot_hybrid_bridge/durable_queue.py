@@ -33,6 +33,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,24 +128,13 @@ class QueueStats:
 
 
 @dataclass
-class _Pending:
-    seq: int
-    topic: str
-    payload: bytes
-    qos: int
-    priority: int
-    retain: bool
-    created_s: float
-
-
-@dataclass
 class DurableQueue:
     """The outbox of one robot, in one SQLite file."""
 
     path: Path
     cfg: QueueConfig = field(default_factory=QueueConfig)
     _db: sqlite3.Connection = field(init=False)
-    _pending: list[_Pending] = field(default_factory=list)
+    _pending: deque[QueuedMessage] = field(default_factory=deque)  # put, not committed
     _next_seq: int = 1
     _bytes: int = 0
     _dropped_uncommitted: int = 0
@@ -258,13 +248,13 @@ class DurableQueue:
         if qos not in (0, 1, 2):
             raise QueueError(f'qos {qos} must be 0, 1 or 2')
         if len(self._pending) >= self.cfg.max_pending:
-            self._pending.pop(0)  # never committed: outside the invariant, but counted
+            self._pending.popleft()  # never committed: outside the invariant, but counted
             self._dropped_uncommitted += 1
         seq = self._next_seq
         data = payload(seq) if callable(payload) else payload
         self._next_seq += 1
-        self._pending.append(_Pending(seq, topic, bytes(data), qos, priority, retain,
-                                      time.time() if now_s is None else now_s))
+        self._pending.append(QueuedMessage(seq, topic, bytes(data), qos, priority, retain,
+                                           time.time() if now_s is None else now_s, 0))
         return seq
 
     def commit(self) -> int:

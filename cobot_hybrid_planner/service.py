@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -136,7 +135,6 @@ class PlannerService:
     _inbox: deque[tuple[str, bytes, dict[str, str]]] = field(default_factory=deque)
     _dirty: bool = True
     _online: frozenset[str] = frozenset()
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -216,9 +214,8 @@ class PlannerService:
                     self.rejected_tasks['<order>'] = f'not JSON: {exc}'
                 continue
             # Acks and liveness first: under a telemetry flood they must not wait behind it.
-            kind = topic.rsplit('/', 2)
-            (urgent if topic.endswith(('/status', '/events/mission_ack')) or kind[-1] == 'state'
-             else bulk).append((topic, payload, props))
+            urgent_kinds = ('/status', '/events/mission_ack', '/state')
+            (urgent if topic.endswith(urgent_kinds) else bulk).append((topic, payload, props))
         self._ingest(urgent, now)
         self._ingest(bulk, now)
         online = frozenset(r for r, view in self.fleet.robots(now).items()

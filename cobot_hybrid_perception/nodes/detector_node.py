@@ -80,10 +80,6 @@ _DIAG_PERIOD_S = 1.0
 _FAILURES_FOR_ERROR = 3
 
 
-def _level(level: bytes | int) -> int:
-    return level[0] if isinstance(level, bytes) else int(level)
-
-
 class DetectorNode(LifecycleNode):
     """Lifecycle shell around :class:`Detector`."""
 
@@ -107,7 +103,6 @@ class DetectorNode(LifecycleNode):
         self._worker: threading.Thread | None = None
         self._entities: list[Any] = []
         self._camera_info: CameraInfo | None = None
-        self._last_level = -1
         self._last_diag = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -331,7 +326,7 @@ class DetectorNode(LifecycleNode):
                      for k, v in summary.items()},
                   'backend': detector.backend.name, 'precision': detector.backend.precision,
                   'model': detector.model_path.name, 'model_hash': detector.model_hash}
-        message = self._stats.last_error if _level(level) else 'ok'
+        message = 'ok' if level == DiagnosticStatus.OK else self._stats.last_error
         status = DiagnosticStatus(level=level, name=_STATUS_NAME, message=message,
                                   hardware_id=detector.backend.name,
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
