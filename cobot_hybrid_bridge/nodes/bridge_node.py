@@ -118,12 +118,19 @@ class BridgeNode(Node):
         self._path_pub = self.create_publisher(PathMsg, 'mission_path', latched)
         self._diag_pub = self.create_publisher(DiagnosticArray, 'diagnostics', 10)
         self._latest_images: dict[int, Any] = {}
-        for index, (route, msg_type) in enumerate(zip(routes, types, strict=True)):
+        # One subscription per topic, type and reliability: routes sharing a topic (people and
+        # people-per-frame summary on `detections`) share its conversion too.
+        groups: dict[tuple[str, str, str], list[int]] = {}
+        for index, route in enumerate(routes):
+            groups.setdefault((route.ros_topic, route.type_name, route.reliability),
+                              []).append(index)
+        for (topic, _, reliability), indices in groups.items():
             # Reliable routes keep 100 samples so a burst is not overwritten before it is
             # queued; best effort also matches sensor publishers.
-            qos = qos_profile_sensor_data if route.reliability == 'best_effort' else 100
-            self.create_subscription(msg_type, route.ros_topic,
-                                     lambda msg, i=index: self._on_message(i, msg), qos)
+            qos = qos_profile_sensor_data if reliability == 'best_effort' else 100
+            self.create_subscription(types[indices[0]], topic,
+                                     lambda msg, i=tuple(indices): self._on_message(i, msg),
+                                     qos)
         self.create_timer(_TICK_S, self._tick)
         self.create_timer(cfg.stats_period_s, self._stats)
         self.bridge.start()
@@ -132,21 +139,28 @@ class BridgeNode(Node):
             f'queue {self.bridge.queue.path}; '
             f'{"commands verified with " + str(len(cfg.cloud_public_keys)) + " key(s)" if cfg.cloud_public_keys else "no cloud key: every command is refused"}')  # noqa: E501
 
-    def _on_message(self, index: int, msg: Any) -> None:
-        route = self.bridge.states[index].route
-        try:
-            if route.encoding == 'jpeg':
-                self._latest_images[index] = msg
-                return
-            raw = serialize_message(msg) if route.encoding == 'cdr' else None
-            data = message_to_dict(msg) if route.encoding != 'cdr' or \
-                self.bridge.states[index].trigger is not None else None
-            fired = self.bridge.offer(index, data, raw)
-            self._track_state(route, data)
-            for snapshot in fired:
-                self._send_snapshot(snapshot)
-        except BridgeError as exc:
-            self.get_logger().error(f'{route.ros_topic}: {exc}', throttle_duration_sec=5.0)
+    def _on_message(self, indices: tuple[int, ...], msg: Any) -> None:
+        data: dict[str, Any] | None = None
+        raw: bytes | None = None
+        for index in indices:
+            state = self.bridge.states[index]
+            route = state.route
+            try:
+                if route.encoding == 'jpeg':
+                    self._latest_images[index] = msg
+                    continue
+                if route.encoding == 'cdr' and raw is None:
+                    raw = serialize_message(msg)
+                if (route.encoding != 'cdr' or state.trigger is not None) and data is None:
+                    data = message_to_dict(msg)  # once per message, whatever the routes
+                fired = self.bridge.offer(index, data if route.encoding != 'cdr' or
+                                          state.trigger is not None else None,
+                                          raw if route.encoding == 'cdr' else None)
+                for snapshot in fired:
+                    self._send_snapshot(snapshot)
+            except BridgeError as exc:
+                self.get_logger().error(f'{route.ros_topic}: {exc}', throttle_duration_sec=5.0)
+        self._track_state(self.bridge.states[indices[0]].route, data)  # same topic and type
 
     def _track_state(self, route: Route, data: dict[str, Any] | None) -> None:
         if data is None:
