@@ -305,8 +305,8 @@ class DurableQueue:
 
     def mark_attempt(self, seq: int) -> int:
         """Count one more refused attempt of ``seq``; return its attempts (0 if unknown)."""
-        self._db.execute('UPDATE messages SET attempts = attempts + 1 WHERE seq = ?', (seq,))
-        row = self._db.execute('SELECT attempts FROM messages WHERE seq = ?', (seq,)).fetchone()
+        row = self._db.execute('UPDATE messages SET attempts = attempts + 1 WHERE seq = ? '
+                               'RETURNING attempts', (seq,)).fetchone()
         return int(row[0]) if row else 0
 
     def ack(self, seqs: Sequence[int]) -> int:
@@ -326,11 +326,11 @@ class DurableQueue:
         with self._transaction(durable=False) as db:
             for start in range(0, len(seqs), 500):  # below SQLite's variable limit
                 chunk = list(seqs[start:start + 500])
-                marks = ','.join('?' * len(chunk))
-                size, count = db.execute(f'SELECT COALESCE(SUM(size), 0), COUNT(*) FROM '
-                                         f'messages WHERE seq IN ({marks})', chunk).fetchone()
-                db.execute(f'DELETE FROM messages WHERE seq IN ({marks})', chunk)
-                freed, removed = freed + int(size), removed + int(count)
+                sizes = db.execute(f'DELETE FROM messages WHERE seq IN '
+                                   f'({",".join("?" * len(chunk))}) RETURNING size',
+                                   chunk).fetchall()
+                freed += sum(size for (size,) in sizes)
+                removed += len(sizes)
             self._add_counter(db, counter, removed)
         self._bytes -= freed
         return removed

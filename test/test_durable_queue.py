@@ -124,6 +124,19 @@ def test_committed_equals_delivered_plus_queued_plus_dropped(
     queue.close()
 
 
+def test_refused_attempts_are_counted_and_survive_a_restart(tmp_path: Path) -> None:
+    queue = DurableQueue(tmp_path / 'q.db')
+    seq = queue.put('t', b'x')
+    queue.commit()
+    assert [queue.mark_attempt(seq) for _ in range(3)] == [1, 2, 3]
+    assert queue.peek(1)[0].attempts == 3
+    queue.close()
+    queue = DurableQueue(tmp_path / 'q.db')
+    assert queue.peek(1)[0].attempts == 3       # from SQLite after a restart
+    assert queue.mark_attempt(seq + 100) == 0   # unknown seq
+    queue.close()
+
+
 _WRITER = textwrap.dedent("""
     import sys, time
     from cobot_hybrid_bridge.durable_queue import DurableQueue
