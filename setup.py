@@ -29,6 +29,7 @@ setup(
             'safety_monitor_node = cobot_hybrid_perception.nodes.safety_monitor_node:main',
             'detector_node = cobot_hybrid_perception.nodes.detector_node:main',
             'bridge_node = cobot_hybrid_bridge.nodes.bridge_node:main',
+            'mission_executor_node = cobot_hybrid_bridge.nodes.mission_executor_node:main',
             'planner_node = cobot_hybrid_planner.nodes.planner_node:main',
             'cobot-hybrid = cobot_hybrid_perception.cli:main',
         ],

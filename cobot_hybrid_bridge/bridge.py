@@ -35,7 +35,12 @@ from cobot_hybrid_bridge.filters import (
     Snapshot,
     make_filter,
 )
-from cobot_hybrid_bridge.mission_schema import Mission
+from cobot_hybrid_bridge.mission_schema import (
+    Mission,
+    SchemaError,
+    progress_to_json,
+    validate_progress,
+)
 from cobot_hybrid_bridge.mqtt_link import MqttLink
 from cobot_hybrid_bridge.routes import Route
 
@@ -279,6 +284,26 @@ class EdgeBridge:
         self._enqueue('events/mission_ack', lambda seq: json_envelope(
             self.cfg.robot_id, seq, now, 'mission_ack', 'cobot_hybrid/MissionAck', body),
             1, _ACK_PRIORITY, False)
+
+    def report_progress(self, text: str) -> bool:
+        """Send up a task progress report (JSON v1 from the robot's executor).
+
+        A malformed report is counted as ``progress_rejected``, logged with its reason and
+        not sent; the executor's next report is unaffected.
+        """
+        try:
+            progress = validate_progress(json.loads(text))
+        except (ValueError, SchemaError) as exc:  # JSONDecodeError is a ValueError
+            self.rejected['progress_rejected'] += 1
+            _LOG.warning('task progress not sent: %s (see mission_schema, task progress v1)',
+                         exc)
+            return False
+        body = progress_to_json(progress)
+        self.record(f'tasks_{progress.status}')
+        self._enqueue('events/task_progress', lambda seq: json_envelope(
+            self.cfg.robot_id, seq, progress.stamp, 'task_progress',
+            'cobot_hybrid/TaskProgress', body), 1, _ACK_PRIORITY, False)
+        return True
 
     # --- observability -----------------------------------------------------------------------
 

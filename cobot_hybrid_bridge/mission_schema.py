@@ -21,6 +21,17 @@ A mission is JSON, checked field by field with no unknown fields allowed::
 
 :func:`validate_mission` returns the parsed :class:`Mission` or raises
 :class:`SchemaError` naming the first field that is wrong.
+
+The robot reports what it does with a mission's tasks, task progress version 1 (ROS
+``task_progress`` as ``std_msgs/String``; MQTT ``cobot/v1/<robot_id>/events/task_progress``
+inside the uplink envelope)::
+
+    {"schema": "cobot_hybrid/task_progress/v1", "mission_id": "m-42", "version": 3,
+     "task_id": "t1", "status": "started",     # started | done | failed
+     "reason": "", "stamp": 1795790100.0}     # reason says why a task failed
+
+A task that has started runs to its end or fails; a newer mission version replaces only the
+tasks that have not started.
 """
 
 from __future__ import annotations
@@ -31,10 +42,13 @@ from typing import Any
 
 from cobot_hybrid_bridge.errors import BridgeError
 
-__all__ = ['MISSION_SCHEMA', 'TASK_TYPES', 'Mission', 'Pose', 'SchemaError', 'Task',
-           'mission_to_json', 'validate_mission']
+__all__ = ['MISSION_SCHEMA', 'PROGRESS_SCHEMA', 'PROGRESS_STATUSES', 'TASK_TYPES', 'Mission',
+           'Pose', 'SchemaError', 'Task', 'TaskProgress', 'mission_to_json', 'progress_to_json',
+           'validate_mission', 'validate_progress']
 
 MISSION_SCHEMA = 'cobot_hybrid/mission/v1'
+PROGRESS_SCHEMA = 'cobot_hybrid/task_progress/v1'
+PROGRESS_STATUSES = ('started', 'done', 'failed')
 TASK_TYPES = ('pick', 'place', 'inspect', 'move', 'wait', 'charge')
 MAX_TASKS = 500
 _ID_MAX = 128
@@ -78,6 +92,18 @@ class Mission:
     valid_until: float
     frame_id: str
     tasks: tuple[Task, ...]
+
+
+@dataclass(frozen=True)
+class TaskProgress:
+    """What a robot reports about one task of a mission."""
+
+    mission_id: str
+    version: int
+    task_id: str
+    status: str
+    stamp: float
+    reason: str = ''
 
 
 def _fields(obj: Any, where: str, required: set[str],
@@ -163,3 +189,29 @@ def mission_to_json(mission: Mission) -> dict[str, Any]:
             'robot_id': mission.robot_id, 'mission_id': mission.mission_id,
             'version': mission.version, 'issued_at': mission.issued_at,
             'valid_until': mission.valid_until, 'frame_id': mission.frame_id, 'tasks': tasks}
+
+
+def validate_progress(data: Any) -> TaskProgress:
+    """Check a decoded task progress JSON object against the v1 schema."""
+    obj = _fields(data, 'task progress', {'schema', 'mission_id', 'version', 'task_id',
+                                           'status', 'stamp'}, frozenset({'reason'}))
+    if obj['schema'] != PROGRESS_SCHEMA:
+        raise SchemaError(f'schema {obj["schema"]!r} is not {PROGRESS_SCHEMA!r}')
+    version = obj['version']
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 < version < 2**63:
+        raise SchemaError('version must be an integer >= 1')
+    if obj['status'] not in PROGRESS_STATUSES:
+        raise SchemaError(f'status {obj["status"]!r} is not one of {PROGRESS_STATUSES}')
+    reason = obj.get('reason', '')
+    if not isinstance(reason, str) or len(reason) > 1000:
+        raise SchemaError('reason must be a string of at most 1000 chars')
+    return TaskProgress(_text(obj['mission_id'], 'mission_id'), version,
+                        _text(obj['task_id'], 'task_id'), obj['status'],
+                        _number(obj['stamp'], 'stamp'), reason)
+
+
+def progress_to_json(progress: TaskProgress) -> dict[str, Any]:
+    """Return the v1 JSON object of a task progress report."""
+    return {'schema': PROGRESS_SCHEMA, 'mission_id': progress.mission_id,
+            'version': progress.version, 'task_id': progress.task_id,
+            'status': progress.status, 'reason': progress.reason, 'stamp': progress.stamp}

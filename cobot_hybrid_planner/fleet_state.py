@@ -5,7 +5,8 @@
 * ``cobot/v1/<robot>/status`` (retained; the last will says offline): liveness;
 * anything with a ``(robot_id, seq)`` (user properties, or the JSON envelope): de-duplicated
   by that pair, then ``state`` snapshots are merged as CRDTs (any order, any duplicates, same
-  result) and ``events/mission_ack`` updates mission progress;
+  result), ``events/mission_ack`` records which mission versions a robot took, and
+  ``events/task_progress`` (task progress v1: started, done, failed) what it did with them;
 * every message refreshes the robot's ``last_seen``; a robot silent for ``offline_after_s``
   counts as offline even if its retained status still says online (a broker that lost the
   will, a half-open connection).
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cobot_hybrid_bridge.crdt import CrdtError, TelemetryState
+from cobot_hybrid_bridge.mission_schema import SchemaError, validate_progress
 
 __all__ = ['FleetStore', 'RobotView']
 
@@ -38,6 +40,10 @@ CREATE TABLE IF NOT EXISTS acks (robot_id TEXT NOT NULL, mission_id TEXT NOT NUL
                                  version INTEGER NOT NULL, status TEXT NOT NULL,
                                  reason TEXT NOT NULL, stamp REAL NOT NULL,
                                  PRIMARY KEY (robot_id, mission_id, version));
+CREATE TABLE IF NOT EXISTS progress (robot_id TEXT NOT NULL, task_id TEXT NOT NULL,
+                                     status TEXT NOT NULL, mission_id TEXT NOT NULL,
+                                     version INTEGER NOT NULL, reason TEXT NOT NULL,
+                                     stamp REAL NOT NULL, received REAL NOT NULL);
 """
 
 
@@ -123,6 +129,8 @@ class FleetStore:
             return self._merge_state(robot_id, data)
         if kind == 'events/mission_ack':
             return self._ack(robot_id, data, now)
+        if kind == 'events/task_progress':
+            return self._progress(robot_id, data, now)
         return 'accepted'
 
     def _touch(self, robot_id: str, now: float, status: str | None = None) -> None:
@@ -154,6 +162,28 @@ class FleetStore:
                          (robot_id, data['mission_id'], data['version'], data['status'],
                           str(data.get('reason', '')), now))
         return f'ack: {data["status"]}'
+
+    def _progress(self, robot_id: str, data: Any, now: float) -> str:
+        try:
+            report = validate_progress(data)
+        except SchemaError as exc:
+            return f'rejected: task progress: {exc}'
+        self._db.execute('INSERT INTO progress VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+                         (robot_id, report.task_id, report.status, report.mission_id,
+                          report.version, report.reason, report.stamp, now))
+        return f'progress: {report.status}'
+
+    def reports(self, robot_id: str, mission_id: str, version: int) -> dict[str, str]:
+        """Task id -> last status a robot reported under one version of a mission."""
+        return {t: s for t, s in self._db.execute(
+            'SELECT task_id, status FROM progress WHERE robot_id = ? AND mission_id = ? AND '
+            'version = ? ORDER BY rowid', (robot_id, mission_id, version))}
+
+    def progress_of(self, task_id: str) -> list[tuple[str, str, float]]:
+        """``(robot_id, status, stamp)`` reports of a task, oldest first."""
+        return [(r, s, t) for r, s, t in self._db.execute(
+            'SELECT robot_id, status, stamp FROM progress WHERE task_id = ? ORDER BY rowid',
+            (task_id,))]
 
     def state(self, robot_id: str) -> TelemetryState:
         """Return the merged telemetry state of a robot (empty if none arrived)."""

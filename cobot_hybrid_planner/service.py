@@ -5,8 +5,13 @@ orders on ``cobot/v1/orders``), keeps the fleet in :class:`FleetStore` and the o
 and issued missions in a SQLite ledger beside it (a restart resumes), and on :meth:`step`:
 
 * validates new orders task by task (rejections are logged with their reason);
-* replans when tasks arrived, a robot came or went, or a mission was rejected; the previous
-  assignment is kept unless moving saves enough (see :func:`planning.plan`);
+* follows the robots' task progress: ``started`` makes a task in progress (it stays with its
+  robot, which is busy until it ends), ``done`` closes it, ``failed`` puts it back to plan
+  (``max_task_failures`` times, then it and what depends on it fail for good); the tasks in
+  progress of a robot that goes offline are put back to plan too;
+* replans when tasks arrived, a robot came or went, a task ended or failed, or a mission was
+  rejected; the previous assignment is kept unless moving saves enough (see
+  :func:`planning.plan`); a robot's new mission holds only its tasks not started yet;
 * sends each robot whose task list changed one mission (a new version), Ed25519-signed,
   QoS 1, with an MQTT 5 message expiry equal to its validity;
 * re-sends a mission not acknowledged within ``resend_after_s`` (the same command: a robot
@@ -42,9 +47,14 @@ __all__ = ['PlannerConfig', 'PlannerParams', 'PlannerService', 'load_private_key
 
 _LOG = logging.getLogger(__name__)
 ORDERS_TOPIC = 'cobot/v1/orders'
+TASK_STATUSES = ('open', 'in_progress', 'done', 'failed')
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS tasks (task_id TEXT PRIMARY KEY, body TEXT NOT NULL,
-                                  status TEXT NOT NULL DEFAULT 'open');
+                                  status TEXT NOT NULL DEFAULT 'open',
+                                  received_at REAL NOT NULL DEFAULT 0,
+                                  robot_id TEXT, started_at REAL, ended_at REAL,
+                                  failures INTEGER NOT NULL DEFAULT 0,
+                                  reason TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS missions (robot_id TEXT PRIMARY KEY, mission_id TEXT NOT NULL,
                                      version INTEGER NOT NULL, envelope BLOB NOT NULL,
                                      tasks TEXT NOT NULL, valid_until REAL NOT NULL,
@@ -69,10 +79,11 @@ class PlannerParams:
     resend_after_s: float = 10.0
     offline_after_s: float = 10.0
     step_period_s: float = 0.1
+    max_task_failures: int = 3
 
     def __post_init__(self) -> None:
         for name in ('plan_time_limit_s', 'mission_validity_s', 'resend_after_s',
-                     'offline_after_s', 'step_period_s'):
+                     'offline_after_s', 'step_period_s', 'max_task_failures'):
             if not getattr(self, name) > 0:
                 raise PlannerError(f'{name} must be > 0')
 
@@ -92,7 +103,8 @@ class PlannerParams:
             / 'planner'
         return PlannerConfig(data, self.broker_host, self.broker_port, self.client_id,
                              self.key_id, self.plan_time_limit_s, self.mission_validity_s,
-                             self.resend_after_s, self.offline_after_s)
+                             self.resend_after_s, self.offline_after_s,
+                             self.max_task_failures)
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -121,6 +133,7 @@ class PlannerConfig:
     mission_validity_s: float = 3600.0
     resend_after_s: float = 10.0
     offline_after_s: float = 10.0
+    max_task_failures: int = 3
 
 
 @dataclass
@@ -143,6 +156,14 @@ class PlannerService:
                                    check_same_thread=False)
         self._db.execute('PRAGMA journal_mode=WAL')
         self._db.executescript(_LEDGER)
+        columns = {row[1] for row in self._db.execute('PRAGMA table_info(tasks)')}
+        for column, kind in (('received_at', 'REAL NOT NULL DEFAULT 0'), ('robot_id', 'TEXT'),
+                             ('started_at', 'REAL'), ('ended_at', 'REAL'),
+                             ('failures', 'INTEGER NOT NULL DEFAULT 0'),
+                             ('reason', "TEXT NOT NULL DEFAULT ''")):
+            if column not in columns:  # a ledger from before task progress
+                self._db.execute(f'ALTER TABLE tasks ADD COLUMN {column} {kind}')
+        self.progress_ignored = 0
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                   client_id=self.cfg.client_id, protocol=mqtt.MQTTv5)
         self.client.on_connect = lambda c, u, f, r, p: c.subscribe('cobot/v1/#', qos=1)
@@ -164,13 +185,21 @@ class PlannerService:
         self._db.close()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        props = dict(getattr(message.properties, 'UserProperty', []) or [])
-        self._inbox.append((message.topic, bytes(message.payload), props))
+        self.receive(message.topic, bytes(message.payload),
+                     dict(getattr(message.properties, 'UserProperty', []) or []))
+
+    def receive(self, topic: str, payload: bytes, properties: dict[str, str]) -> None:
+        """Take one MQTT message (paho's thread, or a replay); :meth:`step` handles it."""
+        self._inbox.append((topic, payload, properties))
 
     # --- orders ------------------------------------------------------------------------------
 
-    def add_orders(self, data: Any) -> list[str]:
-        """Validate an order; store its tasks; return the accepted task ids."""
+    def add_orders(self, data: Any, now_s: float | None = None) -> list[str]:
+        """Validate an order; store its tasks; return the accepted task ids.
+
+        Release times and deadlines count from ``now_s`` (when the order arrived).
+        """
+        now = time.time() if now_s is None else now_s
         known = frozenset(r[0] for r in self._db.execute('SELECT task_id FROM tasks'))
         try:
             tasks, rejected = validate_orders(data, self.site, known)
@@ -183,20 +212,64 @@ class PlannerService:
             self.rejected_tasks[rejection.task_id] = rejection.reason
         with self._db:
             for task in tasks:
-                self._db.execute('INSERT INTO tasks (task_id, body) VALUES (?, ?)',
-                                 (task.task_id, json.dumps(task.__dict__)))
+                self._db.execute('INSERT INTO tasks (task_id, body, received_at) VALUES '
+                                 '(?, ?, ?)', (task.task_id, json.dumps(task.__dict__), now))
         if tasks:
             self._dirty = True
         return [t.task_id for t in tasks]
 
-    def _open_tasks(self) -> list[PlanTask]:
-        rows = self._db.execute("SELECT body FROM tasks WHERE status = 'open'").fetchall()
+    def _open_tasks(self, now: float) -> tuple[list[PlanTask], frozenset[str]]:
+        """Tasks to plan, on the time axis of ``now``; and those no longer to plan.
+
+        A successor of a task in progress is released when that task is expected to end.
+        """
+        expected_end: dict[str, float] = {}
+        closed = set()
+        open_rows = []
+        for task_id, body, status, received, started in self._db.execute(
+                'SELECT task_id, body, status, received_at, started_at FROM tasks'):
+            if status == 'open':
+                open_rows.append((body, received))
+                continue
+            closed.add(task_id)
+            if status == 'in_progress':
+                expected_end[task_id] = started + json.loads(body)['duration_s'] - now
         tasks = []
-        for (body,) in rows:
+        for body, received in open_rows:
             data = json.loads(body)
             data['after'] = tuple(data['after'])
+            shift = received - now          # order time -> now
+            release = max([0.0, data['release_s'] + shift]
+                          + [expected_end[p] for p in data['after'] if p in expected_end])
+            data['release_s'] = release
+            if data['deadline_s'] is not None:
+                data['deadline_s'] += shift
             tasks.append(PlanTask(**data))
-        return tasks
+        return tasks, frozenset(closed)
+
+    def _robots(self, now: float) -> list[FleetRobot]:
+        """Online robots where they are (or will be) and when they are free."""
+        robots = []
+        for robot_id in sorted(self._online):
+            station, free = self.site.robots[robot_id].start, 0.0
+            row = self._db.execute(
+                "SELECT body, status, started_at FROM tasks WHERE robot_id = ? AND status IN "
+                "('in_progress', 'done') ORDER BY status = 'in_progress' DESC, "
+                'COALESCE(ended_at, started_at) DESC LIMIT 1', (robot_id,)).fetchone()
+            if row is not None:
+                body = json.loads(row[0])
+                station = body['station']
+                if row[1] == 'in_progress':
+                    free = max(0.0, row[2] + body['duration_s'] - now)
+            robots.append(FleetRobot(robot_id, self.site.robots[robot_id].capabilities,
+                                     station, free))
+        return robots
+
+    def task_status(self) -> dict[str, dict[str, Any]]:
+        """Every task of the ledger: status, robot, failures, reason."""
+        return {t: {'status': s, 'robot_id': r, 'failures': f, 'reason': why}
+                for t, s, r, f, why in self._db.execute(
+                    'SELECT task_id, status, robot_id, failures, reason FROM tasks')}
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -209,18 +282,20 @@ class PlannerService:
             topic, payload, props = self._inbox.popleft()
             if topic == ORDERS_TOPIC:
                 try:
-                    self.add_orders(json.loads(payload))
+                    self.add_orders(json.loads(payload), now)
                 except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                     self.rejected_tasks['<order>'] = f'not JSON: {exc}'
                 continue
             # Acks and liveness first: under a telemetry flood they must not wait behind it.
-            urgent_kinds = ('/status', '/events/mission_ack', '/state')
+            urgent_kinds = ('/status', '/events/mission_ack', '/events/task_progress',
+                            '/state')
             (urgent if topic.endswith(urgent_kinds) else bulk).append((topic, payload, props))
         self._ingest(urgent, now)
         self._ingest(bulk, now)
         online = frozenset(r for r, view in self.fleet.robots(now).items()
                            if view.online and r in self.site.robots)
         if online != self._online:
+            self._release_tasks_of(self._online - online)
             self._online, self._dirty = online, True
         if self._dirty and online:
             self._replan(now)
@@ -235,6 +310,57 @@ class PlannerService:
                 self._on_rejected_ack(topic, payload)
             elif outcome == 'ack: accepted':
                 self._mark_acked(topic, payload, 'accepted')
+            elif outcome.startswith('progress: '):
+                self._on_progress(topic.split('/')[2], json.loads(payload)['data'], now)
+
+    def _on_progress(self, robot_id: str, data: dict[str, Any], now: float) -> None:
+        task_id, status = data['task_id'], data['status']
+        row = self._db.execute('SELECT status, failures FROM tasks WHERE task_id = ?',
+                               (task_id,)).fetchone()
+        if row is None or row[0] in ('done', 'failed'):
+            self.progress_ignored += 1   # not ours, or already closed (a late duplicate)
+            _LOG.warning('progress %s of task %s from %s ignored: task is %s', status,
+                         task_id, robot_id, row[0] if row else 'unknown')
+            return
+        with self._db:
+            if status == 'started':
+                self._db.execute("UPDATE tasks SET status = 'in_progress', robot_id = ?, "
+                                 'started_at = ? WHERE task_id = ?',
+                                 (robot_id, min(now, float(data['stamp'])), task_id))
+            elif status == 'done':
+                self._db.execute("UPDATE tasks SET status = 'done', robot_id = ?, "
+                                 'ended_at = ? WHERE task_id = ?', (robot_id, now, task_id))
+            else:
+                failures = row[1] + 1
+                reason = f'{robot_id}: {data.get("reason", "")}'
+                self._db.execute("UPDATE tasks SET status = 'open', robot_id = NULL, "
+                                 'started_at = NULL, failures = ?, reason = ? WHERE task_id = ?',
+                                 (failures, reason, task_id))
+                if failures >= self.cfg.max_task_failures:
+                    self._fail_for_good(task_id, f'failed {failures} times, last {reason}')
+        _LOG.info('task %s %s on %s', task_id, status, robot_id)
+        if status != 'started':
+            self._dirty = True  # a robot is free earlier or later than planned
+
+    def _fail_for_good(self, task_id: str, reason: str) -> None:
+        self._db.execute("UPDATE tasks SET status = 'failed', reason = ? WHERE task_id = ?",
+                         (reason, task_id))
+        _LOG.error('task %s given up: %s', task_id, reason)
+        for other, body in self._db.execute(
+                "SELECT task_id, body FROM tasks WHERE status = 'open'").fetchall():
+            if task_id in json.loads(body)['after']:
+                self._fail_for_good(other, f'predecessor {task_id} failed')
+
+    def _release_tasks_of(self, robots: frozenset[str]) -> None:
+        """Put the tasks in progress of robots that went offline back to plan."""
+        for robot_id in robots:
+            with self._db:
+                moved = self._db.execute(
+                    "UPDATE tasks SET status = 'open', robot_id = NULL, started_at = NULL "
+                    "WHERE status = 'in_progress' AND robot_id = ?", (robot_id,)).rowcount
+            if moved:
+                _LOG.warning('%s went offline: %d task(s) in progress put back to plan',
+                             robot_id, moved)
 
     def _mark_acked(self, topic: str, payload: bytes, status: str) -> None:
         robot_id = topic.split('/')[2]
@@ -255,18 +381,29 @@ class PlannerService:
 
     def _replan(self, now: float) -> None:
         self._dirty = False
-        tasks = self._open_tasks()
-        current = {r: json.loads(t) for r, t in self._db.execute(
-            'SELECT robot_id, tasks FROM missions')}
-        robots = [FleetRobot(r, self.site.robots[r].capabilities, self.site.robots[r].start)
-                  for r in sorted(self._online)]
-        result = plan(tasks, robots, self.site, time_limit_s=self.cfg.plan_time_limit_s,
-                      previous=current)
+        tasks, closed = self._open_tasks(now)
+        pending = {r: self._robot_pending(r, json.loads(order), mission_id, version)
+                   for r, order, mission_id, version in self._db.execute(
+                       'SELECT robot_id, tasks, mission_id, version FROM missions').fetchall()}
+        result = plan(tasks, self._robots(now), self.site,
+                      time_limit_s=self.cfg.plan_time_limit_s, done=closed,
+                      previous={r: [t for t in order if t not in closed]
+                                for r, order in pending.items()})
         by_id = {t.task_id: t for t in tasks}
         for robot_id, order in result.orders.items():
-            if current.get(robot_id, []) == order:
-                continue  # unchanged (or still nothing to do): no new version
+            if pending.get(robot_id, []) == order:
+                continue  # what the robot will do anyway: no new version
             self._send(robot_id, order, by_id, now)
+
+    def _robot_pending(self, robot_id: str, sent: list[str], mission_id: str,
+                       version: int) -> list[str]:
+        """Tasks of its last mission a robot has still to start, as the robot sees it."""
+        failed = {t for t, s in self.fleet.reports(robot_id, mission_id, version).items()
+                  if s == 'failed'}
+        mine = {t for (t,) in self._db.execute(
+            "SELECT task_id FROM tasks WHERE robot_id = ? AND status IN ('in_progress', "
+            "'done')", (robot_id,))}
+        return [t for t in sent if t not in mine and t not in failed]
 
     def _send(self, robot_id: str, order: list[str], tasks: dict[str, PlanTask],
               now: float) -> None:

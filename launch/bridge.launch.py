@@ -1,7 +1,8 @@
 """Launch the edge bridge: ``ros2 launch cobot_hybrid bridge.launch.py robot_id:=cobot-7``.
 
 Arguments: ``params_file`` (default: the package's config/bridge.yaml), ``namespace``,
-``robot_id``, ``log_level``.
+``robot_id``, ``log_level``, ``executor`` (``true`` also starts the reference
+``mission_executor_node``, which runs the missions and reports task progress).
 """
 
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -21,6 +23,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('namespace', default_value=''),
         DeclareLaunchArgument('robot_id', default_value='cobot-1'),
         DeclareLaunchArgument('log_level', default_value='info'),
+        DeclareLaunchArgument('executor', default_value='false'),
         Node(
             package='cobot_hybrid',
             executable='bridge_node',
@@ -30,5 +33,15 @@ def generate_launch_description() -> LaunchDescription:
                         {'robot_id': LaunchConfiguration('robot_id')}],
             arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
             output='screen',
+        ),
+        Node(
+            package='cobot_hybrid',
+            executable='mission_executor_node',
+            name='mission_executor_node',
+            namespace=LaunchConfiguration('namespace'),
+            parameters=[LaunchConfiguration('params_file')],
+            arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
+            output='screen',
+            condition=IfCondition(LaunchConfiguration('executor')),
         ),
     ])

@@ -157,6 +157,41 @@ def test_signed_missions_come_down_and_bad_ones_do_not(make_node: Any, ros_proce
     cloud.close()
 
 
+def test_the_executor_runs_a_mission_and_its_progress_goes_up(
+        make_node: Any, ros_process: Any, tmp_path: Path, mosquitto_broker: Any) -> None:
+    """bridge_node and mission_executor_node as processes; speed scale from this process."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import Float64, String
+
+    cloud = Cloud(mosquitto_broker.port)
+    bridge = start_bridge(ros_process, tmp_path, mosquitto_broker.port)
+    executor = ros_process('cobot_hybrid_bridge.nodes.mission_executor_node', '--ros-args',
+                           '-p', 'stall_timeout_s:=30.0')
+    harness = make_node('robot_side')
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    scale_pub = harness.node.create_publisher(Float64, 'speed_scale', latched)
+    junk_pub = harness.node.create_publisher(String, 'task_progress', 10)
+    harness.node.create_timer(0.1, lambda: scale_pub.publish(Float64(data=1.0)))
+    assert harness.spin_until(lambda: cloud.on('cobot-a/status'), 30.0), bridge.log()
+    harness.spin_for(1.0)
+    junk_pub.publish(String(data='{"schema": "nope"}'))   # a bad report is not sent up
+    body = mission(1, time.time())
+    for task in body['tasks']:
+        task['duration_s'] = 1.0
+    cloud.client.publish('cobot/v1/cobot-a/cmd/mission', sign_command(
+        KEY, 'planner', body, 'cobot-a'), qos=1).wait_for_publish(5)
+    assert harness.spin_until(lambda: len(cloud.on('events/task_progress')) >= 4, 30.0), \
+        (bridge.log(), executor.log())
+    harness.spin_for(0.5)
+    reports = [json.loads(p)['data'] for p in cloud.on('events/task_progress')]
+    assert [(r['task_id'], r['status']) for r in reports] == [
+        ('t1', 'started'), ('t1', 'done'), ('t2', 'started'), ('t2', 'done')]
+    assert all(r['mission_id'] == 'm-1' and r['version'] == 1 for r in reports)
+    assert reports[1]['stamp'] - reports[0]['stamp'] >= 0.9   # one second of work at scale 1
+    cloud.close()
+
+
 def test_bad_routes_or_keys_exit_with_the_reason(ros_process: Any, tmp_path: Path) -> None:
     routes = tmp_path / 'routes.yaml'
     routes.write_text(yaml.safe_dump({'routes': [{'ros_topic': 'x',
@@ -178,6 +213,7 @@ def test_bridge_yaml_declares_exactly_the_node_parameters(ros_context: Any, tmp_
     from rclpy.parameter import Parameter
 
     from cobot_hybrid_bridge.nodes.bridge_node import BridgeNode
+    from cobot_hybrid_bridge.nodes.mission_executor_node import MissionExecutorNode
 
     values = yaml.safe_load((ROOT / 'config' / 'bridge.yaml').read_text())['bridge_node'][
         'ros__parameters']
@@ -192,3 +228,13 @@ def test_bridge_yaml_declares_exactly_the_node_parameters(ros_context: Any, tmp_
     finally:
         node.bridge.stop()
         node.destroy_node()
+    executor_values = yaml.safe_load((ROOT / 'config' / 'bridge.yaml').read_text())[
+        'mission_executor_node']['ros__parameters']
+    executor = MissionExecutorNode(context=ros_context, parameter_overrides=[
+        Parameter(n, value=v) for n, v in executor_values.items()])
+    try:
+        declared = set(executor._parameters) - {'use_sim_time',
+                                                'start_type_description_service'}
+        assert declared == set(executor_values)
+    finally:
+        executor.destroy_node()

@@ -1,4 +1,7 @@
-"""Cloud planner -> broker -> bridge_node -> robot-side ROS topic, and the ack back."""
+"""Planner -> broker -> bridge_node -> robot ROS topic; the ack and task progress come back.
+
+The robot side is bridge_node plus mission_executor_node, each its own process.
+"""
 
 from __future__ import annotations
 
@@ -23,9 +26,9 @@ SITE = {'stations': {'press': {'x': 0, 'y': 0}, 'tray': {'x': 3, 'y': 4}},
         'robots': {'cobot-a': {'capabilities': ['pick', 'place'], 'start': 'tray'}}}
 ORDER = {'schema': ORDERS_SCHEMA, 'order_id': 'o-1', 'tasks': [
     {'task_id': 'unload', 'type': 'pick', 'station': 'press', 'capability': 'pick',
-     'duration_s': 20},
+     'duration_s': 2},
     {'task_id': 'stack', 'type': 'place', 'station': 'tray', 'capability': 'place',
-     'duration_s': 10, 'after': ['unload']},
+     'duration_s': 1, 'after': ['unload']},
     {'task_id': 'weld', 'type': 'pick', 'station': 'press', 'capability': 'weld',
      'duration_s': 5}]}
 
@@ -33,7 +36,7 @@ ORDER = {'schema': ORDERS_SCHEMA, 'order_id': 'o-1', 'tasks': [
 def test_a_signed_mission_reaches_the_robot_and_is_acknowledged(
         make_node: Any, ros_process: Any, tmp_path: Path, mosquitto_broker: Any) -> None:
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from std_msgs.msg import String
+    from std_msgs.msg import Float64, String
 
     key = Ed25519PrivateKey.generate()
     pub = tmp_path / 'planner.pub'
@@ -50,6 +53,9 @@ def test_a_signed_mission_reaches_the_robot_and_is_acknowledged(
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
     harness.node.create_subscription(String, 'mission', missions.append, latched)
+    executor = ros_process('cobot_hybrid_bridge.nodes.mission_executor_node')
+    scale = harness.node.create_publisher(Float64, 'speed_scale', latched)
+    harness.node.create_timer(0.1, lambda: scale.publish(Float64(data=1.0)))  # path clear
 
     cfg = PlannerConfig(data_dir=tmp_path / 'cloud', broker_port=mosquitto_broker.port,
                         plan_time_limit_s=0.3, resend_after_s=2.0)
@@ -76,6 +82,14 @@ def test_a_signed_mission_reaches_the_robot_and_is_acknowledged(
         mission = json.loads(missions[-1].data)
         assert [t['task_id'] for t in mission['tasks']] == ['unload', 'stack']
         assert "capability 'weld'" in planner.rejected_tasks['weld']
+
+        # The executor runs both tasks; their progress comes back and closes them.
+        def done() -> bool:
+            planner.step()
+            status = planner.task_status()
+            return all(status[t]['status'] == 'done' for t in ('unload', 'stack'))
+        assert harness.spin_until(done, 30.0), (planner.task_status(), executor.log())
+        assert [s for _, s, _ in planner.fleet.progress_of('unload')] == ['started', 'done']
         sent = planner.sent
         version = planner.missions()['cobot-a']['version']
     finally:
@@ -90,5 +104,6 @@ def test_a_signed_mission_reaches_the_robot_and_is_acknowledged(
             time.sleep(0.05)
         assert again.missions()['cobot-a']['version'] == version == 1  # no empty mission first
         assert again.sent == 0 and sent >= 1
+        assert again.task_status()['stack']['status'] == 'done'
     finally:
         again.stop()

@@ -4,8 +4,10 @@ Subscribes the ROS topics of the routes file (any message type, resolved at run 
 publishes what the cloud sends down once verified: ``mission`` (``std_msgs/String``, mission
 JSON v1, transient local: the robot keeps its last valid mission), ``mission_path``
 (``nav_msgs/Path`` of the mission's poses, for rviz) and ``diagnostics`` (link state, backlog,
-drops by reason, drain rate, RTT, rejected commands). It also watches ``protective_stop`` and
-``speed_scale`` (when routed) for the CRDT telemetry state it sends up.
+drops by reason, drain rate, RTT, rejected commands). It sends up the robot's
+``task_progress`` reports (``std_msgs/String``, task progress JSON v1) next to the mission
+acknowledgements, and watches ``protective_stop`` and ``speed_scale`` (when routed) for the
+CRDT telemetry state it sends up.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ class BridgeNode(Node):
         self._mission_pub = self.create_publisher(String, 'mission', latched)
         self._path_pub = self.create_publisher(PathMsg, 'mission_path', latched)
         self._diag_pub = self.create_publisher(DiagnosticArray, 'diagnostics', 10)
+        self.create_subscription(String, 'task_progress',
+                                 lambda msg: self.bridge.report_progress(msg.data), 100)
         self._latest_images: dict[int, Any] = {}
         # One subscription per topic, type and reliability: routes sharing a topic (people and
         # people-per-frame summary on `detections`) share its conversion too.

@@ -50,6 +50,8 @@ PARAMS = (
               max_value=3600.0),
     ParamSpec('step_period_s', 'how often the planner takes what arrived [s]',
               read_only=True, min_value=0.01, max_value=10.0),
+    ParamSpec('max_task_failures', 'a task failing this often is given up', min_value=1,
+              max_value=1000),
 )
 
 

@@ -1,0 +1,123 @@
+"""``mission_executor_node``: the reference robot-side executor of cloud missions.
+
+Subscribes ``mission`` (``std_msgs/String``, mission JSON v1, as ``bridge_node`` publishes it
+once verified) and ``speed_scale`` (``std_msgs/Float64`` from the safety monitor); runs the
+tasks with :class:`~cobot_hybrid_bridge.mission_executor.MissionExecutor` and publishes
+``task_progress`` (``std_msgs/String``, task progress JSON v1), which ``bridge_node`` sends up
+to the planner, and ``diagnostics``. Replace it with your own skill server that publishes the
+same ``task_progress`` reports.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Float64, String
+
+from cobot_hybrid_bridge.errors import BridgeError
+from cobot_hybrid_bridge.mission_executor import ExecutorConfig, MissionExecutor
+from cobot_hybrid_bridge.mission_schema import SchemaError, progress_to_json, validate_mission
+from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
+
+PARAMS = (
+    ParamSpec('stall_timeout_s', 'a task held at speed scale 0 this long fails [s]',
+              read_only=True, min_value=0.1, max_value=86400.0),
+    ParamSpec('max_remembered', 'finished task ids kept so none runs twice', read_only=True,
+              min_value=1, max_value=10**7),
+    ParamSpec('step_period_s', 'executor step period [s]', read_only=True, min_value=0.001,
+              max_value=10.0),
+    ParamSpec('speed_timeout_s', 'an older speed scale counts as stopped [s]',
+              read_only=True, min_value=0.01, max_value=60.0),
+)
+
+
+class MissionExecutorNode(Node):
+    """Thin shell around :class:`MissionExecutor`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__('mission_executor_node', **kwargs)
+        self._params = ParameterBinding(self, ExecutorConfig, PARAMS)
+        cfg = self._params.config
+        self.executor_core = MissionExecutor(cfg)
+        self._scale: tuple[float, float] | None = None   # (value, monotonic time)
+        self.rejected = 0
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.create_subscription(String, 'mission', self._on_mission, latched)
+        self.create_subscription(Float64, 'speed_scale', self._on_scale, latched)
+        self._progress_pub = self.create_publisher(String, 'task_progress', 100)
+        self._diag_pub = self.create_publisher(DiagnosticArray, 'diagnostics', 10)
+        self.create_timer(cfg.step_period_s, self._step)
+        self.create_timer(1.0, self._diagnostics)
+
+    def _on_mission(self, msg: String) -> None:
+        try:
+            mission = validate_mission(json.loads(msg.data))
+        except (ValueError, SchemaError) as exc:
+            self.rejected += 1
+            self.get_logger().error(f'mission ignored: {exc} (expected mission JSON v1)')
+            return
+        if self.executor_core.accept(mission):
+            self.get_logger().info(f'executing mission {mission.mission_id} v{mission.version}'
+                                   f': {len(mission.tasks)} tasks')
+
+    def _on_scale(self, msg: Float64) -> None:
+        self._scale = (float(msg.data), time.monotonic())
+
+    def _step(self) -> None:
+        scale = None
+        if self._scale is not None and \
+                time.monotonic() - self._scale[1] <= self._params.config.speed_timeout_s:
+            scale = self._scale[0]
+        for report in self.executor_core.step(time.time(), scale):
+            self._progress_pub.publish(String(data=json.dumps(progress_to_json(report))))
+            log = self.get_logger().warning if report.status == 'failed' else \
+                self.get_logger().info
+            log(f'task {report.task_id}: {report.status} {report.reason}'.rstrip())
+
+    def _diagnostics(self) -> None:
+        summary = self.executor_core.summary()
+        level = DiagnosticStatus.WARN if summary['failed'] or self.rejected \
+            else DiagnosticStatus.OK
+        message = f'running {summary["active"]}' if summary['active'] else 'idle'
+        status = DiagnosticStatus(level=level, name='mission_executor_node: tasks',
+                                  message=message,
+                                  values=[KeyValue(key=k, value=str(v))
+                                          for k, v in summary.items()]
+                                  + [KeyValue(key='missions_rejected', value=str(self.rejected))])
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run the executor until interrupted."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = MissionExecutorNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (BridgeError, ParameterException) as exc:
+        if node is not None:
+            node.get_logger().fatal(str(exc))
+        else:
+            print(f'mission_executor_node: {exc}')
+        raise SystemExit(2) from None
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()
