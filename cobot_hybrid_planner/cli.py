@@ -1,4 +1,9 @@
-"""Planner sub-commands of ``cobot-hybrid``: ``plan ORDERS.yaml --site SITE.yaml [--json]``."""
+"""Planner sub-commands of ``cobot-hybrid``.
+
+* ``plan ORDERS.yaml --site SITE.yaml [--json]``: plan offline, print missions and cost;
+* ``serve --site SITE.yaml --key KEY.pem [--fleet F --replica-id ID]``: the cloud planner
+  without ROS (a container next to the broker); with ``--fleet``, one of several replicas.
+"""
 
 from __future__ import annotations
 
@@ -57,11 +62,62 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from cobot_hybrid_planner.service import (
+        PlannerParams,
+        PlannerService,
+        load_orders_file,
+        load_private_key,
+    )
+    from cobot_hybrid_planner.site import load_site
+
+    params = PlannerParams(site_file=args.site, private_key_file=args.key, key_id=args.key_id,
+                           broker_host=args.host, broker_port=args.port,
+                           client_id=args.replica_id, data_dir=args.data_dir,
+                           plan_time_limit_s=args.time_limit, fleet_id=args.fleet,
+                           lease_s=args.lease_s)
+    params.require_files()
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+    service = PlannerService(params.config(), load_site(Path(args.site)),
+                             load_private_key(Path(args.key)))
+    if args.orders:
+        service.add_orders(load_orders_file(Path(args.orders)))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    service.start()
+    print(f'planner {args.replica_id} serving {args.host}:{args.port}'
+          + (f' as a replica of fleet {args.fleet}' if args.fleet else ''), flush=True)
+    try:
+        while not stop.wait(params.step_period_s):
+            service.step()
+    finally:
+        service.stop()
+    return 0
+
+
 def register(subparsers: Any) -> None:
-    """Add ``plan``."""
+    """Add ``plan`` and ``serve``."""
     plan_cmd = subparsers.add_parser('plan', help='plan a work order offline')
     plan_cmd.add_argument('orders', help='work order YAML/JSON (schema cobot_hybrid/orders/v1)')
     plan_cmd.add_argument('--site', required=True, help='site YAML (stations, robots)')
     plan_cmd.add_argument('--time-limit', type=float, default=2.0)
     plan_cmd.add_argument('--json', action='store_true')
     plan_cmd.set_defaults(func=_cmd_plan)
+    serve = subparsers.add_parser('serve', help='run the cloud planner (no ROS needed)')
+    serve.add_argument('--site', required=True, help='site YAML (stations, robots)')
+    serve.add_argument('--key', required=True, help="planner's Ed25519 private key (PEM)")
+    serve.add_argument('--key-id', default='planner', help='the id robots know the key by')
+    serve.add_argument('--host', default='127.0.0.1')
+    serve.add_argument('--port', type=int, default=1883)
+    serve.add_argument('--replica-id', default='planner', help='MQTT client id of this process')
+    serve.add_argument('--fleet', default='', help='run as one replica of this fleet')
+    serve.add_argument('--lease-s', type=float, default=6.0, help='fleet lease [s]')
+    serve.add_argument('--data-dir', default='', help='ledger and fleet store folder')
+    serve.add_argument('--orders', default='', help='work order file to load at start')
+    serve.add_argument('--time-limit', type=float, default=2.0, help='planning limit [s]')
+    serve.set_defaults(func=_cmd_serve)

@@ -16,10 +16,15 @@ and issued missions in a SQLite ledger beside it (a restart resumes), and on :me
   QoS 1, with an MQTT 5 message expiry equal to its validity;
 * re-sends a mission not acknowledged within ``resend_after_s`` (the same command: a robot
   that had it answers "replayed", which counts as acknowledged).
+
+With a ``fleet_id`` the service is one of several replicas (:mod:`replica`): it plans and
+signs only while it holds the fleet's lease, through the fleet's own MQTT session, and mission
+versions carry the lease epoch (``epoch * 1,000,000 + n``) so robots follow the newest owner.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import sqlite3
@@ -41,12 +46,18 @@ from cobot_hybrid_planner.errors import PlannerError
 from cobot_hybrid_planner.fleet_state import FleetStore
 from cobot_hybrid_planner.orders import OrderError, PlanTask, validate_orders
 from cobot_hybrid_planner.planning import FleetRobot, plan
+from cobot_hybrid_planner.replica import FleetReplica, fleet_orders_topic
 from cobot_hybrid_planner.site import Site
 
 __all__ = ['PlannerConfig', 'PlannerParams', 'PlannerService', 'load_private_key']
 
 _LOG = logging.getLogger(__name__)
 ORDERS_TOPIC = 'cobot/v1/orders'
+EPOCH_STRIDE = 1_000_000          # mission version = lease epoch * EPOCH_STRIDE + n
+_TASK_COLUMNS = ('task_id', 'body', 'status', 'received_at', 'robot_id', 'started_at',
+                 'ended_at', 'failures', 'reason')
+_MISSION_COLUMNS = ('robot_id', 'mission_id', 'version', 'envelope', 'tasks', 'valid_until',
+                    'sent_at', 'acked')
 TASK_STATUSES = ('open', 'in_progress', 'done', 'failed')
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS tasks (task_id TEXT PRIMARY KEY, body TEXT NOT NULL,
@@ -55,6 +66,7 @@ CREATE TABLE IF NOT EXISTS tasks (task_id TEXT PRIMARY KEY, body TEXT NOT NULL,
                                   robot_id TEXT, started_at REAL, ended_at REAL,
                                   failures INTEGER NOT NULL DEFAULT 0,
                                   reason TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS missions (robot_id TEXT PRIMARY KEY, mission_id TEXT NOT NULL,
                                      version INTEGER NOT NULL, envelope BLOB NOT NULL,
                                      tasks TEXT NOT NULL, valid_until REAL NOT NULL,
@@ -80,10 +92,12 @@ class PlannerParams:
     offline_after_s: float = 10.0
     step_period_s: float = 0.1
     max_task_failures: int = 3
+    fleet_id: str = ''                    # '' = the only planner; else one of its replicas
+    lease_s: float = 6.0
 
     def __post_init__(self) -> None:
         for name in ('plan_time_limit_s', 'mission_validity_s', 'resend_after_s',
-                     'offline_after_s', 'step_period_s', 'max_task_failures'):
+                     'offline_after_s', 'step_period_s', 'max_task_failures', 'lease_s'):
             if not getattr(self, name) > 0:
                 raise PlannerError(f'{name} must be > 0')
 
@@ -104,7 +118,7 @@ class PlannerParams:
         return PlannerConfig(data, self.broker_host, self.broker_port, self.client_id,
                              self.key_id, self.plan_time_limit_s, self.mission_validity_s,
                              self.resend_after_s, self.offline_after_s,
-                             self.max_task_failures)
+                             self.max_task_failures, self.fleet_id, self.lease_s)
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -134,6 +148,8 @@ class PlannerConfig:
     resend_after_s: float = 10.0
     offline_after_s: float = 10.0
     max_task_failures: int = 3
+    fleet_id: str = ''
+    lease_s: float = 6.0
 
 
 @dataclass
@@ -164,13 +180,35 @@ class PlannerService:
             if column not in columns:  # a ledger from before task progress
                 self._db.execute(f'ALTER TABLE tasks ADD COLUMN {column} {kind}')
         self.progress_ignored = 0
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id=self.cfg.client_id, protocol=mqtt.MQTTv5)
-        self.client.on_connect = lambda c, u, f, r, p: c.subscribe('cobot/v1/#', qos=1)
+        self.replica: FleetReplica | None = None
+        self._snapshot_changes = -1
+        self._snapshot_at = 0.0
+        fleet = self.cfg.fleet_id
+        if fleet:
+            if any(c in fleet for c in '/+#$ '):
+                raise PlannerError(f'fleet_id {fleet!r} must be one MQTT topic level')
+            self.replica = FleetReplica(fleet, self.cfg.client_id, self.cfg.broker_host,
+                                        self.cfg.broker_port, ORDERS_TOPIC, self.cfg.lease_s)
+            # The fleet's session: its robots and its forwarded orders, queued by the broker
+            # while ownership changes hands.
+            topics = [(f'cobot/v1/{r}/#', 1) for r in sorted(self.site.robots)] + [
+                (fleet_orders_topic(fleet), 1)]
+            client_id = f'planner-{fleet}'
+        else:
+            topics, client_id = [('cobot/v1/#', 1)], self.cfg.client_id
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(topics)
         self.client.on_message = self._on_message
 
     def start(self) -> None:
-        """Connect (retried in the background) with a persistent session."""
+        """Connect (retried in the background); a replica joins the fleet's lease first."""
+        if self.replica is not None:
+            self.replica.start()  # the fleet session is connected once the lease is ours
+        else:
+            self._connect_session()
+
+    def _connect_session(self) -> None:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
         self.client.connect_async(self.cfg.broker_host, self.cfg.broker_port,
@@ -181,8 +219,81 @@ class PlannerService:
         """Disconnect and close the stores."""
         self.client.loop_stop()
         self.client.disconnect()
+        if self.replica is not None:
+            self.replica.stop()
         self.fleet.close()
         self._db.close()
+
+    @property
+    def epoch(self) -> int:
+        """The lease epoch this replica plans under (0 for a single planner)."""
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()
+        return int(row[0]) if row else 0
+
+    @property
+    def is_owner(self) -> bool:
+        """Whether this planner plans and signs now (always, without replicas)."""
+        return self.replica is None or self.replica.lease.is_owner
+
+    def _follow_lease(self) -> None:
+        assert self.replica is not None
+        became, lost = self.replica.tick(time.monotonic())
+        if became:
+            epoch = self.replica.lease.epoch
+            self._adopt_snapshot()
+            with self._db:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (epoch,))
+            _LOG.warning('replica %s owns fleet %s (epoch %d)', self.cfg.client_id,
+                         self.cfg.fleet_id, epoch)
+            self._online, self._dirty = frozenset(), True
+            self._connect_session()
+        if lost:
+            _LOG.warning('replica %s lost fleet %s', self.cfg.client_id, self.cfg.fleet_id)
+            self.client.disconnect()
+            self.client.loop_stop()
+
+    def ledger_snapshot(self) -> bytes:
+        """Return the ledger (tasks, missions) as JSON, for the next owner."""
+        tasks = [dict(zip(_TASK_COLUMNS, row, strict=True)) for row in self._db.execute(
+            f'SELECT {", ".join(_TASK_COLUMNS)} FROM tasks')]
+        missions = []
+        for row in self._db.execute(f'SELECT {", ".join(_MISSION_COLUMNS)} FROM missions'):
+            item = dict(zip(_MISSION_COLUMNS, row, strict=True))
+            item['envelope'] = base64.b64encode(bytes(item['envelope'])).decode()
+            missions.append(item)
+        return json.dumps({'fleet': self.cfg.fleet_id, 'epoch': self.epoch, 'tasks': tasks,
+                           'missions': missions}).encode()
+
+    def _adopt_snapshot(self) -> None:
+        assert self.replica is not None
+        if self.replica.snapshot is None:
+            return
+        try:
+            data = json.loads(self.replica.snapshot)
+            if data['fleet'] != self.cfg.fleet_id or int(data['epoch']) < self.epoch:
+                return  # ours is as new
+            tasks = [tuple(t[c] for c in _TASK_COLUMNS) for t in data['tasks']]
+            missions = [tuple(base64.b64decode(m[c]) if c == 'envelope' else m[c]
+                              for c in _MISSION_COLUMNS) for m in data['missions']]
+        except (ValueError, KeyError, TypeError) as exc:
+            _LOG.error('ledger snapshot of fleet %s unreadable (%s): keeping the local one',
+                       self.cfg.fleet_id, exc)
+            return
+        with self._db:
+            self._db.execute('DELETE FROM tasks')
+            self._db.execute('DELETE FROM missions')
+            self._db.executemany(f'INSERT INTO tasks VALUES ({",".join("?" * 9)})', tasks)
+            self._db.executemany(f'INSERT INTO missions VALUES ({",".join("?" * 8)})',
+                                 missions)
+        _LOG.warning('took over the ledger of epoch %s: %d tasks, %d missions', data['epoch'],
+                     len(tasks), len(missions))
+
+    def _share_ledger(self) -> None:
+        assert self.replica is not None
+        changes = self._db.total_changes
+        if changes != self._snapshot_changes and time.monotonic() - self._snapshot_at >= 0.5:
+            self._snapshot_changes, self._snapshot_at = changes, time.monotonic()
+            self.replica.publish_snapshot(self.ledger_snapshot())
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         self.receive(message.topic, bytes(message.payload),
@@ -276,11 +387,16 @@ class PlannerService:
     def step(self, now_s: float | None = None) -> None:
         """Take what arrived, replan if needed, send and re-send missions."""
         now = time.time() if now_s is None else now_s
+        if self.replica is not None:
+            self._follow_lease()
+            if not self.replica.lease.is_owner:
+                return
         urgent: list[tuple[str, bytes, dict[str, str]]] = []
         bulk: list[tuple[str, bytes, dict[str, str]]] = []
+        orders_topics = (ORDERS_TOPIC, fleet_orders_topic(self.cfg.fleet_id))
         while self._inbox:
             topic, payload, props = self._inbox.popleft()
-            if topic == ORDERS_TOPIC:
+            if topic in orders_topics:
                 try:
                     self.add_orders(json.loads(payload), now)
                 except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -300,6 +416,8 @@ class PlannerService:
         if self._dirty and online:
             self._replan(now)
         self._resend(now)
+        if self.replica is not None:
+            self._share_ledger()
 
     def _ingest(self, batch: list[tuple[str, bytes, dict[str, str]]], now: float) -> None:
         if not batch:
@@ -409,7 +527,8 @@ class PlannerService:
               now: float) -> None:
         row = self._db.execute('SELECT version FROM missions WHERE robot_id = ?',
                                (robot_id,)).fetchone()
-        version = (row[0] if row else 0) + 1
+        base = self.epoch * EPOCH_STRIDE   # a newer owner's versions are always higher
+        version = max(row[0] if row else 0, base) + 1
         mission_id = f'{robot_id}-mission'
         mission = Mission(
             command_id=f'{mission_id}-v{version}-{int(now * 1000)}', robot_id=robot_id,

@@ -52,6 +52,10 @@ PARAMS = (
               read_only=True, min_value=0.01, max_value=10.0),
     ParamSpec('max_task_failures', 'a task failing this often is given up', min_value=1,
               max_value=1000),
+    ParamSpec('fleet_id', '"" = the only planner; else this node is one replica of the fleet',
+              read_only=True),
+    ParamSpec('lease_s', 'fleet lease between replicas [s]', read_only=True, min_value=1.0,
+              max_value=600.0),
 )
 
 
