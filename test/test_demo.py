@@ -21,5 +21,7 @@ def test_short_demo_loop_loses_nothing(tmp_path: Path) -> None:
     report = result.stdout.split('demo report', 1)[1]
     assert ' lost                               0' in report
     assert 'missions acknowledged              1' in report
+    progress = [line for line in report.splitlines() if 'task progress reports' in line][0]
+    assert int(progress.split()[-1]) >= 1   # the executor started a task of the mission
     html = (tmp_path / 'report.html').read_text()
     assert html.count('<img src="data:image/png;base64,') == 4

@@ -1,14 +1,17 @@
 """`make demo`: the whole edge-cloud loop on one machine, with a link outage in the middle.
 
-Edge (each its own ROS process, Fast DDS on loopback): ``image_source_node`` (real photos
-shipped in installed packages, or ``--source`` a video/folder) -> ``detector_node`` (the
-default YOLO11n-pose model, ONNX Runtime) -> ``safety_monitor_node`` -> ``bridge_node``
-(durable queue) -> a TCP link -> mosquitto on 127.0.0.1 -> ``planner_node`` (cloud), which
-plans the example work order and sends a signed mission back down to the robot's ROS
-``mission`` topic. Midway the link is cut for ``--outage`` seconds: the robot keeps detecting,
-keeps its safety loop and queues. At the end: a report, and ``demo_out/report.html`` with
-plots (per-stage latency, speed scale, bytes up vs raw camera bytes, queue depth, messages
-committed / delivered / lost, missions issued and acknowledged).
+Edge (each its own ROS process, Fast DDS on loopback): ``image_source_node`` (a scene made of
+real photos shipped in installed packages: an empty workbench for 3 s, then people for 1 s,
+and again; or ``--source`` a video/folder) -> ``detector_node`` (the default YOLO11n-pose
+model, ONNX Runtime) -> ``safety_monitor_node`` -> ``bridge_node`` (durable queue) -> a TCP
+link -> mosquitto on 127.0.0.1 -> ``planner_node`` (cloud), which plans a short work order and
+sends a signed mission back down to the robot's ROS ``mission`` topic, where
+``mission_executor_node`` runs it at the speed the safety monitor allows and reports task
+progress back up, closing the loop. Midway the link is cut for ``--outage`` seconds: the robot
+keeps detecting, keeps its safety loop, keeps working and queues. At the end: a report, and
+``demo_out/report.html`` with plots (per-stage latency, speed scale with the tasks done, bytes
+up vs raw camera bytes, queue depth, messages committed / delivered / lost, missions issued
+and acknowledged, tasks done).
 """
 
 from __future__ import annotations
@@ -34,6 +37,39 @@ from local_broker import start_mosquitto  # noqa: E402
 from loopback_env import configure_ros_environment  # noqa: E402
 
 ROBOT = 'cobot-1'
+CAMERA_HZ = 10.0   # the safety monitor stops on detections older than 0.2 s
+# The demo's work order: short tasks, so some finish within a minute at the speed allowed.
+DEMO_ORDER = {'schema': 'cobot_hybrid/orders/v1', 'order_id': 'demo', 'tasks': [
+    {'task_id': 'unload-1', 'type': 'pick', 'station': 'press-1', 'capability': 'pick',
+     'duration_s': 3, 'priority': 5},
+    {'task_id': 'check-1', 'type': 'inspect', 'station': 'inspect', 'capability': 'inspect',
+     'duration_s': 3, 'after': ['unload-1']},
+    {'task_id': 'unload-2', 'type': 'pick', 'station': 'press-2', 'capability': 'pick',
+     'duration_s': 3},
+    {'task_id': 'stack', 'type': 'place', 'station': 'tray', 'capability': 'place',
+     'duration_s': 3, 'after': ['check-1']}]}
+
+
+def build_scene(folder: Path, rate_hz: float) -> str:
+    """Make a folder of frames: 3 s of an empty bench (coffee), 1 s of people, repeated.
+
+    Returns the source for image_source_node ('samples' if the photos are not installed).
+    """
+    from cobot_hybrid_perception.media import available_samples, sample_photo_path
+
+    names = available_samples()
+    people = [n for n in ('bus', 'zidane', 'astronaut') if n in names]
+    if 'coffee' not in names or not people:
+        return 'samples'
+    folder.mkdir(parents=True, exist_ok=True)
+    index = 0
+    for person in people:
+        for name, seconds in (('coffee', 3.0), (person, 1.0)):
+            path = sample_photo_path(name)
+            for _ in range(round(seconds * rate_hz)):
+                (folder / f'{index:04d}_{name}{path.suffix}').symlink_to(path)
+                index += 1
+    return str(folder)
 
 
 def make_keys(workdir: Path) -> tuple[Path, Path]:
@@ -118,6 +154,19 @@ def ledger(path: Path) -> dict[str, Any]:
     return {r: {'version': v, 'acked': a} for r, v, a in rows}
 
 
+def task_statuses(path: Path) -> dict[str, str]:
+    """Task id -> status in the planner's ledger (read-only)."""
+    if not path.is_file():
+        return {}
+    db = sqlite3.connect(f'file:{path}?mode=ro', uri=True)
+    try:
+        return dict(db.execute('SELECT task_id, status FROM tasks').fetchall())
+    except sqlite3.Error:
+        return {}
+    finally:
+        db.close()
+
+
 class RobotSide:
     """This process on the robot's ROS graph: camera info, robot speed, what it observes."""
 
@@ -141,6 +190,7 @@ class RobotSide:
         self.people = 0
         self.stops = 0
         self.missions: list[dict[str, Any]] = []
+        self.progress: list[tuple[float, str, str]] = []
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.info_pub = self.node.create_publisher(CameraInfo, 'camera_info', 10)
@@ -156,6 +206,7 @@ class RobotSide:
         node.create_subscription(DiagnosticArray, 'diagnostics', self._on_diag, 10)
         node.create_subscription(String, 'mission', lambda m: self.missions.append(
             json.loads(m.data)), latched)
+        node.create_subscription(String, 'task_progress', self._on_progress, 100)
         self._last_stop = False
 
     def _on_image(self, msg: Any) -> None:
@@ -170,6 +221,10 @@ class RobotSide:
         twist.header.stamp = msg.header.stamp
         twist.twist.linear.x = 0.3
         self.speed_pub.publish(twist)
+
+    def _on_progress(self, msg: Any) -> None:
+        data = json.loads(msg.data)
+        self.progress.append((time.monotonic() - self.t0, data['task_id'], data['status']))
 
     def _on_detections(self, msg: Any) -> None:
         self.detections += 1
@@ -243,9 +298,12 @@ def write_html(out: Path, report: dict[str, Any], robot: RobotSide,
     if robot.scale:
         ax.step([t for t, _ in robot.scale], [s for _, s in robot.scale], where='post')
     ax.axvspan(*outage, color='red', alpha=0.15, label='link down')
+    for index, (at, task, _) in enumerate(e for e in robot.progress if e[2] == 'done'):
+        ax.axvline(at, color='green', linestyle='--', label='task done' if not index else None)
+        ax.annotate(task, (at, 0.5), rotation=90, fontsize=7, va='center', ha='right')
     ax.set_xlabel('s')
     ax.set_ylabel('speed scale')
-    ax.set_title('speed scale (safety monitor): the safety loop runs through the outage')
+    ax.set_title('speed scale (safety monitor) and tasks done: it runs through the outage')
     ax.legend()
     figs.append(png(fig))
     fig, ax = plt.subplots(figsize=(6, 3))
@@ -273,7 +331,8 @@ def write_html(out: Path, report: dict[str, Any], robot: RobotSide,
 def main() -> int:
     """Run the loop, print the report, write the HTML page; exit 1 if anything was lost."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--source', default='samples', help='samples | video | folder')
+    parser.add_argument('--source', default='scene',
+                        help='scene (built from sample photos) | samples | video | folder')
     parser.add_argument('--seconds', type=float, default=45.0)
     parser.add_argument('--outage', type=float, default=10.0)
     parser.add_argument('--out', default=str(ROOT / 'demo_out'))
@@ -289,11 +348,14 @@ def main() -> int:
     private, public = make_keys(work)
     cloud = Cloud(port)
     examples = ROOT / 'config' / 'examples'
+    orders = work / 'orders.json'
+    orders.write_text(json.dumps(DEMO_ORDER))
+    source = build_scene(work / 'scene', CAMERA_HZ) if args.source == 'scene' else args.source
     procs = {
         'planner': start(ros_node('cobot_hybrid_planner.nodes.planner_node',
                                   f'site_file:={examples / "site.yaml"}',
                                   f'private_key_file:={private}',
-                                  f'orders_file:={examples / "orders.yaml"}',
+                                  f'orders_file:={orders}',
                                   f'broker_port:={port}', f'data_dir:={work / "cloud"}',
                                   'plan_time_limit_s:=0.5'), work / 'planner.log'),
         'bridge': start(ros_node('cobot_hybrid_bridge.nodes.bridge_node', f'robot_id:={ROBOT}',
@@ -303,6 +365,8 @@ def main() -> int:
                          work / 'bridge.log'),
         'safety': start(ros_node('cobot_hybrid_perception.nodes.safety_monitor_node'),
                         work / 'safety.log'),
+        'executor': start(ros_node('cobot_hybrid_bridge.nodes.mission_executor_node',
+                                   'stall_timeout_s:=30.0'), work / 'executor.log'),
         'detector': start(ros_node('cobot_hybrid_perception.nodes.detector_node',
                                    'backend:=ort-cpu', 'imgsz:=320', 'threads:=1'),
                           work / 'detector.log'),
@@ -310,7 +374,7 @@ def main() -> int:
     robot = RobotSide()
     robot.spin_for(3.0)
     procs['camera'] = start(ros_node('cobot_hybrid_perception.nodes.image_source_node',
-                                     f'source:={args.source}', 'rate_hz:=5.0'),
+                                     f'source:={source}', f'rate_hz:={CAMERA_HZ}'),
                             work / 'camera.log')
     queue_file = work / 'edge' / ROBOT / 'outbox.db'
     depth: list[tuple[float, int]] = []
@@ -334,7 +398,8 @@ def main() -> int:
             print(f'\r t={now:5.1f}s link {link} frames {robot.frames:4d} people '
                   f'{robot.people:4d} stops {robot.stops:3d} queued '
                   f'{stats["queued"] if stats else 0:5d} up {len(cloud.seqs):5d} missions '
-                  f'{len(robot.missions)}', end='', flush=True)
+                  f'{len(robot.missions)} tasks done '
+                  f'{sum(1 for e in robot.progress if e[2] == "done")}', end='', flush=True)
         print()
         procs['camera'].send_signal(signal.SIGINT)
         deadline = time.monotonic() + 30.0
@@ -345,7 +410,7 @@ def main() -> int:
                 break
         robot.spin_for(2.0)
     finally:
-        for name in ('camera', 'detector', 'safety', 'bridge', 'planner'):
+        for name in ('camera', 'detector', 'safety', 'executor', 'bridge', 'planner'):
             proc = procs[name]
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
@@ -362,6 +427,7 @@ def main() -> int:
     stats = queue_stats(queue_file) or {}
     committed = set(range(1, stats.get('next_seq', 1)))
     missions = ledger(work / 'cloud' / 'ledger.db')
+    tasks = task_statuses(work / 'cloud' / 'ledger.db')
     report = {
         'frames': robot.frames, 'detection messages': robot.detections,
         'people detected': robot.people, 'protective stops': robot.stops,
@@ -376,6 +442,10 @@ def main() -> int:
         'missions issued': sum(m['version'] for m in missions.values()),
         'missions acknowledged': sum(1 for m in missions.values() if m['acked'] == 'accepted'),
         'missions on the robot ROS topic': len(robot.missions),
+        'task progress reports (robot)': len(robot.progress),
+        'tasks done (planner ledger)': f'{sum(s == "done" for s in tasks.values())} of '
+                                       f'{len(tasks)}',
+        'task status (planner ledger)': json.dumps(tasks),
         'messages up by topic': json.dumps(cloud.by_topic),
     }
     write_html(out / 'report.html', report, robot, depth, outage)

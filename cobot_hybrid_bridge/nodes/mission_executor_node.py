@@ -79,9 +79,10 @@ class MissionExecutorNode(Node):
             scale = self._scale[0]
         for report in self.executor_core.step(time.time(), scale):
             self._progress_pub.publish(String(data=json.dumps(progress_to_json(report))))
-            log = self.get_logger().warning if report.status == 'failed' else \
-                self.get_logger().info
-            log(f'task {report.task_id}: {report.status} {report.reason}'.rstrip())
+            if report.status == 'failed':  # rclpy: one severity per call site
+                self.get_logger().warning(f'task {report.task_id} failed: {report.reason}')
+            else:
+                self.get_logger().info(f'task {report.task_id}: {report.status}')
 
     def _diagnostics(self) -> None:
         summary = self.executor_core.summary()
