@@ -7,11 +7,15 @@ Life of a message:
 2. :meth:`DurableQueue.commit` writes every held message in one transaction (group commit;
    ``synchronous=FULL`` by default, so a committed message survives a power cut). Only
    committed messages are handed to the link: *written before publishing*;
-3. :meth:`DurableQueue.ack` deletes it once the broker really accepted it (the link decides
-   what "really" means: PUBACK/PUBCOMP < 0x80 and not 0x10 "no matching subscribers").
-   Deletions are not fsynced one by one (WAL with ``synchronous=NORMAL`` for them): a process
-   crash loses none, a power cut may forget the last few, which are then sent again
-   (duplicates, never losses).
+3. once the broker really accepted it (the link decides what "really" means: PUBACK/PUBCOMP
+   < 0x80 and not 0x10 "no matching subscribers"), :meth:`DurableQueue.mark_delivered`
+   appends its seq to an ack log beside the database (``<name>.acks-<n>``: 8 bytes per
+   message, one ``write``, callable from the MQTT thread without the queue's lock), and
+   :meth:`DurableQueue.flush_delivered` deletes the logged messages in one transaction and
+   drops that log; on open, leftover logs are applied first. :meth:`DurableQueue.ack` does
+   both at once. Neither is fsynced (WAL with ``synchronous=NORMAL`` for deletions): a process
+   crash loses no acknowledgement, a power cut may forget the last few, which are then sent
+   again (duplicates, never losses).
 
 Bounds: messages older than ``ttl_s`` are dropped, and above ``max_bytes`` the lowest priority,
 oldest first, goes. Every drop is counted by reason in the same database, so at any time::
@@ -32,11 +36,13 @@ import contextlib
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from cobot_hybrid_bridge.errors import BridgeError
 
@@ -93,9 +99,8 @@ class QueueConfig:
             raise QueueError(f'synchronous {self.synchronous!r}: use FULL or NORMAL')
 
 
-@dataclass(frozen=True)
-class QueuedMessage:
-    """A committed message waiting for its acknowledgement."""
+class QueuedMessage(NamedTuple):
+    """A committed message waiting for its acknowledgement (a tuple: cheap to make)."""
 
     seq: int
     topic: str
@@ -139,12 +144,70 @@ class DurableQueue:
     _bytes: int = 0
     _dropped_uncommitted: int = 0
     disk_full: bool = False
+    # Delivered (acknowledged), not yet deleted: in the ack log on disk and here.
+    _delivered: list[int] = field(default_factory=list)
+    _delivered_set: set[int] = field(default_factory=set)
+    _ack_lock: threading.Lock = field(default_factory=threading.Lock)
+    _ack_fd: int = -1
+    _ack_gen: int = 0
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._open()
+        self._replay_ack_logs()
         self._ensure_ballast()
+
+    # --- the ack log -------------------------------------------------------------------------
+
+    def _ack_log(self, generation: int) -> Path:
+        return self.path.with_name(f'{self.path.name}.acks-{generation}')
+
+    def _replay_ack_logs(self) -> None:
+        """Apply acknowledgements logged before a crash, then start a new log."""
+        logs = sorted(self.path.parent.glob(f'{self.path.name}.acks-*'))
+        seqs = _logged_seqs(self.path)
+        if seqs:
+            self._remove(seqs, 'delivered')
+        for log in logs:
+            log.unlink()
+        generations = [int(p.name.rsplit('-', 1)[1]) for p in logs
+                       if p.name.rsplit('-', 1)[1].isdigit()]
+        self._ack_gen = max(generations, default=-1) + 1
+        self._ack_fd = os.open(self._ack_log(self._ack_gen),
+                               os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def mark_delivered(self, seqs: Sequence[int]) -> None:
+        """Record acknowledged messages (thread-safe, no queue lock needed, no fsync).
+
+        They are no longer handed out by :meth:`peek` and count as delivered; the next
+        :meth:`flush_delivered` deletes them.
+        """
+        record = b''.join(seq.to_bytes(8, 'big') for seq in seqs)
+        with self._ack_lock:
+            os.write(self._ack_fd, record)
+            self._delivered.extend(seqs)
+            self._delivered_set.update(seqs)
+
+    def flush_delivered(self) -> int:
+        """Delete what :meth:`mark_delivered` recorded, in one transaction; drop its log."""
+        with self._ack_lock:
+            if not self._delivered:
+                return 0
+            seqs = self._delivered
+            self._delivered = []
+            old_fd, old_gen = self._ack_fd, self._ack_gen
+            self._ack_gen += 1
+            self._ack_fd = os.open(self._ack_log(self._ack_gen),
+                                   os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            removed = self._remove(seqs, 'delivered')
+        finally:
+            with self._ack_lock:
+                self._delivered_set.difference_update(seqs)
+        os.close(old_fd)
+        self._ack_log(old_gen).unlink()  # only once the deletions are committed
+        return removed
 
     # --- opening, corruption -----------------------------------------------------------------
 
@@ -290,6 +353,8 @@ class DurableQueue:
         Highest priority first, then oldest: a topic that keeps its priority keeps its order.
         """
         excluded = set(exclude)
+        with self._ack_lock:
+            excluded |= self._delivered_set
         # Choose from the index alone (no payloads), then read only the chosen rows.
         order = self._db.execute('SELECT seq FROM messages ORDER BY priority DESC, seq ASC '
                                  'LIMIT ?', (limit + len(excluded),)).fetchall()
@@ -310,7 +375,8 @@ class DurableQueue:
         return int(row[0]) if row else 0
 
     def ack(self, seqs: Sequence[int]) -> int:
-        """Delete delivered messages (unknown seqs are ignored: a duplicate ack)."""
+        """Delete delivered messages now (unknown seqs are ignored: a duplicate ack)."""
+        self.flush_delivered()
         return self._remove(seqs, 'delivered')
 
     def reject(self, seqs: Sequence[int]) -> int:
@@ -338,6 +404,7 @@ class DurableQueue:
     def expire(self, now_s: float | None = None) -> int:
         """Drop messages older than ``ttl_s``; return how many."""
         cutoff = (time.time() if now_s is None else now_s) - self.cfg.ttl_s
+        self.flush_delivered()  # a delivered message is not also dropped
         with self._transaction() as db:
             size, count = db.execute('SELECT COALESCE(SUM(size), 0), COUNT(*) FROM messages '
                                      'WHERE created_s < ?', (cutoff,)).fetchone()
@@ -349,7 +416,10 @@ class DurableQueue:
     def _enforce_bytes(self) -> None:
         if self._bytes <= self.cfg.max_bytes:
             return
+        self.flush_delivered()
         excess = self._bytes - self.cfg.max_bytes
+        if excess <= 0:
+            return
         victims, freed = [], 0
         for seq, size in self._db.execute('SELECT seq, size FROM messages ORDER BY priority '
                                           'ASC, seq ASC'):
@@ -362,12 +432,15 @@ class DurableQueue:
     def stats(self, now_s: float | None = None) -> QueueStats:
         """Counters, queue depth and the age of the oldest queued message."""
         db = self._db
+        with self._ack_lock:
+            logged = list(self._delivered_set)
         queued = db.execute('SELECT COUNT(*), MIN(created_s) FROM messages').fetchone()
+        delivered_here = _count_present(db, logged)   # in the ack log, not deleted yet
         now = time.time() if now_s is None else now_s
         return QueueStats(
             committed=self._counter(db, 'committed'),
-            delivered=self._counter(db, 'delivered'),
-            queued=int(queued[0]), queued_bytes=self._bytes,
+            delivered=self._counter(db, 'delivered') + delivered_here,
+            queued=int(queued[0]) - delivered_here, queued_bytes=self._bytes,
             dropped={reason: self._counter(db, f'dropped_{reason}') for reason in DROP_REASONS},
             oldest_age_s=0.0 if queued[1] is None else max(0.0, now - queued[1]),
             pending=len(self._pending), dropped_uncommitted=self._dropped_uncommitted,
@@ -378,8 +451,34 @@ class DurableQueue:
         with contextlib.suppress(DiskFullError):
             self.commit()
         with contextlib.suppress(sqlite3.Error):
+            self.flush_delivered()
             self._db.execute('PRAGMA wal_checkpoint(TRUNCATE)')
         self._db.close()
+        if self._ack_fd >= 0:
+            os.close(self._ack_fd)
+            self._ack_fd = -1
+            if not self._delivered:
+                self._ack_log(self._ack_gen).unlink(missing_ok=True)
+
+
+def _count_present(db: sqlite3.Connection, seqs: Sequence[int]) -> int:
+    """How many of ``seqs`` are still rows of the messages table."""
+    present = 0
+    for start in range(0, len(seqs), 500):
+        chunk = list(seqs[start:start + 500])
+        present += db.execute(f'SELECT COUNT(*) FROM messages WHERE seq IN '
+                              f'({",".join("?" * len(chunk))})', chunk).fetchone()[0]
+    return int(present)
+
+
+def _logged_seqs(path: Path) -> list[int]:
+    """Seqs in the ack logs of a queue file (a torn last record is ignored)."""
+    seqs: list[int] = []
+    for log in sorted(path.parent.glob(f'{path.name}.acks-*')):
+        data = log.read_bytes()
+        seqs += [int.from_bytes(data[i:i + 8], 'big')
+                 for i in range(0, len(data) - len(data) % 8, 8)]
+    return seqs
 
 
 def open_readonly_stats(path: Path) -> QueueStats:
@@ -394,13 +493,15 @@ def open_readonly_stats(path: Path) -> QueueStats:
             count, size, oldest = db.execute(
                 'SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created_s) FROM messages'
             ).fetchone()
+            logged = _count_present(db, sorted(set(_logged_seqs(Path(path)))))
         finally:
             db.close()
     except sqlite3.DatabaseError as exc:
         raise QueueError(f'{path} is not a readable queue database: {exc}') from None
     return QueueStats(
-        committed=counters.get('committed', 0), delivered=counters.get('delivered', 0),
-        queued=count, queued_bytes=size,
+        committed=counters.get('committed', 0),
+        delivered=counters.get('delivered', 0) + logged, queued=count - logged,
+        queued_bytes=size,
         dropped={r: counters.get(f'dropped_{r}', 0) for r in DROP_REASONS},
         oldest_age_s=0.0 if oldest is None else max(0.0, time.time() - oldest), pending=0,
         dropped_uncommitted=0, next_seq=counters.get('next_seq', 0))

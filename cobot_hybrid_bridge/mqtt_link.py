@@ -1,11 +1,16 @@
 """The MQTT side of the bridge: drain the durable queue up, bring commands down (paho 2.x).
 
 :class:`MqttLink` owns one paho client (client id = robot id, MQTT 5 with ``clean_start=False``
-and a session expiry, or MQTT 3.1.1) and one pump thread. The pump keeps up to
-``inflight_window`` committed messages published and unacknowledged, highest priority first,
-at most ``drain_rate_hz`` per second, and settles each acknowledgement:
+and a session expiry, or MQTT 3.1.1) and one pump thread. The pump hands
+committed messages to paho, highest priority first, at most ``drain_rate_hz`` per second:
+paho keeps ``inflight_window`` of them published and unacknowledged, and up to
+``send_ahead`` more in its memory (not sent) to refill its window on its own thread as
+acknowledgements come, without waiting for the pump. Each acknowledgement is settled on
+paho's thread as it arrives:
 
-* PUBACK/PUBCOMP with a reason below 0x80, other than 0x10: delivered, deleted from the queue;
+* PUBACK/PUBCOMP with a reason below 0x80, other than 0x10: delivered; its seq is appended
+  to the queue's ack log *before* paho sends the next message (one ``write``, no lock, no
+  SQLite), and the pump deletes the delivered messages in bulk every ``delete_every_s``;
 * 0x10 "no matching subscribers": the broker threw it away, so it stays queued and is retried
   after ``retry_delay_s`` (``retry_no_subscribers``; on by default: that is how a consumer
   that is not subscribed yet loses nothing), except a retained message, which the broker
@@ -14,7 +19,8 @@ at most ``drain_rate_hz`` per second, and settles each acknowledgement:
 * QoS 0 topics are deleted once paho has written them to the socket (at most once, by choice).
 
 Every message carries MQTT 5 user properties ``robot_id``, ``seq`` and ``stamp`` so consumers
-remove duplicates (a crash between PUBACK and delete resends at most the in-flight window).
+remove duplicates: a crash resends at most the in-flight window (what was published and not
+yet acknowledged; what waits in paho's memory was never sent).
 A retained ``cobot/v1/<robot_id>/status`` says ``online``; the last will says ``offline``.
 Reconnects use paho's capped exponential backoff, started from a per-robot jittered delay so
 a fleet does not reconnect in lockstep after a broker restart. Commands arriving on
@@ -92,7 +98,9 @@ class LinkConfig:
     protocol: str = 'mqtt5'               # mqtt5 | mqtt311
     keepalive_s: int = 30
     session_expiry_s: int = 3600
-    inflight_window: int = 20
+    inflight_window: int = 20             # published, not acknowledged: duplicates after a crash
+    send_ahead: int = 128                 # handed to paho beyond the window, not yet sent
+    delete_every_s: float = 0.05          # delivered messages are deleted in bulk this often
     drain_rate_hz: float = 0.0            # 0: as fast as acknowledgements come
     retry_no_subscribers: bool = True
     retry_delay_s: float = 1.0
@@ -111,8 +119,10 @@ class LinkConfig:
         topic_prefix(self.robot_id)
         if self.protocol not in ('mqtt5', 'mqtt311'):
             raise BridgeError(f'protocol {self.protocol!r}: use mqtt5 or mqtt311')
-        if self.inflight_window < 1:
-            raise BridgeError('inflight_window must be >= 1')
+        if self.inflight_window < 1 or self.send_ahead < 0:
+            raise BridgeError('inflight_window must be >= 1 and send_ahead >= 0')
+        if not 0 < self.delete_every_s <= 10.0:
+            raise BridgeError(f'delete_every_s {self.delete_every_s} must be in (0, 10] s')
         if bool(self.tls_cert) != bool(self.tls_key):
             raise BridgeError('tls_cert and tls_key go together (client certificate, mTLS)')
         for name in ('tls_ca', 'tls_cert', 'tls_key', 'password_file'):
@@ -164,13 +174,17 @@ class MqttLink:
     queue_lock: threading.Lock
     on_command: Callable[[str, bytes], None] | None = None
     stats: LinkStats = field(default_factory=LinkStats)
-    _acks: deque[tuple[int, int]] = field(default_factory=deque)
-    _inflight: dict[int, _Inflight] = field(default_factory=dict)
+    _inflight: dict[int, _Inflight] = field(default_factory=dict)   # handed to paho, by mid
+    _early: dict[int, tuple[int, float]] = field(default_factory=dict)  # acks before mids
+    _refused: list[int] = field(default_factory=list)
     _not_before: dict[int, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)   # taken inside queue_lock
+    _deleted_at: float = 0.0
+    _connected_at: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _wake: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-    _acked_times: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=4096))
+    _acked_times: deque[tuple[float, int]] = field(default_factory=deque)  # (t, acked)
     _rate_at: float = 0.0
 
     def __post_init__(self) -> None:
@@ -244,6 +258,7 @@ class MqttLink:
             return
         self.stats.connected = True
         self.stats.connects += 1
+        self._connected_at = time.monotonic()
         client.publish(f'{self.prefix}/status', self._status('online'), qos=1, retain=True)
         client.subscribe(f'{self.prefix}/cmd/#', qos=1)
         self._wake.set()
@@ -257,9 +272,17 @@ class MqttLink:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
-        value = reason.value if hasattr(reason, 'value') else int(reason)
-        self._acks.append((mid, value))
-        self._wake.set()
+        code = reason.value if hasattr(reason, 'value') else int(reason)
+        now = time.monotonic()
+        with self._lock:
+            item = self._inflight.pop(mid, None)
+            if item is None:   # not registered yet (or not ours: the status message)
+                self._early[mid] = (code, now)
+                return
+            self._settle(item, code, now)
+            low = len(self._inflight) <= (self.cfg.inflight_window + self.cfg.send_ahead) // 2
+        if low:
+            self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage
                     ) -> None:
@@ -271,23 +294,45 @@ class MqttLink:
 
     # --- pump (our thread) -------------------------------------------------------------------
 
+    def _settle(self, item: _Inflight, code: int, now: float) -> None:
+        """One acknowledgement (paho's thread, under ``_lock``)."""
+        rtt = 1e3 * (now - item.sent_at)
+        self.stats.rtt_ms = rtt if not self.stats.rtt_ms else 0.9 * self.stats.rtt_ms + 0.1 * rtt
+        if code == NO_MATCHING_SUBSCRIBERS and self.cfg.retry_no_subscribers \
+                and not item.retain:  # a retained message is kept by the broker anyway
+            self.stats.no_subscribers += 1
+            self._not_before[item.seq] = now + self.cfg.retry_delay_s
+        elif code >= 0x80:
+            self.stats.refused += 1
+            self._refused.append(item.seq)
+        else:
+            # Logged before paho sends its next message (it does so after this callback).
+            self.queue.mark_delivered((item.seq,))
+            self.stats.acked += 1
+
     def _pump(self) -> None:
         period = 1.0 / self.cfg.drain_rate_hz if self.cfg.drain_rate_hz > 0 else 0.0
         next_send = 0.0
         while not self._stop.is_set():
-            self._wake.wait(timeout=0.05)
+            self._wake.wait(timeout=min(0.05, self.cfg.delete_every_s))
             self._wake.clear()
-            self._settle()
+            now = time.monotonic()
+            if now - self._deleted_at >= self.cfg.delete_every_s or self._refused:
+                self._deleted_at = now
+                self._delete(now)
+            self._update_rate(now)
             if not self.stats.connected:
                 continue
-            now = time.monotonic()
             self._expire_inflight(now)
-            room = self.cfg.inflight_window - len(self._inflight)
-            if room <= 0:
-                continue
+            # Paced: one at a time, nothing waits inside paho.
+            limit = 1 if period else self.cfg.inflight_window + self.cfg.send_ahead
             with self.queue_lock:
-                busy = [i.seq for i in self._inflight.values()]
-                waiting = [s for s, t in self._not_before.items() if t > now]
+                with self._lock:
+                    room = limit - len(self._inflight)
+                    busy = [i.seq for i in self._inflight.values()]
+                    waiting = [s for s, t in self._not_before.items() if t > now]
+                if room <= 0 or (not period and self._inflight and room < limit // 4):
+                    continue   # refill in chunks: the pump wakes once per chunk, not per ack
                 batch = self.queue.peek(room, exclude=busy + waiting)
             for message in batch:
                 if period and now < next_send:
@@ -297,60 +342,65 @@ class MqttLink:
                                      message.qos, message.retain):
                     break
                 next_send = max(next_send, now) + period
+        self._delete(time.monotonic())
+
+    def _delete(self, now: float) -> None:
+        """Delete delivered messages in bulk; give up refused ones past max_attempts."""
+        with self._lock:
+            refused, self._refused = self._refused, []
+        with self.queue_lock:
+            self.queue.flush_delivered()
+            give_up = [seq for seq in refused
+                       if self.queue.mark_attempt(seq) >= self.cfg.max_attempts]
+            self.queue.reject(give_up)
+        with self._lock:
+            for seq in set(refused) - set(give_up):
+                self._not_before[seq] = now + self.cfg.retry_delay_s
 
     def _publish(self, seq: int, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
         properties = None
         if self._v5:
             properties = _UserProperties((('robot_id', self.cfg.robot_id), ('seq', str(seq)),
                                           ('stamp', f'{time.time():.6f}')))
+        before = time.monotonic()
         info = self.client.publish(topic, payload, qos=qos, retain=retain,
                                    properties=properties)  # type: ignore[arg-type]
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return False  # not connected any more: it stays queued
-        self._inflight[info.mid] = _Inflight(seq, time.monotonic(), retain)
-        self._not_before.pop(seq, None)
-        self.stats.published += 1
-        self.stats.inflight = len(self._inflight)
+        now = time.monotonic()
+        with self._lock:
+            item = _Inflight(seq, now, retain)
+            early = self._early.pop(info.mid, None)
+            if early is None or early[1] < before:   # none, or an old message's (mid reuse)
+                self._inflight[info.mid] = item
+            else:   # acknowledged before we got here (QoS 0, or a fast broker)
+                self._settle(item, early[0], now)
+            if len(self._early) > 1000:
+                self._early = {m: e for m, e in self._early.items() if now - e[1] < 60.0}
+            self._not_before.pop(seq, None)
+            self.stats.published += 1
+            self.stats.inflight = len(self._inflight)
         return True
 
     def _expire_inflight(self, now: float) -> None:
-        for mid, item in list(self._inflight.items()):
-            if now - item.sent_at > self.cfg.inflight_timeout_s:
-                del self._inflight[mid]  # lost with a session: send again (maybe a duplicate)
+        # Only what was handed over on this connection and never answered: paho itself sends
+        # again what was in flight or waiting when a connection dropped (clean_start=False),
+        # so expiring that too would only make duplicates.
+        with self._lock:
+            for mid, item in list(self._inflight.items()):
+                if item.sent_at >= self._connected_at \
+                        and now - item.sent_at > self.cfg.inflight_timeout_s:
+                    del self._inflight[mid]  # never answered: send again (maybe a duplicate)
 
-    def _settle(self) -> None:
-        delivered, refused = [], []
-        now = time.monotonic()
-        while self._acks:
-            mid, reason = self._acks.popleft()
-            item = self._inflight.pop(mid, None)
-            if item is None:
-                continue
-            rtt = 1e3 * (now - item.sent_at)
-            self.stats.rtt_ms = rtt if not self.stats.rtt_ms else 0.9 * self.stats.rtt_ms \
-                + 0.1 * rtt
-            if reason == NO_MATCHING_SUBSCRIBERS and self.cfg.retry_no_subscribers \
-                    and not item.retain:  # a retained message is kept by the broker anyway
-                self.stats.no_subscribers += 1
-                self._not_before[item.seq] = now + self.cfg.retry_delay_s
-            elif reason >= 0x80:
-                self.stats.refused += 1
-                refused.append(item.seq)
-            else:
-                delivered.append(item.seq)
-        if delivered or refused:
-            with self.queue_lock:
-                self.queue.ack(delivered)
-                give_up = [seq for seq in refused
-                           if self.queue.mark_attempt(seq) >= self.cfg.max_attempts]
-                self.queue.reject(give_up)
-            for seq in set(refused) - set(give_up):
-                self._not_before[seq] = now + self.cfg.retry_delay_s
-            self.stats.acked += len(delivered)
-            self._acked_times.append((now, len(delivered)))
-        if now - self._rate_at >= 0.5:  # acknowledged messages per second over the last 5 s
-            self._rate_at = now
-            while self._acked_times and now - self._acked_times[0][0] > 5.0:
-                self._acked_times.popleft()
-            self.stats.drain_rate_hz = sum(n for _, n in self._acked_times) / 5.0
+    def _update_rate(self, now: float) -> None:
+        if now - self._rate_at < 0.5:
+            return
+        self._rate_at = now   # acknowledged messages per second over the last 5 s
+        samples = self._acked_times
+        samples.append((now, self.stats.acked))
+        while len(samples) > 2 and now - samples[0][0] > 5.0:
+            samples.popleft()
+        first_at, first = samples[0]
+        self.stats.drain_rate_hz = (self.stats.acked - first) / (now - first_at) \
+            if now > first_at else 0.0
         self.stats.inflight = len(self._inflight)

@@ -90,6 +90,9 @@ operations = st.lists(st.one_of(
     st.tuples(st.just('reject'), st.integers(0, 2), st.just(0)),
     st.tuples(st.just('expire'), st.integers(0, 100), st.just(0)),
     st.tuples(st.just('reopen'), st.just(0), st.just(0)),
+    st.tuples(st.just('mark'), st.integers(0, 5), st.just(0)),    # ack logged, not deleted
+    st.tuples(st.just('flush'), st.just(0), st.just(0)),
+    st.tuples(st.just('crash'), st.just(0), st.just(0)),          # reopen without close
 ), max_size=60)
 
 
@@ -115,6 +118,12 @@ def test_committed_equals_delivered_plus_queued_plus_dropped(
             queue.reject([m.seq for m in queue.peek(a)])
         elif op == 'expire':
             queue.expire(now_s=now + a)
+        elif op == 'mark':
+            queue.mark_delivered([m.seq for m in queue.peek(a)])
+        elif op == 'flush':
+            queue.flush_delivered()
+        elif op == 'crash':
+            queue = DurableQueue(path, cfg)  # what was held is lost; the ack log is not
         else:
             queue.close()  # close commits what is held
             queue = DurableQueue(path, cfg)
@@ -122,6 +131,37 @@ def test_committed_equals_delivered_plus_queued_plus_dropped(
         assert stats.balanced, stats
         assert stats.queued_bytes <= cfg.max_bytes
     queue.close()
+
+
+def test_logged_acks_hide_messages_and_survive_a_kill(tmp_path: Path) -> None:
+    path = tmp_path / 'q.db'
+    script = textwrap.dedent('''
+        import os, signal, sys
+        from cobot_hybrid_bridge.durable_queue import DurableQueue
+        queue = DurableQueue(sys.argv[1])
+        for _ in range(10):
+            queue.put('t', b'x' * 100)
+        queue.commit()
+        queue.mark_delivered([m.seq for m in queue.peek(4)])
+        assert [m.seq for m in queue.peek(10)] == [5, 6, 7, 8, 9, 10]
+        stats = queue.stats()
+        assert (stats.delivered, stats.queued) == (4, 6), stats
+        os.kill(os.getpid(), signal.SIGKILL)   # before any flush
+    ''')
+    killed = subprocess.run([sys.executable, '-c', script, str(path)], cwd=ROOT, check=False,
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert open_readonly_stats(path).delivered == 4          # offline: the log counts too
+    with (tmp_path / 'q.db.acks-0').open('ab') as log:
+        log.write(b'\x00\x00\x00')                          # a torn record: ignored
+    queue = DurableQueue(path)
+    stats = queue.stats()
+    assert (stats.committed, stats.delivered, stats.queued) == (10, 4, 6) and stats.balanced
+    assert [m.seq for m in queue.peek(10)] == [5, 6, 7, 8, 9, 10]
+    queue.mark_delivered([5])
+    assert queue.flush_delivered() == 1 and queue.stats().delivered == 5
+    queue.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if '.acks-' in p.name) == []
 
 
 def test_refused_attempts_are_counted_and_survive_a_restart(tmp_path: Path) -> None:
