@@ -135,7 +135,7 @@ def test_committed_equals_delivered_plus_queued_plus_dropped(
 
 def test_logged_acks_hide_messages_and_survive_a_kill(tmp_path: Path) -> None:
     path = tmp_path / 'q.db'
-    script = textwrap.dedent('''
+    script = textwrap.dedent("""
         import os, signal, sys
         from cobot_hybrid_bridge.durable_queue import DurableQueue
         queue = DurableQueue(sys.argv[1])
@@ -147,7 +147,7 @@ def test_logged_acks_hide_messages_and_survive_a_kill(tmp_path: Path) -> None:
         stats = queue.stats()
         assert (stats.delivered, stats.queued) == (4, 6), stats
         os.kill(os.getpid(), signal.SIGKILL)   # before any flush
-    ''')
+    """)
     killed = subprocess.run([sys.executable, '-c', script, str(path)], cwd=ROOT, check=False,
                             capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
