@@ -124,6 +124,7 @@ def test_committed_equals_delivered_plus_queued_plus_dropped(
             queue.flush_delivered()
         elif op == 'crash':
             queue = DurableQueue(path, cfg)  # what was held is lost; the ack log is not
+            last_seq = queue.stats().next_seq - 1  # seqs never committed were never sent
         else:
             queue.close()  # close commits what is held
             queue = DurableQueue(path, cfg)
