@@ -49,7 +49,8 @@ from cobot_hybrid_planner.planning import FleetRobot, plan
 from cobot_hybrid_planner.replica import FleetReplica, fleet_orders_topic
 from cobot_hybrid_planner.site import Site
 
-__all__ = ['PlannerConfig', 'PlannerParams', 'PlannerService', 'load_private_key']
+__all__ = ['EPOCH_STRIDE', 'TASK_STATUSES', 'PlannerConfig', 'PlannerParams', 'PlannerService',
+           'load_orders_file', 'load_private_key']
 
 _LOG = logging.getLogger(__name__)
 ORDERS_TOPIC = 'cobot/v1/orders'

@@ -24,6 +24,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
 from cobot_hybrid_planner.errors import PlannerError
 from cobot_hybrid_planner.service import (
+    TASK_STATUSES,
     PlannerParams,
     PlannerService,
     load_orders_file,
@@ -114,7 +115,10 @@ class PlannerNode(Node):
                   'missions': str(len(missions)),
                   'acknowledged': str(sum(m['acked'] == 'accepted' for m in missions.values())),
                   'missions_sent': str(self.service.sent),
-                  'tasks_rejected': str(len(self.service.rejected_tasks))}
+                  'tasks_rejected': str(len(self.service.rejected_tasks)),
+                  'owner': str(self.service.is_owner), 'epoch': str(self.service.epoch)}
+        statuses = [t['status'] for t in self.service.task_status().values()]
+        values.update({f'tasks_{s}': str(statuses.count(s)) for s in TASK_STATUSES})
         status = DiagnosticStatus(level=DiagnosticStatus.OK, name='planner_node: fleet',
                                   message=f'{len(missions)} missions',
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
