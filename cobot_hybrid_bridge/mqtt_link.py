@@ -307,7 +307,11 @@ class MqttLink:
             self._refused.append(item.seq)
         else:
             # Logged before paho sends its next message (it does so after this callback).
-            self.queue.mark_delivered((item.seq,))
+            try:
+                self.queue.mark_delivered((item.seq,))
+            except OSError as exc:  # disk full: it stays queued and goes again (a duplicate)
+                self.stats.last_error = f'cannot log a delivery: {exc}'
+                return
             self.stats.acked += 1
 
     def _pump(self) -> None:

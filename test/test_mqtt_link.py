@@ -125,6 +125,34 @@ def test_no_matching_subscribers_keeps_messages_until_someone_listens(
         link.stop()
 
 
+def test_a_delivery_that_cannot_be_logged_is_sent_again_not_lost(
+        tmp_path: Path, mosquitto_broker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    consumer = Consumer(mosquitto_broker.port)
+    consumer.start()
+    link = make_link(tmp_path, mosquitto_broker.port)
+    real = link.queue.mark_delivered
+    failures = [5]
+
+    def disk_full_for_a_while(seqs: Any) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise OSError(28, 'No space left on device')
+        real(seqs)
+    monkeypatch.setattr(link.queue, 'mark_delivered', disk_full_for_a_while)
+    seqs = fill(link, 50)
+    link.start()
+    try:
+        assert wait_for(lambda: link.queue.stats().queued == 0, 20.0), link.stats
+        assert wait_for(lambda: sorted(set(consumer.seqs())) == seqs, 10.0)  # all arrived
+        assert wait_for(lambda: len(consumer.seqs()) >= 55, 10.0)  # unlogged ones went twice
+        stats = link.queue.stats()
+        assert (stats.committed, stats.delivered) == (50, 50) and stats.balanced
+        assert 'cannot log a delivery' in link.stats.last_error
+    finally:
+        link.stop()
+        consumer.stop()
+
+
 def test_broker_restarts_lose_nothing(tmp_path: Path, mosquitto_broker: Any) -> None:
     consumer = Consumer(mosquitto_broker.port)
     consumer.start()
