@@ -146,7 +146,6 @@ class DurableQueue:
     disk_full: bool = False
     # Delivered (acknowledged), not yet deleted: in the ack log on disk and here.
     _delivered: list[int] = field(default_factory=list)
-    _delivered_set: set[int] = field(default_factory=set)
     _ack_lock: threading.Lock = field(default_factory=threading.Lock)
     _ack_fd: int = -1
     _ack_gen: int = 0
@@ -183,11 +182,10 @@ class DurableQueue:
         They are no longer handed out by :meth:`peek` and count as delivered; the next
         :meth:`flush_delivered` deletes them.
         """
-        record = b''.join(seq.to_bytes(8, 'big') for seq in seqs)
+        record = b''.join([seq.to_bytes(8, 'big') for seq in seqs])
         with self._ack_lock:
             os.write(self._ack_fd, record)
             self._delivered.extend(seqs)
-            self._delivered_set.update(seqs)
 
     def flush_delivered(self) -> int:
         """Delete what :meth:`mark_delivered` recorded, in one transaction; drop its log."""
@@ -202,9 +200,10 @@ class DurableQueue:
                                    os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             removed = self._remove(seqs, 'delivered')
-        finally:
-            with self._ack_lock:
-                self._delivered_set.difference_update(seqs)
+        except BaseException:
+            with self._ack_lock:  # still delivered, still logged: deleted next time
+                self._delivered[:0] = seqs
+            raise
         os.close(old_fd)
         self._ack_log(old_gen).unlink()  # only once the deletions are committed
         return removed
@@ -354,7 +353,7 @@ class DurableQueue:
         """
         excluded = set(exclude)
         with self._ack_lock:
-            excluded |= self._delivered_set
+            excluded.update(self._delivered)
         # Choose from the index alone (no payloads), then read only the chosen rows.
         order = self._db.execute('SELECT seq FROM messages ORDER BY priority DESC, seq ASC '
                                  'LIMIT ?', (limit + len(excluded),)).fetchall()
@@ -433,7 +432,7 @@ class DurableQueue:
         """Counters, queue depth and the age of the oldest queued message."""
         db = self._db
         with self._ack_lock:
-            logged = list(self._delivered_set)
+            logged = sorted(set(self._delivered))
         queued = db.execute('SELECT COUNT(*), MIN(created_s) FROM messages').fetchone()
         delivered_here = _count_present(db, logged)   # in the ack log, not deleted yet
         now = time.time() if now_s is None else now_s

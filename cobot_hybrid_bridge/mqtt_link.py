@@ -64,9 +64,8 @@ class _UserProperties:
 
     __slots__ = ('_packed',)
 
-    def __init__(self, pairs: tuple[tuple[str, str], ...]) -> None:
-        body = b''.join(b'\x26' + len(k).to_bytes(2, 'big') + k + len(v).to_bytes(2, 'big') + v
-                        for k, v in ((a.encode(), b.encode()) for a, b in pairs))
+    def __init__(self, pairs: tuple[tuple[str, str], ...] = (), body: bytes = b'') -> None:
+        body += b''.join(_pair(k, v) for k, v in pairs)
         length, prefix = len(body), b''
         while True:  # MQTT variable byte integer
             byte, length = length % 128, length // 128
@@ -78,6 +77,18 @@ class _UserProperties:
     def pack(self) -> bytes:
         """Return the wire form (what paho writes)."""
         return self._packed
+
+    @classmethod
+    def for_message(cls, robot_id_pair: bytes, seq: int) -> _UserProperties:
+        """``robot_id`` (packed once by the caller), ``seq`` and ``stamp`` of one message."""
+        return cls(body=robot_id_pair + _pair('seq', str(seq))
+                   + _pair('stamp', f'{time.time():.6f}'))
+
+
+def _pair(key: str, value: str) -> bytes:
+    """One packed MQTT 5 user property."""
+    k, v = key.encode(), value.encode()
+    return b'\x26' + len(k).to_bytes(2, 'big') + k + len(v).to_bytes(2, 'big') + v
 
 
 def topic_prefix(robot_id: str) -> str:
@@ -190,6 +201,7 @@ class MqttLink:
     def __post_init__(self) -> None:
         cfg = self.cfg
         self.prefix = topic_prefix(cfg.robot_id)
+        self._robot_id_pair = _pair('robot_id', cfg.robot_id)
         self._v5 = cfg.protocol == 'mqtt5'
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.robot_id,
                                   protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
@@ -296,8 +308,10 @@ class MqttLink:
 
     def _settle(self, item: _Inflight, code: int, now: float) -> None:
         """One acknowledgement (paho's thread, under ``_lock``)."""
-        rtt = 1e3 * (now - item.sent_at)
-        self.stats.rtt_ms = rtt if not self.stats.rtt_ms else 0.9 * self.stats.rtt_ms + 0.1 * rtt
+        if not self.stats.acked % 16:  # a sample is enough for the round-trip estimate
+            rtt = 1e3 * (now - item.sent_at)
+            self.stats.rtt_ms = rtt if not self.stats.rtt_ms else \
+                0.9 * self.stats.rtt_ms + 0.1 * rtt
         if code == NO_MATCHING_SUBSCRIBERS and self.cfg.retry_no_subscribers \
                 and not item.retain:  # a retained message is kept by the broker anyway
             self.stats.no_subscribers += 1
@@ -364,8 +378,7 @@ class MqttLink:
     def _publish(self, seq: int, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
         properties = None
         if self._v5:
-            properties = _UserProperties((('robot_id', self.cfg.robot_id), ('seq', str(seq)),
-                                          ('stamp', f'{time.time():.6f}')))
+            properties = _UserProperties.for_message(self._robot_id_pair, seq)
         before = time.monotonic()
         info = self.client.publish(topic, payload, qos=qos, retain=retain,
                                    properties=properties)  # type: ignore[arg-type]
