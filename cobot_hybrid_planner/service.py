@@ -280,10 +280,14 @@ class PlannerService:
             _LOG.error('ledger snapshot of fleet %s unreadable (%s): keeping the local one',
                        self.cfg.fleet_id, exc)
             return
+        # Tasks only this replica has (an orders file it loaded) are kept, still open.
+        local = self._db.execute(f'SELECT {", ".join(_TASK_COLUMNS)} FROM tasks').fetchall()
         with self._db:
             self._db.execute('DELETE FROM tasks')
             self._db.execute('DELETE FROM missions')
             self._db.executemany(f'INSERT INTO tasks VALUES ({",".join("?" * 9)})', tasks)
+            self._db.executemany(f'INSERT OR IGNORE INTO tasks VALUES ({",".join("?" * 9)})',
+                                 [row for row in local if row[2] == 'open'])
             self._db.executemany(f'INSERT INTO missions VALUES ({",".join("?" * 8)})',
                                  missions)
         _LOG.warning('took over the ledger of epoch %s: %d tasks, %d missions', data['epoch'],
