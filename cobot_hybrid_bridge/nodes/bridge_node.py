@@ -18,13 +18,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import rclpy
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Path as PathMsg
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.serialization import serialize_message
@@ -37,6 +34,7 @@ from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_bridge.mission_schema import Mission, mission_to_json
 from cobot_hybrid_bridge.routes import Route, load_routes
 from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
+from cobot_hybrid_perception.nodes.runner import run_node
 
 PARAMS = (
     ParamSpec('robot_id', 'this robot: MQTT client id and topic level', read_only=True),
@@ -234,25 +232,8 @@ class BridgeNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Run the bridge until interrupted; queued messages stay on disk for the next start."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = BridgeNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (BridgeError, ParameterException) as exc:
-        if node is not None:
-            node.get_logger().fatal(str(exc))
-        else:
-            print(f'bridge_node: {exc}')
-        raise SystemExit(2) from None
-    finally:
-        if node is not None:
-            node.bridge.stop()
-            node.destroy_node()
-        rclpy.try_shutdown()
-
+    run_node('bridge_node', BridgeNode, (BridgeError,), args,
+             cleanup=lambda node: node.bridge.stop())
 
 if __name__ == '__main__':
     main()

@@ -14,10 +14,7 @@ import json
 import time
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64, String
@@ -26,6 +23,7 @@ from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_bridge.mission_executor import ExecutorConfig, MissionExecutor
 from cobot_hybrid_bridge.mission_schema import SchemaError, progress_to_json, validate_mission
 from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
+from cobot_hybrid_perception.nodes.runner import run_node
 
 PARAMS = (
     ParamSpec('stall_timeout_s', 'a task held at speed scale 0 this long fails [s]',
@@ -101,24 +99,7 @@ class MissionExecutorNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Run the executor until interrupted."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = MissionExecutorNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (BridgeError, ParameterException) as exc:
-        if node is not None:
-            node.get_logger().fatal(str(exc))
-        else:
-            print(f'mission_executor_node: {exc}')
-        raise SystemExit(2) from None
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-
+    run_node('mission_executor_node', MissionExecutorNode, (BridgeError,), args)
 
 if __name__ == '__main__':
     main()

@@ -24,13 +24,11 @@ import threading
 import time
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy._rclpy_pybind11 import RCLError
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -50,6 +48,7 @@ from cobot_hybrid_perception.nodes.conversions import (
     numpy_to_image,
 )
 from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
+from cobot_hybrid_perception.nodes.runner import run_node
 from cobot_hybrid_perception.yolo_decode import Detections
 
 PARAMS = (
@@ -335,33 +334,20 @@ class DetectorNode(LifecycleNode):
         pub.publish(msg)
 
 
+def _spin(node: DetectorNode) -> None:
+    if node.get_parameter('autostart').value:
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise SystemExit(2)
+        node.trigger_activate()
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    executor.spin()
+
+
 def main(args: list[str] | None = None) -> None:
     """Run the detector until interrupted."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = DetectorNode()
-        if node.get_parameter('autostart').value:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                raise SystemExit(2)
-            node.trigger_activate()
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (PerceptionError, ParameterException) as exc:
-        if node is not None:
-            node.get_logger().fatal(str(exc))
-        else:
-            print(f'detector_node: {exc}')
-        raise SystemExit(2) from None
-    finally:
-        if node is not None:
-            node._stop_worker()
-            node.destroy_node()
-        rclpy.try_shutdown()
-
+    run_node('detector_node', DetectorNode, (PerceptionError,), args, spin=_spin,
+             cleanup=lambda node: node._stop_worker())
 
 if __name__ == '__main__':
     main()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import rclpy
 from rclpy.duration import Duration
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
@@ -23,6 +21,7 @@ from cobot_hybrid_perception.errors import PerceptionError
 from cobot_hybrid_perception.media import ImageSourceConfig, iter_frames
 from cobot_hybrid_perception.nodes.conversions import numpy_to_image
 from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
+from cobot_hybrid_perception.nodes.runner import run_node
 
 PARAMS = (
     ParamSpec('source', 'samples | sample:<name> | image file | folder | video file',
@@ -78,25 +77,8 @@ class ImageSourceNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Run the node until its source ends (max_frames) or it is interrupted."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ImageSourceNode()
-        rclpy.spin_until_future_complete(node, node.finished)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (PerceptionError, ParameterException) as exc:
-        # Bad source or parameters: say why and exit non-zero instead of a traceback.
-        if node is not None:
-            node.get_logger().fatal(str(exc))
-        else:
-            print(f'image_source_node: {exc}')
-        raise SystemExit(2) from None
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-
+    run_node('image_source_node', ImageSourceNode, (PerceptionError,), args,
+             spin=lambda node: rclpy.spin_until_future_complete(node, node.finished))
 
 if __name__ == '__main__':
     main()

@@ -38,8 +38,6 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
@@ -55,6 +53,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from cobot_hybrid_perception.errors import PerceptionError
 from cobot_hybrid_perception.nodes.conversions import image_to_numpy
 from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
+from cobot_hybrid_perception.nodes.runner import run_node
 from cobot_hybrid_perception.safety_pipeline import (
     PersonDetection,
     SafetyConfig,
@@ -410,29 +409,16 @@ class SafetyMonitorNode(LifecycleNode):
         return marker
 
 
+def _spin(node: SafetyMonitorNode) -> None:
+    if node.get_parameter('autostart').value:
+        node.trigger_configure()
+        node.trigger_activate()
+    rclpy.spin(node)
+
+
 def main(args: list[str] | None = None) -> None:
     """Run the safety monitor until interrupted."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SafetyMonitorNode()
-        if node.get_parameter('autostart').value:
-            node.trigger_configure()
-            node.trigger_activate()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (PerceptionError, ParameterException) as exc:
-        if node is not None:
-            node.get_logger().fatal(str(exc))
-        else:
-            print(f'safety_monitor_node: {exc}')
-        raise SystemExit(2) from None
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-
+    run_node('safety_monitor_node', SafetyMonitorNode, (PerceptionError,), args, spin=_spin)
 
 if __name__ == '__main__':
     main()

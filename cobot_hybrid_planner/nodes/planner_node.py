@@ -12,16 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
 from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
+from cobot_hybrid_perception.nodes.runner import run_node
 from cobot_hybrid_planner.errors import PlannerError
 from cobot_hybrid_planner.service import (
     TASK_STATUSES,
@@ -129,25 +127,8 @@ class PlannerNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Run the planner until interrupted; its stores keep everything for the next start."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = PlannerNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (PlannerError, ParameterException) as exc:
-        if node is not None:
-            node.get_logger().fatal(str(exc))
-        else:
-            print(f'planner_node: {exc}')
-        raise SystemExit(2) from None
-    finally:
-        if node is not None:
-            node.service.stop()
-            node.destroy_node()
-        rclpy.try_shutdown()
-
+    run_node('planner_node', PlannerNode, (PlannerError,), args,
+             cleanup=lambda node: node.service.stop())
 
 if __name__ == '__main__':
     main()
