@@ -140,31 +140,19 @@ def queue_stats(path: Path) -> dict[str, Any] | None:
             'next_seq': stats.next_seq}
 
 
-def ledger(path: Path) -> dict[str, Any]:
-    """Missions issued and acknowledged by the planner (read-only)."""
+def ledger(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Read the planner's ledger: missions (version, acknowledgement) and task statuses."""
     if not path.is_file():
-        return {}
+        return {}, {}
     db = sqlite3.connect(f'file:{path}?mode=ro', uri=True)
     try:
-        rows = db.execute('SELECT robot_id, version, acked FROM missions').fetchall()
+        missions = db.execute('SELECT robot_id, version, acked FROM missions').fetchall()
+        tasks = db.execute('SELECT task_id, status FROM tasks').fetchall()
     except sqlite3.Error:
-        rows = []
+        missions, tasks = [], []
     finally:
         db.close()
-    return {r: {'version': v, 'acked': a} for r, v, a in rows}
-
-
-def task_statuses(path: Path) -> dict[str, str]:
-    """Task id -> status in the planner's ledger (read-only)."""
-    if not path.is_file():
-        return {}
-    db = sqlite3.connect(f'file:{path}?mode=ro', uri=True)
-    try:
-        return dict(db.execute('SELECT task_id, status FROM tasks').fetchall())
-    except sqlite3.Error:
-        return {}
-    finally:
-        db.close()
+    return {r: {'version': v, 'acked': a} for r, v, a in missions}, dict(tasks)
 
 
 class RobotSide:
@@ -426,8 +414,7 @@ def main() -> int:
         broker.wait(timeout=10)
     stats = queue_stats(queue_file) or {}
     committed = set(range(1, stats.get('next_seq', 1)))
-    missions = ledger(work / 'cloud' / 'ledger.db')
-    tasks = task_statuses(work / 'cloud' / 'ledger.db')
+    missions, tasks = ledger(work / 'cloud' / 'ledger.db')
     report = {
         'frames': robot.frames, 'detection messages': robot.detections,
         'people detected': robot.people, 'protective stops': robot.stops,
