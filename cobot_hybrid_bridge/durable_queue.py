@@ -164,8 +164,8 @@ class DurableQueue:
 
     def _replay_ack_logs(self) -> None:
         """Apply acknowledgements logged before a crash, then start a new log."""
-        logs = sorted(self.path.parent.glob(f'{self.path.name}.acks-*'))
-        seqs = _logged_seqs(self.path)
+        logs = _ack_logs(self.path)
+        seqs = _logged_seqs(logs)
         if seqs:
             self._remove(seqs, 'delivered')
         for log in logs:
@@ -470,10 +470,15 @@ def _count_present(db: sqlite3.Connection, seqs: Sequence[int]) -> int:
     return int(present)
 
 
-def _logged_seqs(path: Path) -> list[int]:
-    """Seqs in the ack logs of a queue file (a torn last record is ignored)."""
+def _ack_logs(path: Path) -> list[Path]:
+    """Return the ack log files of a queue file, oldest first."""
+    return sorted(path.parent.glob(f'{path.name}.acks-*'))
+
+
+def _logged_seqs(logs: Sequence[Path]) -> list[int]:
+    """Seqs in ack log files (a torn last record is ignored)."""
     seqs: list[int] = []
-    for log in sorted(path.parent.glob(f'{path.name}.acks-*')):
+    for log in logs:
         data = log.read_bytes()
         seqs += [int.from_bytes(data[i:i + 8], 'big')
                  for i in range(0, len(data) - len(data) % 8, 8)]
@@ -492,7 +497,7 @@ def open_readonly_stats(path: Path) -> QueueStats:
             count, size, oldest = db.execute(
                 'SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created_s) FROM messages'
             ).fetchone()
-            logged = _count_present(db, sorted(set(_logged_seqs(Path(path)))))
+            logged = _count_present(db, sorted(set(_logged_seqs(_ack_logs(Path(path))))))
         finally:
             db.close()
     except sqlite3.DatabaseError as exc:

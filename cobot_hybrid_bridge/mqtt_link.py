@@ -195,7 +195,7 @@ class MqttLink:
     _stop: threading.Event = field(default_factory=threading.Event)
     _wake: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-    _acked_times: deque[tuple[float, int]] = field(default_factory=deque)  # (t, acked)
+    _rate_samples: deque[tuple[float, int]] = field(default_factory=deque)  # (t, acked)
     _rate_at: float = 0.0
 
     def __post_init__(self) -> None:
@@ -413,7 +413,7 @@ class MqttLink:
         if now - self._rate_at < 0.5:
             return
         self._rate_at = now   # acknowledged messages per second over the last 5 s
-        samples = self._acked_times
+        samples = self._rate_samples
         samples.append((now, self.stats.acked))
         while len(samples) > 2 and now - samples[0][0] > 5.0:
             samples.popleft()
