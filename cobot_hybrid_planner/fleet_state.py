@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS progress (robot_id TEXT NOT NULL, task_id TEXT NOT NU
                                      status TEXT NOT NULL, mission_id TEXT NOT NULL,
                                      version INTEGER NOT NULL, reason TEXT NOT NULL,
                                      stamp REAL NOT NULL, received REAL NOT NULL);
+-- Every replan reads each robot's reports of its current mission; without it, a full scan.
+CREATE INDEX IF NOT EXISTS progress_by_mission ON progress (robot_id, mission_id, version);
+CREATE INDEX IF NOT EXISTS progress_by_task ON progress (task_id);
 """
 
 
