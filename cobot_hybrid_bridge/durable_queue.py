@@ -39,7 +39,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -69,6 +69,8 @@ DROP INDEX IF EXISTS messages_by_priority;
 CREATE INDEX IF NOT EXISTS messages_by_rank ON messages (priority DESC, seq ASC);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+_ROWS_PER_INSERT = 100   # x 8 values: below SQLite's oldest variable limit (999)
+_COLUMNS = 'seq, topic, payload, qos, priority, retain, created_s, attempts'
 
 
 class QueueError(BridgeError):
@@ -139,6 +141,7 @@ class DurableQueue:
     path: Path
     cfg: QueueConfig = field(default_factory=QueueConfig)
     _db: sqlite3.Connection = field(init=False)
+    _reader: sqlite3.Connection = field(init=False)
     _pending: deque[QueuedMessage] = field(default_factory=deque)  # put, not committed
     _next_seq: int = 1
     _bytes: int = 0
@@ -149,11 +152,15 @@ class DurableQueue:
     _ack_lock: threading.Lock = field(default_factory=threading.Lock)
     _ack_fd: int = -1
     _ack_gen: int = 0
+    _priorities: set[int] = field(default_factory=set)   # of anything ever queued here
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._open()
+        # Reads for the link go through a second connection: WAL lets it read what is
+        # committed while the first one writes, so the sender never waits for a commit.
+        self._reader = self._connect()
         self._replay_ack_logs()
         self._ensure_ballast()
 
@@ -242,6 +249,7 @@ class DurableQueue:
         max_seq = db.execute('SELECT MAX(seq) FROM messages').fetchone()[0] or 0
         self._next_seq = max(next_seq, max_seq + 1, 1)
         self._bytes = db.execute('SELECT COALESCE(SUM(size), 0) FROM messages').fetchone()[0]
+        self._priorities = {p for (p,) in db.execute('SELECT DISTINCT priority FROM messages')}
         return db
 
     @staticmethod
@@ -313,6 +321,7 @@ class DurableQueue:
             self._pending.popleft()  # never committed: outside the invariant, but counted
             self._dropped_uncommitted += 1
         seq = self._next_seq
+        self._priorities.add(priority)
         data = payload(seq) if callable(payload) else payload
         self._next_seq += 1
         self._pending.append(QueuedMessage(seq, topic, bytes(data), qos, priority, retain,
@@ -327,8 +336,14 @@ class DurableQueue:
                  len(p.payload)) for p in self._pending]
         try:
             with self._transaction() as db:
-                db.executemany('INSERT INTO messages (seq, topic, payload, qos, priority, '
-                               'retain, created_s, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)', rows)
+                # Many rows per statement: one step into SQLite (one release of the GIL)
+                # per chunk, not per row, which threads sending meanwhile feel.
+                for start in range(0, len(rows), _ROWS_PER_INSERT):
+                    chunk = rows[start:start + _ROWS_PER_INSERT]
+                    db.execute('INSERT INTO messages (seq, topic, payload, qos, priority, '
+                               'retain, created_s, size) VALUES '
+                               + ', '.join(['(?, ?, ?, ?, ?, ?, ?, ?)'] * len(chunk)),
+                               [value for row in chunk for value in row])
                 self._add_counter(db, 'committed', len(rows))
                 self._set_counter(db, 'next_seq', self._next_seq)
         except sqlite3.OperationalError as exc:
@@ -355,17 +370,44 @@ class DurableQueue:
         with self._ack_lock:
             excluded.update(self._delivered)
         # Choose from the index alone (no payloads), then read only the chosen rows.
-        order = self._db.execute('SELECT seq FROM messages ORDER BY priority DESC, seq ASC '
+        order = self._reader.execute('SELECT seq FROM messages ORDER BY priority DESC, seq ASC '
                                  'LIMIT ?', (limit + len(excluded),)).fetchall()
-        chosen = [seq for (seq,) in order if seq not in excluded][:limit]
-        if not chosen:
+        return self.get([seq for (seq,) in order if seq not in excluded][:limit])
+
+    def peek_after(self, limit: int, after: Mapping[int, int],
+                   above: int | None = None) -> list[QueuedMessage]:
+        """Return up to ``limit`` committed messages past a reader's position, in send order.
+
+        ``after`` maps a priority to the highest seq of that priority the reader has taken
+        already (none if missing); with ``above``, only priorities higher than it are read.
+        Highest priority first, oldest first within one. Each priority is one range of the
+        index, so unlike :meth:`peek` the cost does not grow with what the reader holds.
+        """
+        found: list[QueuedMessage] = []
+        for priority in sorted(self._priorities, reverse=True):
+            if len(found) >= limit or (above is not None and priority <= above):
+                break
+            rows = self._reader.execute(
+                f'SELECT {_COLUMNS} FROM messages WHERE priority = ? AND seq > ? ORDER BY seq '
+                'LIMIT ?', (priority, after.get(priority, 0), limit - len(found)))
+            found += [QueuedMessage(r[0], r[1], bytes(r[2]), r[3], r[4], bool(r[5]), r[6], r[7])
+                      for r in rows]
+        return found
+
+    def get(self, seqs: Sequence[int]) -> list[QueuedMessage]:
+        """Return the queued messages among ``seqs``, in that order (gone ones left out)."""
+        if not seqs:
             return []
-        rows = self._db.execute(
-            'SELECT seq, topic, payload, qos, priority, retain, created_s, attempts FROM '
-            f'messages WHERE seq IN ({",".join("?" * len(chosen))})', chosen).fetchall()
-        by_seq = {r[0]: QueuedMessage(r[0], r[1], bytes(r[2]), r[3], r[4], bool(r[5]), r[6],
-                                      r[7]) for r in rows}
-        return [by_seq[seq] for seq in chosen if seq in by_seq]
+        with self._ack_lock:
+            delivered = set(self._delivered)
+        by_seq: dict[int, QueuedMessage] = {}
+        for start in range(0, len(seqs), 500):  # below SQLite's variable limit
+            chunk = list(seqs[start:start + 500])
+            for r in self._reader.execute(f'SELECT {_COLUMNS} FROM messages WHERE seq IN '
+                                      f'({",".join("?" * len(chunk))})', chunk):
+                by_seq[r[0]] = QueuedMessage(r[0], r[1], bytes(r[2]), r[3], r[4], bool(r[5]),
+                                             r[6], r[7])
+        return [by_seq[seq] for seq in seqs if seq in by_seq and seq not in delivered]
 
     def mark_attempt(self, seq: int) -> int:
         """Count one more refused attempt of ``seq``; return its attempts (0 if unknown)."""
@@ -391,11 +433,14 @@ class DurableQueue:
         with self._transaction(durable=False) as db:
             for start in range(0, len(seqs), 500):  # below SQLite's variable limit
                 chunk = list(seqs[start:start + 500])
-                sizes = db.execute(f'DELETE FROM messages WHERE seq IN '
-                                   f'({",".join("?" * len(chunk))}) RETURNING size',
-                                   chunk).fetchall()
-                freed += sum(size for (size,) in sizes)
-                removed += len(sizes)
+                where = f'WHERE seq IN ({",".join("?" * len(chunk))})'
+                # Two single-step statements rather than DELETE ... RETURNING (a step, and
+                # a hand-over of the GIL, per row).
+                count, size = db.execute('SELECT COUNT(*), COALESCE(SUM(size), 0) FROM '
+                                         f'messages {where}', chunk).fetchone()
+                db.execute(f'DELETE FROM messages {where}', chunk)
+                freed += int(size)
+                removed += int(count)
             self._add_counter(db, counter, removed)
         self._bytes -= freed
         return removed
@@ -449,6 +494,7 @@ class DurableQueue:
         """Commit what is held (if the disk allows), checkpoint and close."""
         with contextlib.suppress(DiskFullError):
             self.commit()
+        self._reader.close()
         with contextlib.suppress(sqlite3.Error):
             self.flush_delivered()
             self._db.execute('PRAGMA wal_checkpoint(TRUNCATE)')

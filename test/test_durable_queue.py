@@ -56,6 +56,27 @@ def test_priority_first_then_order_of_arrival(tmp_path: Path) -> None:
     queue.close()
 
 
+def test_a_reader_continues_from_where_it_is_per_priority(tmp_path: Path) -> None:
+    queue = DurableQueue(tmp_path / 'q.db')
+    low = [queue.put('telemetry', b'%d' % i, priority=0) for i in range(4)]
+    queue.put('held', b'not committed yet', priority=5)
+    assert queue.peek_after(10, {}) == []            # only what is committed
+    queue.commit()
+    first = queue.peek_after(3, {})
+    assert [m.seq for m in first] == [5, *low[:2]]   # priority 5, then the oldest
+    read_upto = {m.priority: m.seq for m in first}
+    high = queue.put('safety', b'stop', priority=9)
+    queue.commit()
+    assert [m.seq for m in queue.peek_after(10, read_upto)] == [high, *low[2:]]
+    assert [m.seq for m in queue.peek_after(10, read_upto, above=5)] == [high]
+    queue.mark_delivered([low[0]])                   # delivered ones are never fetched again
+    assert [m.seq for m in queue.get([low[3], low[0], 999])] == [low[3]]
+    queue.close()
+    again = DurableQueue(tmp_path / 'q.db')          # priorities known after a restart
+    assert [m.seq for m in again.peek_after(2, {})] == [high, 5]
+    again.close()
+
+
 def test_ttl_and_byte_cap_drop_the_least_valuable_and_count_it(tmp_path: Path) -> None:
     queue = DurableQueue(tmp_path / 'q.db', QueueConfig(max_bytes=300, ttl_s=60.0))
     old = queue.put('t', b'o' * 100, priority=5, now_s=1000.0)
