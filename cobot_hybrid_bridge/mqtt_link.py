@@ -1,16 +1,21 @@
 """The MQTT side of the bridge: drain the durable queue up, bring commands down (paho 2.x).
 
 :class:`MqttLink` owns one paho client (client id = robot id, MQTT 5 with ``clean_start=False``
-and a session expiry, or MQTT 3.1.1) and one pump thread. The pump hands
-committed messages to paho, highest priority first, at most ``drain_rate_hz`` per second:
-paho keeps ``inflight_window`` of them published and unacknowledged, and up to
-``send_ahead`` more in its memory (not sent) to refill its window on its own thread as
-acknowledgements come, without waiting for the pump. Each acknowledgement is settled on
-paho's thread as it arrives:
+and a session expiry, or MQTT 3.1.1) and runs it on one thread of its own through paho's
+external-loop API (``loop_read``/``loop_write``/``loop_misc`` around one ``select``), not
+``loop_start``: reading the queue, publishing and settling acknowledgements happen on that one
+thread, with no hand-over between threads per message. It reads committed messages ahead
+(``send_ahead`` beyond the window, through the queue's own read connection, so a commit never
+makes it wait), highest priority first, and keeps at most ``inflight_window`` published and
+unacknowledged, at most ``drain_rate_hz`` per second. A batch of PUBLISH packets is written
+corked (``TCP_CORK`` on Linux): paho's one ``send`` per packet only fills the socket buffer, and
+the kernel sends the batch in as few segments as it can. Each acknowledgement is settled as
+paho reads it:
 
-* PUBACK/PUBCOMP with a reason below 0x80, other than 0x10: delivered; its seq is appended
-  to the queue's ack log *before* paho sends the next message (one ``write``, no lock, no
-  SQLite), and the pump deletes the delivered messages in bulk every ``delete_every_s``;
+* PUBACK/PUBCOMP with a reason below 0x80, other than 0x10: delivered; the seqs of one read are
+  appended to the queue's ack log in one ``write`` *before* anything more is published, so
+  what is in flight plus what is acknowledged and not logged never exceeds the window; a
+  second thread deletes the delivered messages in bulk every ``delete_every_s``;
 * 0x10 "no matching subscribers": the broker threw it away, so it stays queued and is retried
   after ``retry_delay_s`` (``retry_no_subscribers``; on by default: that is how a consumer
   that is not subscribed yet loses nothing), except a retained message, which the broker
@@ -19,40 +24,45 @@ paho's thread as it arrives:
 * QoS 0 topics are deleted once paho has written them to the socket (at most once, by choice).
 
 Every message carries MQTT 5 user properties ``robot_id``, ``seq`` and ``stamp`` so consumers
-remove duplicates: a crash resends at most the in-flight window (what was published and not
-yet acknowledged; what waits in paho's memory was never sent).
+remove duplicates: a crash resends at most the in-flight window (what was read ahead and not
+published was never sent).
 A retained ``cobot/v1/<robot_id>/status`` says ``online``; the last will says ``offline``.
-Reconnects use paho's capped exponential backoff, started from a per-robot jittered delay so
-a fleet does not reconnect in lockstep after a broker restart. Commands arriving on
+Reconnects wait a capped exponential backoff with jitter (0.5-1.5x, per attempt), so a fleet
+does not reconnect in lockstep after a broker restart. Commands arriving on
 ``cobot/v1/<robot_id>/cmd/#`` are handed to ``on_command`` unverified: the caller verifies.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import json
 import logging
 import os
 import random
+import select
+import socket
 import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cobot_hybrid_bridge.durable_queue import DurableQueue
+from cobot_hybrid_bridge.durable_queue import DurableQueue, QueuedMessage
 from cobot_hybrid_bridge.errors import BridgeError
 
 __all__ = ['LinkConfig', 'LinkStats', 'MqttLink', 'topic_prefix']
 
 _LOG = logging.getLogger(__name__)
 NO_MATCHING_SUBSCRIBERS = 0x10
+_TCP_CORK: int | None = getattr(socket, 'TCP_CORK', None)   # Linux
 
 
 class _UserProperties:
@@ -110,7 +120,7 @@ class LinkConfig:
     keepalive_s: int = 30
     session_expiry_s: int = 3600
     inflight_window: int = 20             # published, not acknowledged: duplicates after a crash
-    send_ahead: int = 128                 # handed to paho beyond the window, not yet sent
+    send_ahead: int = 128                 # read from the queue beyond the window, not sent
     delete_every_s: float = 0.05          # delivered messages are deleted in bulk this often
     drain_rate_hz: float = 0.0            # 0: as fast as acknowledgements come
     retry_no_subscribers: bool = True
@@ -169,32 +179,41 @@ class LinkStats:
     last_error: str = ''
 
 
-@dataclass
-class _Inflight:
+class _Inflight(NamedTuple):
     seq: int
     sent_at: float
-    retain: bool = False
+    qos: int
+    retain: bool
 
 
 @dataclass
 class MqttLink:
-    """Uplink pump and command downlink over one paho client."""
+    """Uplink and command downlink over one paho client, run by one thread of ours."""
 
     cfg: LinkConfig
     queue: DurableQueue
     queue_lock: threading.Lock
     on_command: Callable[[str, bytes], None] | None = None
     stats: LinkStats = field(default_factory=LinkStats)
+    # All below belong to the link's thread, except _dirty, _stop and the wake socket.
     _inflight: dict[int, _Inflight] = field(default_factory=dict)   # handed to paho, by mid
-    _early: dict[int, tuple[int, float]] = field(default_factory=dict)  # acks before mids
-    _refused: list[int] = field(default_factory=list)
-    _not_before: dict[int, float] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)   # taken inside queue_lock
-    _deleted_at: float = 0.0
+    _ready: list[tuple[int, int, QueuedMessage]] = field(default_factory=list)  # read ahead
+    _read_upto: dict[int, int] = field(default_factory=dict)   # priority -> last seq read
+    _retry: list[tuple[float, int]] = field(default_factory=list)   # (not before, seq)
+    _acked: list[int] = field(default_factory=list)     # acknowledged, not logged yet
+    _refused: list[int] = field(default_factory=list)   # refused by the broker
+    _unsendable: list[int] = field(default_factory=list)   # paho would not take them
+    _publishing: bool = False      # inside client.publish(): a QoS 0 settles right there
+    _early: int | None = None      # ... with this reason code
+    _dirty: bool = True            # something was committed since the last read
+    _attempt: int = 0              # connection attempts since the last CONNACK
+    _next_send: float = 0.0
+    _housekeep_at: float = 0.0
+    _misc_at: float = 0.0
     _connected_at: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
-    _wake: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _cleaner: threading.Thread | None = None
     _rate_samples: deque[tuple[float, int]] = field(default_factory=deque)  # (t, acked)
     _rate_at: float = 0.0
 
@@ -203,14 +222,15 @@ class MqttLink:
         self.prefix = topic_prefix(cfg.robot_id)
         self._robot_id_pair = _pair('robot_id', cfg.robot_id)
         self._v5 = cfg.protocol == 'mqtt5'
+        self._rng = random.Random(f'{cfg.robot_id}-{os.getpid()}-{time.time()}')
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.robot_id,
                                   protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
                                   clean_session=None if self._v5 else False)
-        self.client.max_inflight_messages_set(cfg.inflight_window)
+        self.client.max_inflight_messages_set(0)   # the window is ours (see _fill)
         self.client.max_queued_messages_set(0)
-        jitter = random.Random(cfg.robot_id).uniform(0.5, 1.5)
-        self.client.reconnect_delay_set(max(1, round(cfg.reconnect_min_s * jitter)),
-                                        max(1, round(cfg.reconnect_max_s)))
         if cfg.tls_ca or cfg.tls_cert:
             self.client.tls_set(ca_certs=cfg.tls_ca or None, certfile=cfg.tls_cert or None,
                                 keyfile=cfg.tls_key or None, cert_reqs=ssl.CERT_REQUIRED,
@@ -228,39 +248,267 @@ class MqttLink:
     def _status(state: str) -> bytes:
         return json.dumps({'state': state, 'stamp': time.time()}).encode()
 
-    # --- lifecycle ---------------------------------------------------------------------------
+    # --- lifecycle (any thread) --------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect in the background (the broker may be down: it keeps trying) and pump."""
+        """Connect in the background (the broker may be down: it keeps trying) and send."""
         properties = None
         if self._v5:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = self.cfg.session_expiry_s
+        # Only records where to connect; the link's thread connects.
         self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s,
                                   clean_start=False if self._v5 else
                                   mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=properties)
-        self.client.loop_start()
-        self._thread = threading.Thread(target=self._pump, name='mqtt-uplink', daemon=True)
+        self._thread = threading.Thread(target=self._run, name='mqtt-link', daemon=True)
         self._thread.start()
+        self._cleaner = threading.Thread(target=self._clean, name='mqtt-link-cleanup',
+                                         daemon=True)
+        self._cleaner.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Say offline, stop pumping and disconnect (what is not acked stays queued)."""
+        """Say offline, stop sending and disconnect (what is not acked stays queued)."""
+        self._stop_timeout_s = timeout_s
         self._stop.set()
-        self._wake.set()
+        self.wake()
+        if self._cleaner is not None:
+            self._cleaner.join(timeout=timeout_s)
         if self._thread is not None:
-            self._thread.join(timeout=timeout_s)
-        if self.stats.connected:
-            info = self.client.publish(f'{self.prefix}/status', self._status('offline'), qos=1,
-                                       retain=True)
-            info.wait_for_publish(timeout=timeout_s)
-        self.client.disconnect()
-        self.client.loop_stop()
+            self._thread.join(timeout=timeout_s + 2.0)
+            if self._thread.is_alive():
+                _LOG.error('the MQTT link did not stop within %.1f s', timeout_s + 2.0)
+        self._wake_r.close()
+        self._wake_w.close()
 
     def wake(self) -> None:
-        """Tell the pump that new messages were committed."""
-        self._wake.set()
+        """Tell the link that new messages were committed (cheap; any thread)."""
+        if not self._dirty:
+            self._dirty = True
+            with contextlib.suppress(OSError):   # full: a wake-up is pending anyway
+                self._wake_w.send(b'\0')
 
-    # --- paho callbacks (paho's thread) ------------------------------------------------------
+    # --- the link's thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        """Connect, reconnect with backoff, and serve the socket until stopped.
+
+        One thread does paho's reads and writes, our window and the queue's reads: no
+        hand-over between threads per message (paho's own thread would add one, and a wake-up
+        through its socket pair, to every publish).
+        """
+        while not self._stop.is_set():
+            try:
+                if self.client.socket() is None:
+                    self._connect()
+                else:
+                    self._turn()
+            except Exception as exc:  # noqa: BLE001 - the link must outlive any one failure
+                self.stats.last_error = f'link error: {exc!r}'
+                _LOG.exception('MQTT link error; going on in 1 s')
+                self._stop.wait(1.0)
+        try:
+            self._shutdown()
+        except Exception:  # noqa: BLE001
+            _LOG.exception('MQTT link: error while shutting down')
+
+    def _connect(self) -> None:
+        """One connection attempt, after a capped exponential backoff with jitter."""
+        if self._attempt:
+            base = min(self.cfg.reconnect_max_s,
+                       self.cfg.reconnect_min_s * 2 ** min(self._attempt - 1, 16))
+            self._housekeep(time.monotonic(), wait=True)
+            if self._stop.wait(min(self.cfg.reconnect_max_s,
+                                   base * self._rng.uniform(0.5, 1.5))):
+                return
+        self._attempt += 1
+        try:
+            self.client.reconnect()   # CONNECT is sent; CONNACK comes in _turn
+        except (OSError, ValueError) as exc:   # refused, unreachable, TLS handshake failed
+            if self._attempt == 1 or not self.stats.last_error.startswith('cannot reach'):
+                _LOG.warning('cannot reach the broker at %s:%d (%s); retrying with backoff',
+                             self.cfg.host, self.cfg.port, exc)
+            self.stats.last_error = f'cannot reach {self.cfg.host}:{self.cfg.port}: {exc}'
+
+    def _turn(self) -> None:
+        now = time.monotonic()
+        if now >= self._housekeep_at:
+            self._housekeep(now)
+        timeout = max(0.0, self._housekeep_at - now)
+        if self.stats.connected:
+            timeout = min(timeout, self._fill(now))
+        self._io(timeout)
+
+    def _io(self, timeout: float) -> None:
+        """Wait for the socket (or a wake-up), then let paho read, write and keep alive."""
+        client = self.client
+        sock = client.socket()
+        if sock is None:
+            return
+        pending = sock.pending() if hasattr(sock, 'pending') else 0  # TLS: already decrypted
+        readable, writable, _ = select.select([sock, self._wake_r],
+                                              [sock] if client.want_write() else [], [],
+                                              0.0 if pending else min(timeout, 1.0))
+        if self._wake_r in readable:
+            with contextlib.suppress(OSError):
+                self._wake_r.recv(4096)
+        rc = mqtt.MQTT_ERR_SUCCESS
+        if sock in readable or pending:
+            rc = client.loop_read()   # acknowledgements are settled in _on_publish
+            self._log_acks()
+        if rc == mqtt.MQTT_ERR_SUCCESS and sock in writable:
+            rc = client.loop_write()
+        now = time.monotonic()
+        if rc == mqtt.MQTT_ERR_SUCCESS and now >= self._misc_at:
+            self._misc_at = now + 0.25
+            client.loop_misc()        # keepalive; a dead broker is noticed here
+
+    def _fill(self, now: float) -> float:
+        """Hand paho what fits in the window; return how soon to come back."""
+        room = self.cfg.inflight_window - len(self._inflight)
+        if room <= 0:
+            return 1.0
+        period = 1.0 / self.cfg.drain_rate_hz if self.cfg.drain_rate_hz > 0 else 0.0
+        if period:
+            if now < self._next_send:
+                return self._next_send - now
+            room = 1
+        if len(self._ready) < room or self._dirty or (self._retry and self._retry[0][0] <= now):
+            self._read(now)
+        batch = min(room, len(self._ready))
+        with self._corked(batch > 1):
+            for _ in range(batch):
+                self._publish(heapq.heappop(self._ready)[2], now)
+                self._next_send = max(self._next_send, now) + period
+        self._log_acks()   # QoS 0 messages settle as they are written
+        return period if period else 1.0
+
+    def _read(self, now: float) -> None:
+        """Read ahead from the queue: retries that are due, then what is new.
+
+        The queue's reads use their own SQLite connection (WAL: only what is committed,
+        never waiting for a commit), so this takes no lock.
+        """
+        due = []
+        while self._retry and self._retry[0][0] <= now:
+            due.append(heapq.heappop(self._retry)[1])
+        target = self.cfg.inflight_window + self.cfg.send_ahead
+        above = None
+        if len(self._ready) >= target:   # full: only what outranks all of it
+            above = max(-rank for rank, _, _ in self._ready)
+        limit = max(target - len(self._ready), 16)
+        self._dirty = False   # before reading: a commit from now on sets it again
+        messages = self.queue.get(due)
+        fresh = self.queue.peek_after(limit, self._read_upto, above)
+        for message in fresh:
+            if message.seq > self._read_upto.get(message.priority, 0):
+                self._read_upto[message.priority] = message.seq
+        if len(fresh) >= limit:
+            self._dirty = True    # there is more
+        for message in messages + fresh:
+            heapq.heappush(self._ready, (-message.priority, message.seq, message))
+
+    @contextlib.contextmanager
+    def _corked(self, cork: bool) -> Iterator[None]:
+        """Let the kernel put a batch of PUBLISH packets in as few TCP segments as it can.
+
+        paho writes each packet with its own ``send``; corked, those only fill the socket
+        buffer, and the segments go out once, when the batch is complete.
+        """
+        sock = self.client.socket() if cork and _TCP_CORK is not None else None
+        if sock is None:
+            yield
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+        except OSError:   # not TCP (a closed or unusual socket): write as it comes
+            yield
+            return
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
+
+    def _publish(self, message: QueuedMessage, now: float) -> None:
+        properties = None
+        if self._v5:
+            properties = _UserProperties.for_message(self._robot_id_pair, message.seq)
+        self._publishing, self._early = True, None
+        try:
+            info = self.client.publish(message.topic, message.payload, qos=message.qos,
+                                       retain=message.retain,
+                                       properties=properties)  # type: ignore[arg-type]
+        except ValueError as exc:  # a topic or payload MQTT cannot carry: never will
+            _LOG.error('cannot publish seq %d on %r (%s): dropped as rejected', message.seq,
+                       message.topic, exc)
+            self._unsendable.append(message.seq)
+            return
+        finally:
+            self._publishing = False
+        # Also on MQTT_ERR_NO_CONN: paho keeps a QoS 1/2 message and sends it on reconnect.
+        item = _Inflight(message.seq, now, message.qos, message.retain)
+        if self._early is not None:   # QoS 0, written at once
+            self._settle(item, self._early, now)
+        else:
+            self._inflight[info.mid] = item
+        self.stats.published += 1
+        self.stats.inflight = len(self._inflight)
+
+    def _clean(self) -> None:
+        """Delete delivered messages in bulk (own thread: SQLite's work overlaps sending)."""
+        while not self._stop.wait(self.cfg.delete_every_s):
+            try:
+                with self.queue_lock:
+                    self.queue.flush_delivered()
+            except Exception as exc:  # noqa: BLE001 - logged, kept; deleted next time
+                self.stats.last_error = f'cannot delete delivered messages: {exc!r}'
+                _LOG.exception('cannot delete delivered messages; retrying')
+
+    def _housekeep(self, now: float, wait: bool = False) -> None:
+        """Give up refused messages, expire unanswered ones, measure the drain rate."""
+        self._housekeep_at = now + self.cfg.delete_every_s
+        if self._refused or self._unsendable or wait:
+            if not self.queue_lock.acquire(blocking=wait):
+                self._housekeep_at = now + 0.002   # the queue is busy: soon
+                return
+            try:
+                if wait:
+                    self.queue.flush_delivered()
+                give_up = [seq for seq in self._refused
+                           if self.queue.mark_attempt(seq) >= self.cfg.max_attempts]
+                self.queue.reject(give_up + self._unsendable)
+            finally:
+                self.queue_lock.release()
+            for seq in set(self._refused) - set(give_up):
+                heapq.heappush(self._retry, (now + self.cfg.retry_delay_s, seq))
+            self._refused, self._unsendable = [], []
+        # Only what was handed over on this connection and never answered: paho itself sends
+        # again what was in flight when a connection dropped (clean_start=False), so
+        # expiring that too would only make duplicates.
+        for mid, item in list(self._inflight.items()):
+            if item.sent_at >= self._connected_at \
+                    and now - item.sent_at > self.cfg.inflight_timeout_s:
+                del self._inflight[mid]   # never answered: send again (maybe a duplicate)
+                heapq.heappush(self._retry, (now, item.seq))
+        self._update_rate(now)
+
+    def _shutdown(self) -> None:
+        client = self.client
+        if self.stats.connected and client.socket() is not None:
+            info = client.publish(f'{self.prefix}/status', self._status('offline'), qos=1,
+                                  retain=True)
+            deadline = time.monotonic() + getattr(self, '_stop_timeout_s', 5.0)
+            while not info.is_published() and client.socket() is not None \
+                    and time.monotonic() < deadline:
+                self._io(0.05)
+        if client.socket() is not None:
+            client.disconnect()   # written at once if the socket takes it, else below
+            deadline = time.monotonic() + 1.0
+            while client.socket() is not None and time.monotonic() < deadline:
+                self._io(0.05)
+        self._housekeep(time.monotonic(), wait=True)
+
+    # --- paho callbacks (the link's thread, inside client.loop_read/publish) -------------------
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
@@ -268,46 +516,46 @@ class MqttLink:
             self.stats.last_error = f'connect refused: {reason}'
             _LOG.error('broker refused the connection: %s', reason)
             return
+        self._attempt = 0
         self.stats.connected = True
         self.stats.connects += 1
         self._connected_at = time.monotonic()
+        # QoS 0 messages that were waiting in paho when the connection dropped are gone.
+        for mid, item in list(self._inflight.items()):
+            if item.qos == 0:
+                del self._inflight[mid]
+                heapq.heappush(self._retry, (0.0, item.seq))
         client.publish(f'{self.prefix}/status', self._status('online'), qos=1, retain=True)
         client.subscribe(f'{self.prefix}/cmd/#', qos=1)
-        self._wake.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
         if self.stats.connected:
             self.stats.disconnects += 1
         self.stats.connected = False
+        self._attempt = max(self._attempt, 1)   # reconnect after a (jittered) delay
         self.stats.last_error = f'disconnected: {reason}'
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
         code = reason.value if hasattr(reason, 'value') else int(reason)
-        now = time.monotonic()
-        with self._lock:
-            item = self._inflight.pop(mid, None)
-            if item is None:   # not registered yet (or not ours: the status message)
-                self._early[mid] = (code, now)
-                return
-            self._settle(item, code, now)
-            low = len(self._inflight) <= (self.cfg.inflight_window + self.cfg.send_ahead) // 2
-        if low:
-            self._wake.set()
+        item = self._inflight.pop(mid, None)
+        if item is None:   # the one being published (QoS 0), the status message, or expired
+            if self._publishing:
+                self._early = code
+            return
+        self._settle(item, code, time.monotonic())
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage
                     ) -> None:
         if self.on_command is not None:
             try:
                 self.on_command(message.topic, bytes(message.payload))
-            except Exception:  # noqa: BLE001 - a bad command must not kill paho's thread
+            except Exception:  # noqa: BLE001 - a bad command must not stop the link
                 _LOG.exception('command handler failed on %s', message.topic)
 
-    # --- pump (our thread) -------------------------------------------------------------------
-
     def _settle(self, item: _Inflight, code: int, now: float) -> None:
-        """One acknowledgement (paho's thread, under ``_lock``)."""
+        """One acknowledgement."""
         if not self.stats.acked % 16:  # a sample is enough for the round-trip estimate
             rtt = 1e3 * (now - item.sent_at)
             self.stats.rtt_ms = rtt if not self.stats.rtt_ms else \
@@ -315,99 +563,30 @@ class MqttLink:
         if code == NO_MATCHING_SUBSCRIBERS and self.cfg.retry_no_subscribers \
                 and not item.retain:  # a retained message is kept by the broker anyway
             self.stats.no_subscribers += 1
-            self._not_before[item.seq] = now + self.cfg.retry_delay_s
+            heapq.heappush(self._retry, (now + self.cfg.retry_delay_s, item.seq))
         elif code >= 0x80:
             self.stats.refused += 1
             self._refused.append(item.seq)
         else:
-            # Logged before paho sends its next message (it does so after this callback).
-            try:
-                self.queue.mark_delivered((item.seq,))
-            except OSError as exc:  # disk full: it stays queued and goes again (a duplicate)
-                self.stats.last_error = f'cannot log a delivery: {exc}'
-                return
-            self.stats.acked += 1
+            self._acked.append(item.seq)
 
-    def _pump(self) -> None:
-        period = 1.0 / self.cfg.drain_rate_hz if self.cfg.drain_rate_hz > 0 else 0.0
-        next_send = 0.0
-        while not self._stop.is_set():
-            self._wake.wait(timeout=min(0.05, self.cfg.delete_every_s))
-            self._wake.clear()
-            now = time.monotonic()
-            if now - self._deleted_at >= self.cfg.delete_every_s or self._refused:
-                self._deleted_at = now
-                self._delete(now)
-            self._update_rate(now)
-            if not self.stats.connected:
-                continue
-            self._expire_inflight(now)
-            # Paced: one at a time, nothing waits inside paho.
-            limit = 1 if period else self.cfg.inflight_window + self.cfg.send_ahead
-            with self.queue_lock:
-                with self._lock:
-                    room = limit - len(self._inflight)
-                    busy = [i.seq for i in self._inflight.values()]
-                    waiting = [s for s, t in self._not_before.items() if t > now]
-                if room <= 0 or (not period and self._inflight and room < limit // 4):
-                    continue   # refill in chunks: the pump wakes once per chunk, not per ack
-                batch = self.queue.peek(room, exclude=busy + waiting)
-            for message in batch:
-                if period and now < next_send:
-                    self._wake.set()
-                    break
-                if not self._publish(message.seq, message.topic, message.payload,
-                                     message.qos, message.retain):
-                    break
-                next_send = max(next_send, now) + period
-        self._delete(time.monotonic())
+    def _log_acks(self) -> None:
+        """Log what was acknowledged, in one write, before anything else is published.
 
-    def _delete(self, now: float) -> None:
-        """Delete delivered messages in bulk; give up refused ones past max_attempts."""
-        with self._lock:
-            refused, self._refused = self._refused, []
-        with self.queue_lock:
-            self.queue.flush_delivered()
-            give_up = [seq for seq in refused
-                       if self.queue.mark_attempt(seq) >= self.cfg.max_attempts]
-            self.queue.reject(give_up)
-        with self._lock:
-            for seq in set(refused) - set(give_up):
-                self._not_before[seq] = now + self.cfg.retry_delay_s
-
-    def _publish(self, seq: int, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
-        properties = None
-        if self._v5:
-            properties = _UserProperties.for_message(self._robot_id_pair, seq)
-        before = time.monotonic()
-        info = self.client.publish(topic, payload, qos=qos, retain=retain,
-                                   properties=properties)  # type: ignore[arg-type]
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            return False  # not connected any more: it stays queued
-        now = time.monotonic()
-        with self._lock:
-            item = _Inflight(seq, now, retain)
-            early = self._early.pop(info.mid, None)
-            if early is None or early[1] < before:   # none, or an old message's (mid reuse)
-                self._inflight[info.mid] = item
-            else:   # acknowledged before we got here (QoS 0, or a fast broker)
-                self._settle(item, early[0], now)
-            if len(self._early) > 1000:
-                self._early = {m: e for m, e in self._early.items() if now - e[1] < 60.0}
-            self._not_before.pop(seq, None)
-            self.stats.published += 1
-            self.stats.inflight = len(self._inflight)
-        return True
-
-    def _expire_inflight(self, now: float) -> None:
-        # Only what was handed over on this connection and never answered: paho itself sends
-        # again what was in flight or waiting when a connection dropped (clean_start=False),
-        # so expiring that too would only make duplicates.
-        with self._lock:
-            for mid, item in list(self._inflight.items()):
-                if item.sent_at >= self._connected_at \
-                        and now - item.sent_at > self.cfg.inflight_timeout_s:
-                    del self._inflight[mid]  # never answered: send again (maybe a duplicate)
+        So what is in flight plus what is acknowledged and not logged never exceeds the
+        window: the most a crash can make us send twice.
+        """
+        if not self._acked:
+            return
+        seqs, self._acked = self._acked, []
+        try:
+            self.queue.mark_delivered(seqs)
+        except OSError as exc:  # disk full: they stay queued and go again (duplicates)
+            self.stats.last_error = f'cannot log a delivery: {exc}'
+            for seq in seqs:
+                heapq.heappush(self._retry, (0.0, seq))
+            return
+        self.stats.acked += len(seqs)
 
     def _update_rate(self, now: float) -> None:
         if now - self._rate_at < 0.5:

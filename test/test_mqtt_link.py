@@ -180,6 +180,53 @@ def test_broker_restarts_lose_nothing(tmp_path: Path, mosquitto_broker: Any) -> 
         consumer.stop()
 
 
+def test_a_live_event_overtakes_a_backlog_read_ahead(tmp_path: Path,
+                                                      mosquitto_broker: Any) -> None:
+    consumer = Consumer(mosquitto_broker.port)
+    consumer.start()
+    # Paced at 100 msg/s: the backlog takes 6 s, and the link holds 148 of it read ahead.
+    link = make_link(tmp_path, mosquitto_broker.port, drain_rate_hz=100.0)
+    backlog = fill(link, 600)
+    link.start()
+    try:
+        assert wait_for(lambda: len(consumer.seqs()) >= 50, 10.0), link.stats
+        with link.queue_lock:
+            alarm = link.queue.put(f'{link.prefix}/telemetry/safety', b'stop', priority=10)
+            link.queue.commit()
+        link.wake()
+        assert wait_for(lambda: alarm in consumer.seqs(), 5.0), link.stats
+        seqs = consumer.seqs()
+        before = seqs[:seqs.index(alarm)]
+        # Only what was already published (the window) may come before it, not the
+        # read-ahead nor the rest of the backlog.
+        assert len(before) <= 50 + link.cfg.inflight_window + 5, len(before)
+        assert wait_for(lambda: len(consumer.seqs()) >= 601, 15.0)
+        assert [s for s in consumer.seqs() if s != alarm][:600] == backlog
+    finally:
+        link.stop()
+        consumer.stop()
+
+
+def test_a_message_paho_cannot_send_is_rejected_and_the_rest_go(tmp_path: Path,
+                                                               mosquitto_broker: Any) -> None:
+    consumer = Consumer(mosquitto_broker.port)
+    consumer.start()
+    link = make_link(tmp_path, mosquitto_broker.port)
+    with link.queue_lock:   # a wildcard is no topic to publish on
+        link.queue.put(f'{link.prefix}/telemetry/#', b'x')
+        link.queue.commit()
+    seqs = fill(link, 10)
+    link.start()
+    try:
+        assert wait_for(lambda: consumer.seqs() == seqs, 10.0), consumer.seqs()
+        assert wait_for(lambda: link.queue.stats().dropped['rejected'] == 1, 5.0)
+        stats = link.queue.stats()
+        assert stats.queued == 0 and stats.delivered == 10 and stats.balanced
+    finally:
+        link.stop()
+        consumer.stop()
+
+
 def test_commands_come_down_to_the_handler(tmp_path: Path, mosquitto_broker: Any) -> None:
     link = make_link(tmp_path, mosquitto_broker.port)
     got: list[tuple[str, bytes]] = []
