@@ -47,11 +47,11 @@ client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id='sink', protoco
 client.on_message = lambda c, u, m: count.__setitem__(0, count[0] + 1)
 client.connect('127.0.0.1', int(sys.argv[1]))
 client.subscribe('bench/#', qos=1)
+client.loop_start()
 print('ready', flush=True)
-try:
-    client.loop_forever()
-except KeyboardInterrupt:
+for _ in sys.stdin:   # a line in: how many so far, out
     print(count[0], flush=True)
+client.loop_stop()
 """
 
 
@@ -60,17 +60,36 @@ class Sink:
 
     def __init__(self, port: int) -> None:
         self.proc = subprocess.Popen([sys.executable, '-c', _SINK, str(port)],
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.proc.stdout.readline()
         time.sleep(0.3)
         self.count = 0
 
+    def received(self) -> int:
+        """How many messages it has received so far."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write('\n')
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline())
+
+    def settle(self, expected: int, timeout_s: float = 60.0) -> None:
+        """Wait until it has everything published so far.
+
+        A run that starts while the broker still feeds the last run's messages to the
+        subscriber shares the CPU with that (two cores here) and reads slow: whichever
+        series comes after the fastest one would pay for it.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self.received() < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def close(self) -> None:
         """Stop it and read how many messages it got."""
-        self.proc.send_signal(2)
-        out, _ = self.proc.communicate(timeout=10)
-        self.count = int(out.strip().splitlines()[-1]) if out.strip() else 0
+        self.count = self.received()
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
 
 
 def raw_paho(port: int, count: int, same_wire: bool = False) -> float:
@@ -177,12 +196,15 @@ def main() -> None:
         raw: list[float] = []
         wire: list[float] = []
         ours: list[float] = []
+        sent = 0
         for round_index in range(args.rounds):  # alternate, so drift hits all alike
             run_dir = workdir / f'run{round_index}'
             run_dir.mkdir()
-            raw.append(raw_paho(port, args.messages))
-            wire.append(raw_paho(port, args.messages, same_wire=True))
-            ours.append(durable(port, args.messages, run_dir))
+            for runs in (raw, wire, ours):
+                sink.settle(sent)   # each run starts with the subscriber caught up
+                runs.append(durable(port, args.messages, run_dir) if runs is ours else
+                            raw_paho(port, args.messages, same_wire=runs is wire))
+                sent += args.messages
         print(f'1 KB messages, QoS 1, {args.messages} per run, {args.rounds} runs each '
               '(median; all runs in brackets), in-flight 20')
         for name, runs in (('raw paho', raw), ('raw paho, same user properties', wire),
