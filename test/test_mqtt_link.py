@@ -207,6 +207,25 @@ def test_a_live_event_overtakes_a_backlog_read_ahead(tmp_path: Path,
         consumer.stop()
 
 
+def test_qos0_topics_are_deleted_once_written(tmp_path: Path, mosquitto_broker: Any) -> None:
+    consumer = Consumer(mosquitto_broker.port)
+    consumer.start()
+    link = make_link(tmp_path, mosquitto_broker.port)
+    with link.queue_lock:
+        seqs = [link.queue.put(f'{link.prefix}/telemetry/summary', b's', qos=0)
+                for _ in range(50)]
+        link.queue.commit()
+    link.start()
+    try:
+        assert wait_for(lambda: link.queue.stats().queued == 0, 10.0), link.stats
+        stats = link.queue.stats()
+        assert stats.delivered == 50 and stats.balanced and link.stats.inflight == 0
+        assert wait_for(lambda: consumer.seqs() == seqs, 5.0)   # loopback: none lost
+    finally:
+        link.stop()
+        consumer.stop()
+
+
 def test_a_message_paho_cannot_send_is_rejected_and_the_rest_go(tmp_path: Path,
                                                                mosquitto_broker: Any) -> None:
     consumer = Consumer(mosquitto_broker.port)
