@@ -152,7 +152,7 @@ class DurableQueue:
     _ack_lock: threading.Lock = field(default_factory=threading.Lock)
     _ack_fd: int = -1
     _ack_gen: int = 0
-    _priorities: set[int] = field(default_factory=set)   # of anything ever queued here
+    _priorities: frozenset[int] = frozenset()   # of anything ever queued here
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -249,7 +249,8 @@ class DurableQueue:
         max_seq = db.execute('SELECT MAX(seq) FROM messages').fetchone()[0] or 0
         self._next_seq = max(next_seq, max_seq + 1, 1)
         self._bytes = db.execute('SELECT COALESCE(SUM(size), 0) FROM messages').fetchone()[0]
-        self._priorities = {p for (p,) in db.execute('SELECT DISTINCT priority FROM messages')}
+        self._priorities = frozenset(
+            p for (p,) in db.execute('SELECT DISTINCT priority FROM messages'))
         return db
 
     @staticmethod
@@ -321,7 +322,8 @@ class DurableQueue:
             self._pending.popleft()  # never committed: outside the invariant, but counted
             self._dropped_uncommitted += 1
         seq = self._next_seq
-        self._priorities.add(priority)
+        if priority not in self._priorities:   # replaced, not changed: the link reads it
+            self._priorities = self._priorities | {priority}
         data = payload(seq) if callable(payload) else payload
         self._next_seq += 1
         self._pending.append(QueuedMessage(seq, topic, bytes(data), qos, priority, retain,
