@@ -211,6 +211,7 @@ class MqttLink:
     _housekeep_at: float = 0.0
     _misc_at: float = 0.0
     _connected_at: float = 0.0
+    _stop_timeout_s: float = 5.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _cleaner: threading.Thread | None = None
@@ -497,7 +498,7 @@ class MqttLink:
         if self.stats.connected and client.socket() is not None:
             info = client.publish(f'{self.prefix}/status', self._status('offline'), qos=1,
                                   retain=True)
-            deadline = time.monotonic() + getattr(self, '_stop_timeout_s', 5.0)
+            deadline = time.monotonic() + self._stop_timeout_s
             while not info.is_published() and client.socket() is not None \
                     and time.monotonic() < deadline:
                 self._io(0.05)
