@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from cobot_hybrid_bridge.errors import BridgeError
 
@@ -392,8 +392,7 @@ class DurableQueue:
             rows = self._reader.execute(
                 f'SELECT {_COLUMNS} FROM messages WHERE priority = ? AND seq > ? ORDER BY seq '
                 'LIMIT ?', (priority, after.get(priority, 0), limit - len(found)))
-            found += [QueuedMessage(r[0], r[1], bytes(r[2]), r[3], r[4], bool(r[5]), r[6], r[7])
-                      for r in rows]
+            found += [_message(row) for row in rows]
         return found
 
     def get(self, seqs: Sequence[int]) -> list[QueuedMessage]:
@@ -405,10 +404,9 @@ class DurableQueue:
         by_seq: dict[int, QueuedMessage] = {}
         for start in range(0, len(seqs), 500):  # below SQLite's variable limit
             chunk = list(seqs[start:start + 500])
-            for r in self._reader.execute(f'SELECT {_COLUMNS} FROM messages WHERE seq IN '
-                                      f'({",".join("?" * len(chunk))})', chunk):
-                by_seq[r[0]] = QueuedMessage(r[0], r[1], bytes(r[2]), r[3], r[4], bool(r[5]),
-                                             r[6], r[7])
+            rows = self._reader.execute(f'SELECT {_COLUMNS} FROM messages WHERE seq IN '
+                                        f'({",".join("?" * len(chunk))})', chunk)
+            by_seq.update((row[0], _message(row)) for row in rows)
         return [by_seq[seq] for seq in seqs if seq in by_seq and seq not in delivered]
 
     def mark_attempt(self, seq: int) -> int:
@@ -506,6 +504,12 @@ class DurableQueue:
             self._ack_fd = -1
             if not self._delivered:
                 self._ack_log(self._ack_gen).unlink(missing_ok=True)
+
+
+def _message(row: Sequence[Any]) -> QueuedMessage:
+    """Make a message of a row read as ``_COLUMNS``."""
+    return QueuedMessage(row[0], row[1], bytes(row[2]), row[3], row[4], bool(row[5]), row[6],
+                         row[7])
 
 
 def _count_present(db: sqlite3.Connection, seqs: Sequence[int]) -> int:

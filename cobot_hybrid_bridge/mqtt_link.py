@@ -223,6 +223,7 @@ class MqttLink:
         self.prefix = topic_prefix(cfg.robot_id)
         self._robot_id_pair = _pair('robot_id', cfg.robot_id)
         self._v5 = cfg.protocol == 'mqtt5'
+        self._period = 1.0 / cfg.drain_rate_hz if cfg.drain_rate_hz > 0 else 0.0   # pacing
         self._rng = random.Random(f'{cfg.robot_id}-{os.getpid()}-{time.time()}')
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -368,7 +369,7 @@ class MqttLink:
         room = self.cfg.inflight_window - len(self._inflight)
         if room <= 0:
             return 1.0
-        period = 1.0 / self.cfg.drain_rate_hz if self.cfg.drain_rate_hz > 0 else 0.0
+        period = self._period
         if period:
             if now < self._next_send:
                 return self._next_send - now
@@ -458,23 +459,27 @@ class MqttLink:
     def _clean(self) -> None:
         """Delete delivered messages in bulk (own thread: SQLite's work overlaps sending)."""
         while not self._stop.wait(self.cfg.delete_every_s):
-            try:
-                with self.queue_lock:
-                    self.queue.flush_delivered()
-            except Exception as exc:  # noqa: BLE001 - logged, kept; deleted next time
-                self.stats.last_error = f'cannot delete delivered messages: {exc!r}'
-                _LOG.exception('cannot delete delivered messages; retrying')
+            self._flush_delivered()
+
+    def _flush_delivered(self) -> None:
+        try:
+            with self.queue_lock:
+                self.queue.flush_delivered()
+        except Exception as exc:  # noqa: BLE001 - logged, kept; deleted next time
+            self.stats.last_error = f'cannot delete delivered messages: {exc!r}'
+            _LOG.exception('cannot delete delivered messages; retrying')
 
     def _housekeep(self, now: float, wait: bool = False) -> None:
-        """Give up refused messages, expire unanswered ones, measure the drain rate."""
+        """Give up refused messages, expire unanswered ones, measure the drain rate.
+
+        ``wait``: for the queue's lock, if needed (off line or stopping: nothing to send).
+        """
         self._housekeep_at = now + self.cfg.delete_every_s
-        if self._refused or self._unsendable or wait:
+        if self._refused or self._unsendable:
             if not self.queue_lock.acquire(blocking=wait):
                 self._housekeep_at = now + 0.002   # the queue is busy: soon
                 return
             try:
-                if wait:
-                    self.queue.flush_delivered()
                 give_up = [seq for seq in self._refused
                            if self.queue.mark_attempt(seq) >= self.cfg.max_attempts]
                 self.queue.reject(give_up + self._unsendable)
@@ -508,6 +513,7 @@ class MqttLink:
             while client.socket() is not None and time.monotonic() < deadline:
                 self._io(0.05)
         self._housekeep(time.monotonic(), wait=True)
+        self._flush_delivered()   # the cleanup thread is stopping too
 
     # --- paho callbacks (the link's thread, inside client.loop_read/publish) -------------------
 
