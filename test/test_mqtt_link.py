@@ -81,9 +81,11 @@ def make_link(tmp_path: Path, port: int, **cfg: Any) -> MqttLink:
                     queue, threading.Lock())
 
 
-def fill(link: MqttLink, count: int, topic: str = 'telemetry/events') -> list[int]:
+def fill(link: MqttLink, count: int, topic: str = 'telemetry/events', **put: Any
+         ) -> list[int]:
     with link.queue_lock:
-        seqs = [link.queue.put(f'{link.prefix}/{topic}', b'x' * 100) for _ in range(count)]
+        seqs = [link.queue.put(f'{link.prefix}/{topic}', b'x' * 100, **put)
+                for _ in range(count)]
         link.queue.commit()
     link.wake()
     return seqs
@@ -190,10 +192,7 @@ def test_a_live_event_overtakes_a_backlog_read_ahead(tmp_path: Path,
     link.start()
     try:
         assert wait_for(lambda: len(consumer.seqs()) >= 50, 10.0), link.stats
-        with link.queue_lock:
-            alarm = link.queue.put(f'{link.prefix}/telemetry/safety', b'stop', priority=10)
-            link.queue.commit()
-        link.wake()
+        (alarm,) = fill(link, 1, 'telemetry/safety', priority=10)
         assert wait_for(lambda: alarm in consumer.seqs(), 5.0), link.stats
         seqs = consumer.seqs()
         before = seqs[:seqs.index(alarm)]
@@ -211,10 +210,7 @@ def test_qos0_topics_are_deleted_once_written(tmp_path: Path, mosquitto_broker: 
     consumer = Consumer(mosquitto_broker.port)
     consumer.start()
     link = make_link(tmp_path, mosquitto_broker.port)
-    with link.queue_lock:
-        seqs = [link.queue.put(f'{link.prefix}/telemetry/summary', b's', qos=0)
-                for _ in range(50)]
-        link.queue.commit()
+    seqs = fill(link, 50, 'telemetry/summary', qos=0)
     link.start()
     try:
         assert wait_for(lambda: link.queue.stats().queued == 0, 10.0), link.stats
@@ -231,9 +227,7 @@ def test_a_message_paho_cannot_send_is_rejected_and_the_rest_go(tmp_path: Path,
     consumer = Consumer(mosquitto_broker.port)
     consumer.start()
     link = make_link(tmp_path, mosquitto_broker.port)
-    with link.queue_lock:   # a wildcard is no topic to publish on
-        link.queue.put(f'{link.prefix}/telemetry/#', b'x')
-        link.queue.commit()
+    fill(link, 1, 'telemetry/#')   # a wildcard is no topic to publish on
     seqs = fill(link, 10)
     link.start()
     try:
