@@ -27,7 +27,8 @@ lint: setup
 	$(PY) -m ruff check .
 
 typecheck: setup
-	$(PY) -m mypy cobot_hybrid_perception cobot_hybrid_bridge cobot_hybrid_planner \
+	$(PY) -m mypy cobot_hybrid_protocol cobot_hybrid_perception cobot_hybrid_bridge \
+	    cobot_hybrid_planner \
 	    --exclude '/nodes/'
 
 pytest: setup

@@ -42,6 +42,20 @@ def test_no_module_outside_nodes_imports_ros(package: str) -> None:
     assert not offenders, f'cores must not import ROS modules: {offenders}'
 
 
+def test_the_protocol_package_imports_nothing_of_ours_and_no_ros_or_mqtt() -> None:
+    offenders = {}
+    for path in _python_files('cobot_hybrid_protocol'):
+        bad = sorted(name for name in _imports(path)
+                     if ROS_MODULE.match(name) or name.startswith(('paho', 'cobot_hybrid_'))
+                     and not name.startswith('cobot_hybrid_protocol'))
+        if bad:
+            offenders[str(path.relative_to(ROOT))] = bad
+    assert _python_files('cobot_hybrid_protocol'), 'the protocol package is missing'
+    assert not offenders, f'the protocol package must stand alone: {offenders}'
+    errors = importlib.import_module('cobot_hybrid_protocol.errors')
+    assert errors.ProtocolError.__bases__ == (Exception,)
+
+
 def test_the_check_above_would_catch_an_rclpy_import(tmp_path: Path) -> None:
     sample = tmp_path / 'core.py'
     sample.write_text('import numpy\nfrom rclpy.node import Node\nimport vision_msgs.msg\n')
