@@ -54,11 +54,11 @@ class SteppableClock:
     monotonic_s: float = 1000.0
 
     def wall(self) -> float:
-        """The simulated unix time."""
+        """Return the simulated unix time."""
         return self.wall_s
 
     def monotonic(self) -> float:
-        """The simulated monotonic time."""
+        """Return the simulated monotonic time."""
         return self.monotonic_s
 
     def advance(self, seconds: float) -> None:
@@ -67,7 +67,7 @@ class SteppableClock:
         self.monotonic_s += seconds
 
     def step_wall(self, seconds: float) -> None:
-        """An NTP step: the wall clock jumps, the monotonic clock does not."""
+        """Jump the wall clock alone (an NTP step); the monotonic clock does not move."""
         self.wall_s += seconds
 
 
