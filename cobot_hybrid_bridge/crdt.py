@@ -11,7 +11,10 @@ intermediate snapshots gives the same result once the latest of each replica arr
 * :class:`ORSet`: observed-remove set (active alarms): an alarm raised again after a removal
   is present, a removal only removes the additions it saw.
 
-All states round-trip through plain JSON (``to_json`` / ``from_json``).
+All states round-trip through plain JSON (``to_json`` / ``from_json``). Parsing is strict and
+bounded, since snapshots come from the network: counts are integers in [0, 2**53) (exact in
+every JSON reader), HLC stamps have ``wall_ms`` in [0, 2**53) and ``logical`` in [0, 2**32),
+and a snapshot holds at most :data:`MAX_ENTRIES` keys per map and :data:`MAX_TAGS` tags.
 """
 
 from __future__ import annotations
@@ -24,8 +27,24 @@ from typing import Any
 
 from cobot_hybrid_bridge.errors import BridgeError
 
-__all__ = ['CrdtError', 'GCounter', 'HLC', 'HlcTimestamp', 'LWWMap', 'ORSet', 'PNCounter',
-           'TelemetryState']
+__all__ = ['CrdtError', 'GCounter', 'HLC', 'HlcTimestamp', 'LWWMap', 'MAX_COUNT', 'MAX_ENTRIES',
+           'MAX_TAGS', 'ORSet', 'PNCounter', 'TelemetryState']
+
+MAX_COUNT = 2**53 - 1      # counts and HLC wall_ms: exact as JSON numbers everywhere
+MAX_LOGICAL = 2**32 - 1
+MAX_ENTRIES = 1024         # replicas per counter, counters, keys of the LWW map, alarms
+MAX_TAGS = 100_000         # add tags plus tombstones of the alarm set
+
+
+def _count(value: Any, where: str) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_COUNT:
+        raise CrdtError(f'{where} must be an integer in [0, 2**53), got {str(value)[:40]}')
+    return value
+
+
+def _bounded(data: Any, where: str, limit: int = MAX_ENTRIES) -> None:
+    if len(data) > limit:
+        raise CrdtError(f'{where} has {len(data)} entries, more than {limit}')
 
 
 class CrdtError(BridgeError, ValueError):
@@ -65,10 +84,10 @@ class GCounter:
     @classmethod
     def from_json(cls, data: Any) -> GCounter:
         """Parse (raises CrdtError)."""
-        if not isinstance(data, dict) or not all(
-                isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in data.items()):
-            raise CrdtError(f'GCounter must map replica -> count >= 0, got {data!r}')
-        return cls(dict(data))
+        if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+            raise CrdtError(f'GCounter must map replica -> count >= 0, got {str(data)[:80]}')
+        _bounded(data, 'GCounter')
+        return cls({k: _count(v, f'GCounter[{k[:40]!r}]') for k, v in data.items()})
 
 
 @dataclass
@@ -102,7 +121,7 @@ class PNCounter:
     def from_json(cls, data: Any) -> PNCounter:
         """Parse (raises CrdtError)."""
         if not isinstance(data, dict) or set(data) != {'p', 'n'}:
-            raise CrdtError(f'PNCounter must be {{"p": ..., "n": ...}}, got {data!r}')
+            raise CrdtError(f'PNCounter must be {{"p": ..., "n": ...}}, got {str(data)[:80]}')
         return cls(GCounter.from_json(data['p']), GCounter.from_json(data['n']))
 
 
@@ -121,9 +140,11 @@ class HlcTimestamp:
     @classmethod
     def from_json(cls, data: Any) -> HlcTimestamp:
         """Parse (raises CrdtError)."""
-        if (not isinstance(data, list) or len(data) != 3 or not isinstance(data[0], int)
-                or not isinstance(data[1], int) or not isinstance(data[2], str)):
-            raise CrdtError(f'HLC timestamp must be [wall_ms, logical, replica], got {data!r}')
+        if (not isinstance(data, list) or len(data) != 3 or type(data[0]) is not int
+                or type(data[1]) is not int or not isinstance(data[2], str)
+                or not 0 <= data[0] <= MAX_COUNT or not 0 <= data[1] <= MAX_LOGICAL):
+            raise CrdtError('HLC timestamp must be [wall_ms in [0, 2**53), logical in '
+                            f'[0, 2**32), replica], got {str(data)[:80]}')
         return cls(data[0], data[1], data[2])
 
 
@@ -197,6 +218,7 @@ class LWWMap:
         """Parse (raises CrdtError)."""
         if not isinstance(data, dict):
             raise CrdtError(f'LWWMap must be an object, got {type(data).__name__}')
+        _bounded(data, 'LWWMap')
         entries = {}
         for key, item in data.items():
             if not isinstance(item, list) or len(item) != 2:
@@ -243,13 +265,15 @@ class ORSet:
     @classmethod
     def from_json(cls, data: Any) -> ORSet:
         """Parse (raises CrdtError)."""
-        if not isinstance(data, dict) or set(data) != {'adds', 'removed'}:
-            raise CrdtError('ORSet must be {"adds": {...}, "removed": [...]}')
-        try:
-            return cls({str(e): set(map(str, t)) for e, t in data['adds'].items()},
-                       set(map(str, data['removed'])))
-        except (AttributeError, TypeError) as exc:
-            raise CrdtError(f'malformed ORSet: {exc}') from None
+        if not isinstance(data, dict) or set(data) != {'adds', 'removed'} \
+                or not isinstance(data['adds'], dict) or not isinstance(data['removed'], list) \
+                or not all(isinstance(t, list) for t in data['adds'].values()):
+            raise CrdtError('ORSet must be {"adds": {element: [tags]}, "removed": [tags]}')
+        _bounded(data['adds'], 'ORSet')
+        _bounded(data['removed'] + [t for tags in data['adds'].values() for t in tags],
+                 'ORSet tags', MAX_TAGS)
+        return cls({str(e): set(map(str, t)) for e, t in data['adds'].items()},
+                   set(map(str, data['removed'])))
 
 
 @dataclass
@@ -280,5 +304,6 @@ class TelemetryState:
             raise CrdtError('telemetry state must have exactly counters, values, alarms')
         if not isinstance(data['counters'], dict):
             raise CrdtError('counters must be an object')
+        _bounded(data['counters'], 'counters')
         return cls({str(n): PNCounter.from_json(c) for n, c in data['counters'].items()},
                    LWWMap.from_json(data['values']), ORSet.from_json(data['alarms']))

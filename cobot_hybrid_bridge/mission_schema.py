@@ -32,6 +32,11 @@ inside the uplink envelope)::
 
 A task that has started runs to its end or fails; a newer mission version replaces only the
 tasks that have not started.
+
+Every number is finite and physically bounded (what validation accepts, every consumer can
+compute with): coordinates within +-:data:`MAX_COORD_M`, yaw within +-2 pi, durations up to
+:data:`MAX_DURATION_S`, unix times between 2000 and 2100, versions below 2**63; task ids are
+unique within a mission; ids are printable text of at most 128 characters.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ from typing import Any
 
 from cobot_hybrid_bridge.errors import BridgeError
 
-__all__ = ['MISSION_SCHEMA', 'PROGRESS_SCHEMA', 'PROGRESS_STATUSES', 'TASK_TYPES', 'Mission',
+__all__ = ['MAX_COORD_M', 'MAX_DURATION_S', 'MAX_VERSION', 'MISSION_SCHEMA', 'PROGRESS_SCHEMA',
+           'PROGRESS_STATUSES', 'TASK_TYPES', 'Mission',
            'Pose', 'SchemaError', 'Task', 'TaskProgress', 'mission_to_json', 'progress_to_json',
            'validate_mission', 'validate_progress']
 
@@ -51,6 +57,11 @@ PROGRESS_SCHEMA = 'cobot_hybrid/task_progress/v1'
 PROGRESS_STATUSES = ('started', 'done', 'failed')
 TASK_TYPES = ('pick', 'place', 'inspect', 'move', 'wait', 'charge')
 MAX_TASKS = 500
+MAX_COORD_M = 10_000.0           # a site is smaller than 10 km
+MAX_DURATION_S = 7 * 86_400.0    # one task runs at most a week
+MAX_VERSION = 2**63 - 1          # SQLite INTEGER, on both sides
+MIN_UNIX_S, MAX_UNIX_S = 946_684_800.0, 4_102_444_800.0   # 2000-01-01 .. 2100-01-01
+MAX_REASON = 1000
 _ID_MAX = 128
 
 
@@ -120,16 +131,29 @@ def _fields(obj: Any, where: str, required: set[str],
 
 
 def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > _ID_MAX:
-        raise SchemaError(f'{where} must be a non-empty string of at most {_ID_MAX} chars')
+    if not isinstance(value, str) or not value or len(value) > _ID_MAX \
+            or not value.isprintable():
+        raise SchemaError(f'{where} must be a non-empty printable string of at most {_ID_MAX} '
+                          'chars')
     return value
 
 
-def _number(value: Any, where: str) -> float:
+def _number(value: Any, where: str, low: float = -math.inf, high: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value):
-        raise SchemaError(f'{where} must be a finite number')
+            or not math.isfinite(value) or not low <= value <= high:
+        bounds = '' if math.isinf(low) and math.isinf(high) else f' in [{low:g}, {high:g}]'
+        raise SchemaError(f'{where} must be a finite number{bounds}')
     return float(value)
+
+
+def _unix(value: Any, where: str) -> float:
+    return _number(value, where, MIN_UNIX_S, MAX_UNIX_S)
+
+
+def _version(value: Any, where: str = 'version') -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_VERSION:
+        raise SchemaError(f'{where} must be an integer in [1, 2**63 - 1]')
+    return value
 
 
 def validate_mission(data: Any) -> Mission:
@@ -141,16 +165,15 @@ def validate_mission(data: Any) -> Mission:
         raise SchemaError(f'schema {obj["schema"]!r} is not {MISSION_SCHEMA!r}')
     if obj['kind'] != 'mission':
         raise SchemaError(f'kind {obj["kind"]!r} is not "mission"')
-    version = obj['version']
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise SchemaError('version must be an integer >= 1')
-    issued, until = _number(obj['issued_at'], 'issued_at'), _number(obj['valid_until'],
-                                                                       'valid_until')
+    version = _version(obj['version'])
+    issued, until = _unix(obj['issued_at'], 'issued_at'), _unix(obj['valid_until'],
+                                                                   'valid_until')
     if until <= issued:
         raise SchemaError('valid_until must be after issued_at')
     if not isinstance(obj['tasks'], list) or len(obj['tasks']) > MAX_TASKS:
         raise SchemaError(f'tasks must be a list of at most {MAX_TASKS}')
     tasks = []
+    seen: set[str] = set()
     for index, raw in enumerate(obj['tasks']):
         where = f'tasks[{index}]'
         task = _fields(raw, where, {'task_id', 'type', 'station', 'pose', 'duration_s'},
@@ -158,16 +181,18 @@ def validate_mission(data: Any) -> Mission:
         if task['type'] not in TASK_TYPES:
             raise SchemaError(f'{where}.type {task["type"]!r} is not one of {TASK_TYPES}')
         pose = _fields(task['pose'], f'{where}.pose', {'x', 'y', 'z', 'yaw'})
-        duration = _number(task['duration_s'], f'{where}.duration_s')
-        if duration < 0:
-            raise SchemaError(f'{where}.duration_s must be >= 0')
+        duration = _number(task['duration_s'], f'{where}.duration_s', 0.0, MAX_DURATION_S)
         deadline = task.get('deadline')
-        tasks.append(Task(_text(task['task_id'], f'{where}.task_id'), task['type'],
-                          _text(task['station'], f'{where}.station'),
-                          Pose(*(_number(pose[k], f'{where}.pose.{k}')
-                                 for k in ('x', 'y', 'z', 'yaw'))),
-                          duration, None if deadline is None else
-                          _number(deadline, f'{where}.deadline')))
+        task_id = _text(task['task_id'], f'{where}.task_id')
+        if task_id in seen:
+            raise SchemaError(f'{where}.task_id {task_id!r} appears twice in the mission')
+        seen.add(task_id)
+        x, y, z = (_number(pose[k], f'{where}.pose.{k}', -MAX_COORD_M, MAX_COORD_M)
+                   for k in ('x', 'y', 'z'))
+        yaw = _number(pose['yaw'], f'{where}.pose.yaw', -math.tau, math.tau)
+        tasks.append(Task(task_id, task['type'], _text(task['station'], f'{where}.station'),
+                          Pose(x, y, z, yaw), duration, None if deadline is None else
+                          _unix(deadline, f'{where}.deadline')))
     return Mission(_text(obj['command_id'], 'command_id'), _text(obj['robot_id'], 'robot_id'),
                    _text(obj['mission_id'], 'mission_id'), version, issued, until,
                    _text(obj['frame_id'], 'frame_id'), tuple(tasks))
@@ -197,17 +222,15 @@ def validate_progress(data: Any) -> TaskProgress:
                                            'status', 'stamp'}, frozenset({'reason'}))
     if obj['schema'] != PROGRESS_SCHEMA:
         raise SchemaError(f'schema {obj["schema"]!r} is not {PROGRESS_SCHEMA!r}')
-    version = obj['version']
-    if isinstance(version, bool) or not isinstance(version, int) or not 0 < version < 2**63:
-        raise SchemaError('version must be an integer >= 1')
+    version = _version(obj['version'])
     if obj['status'] not in PROGRESS_STATUSES:
         raise SchemaError(f'status {obj["status"]!r} is not one of {PROGRESS_STATUSES}')
     reason = obj.get('reason', '')
-    if not isinstance(reason, str) or len(reason) > 1000:
-        raise SchemaError('reason must be a string of at most 1000 chars')
+    if not isinstance(reason, str) or len(reason) > MAX_REASON or '\0' in reason:
+        raise SchemaError(f'reason must be a string of at most {MAX_REASON} chars')
     return TaskProgress(_text(obj['mission_id'], 'mission_id'), version,
                         _text(obj['task_id'], 'task_id'), obj['status'],
-                        _number(obj['stamp'], 'stamp'), reason)
+                        _unix(obj['stamp'], 'stamp'), reason)
 
 
 def progress_to_json(progress: TaskProgress) -> dict[str, Any]:
