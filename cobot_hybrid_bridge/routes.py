@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_bridge.filters import FilterError, make_filter
+from cobot_hybrid_protocol.errors import PayloadError
+from cobot_hybrid_protocol.limits import parse_yaml
 
 __all__ = ['ENCODINGS', 'Route', 'RouteError', 'load_routes', 'parse_routes']
 
@@ -123,9 +123,9 @@ def parse_routes(data: Any) -> list[Route]:
 def load_routes(path: Path) -> list[Route]:
     """Read and validate a routes file."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = parse_yaml(Path(path).read_bytes(), what=f'routes file {path}')
     except OSError as exc:
         raise RouteError(f'routes file {path} cannot be read: {exc.strerror}') from None
-    except yaml.YAMLError as exc:
-        raise RouteError(f'routes file {path} is not valid YAML: {exc}') from None
+    except PayloadError as exc:
+        raise RouteError(exc.detail) from None
     return parse_routes(data)

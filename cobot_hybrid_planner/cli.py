@@ -12,8 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cobot_hybrid_planner.errors import PlannerError
 
 __all__ = ['register']
@@ -23,12 +21,17 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from cobot_hybrid_planner.orders import validate_orders
     from cobot_hybrid_planner.planning import FleetRobot, plan
     from cobot_hybrid_planner.site import load_site
+    from cobot_hybrid_protocol.errors import PayloadError
+    from cobot_hybrid_protocol.limits import parse_yaml
 
     site = load_site(Path(args.site))
     try:
-        data = yaml.safe_load(Path(args.orders).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise PlannerError(f'orders file {args.orders} cannot be read: {exc}') from None
+        data = parse_yaml(Path(args.orders).read_bytes(), what=f'orders file {args.orders}')
+    except OSError as exc:
+        raise PlannerError(f'orders file {args.orders} cannot be read: {exc.strerror}') \
+            from None
+    except PayloadError as exc:
+        raise PlannerError(exc.detail) from None
     tasks, rejected = validate_orders(data, site)
     robots = [FleetRobot(r.robot_id, r.capabilities, r.start) for r in site.robots.values()]
     result = plan(tasks, robots, site, time_limit_s=args.time_limit)

@@ -11,12 +11,20 @@
   counts as offline even if its retained status still says online (a broker that lost the
   will, a half-open connection).
 
-Malformed input is answered with ``rejected: <reason>`` and counted; nothing raises.
+Every payload is hostile until parsed: topics are checked, JSON goes through the bounded
+parser (:mod:`cobot_hybrid_protocol.limits`), only robots of the site (``robots_allowed``)
+are stored, retained events are ignored (an event is for its moment; retained, it would come
+back after every restart), and CRDT snapshots are bounded: LWW entries stamped more than
+``max_skew_s`` ahead of the cloud's clock are dropped (counted, ``future_stamps``; such a stamp
+would freeze a key such as ``protective_stop``), and a merged state larger than
+``max_state_bytes`` is refused. Each message is handled inside its own savepoint: whatever one
+does, it is answered with ``rejected: <reason>`` and counted, and the batch goes on.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections import Counter
@@ -25,10 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cobot_hybrid_bridge.crdt import CrdtError, TelemetryState
+from cobot_hybrid_bridge.crdt import CrdtError, LWWMap, TelemetryState
 from cobot_hybrid_bridge.mission_schema import SchemaError, validate_progress
+from cobot_hybrid_protocol.errors import PayloadError
+from cobot_hybrid_protocol.limits import TELEMETRY_LIMITS, parse_json
 
 __all__ = ['FleetStore', 'RobotView']
+
+_LOG = logging.getLogger(__name__)
+_MAX_TOPIC = 256
+_SEQ_DIGITS = 19
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (robot_id TEXT NOT NULL, seq INTEGER NOT NULL,
@@ -66,7 +80,11 @@ class FleetStore:
 
     path: Path
     offline_after_s: float = 10.0
+    robots_allowed: frozenset[str] | None = None     # None: any robot (tools, tests)
+    max_skew_s: float = 60.0                         # robot clocks ahead of ours at most
+    max_state_bytes: int = 256 * 1024
     counts: Counter[str] = field(default_factory=Counter)
+    future_stamps: int = 0
 
     def __post_init__(self) -> None:
         self._db = sqlite3.connect(Path(self.path), isolation_level=None,
@@ -76,50 +94,73 @@ class FleetStore:
         self._db.executescript(_SCHEMA)
 
     def ingest(self, topic: str, payload: bytes, properties: Mapping[str, str] | None = None,
-               now_s: float | None = None) -> str:
+               now_s: float | None = None, retained: bool = False) -> str:
         """Take one MQTT message; return what happened to it."""
-        return self.ingest_many([(topic, payload, properties or {})], now_s)[0]
+        return self.ingest_many([(topic, payload, properties or {}, retained)], now_s)[0]
 
-    def ingest_many(self, messages: Sequence[tuple[str, bytes, Mapping[str, str]]],
-                    now_s: float | None = None) -> list[str]:
-        """Take a batch of MQTT messages in one transaction; return each outcome."""
+    def ingest_many(self, messages: Sequence[tuple[Any, ...]], now_s: float | None = None
+                    ) -> list[str]:
+        """Take a batch of ``(topic, payload, properties[, retained])`` in one transaction.
+
+        Returns each outcome. One message that fails in any way is rolled back alone (a
+        savepoint each) and answered ``rejected: ...``; the others are kept.
+        """
         now = time.time() if now_s is None else now_s
         outcomes = []
-        self._db.execute('BEGIN IMMEDIATE')
+        db = self._db
+        db.execute('BEGIN IMMEDIATE')
         try:
-            for topic, payload, props in messages:
-                outcome = self._ingest(topic, payload, props, now)
+            for item in messages:
+                topic, payload, props = item[0], item[1], item[2]
+                retained = len(item) > 3 and bool(item[3])
+                db.execute('SAVEPOINT message')
+                try:
+                    outcome = self._ingest(topic, payload, props, retained, now)
+                except Exception as exc:  # noqa: BLE001 - the per-message boundary
+                    db.execute('ROLLBACK TO message')
+                    _LOG.exception('fleet store: message on %r could not be stored',
+                                   str(topic)[:_MAX_TOPIC])
+                    outcome = f'rejected: internal error {type(exc).__name__}'
+                db.execute('RELEASE message')
                 self.counts[outcome.split(':')[0]] += 1
                 outcomes.append(outcome)
         except BaseException:
-            self._db.execute('ROLLBACK')
+            db.execute('ROLLBACK')
             raise
-        self._db.execute('COMMIT')
+        db.execute('COMMIT')
         return outcomes
 
-    def _ingest(self, topic: str, payload: bytes, props: Mapping[str, str], now: float) -> str:
+    def _ingest(self, topic: str, payload: bytes, props: Mapping[str, str], retained: bool,
+                now: float) -> str:
+        if not isinstance(topic, str) or len(topic) > _MAX_TOPIC:
+            return 'rejected: topic longer than 256 characters'
         parts = topic.split('/')
         if len(parts) < 4 or parts[:2] != ['cobot', 'v1'] or not parts[2]:
             return f'rejected: topic {topic!r} is not cobot/v1/<robot_id>/...'
         robot_id, kind = parts[2], '/'.join(parts[3:])
         if kind.startswith('cmd/'):
             return 'ignored: a command, not telemetry'
-        try:
-            body = json.loads(payload) if payload else None
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            body = None
+        if self.robots_allowed is not None and robot_id not in self.robots_allowed:
+            return f'rejected: robot {robot_id!r} is not in the site'
+        if retained and kind.startswith('events/'):
+            return 'ignored: a retained event (events are not kept by the broker)'
+        body: Any = None
+        if payload:
+            try:
+                body = parse_json(payload, TELEMETRY_LIMITS, f'{kind} of {robot_id}')
+            except PayloadError as exc:
+                if exc.reason not in ('not_json', 'not_utf8'):
+                    return f'rejected: {exc}'   # opaque payloads (JPEG, CDR) carry only a seq
         if kind == 'status':
             if not isinstance(body, dict) or body.get('state') not in ('online', 'offline'):
                 return 'rejected: status must be {"state": "online"|"offline"}'
             self._touch(robot_id, now, status=body['state'])
             return f'status: {body["state"]}'
-        seq_text = props.get('seq', body.get('seq') if isinstance(body, dict) else None)
-        try:
-            seq = int(seq_text)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return 'rejected: no (robot_id, seq) in user properties or payload'
-        if not 0 < seq < 2**63:
-            return f'rejected: seq {seq} outside 1..2^63-1'
+        seq = _seq(props.get('seq') if 'seq' in props else
+                   body.get('seq') if isinstance(body, dict) else None)
+        if seq is None:
+            return 'rejected: no (robot_id, seq) in user properties or payload, or seq not an ' \
+                   'integer in 1..2^63-1'
         try:
             self._db.execute('INSERT INTO seen (robot_id, seq) VALUES (?, ?)',
                              (robot_id, seq))
@@ -129,7 +170,7 @@ class FleetStore:
         self._touch(robot_id, now)
         data = body.get('data') if isinstance(body, dict) else None
         if kind == 'state':
-            return self._merge_state(robot_id, data)
+            return self._merge_state(robot_id, data, now)
         if kind == 'events/mission_ack':
             return self._ack(robot_id, data, now)
         if kind == 'events/task_progress':
@@ -144,26 +185,42 @@ class FleetStore:
                if status else ''),
             (robot_id, status or 'online', now, now))
 
-    def _merge_state(self, robot_id: str, data: Any) -> str:
+    def _merge_state(self, robot_id: str, data: Any, now: float) -> str:
         try:
             incoming = TelemetryState.from_json(data)
         except CrdtError as exc:
             return f'rejected: state snapshot: {exc}'
+        limit_ms = (now + self.max_skew_s) * 1000.0
+        future = [k for k, (stamp, _) in incoming.values.entries.items()
+                  if stamp.wall_ms > limit_ms]
+        if future:   # a clock far ahead would win every later write: drop those entries
+            self.future_stamps += len(future)
+            _LOG.warning('state of %s: %d value(s) stamped more than %.0f s ahead of the '
+                         'cloud clock dropped (%s)', robot_id, len(future), self.max_skew_s,
+                         ', '.join(sorted(future)[:5]))
+            incoming.values = LWWMap({k: v for k, v in incoming.values.entries.items()
+                                      if k not in future})
         merged = self.state(robot_id).merge(incoming)
+        text = json.dumps(merged.to_json())
+        if len(text) > self.max_state_bytes:
+            return f'rejected: merged state of {len(text)} bytes exceeds {self.max_state_bytes}'
         self._db.execute('INSERT INTO state (robot_id, snapshot) VALUES (?, ?) ON CONFLICT'
                          '(robot_id) DO UPDATE SET snapshot = excluded.snapshot',
-                         (robot_id, json.dumps(merged.to_json())))
-        return 'state merged'
+                         (robot_id, text))
+        return 'state merged' + (f' ({len(future)} future-stamped values dropped)'
+                                 if future else '')
 
     def _ack(self, robot_id: str, data: Any, now: float) -> str:
         if not isinstance(data, dict) or not isinstance(data.get('mission_id'), str) \
-                or not isinstance(data.get('version'), int) \
+                or not 0 < len(data['mission_id']) <= 128 \
+                or type(data.get('version')) is not int \
                 or not 0 < data['version'] < 2**63 \
-                or data.get('status') not in ('accepted', 'rejected'):
+                or data.get('status') not in ('accepted', 'rejected') \
+                or not isinstance(data.get('reason', ''), str):
             return 'rejected: mission ack needs mission_id, version, status'
         self._db.execute('INSERT OR REPLACE INTO acks VALUES (?, ?, ?, ?, ?, ?)',
                          (robot_id, data['mission_id'], data['version'], data['status'],
-                          str(data.get('reason', '')), now))
+                          data.get('reason', '')[:1000], now))
         return f'ack: {data["status"]}'
 
     def _progress(self, robot_id: str, data: Any, now: float) -> str:
@@ -210,3 +267,13 @@ class FleetStore:
     def close(self) -> None:
         """Close the database."""
         self._db.close()
+
+
+def _seq(value: Any) -> int | None:
+    """Return a message's seq from a user property (text) or the envelope (an integer)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() \
+            and len(value) <= _SEQ_DIGITS:
+        value = int(value)
+    if type(value) is not int or not 0 < value < 2**63:
+        return None
+    return value

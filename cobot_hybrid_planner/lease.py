@@ -23,8 +23,12 @@ import json
 from dataclasses import dataclass, field
 
 from cobot_hybrid_planner.errors import PlannerError
+from cobot_hybrid_protocol.errors import PayloadError
+from cobot_hybrid_protocol.limits import Limits, parse_json
 
 __all__ = ['FleetLease', 'LeaseRecord', 'lease_topic']
+
+_LEASE_LIMITS = Limits(max_bytes=1024, max_depth=2, max_string=256, max_items=8, max_values=16)
 
 
 def lease_topic(fleet_id: str) -> str:
@@ -49,11 +53,15 @@ class LeaseRecord:
     def parse(payload: bytes) -> LeaseRecord | None:
         """Read a record; None for anything malformed."""
         try:
-            data = json.loads(payload)
-            record = LeaseRecord(str(data['fleet']), str(data['owner']), int(data['epoch']))
-        except (ValueError, TypeError, KeyError):
+            data = parse_json(payload, _LEASE_LIMITS, 'a lease record')
+        except PayloadError:
             return None
-        return record if record.epoch >= 1 and record.owner else None
+        if not isinstance(data, dict) or set(data) != {'fleet', 'owner', 'epoch'} \
+                or not isinstance(data['fleet'], str) or not isinstance(data['owner'], str) \
+                or type(data['epoch']) is not int or not 1 <= data['epoch'] < 2**63 \
+                or not data['owner']:
+            return None
+        return LeaseRecord(data['fleet'], data['owner'], data['epoch'])
 
 
 @dataclass

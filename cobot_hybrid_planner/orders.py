@@ -10,6 +10,12 @@ A work order (JSON on MQTT ``cobot/v1/orders``, or YAML for ``cobot-hybrid plan`
 Times are seconds from the planning epoch (the planner's "now"). A bad task is rejected with
 its reason and the others go on; a task that depends (``after``) on a rejected or unknown
 task is rejected too. :func:`validate_orders` returns both lists.
+
+Every accepted number is one the planner can compute with (:class:`OrderLimits`): durations
+up to ``max_duration_s``, release times and deadlines within ``horizon_s``; ids are printable
+text of at most 128 characters; an order holds at most ``max_tasks`` tasks and a task at most
+``max_after`` predecessors. The cycle search does not recurse (a precedence chain of any
+length is fine).
 """
 
 from __future__ import annotations
@@ -22,12 +28,24 @@ from typing import Any
 from cobot_hybrid_planner.errors import PlannerError
 from cobot_hybrid_planner.site import Site
 
-__all__ = ['ORDERS_SCHEMA', 'OrderError', 'PlanTask', 'Rejection', 'validate_orders']
+__all__ = ['ORDERS_SCHEMA', 'OrderError', 'OrderLimits', 'PlanTask', 'Rejection',
+           'validate_orders']
 
 ORDERS_SCHEMA = 'cobot_hybrid/orders/v1'
 TASK_TYPES = ('pick', 'place', 'inspect', 'move', 'wait', 'charge')
 _TASK_KEYS = {'task_id', 'type', 'station', 'capability', 'duration_s', 'priority',
               'release_s', 'deadline_s', 'after'}
+_ID_MAX = 128
+
+
+@dataclass(frozen=True)
+class OrderLimits:
+    """What one order may ask for."""
+
+    max_duration_s: float = 7 * 86_400.0     # one task
+    horizon_s: float = 30 * 86_400.0         # release times and deadlines from now
+    max_tasks: int = 2000                    # per order
+    max_after: int = 64                      # predecessors of one task
 
 
 class OrderError(PlannerError, ValueError):
@@ -58,7 +76,15 @@ class Rejection:
     reason: str
 
 
-def _task(raw: Any, site: Site, order_id: str) -> PlanTask:
+def _id(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > _ID_MAX \
+            or not value.isprintable():
+        raise ValueError(f'{what} must be a non-empty printable string of at most {_ID_MAX} '
+                         'chars')
+    return value
+
+
+def _task(raw: Any, site: Site, order_id: str, limits: OrderLimits) -> PlanTask:
     if not isinstance(raw, Mapping):
         raise ValueError('a task must be an object')
     unknown = set(raw) - _TASK_KEYS
@@ -67,6 +93,9 @@ def _task(raw: Any, site: Site, order_id: str) -> PlanTask:
     for key in ('task_id', 'type', 'station', 'capability', 'duration_s'):
         if key not in raw:
             raise ValueError(f'missing {key}')
+    task_id = _id(raw['task_id'], 'task_id')
+    for key in ('type', 'station', 'capability'):
+        _id(raw[key], key)
     if raw['type'] not in TASK_TYPES:
         raise ValueError(f'type {raw["type"]!r} is not one of {TASK_TYPES}')
     if raw['station'] not in site.stations:
@@ -74,13 +103,14 @@ def _task(raw: Any, site: Site, order_id: str) -> PlanTask:
     if raw['capability'] not in site.capabilities:
         raise ValueError(f'no robot has capability {raw["capability"]!r}')
     numbers = {}
-    for key in ('duration_s', 'release_s', 'deadline_s'):
+    for key, high in (('duration_s', limits.max_duration_s), ('release_s', limits.horizon_s),
+                      ('deadline_s', limits.horizon_s)):
         value = raw.get(key)
         if value is None and key != 'duration_s':
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or value < 0:
-            raise ValueError(f'{key} must be a number >= 0')
+                or not math.isfinite(value) or not 0 <= value <= high:
+            raise ValueError(f'{key} must be a number in [0, {high:g}] s')
         numbers[key] = float(value)
     priority = raw.get('priority', 1)
     if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 10:
@@ -91,27 +121,37 @@ def _task(raw: Any, site: Site, order_id: str) -> PlanTask:
         raise ValueError(f'impossible deadline: {deadline:.0f} s < release {release:.0f} s + '
                          f'duration {numbers["duration_s"]:.0f} s')
     after = raw.get('after', [])
-    if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
-        raise ValueError('after must be a list of task ids')
-    return PlanTask(str(raw['task_id']), raw['type'], raw['station'], raw['capability'],
-                    numbers['duration_s'], priority, release, deadline, tuple(after), order_id)
+    if not isinstance(after, list) or len(after) > limits.max_after \
+            or not all(isinstance(a, str) and 0 < len(a) <= _ID_MAX for a in after):
+        raise ValueError(f'after must be a list of at most {limits.max_after} task ids')
+    if task_id in after:
+        raise ValueError('a task cannot come after itself')
+    return PlanTask(task_id, raw['type'], raw['station'], raw['capability'],
+                    numbers['duration_s'], priority, release, deadline,
+                    tuple(dict.fromkeys(after)), order_id)
 
 
-def validate_orders(data: Any, site: Site, known_ids: frozenset[str] = frozenset()
+def validate_orders(data: Any, site: Site, known_ids: frozenset[str] = frozenset(),
+                    limits: OrderLimits = OrderLimits()
                     ) -> tuple[list[PlanTask], list[Rejection]]:
     """Check an order; return (tasks to plan, rejected tasks with reasons)."""
     if not isinstance(data, Mapping) or data.get('schema') != ORDERS_SCHEMA:
         raise OrderError(f'an order must be an object with schema {ORDERS_SCHEMA!r}')
     if set(data) - {'schema', 'order_id', 'tasks'} or not isinstance(data.get('tasks'), list):
         raise OrderError('an order has exactly schema, order_id and a list of tasks')
-    order_id = str(data.get('order_id', ''))
+    if len(data['tasks']) > limits.max_tasks:
+        raise OrderError(f'an order holds at most {limits.max_tasks} tasks, this one '
+                         f'{len(data["tasks"])}: split it')
+    order_id = data.get('order_id', '')
+    if not isinstance(order_id, str) or len(order_id) > _ID_MAX or not order_id.isprintable():
+        raise OrderError(f'order_id must be printable text of at most {_ID_MAX} chars')
     accepted: dict[str, PlanTask] = {}
     rejected: list[Rejection] = []
     for index, raw in enumerate(data['tasks']):
-        task_id = str(raw.get('task_id', f'#{index}')) if isinstance(raw, Mapping) \
-            else f'#{index}'
+        named = raw.get('task_id') if isinstance(raw, Mapping) else None
+        task_id = named[:_ID_MAX] if isinstance(named, str) and named else f'#{index}'
         try:
-            task = _task(raw, site, order_id)
+            task = _task(raw, site, order_id, limits)
         except ValueError as exc:
             rejected.append(Rejection(task_id, str(exc)))
             continue
@@ -138,28 +178,24 @@ def validate_orders(data: Any, site: Site, known_ids: frozenset[str] = frozenset
 
 
 def _find_cycle(tasks: Mapping[str, PlanTask]) -> list[str]:
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(task_id: str) -> list[str]:
-        state[task_id] = 1
-        stack.append(task_id)
-        for before in tasks[task_id].after:
-            if before not in tasks:
+    """Return the tasks of one precedence cycle (empty if none); iterative depth-first."""
+    state: dict[str, int] = {}    # 1: on the path, 2: done
+    for root in tasks:
+        if root in state:
+            continue
+        path: list[str] = [root]
+        pending: list[list[str]] = [[a for a in tasks[root].after if a in tasks]]
+        state[root] = 1
+        while path:
+            if not pending[-1]:
+                state[path.pop()] = 2
+                pending.pop()
                 continue
+            before = pending[-1].pop()
             if state.get(before) == 1:
-                return stack[stack.index(before):] + [before]
+                return path[path.index(before):]
             if before not in state:
-                found = visit(before)
-                if found:
-                    return found
-        stack.pop()
-        state[task_id] = 2
-        return []
-
-    for task_id in tasks:
-        if task_id not in state:
-            found = visit(task_id)
-            if found:
-                return list(dict.fromkeys(found))
+                state[before] = 1
+                path.append(before)
+                pending.append([a for a in tasks[before].after if a in tasks])
     return []

@@ -29,13 +29,12 @@ import json
 import logging
 import sqlite3
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -48,11 +47,19 @@ from cobot_hybrid_planner.orders import OrderError, PlanTask, validate_orders
 from cobot_hybrid_planner.planning import FleetRobot, plan
 from cobot_hybrid_planner.replica import FleetReplica, fleet_orders_topic
 from cobot_hybrid_planner.site import Site
+from cobot_hybrid_protocol.errors import PayloadError
+from cobot_hybrid_protocol.limits import (
+    FILE_LIMITS,
+    TELEMETRY_LIMITS,
+    parse_json,
+    parse_yaml,
+)
 
 __all__ = ['EPOCH_STRIDE', 'TASK_STATUSES', 'PlannerConfig', 'PlannerParams', 'PlannerService',
            'load_orders_file', 'load_private_key']
 
 _LOG = logging.getLogger(__name__)
+_PLAN_RETRY_S = 10.0
 ORDERS_TOPIC = 'cobot/v1/orders'
 EPOCH_STRIDE = 1_000_000          # mission version = lease epoch * EPOCH_STRIDE + n
 _TASK_COLUMNS = ('task_id', 'body', 'status', 'received_at', 'robot_id', 'started_at',
@@ -160,15 +167,17 @@ class PlannerService:
     cfg: PlannerConfig
     site: Site
     private_key: Ed25519PrivateKey
-    rejected_tasks: dict[str, str] = field(default_factory=dict)
+    rejected_tasks: dict[str, str] = field(default_factory=dict)   # the latest, bounded
     sent: int = 0
-    _inbox: deque[tuple[str, bytes, dict[str, str]]] = field(default_factory=deque)
+    errors: Counter[str] = field(default_factory=Counter)   # caught at a message boundary
+    _inbox: deque[tuple[str, bytes, dict[str, str], bool]] = field(default_factory=deque)
     _dirty: bool = True
     _online: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.fleet = FleetStore(self.cfg.data_dir / 'fleet.db', self.cfg.offline_after_s)
+        self.fleet = FleetStore(self.cfg.data_dir / 'fleet.db', self.cfg.offline_after_s,
+                                robots_allowed=frozenset(self.site.robots))
         self._db = sqlite3.connect(self.cfg.data_dir / 'ledger.db', isolation_level=None,
                                    check_same_thread=False)
         self._db.execute('PRAGMA journal_mode=WAL')
@@ -181,6 +190,8 @@ class PlannerService:
             if column not in columns:  # a ledger from before task progress
                 self._db.execute(f'ALTER TABLE tasks ADD COLUMN {column} {kind}')
         self.progress_ignored = 0
+        self.progress_unauthorized = 0
+        self._plan_after = 0.0     # after a failed plan: not before this time
         self.replica: FleetReplica | None = None
         self._snapshot_changes = -1
         self._snapshot_at = 0.0
@@ -270,13 +281,13 @@ class PlannerService:
         if self.replica.snapshot is None:
             return
         try:
-            data = json.loads(self.replica.snapshot)
+            data = parse_json(self.replica.snapshot, FILE_LIMITS, 'the ledger snapshot')
             if data['fleet'] != self.cfg.fleet_id or int(data['epoch']) < self.epoch:
                 return  # ours is as new
             tasks = [tuple(t[c] for c in _TASK_COLUMNS) for t in data['tasks']]
             missions = [tuple(base64.b64decode(m[c]) if c == 'envelope' else m[c]
                               for c in _MISSION_COLUMNS) for m in data['missions']]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             _LOG.error('ledger snapshot of fleet %s unreadable (%s): keeping the local one',
                        self.cfg.fleet_id, exc)
             return
@@ -301,12 +312,25 @@ class PlannerService:
             self.replica.publish_snapshot(self.ledger_snapshot())
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        self.receive(message.topic, bytes(message.payload),
-                     dict(getattr(message.properties, 'UserProperty', []) or []))
+        try:
+            pairs = getattr(message.properties, 'UserProperty', []) or []
+            self.receive(message.topic, bytes(message.payload),
+                         {str(k): str(v) for k, v in pairs[:16]}, bool(message.retain))
+        except Exception:  # noqa: BLE001 - paho's thread must go on (undecodable topic...)
+            self.errors['receive'] += 1
+            _LOG.exception('planner: an MQTT message could not be taken')
 
-    def receive(self, topic: str, payload: bytes, properties: dict[str, str]) -> None:
+    def receive(self, topic: str, payload: bytes, properties: dict[str, str],
+                retained: bool = False) -> None:
         """Take one MQTT message (paho's thread, or a replay); :meth:`step` handles it."""
-        self._inbox.append((topic, payload, properties))
+        self._inbox.append((topic, payload, properties, retained))
+
+    def _reject_order(self, task_id: str, reason: str) -> None:
+        """Remember why a task (or ``<order>``) was refused; the newest 1,000 are kept."""
+        self.rejected_tasks.pop(task_id, None)
+        self.rejected_tasks[task_id[:128]] = reason[:500]
+        while len(self.rejected_tasks) > 1000:
+            del self.rejected_tasks[next(iter(self.rejected_tasks))]
 
     # --- orders ------------------------------------------------------------------------------
 
@@ -321,11 +345,11 @@ class PlannerService:
             tasks, rejected = validate_orders(data, self.site, known)
         except OrderError as exc:
             _LOG.warning('order rejected: %s', exc)
-            self.rejected_tasks['<order>'] = str(exc)
+            self._reject_order('<order>', str(exc))
             return []
         for rejection in rejected:
             _LOG.warning('task %s rejected: %s', rejection.task_id, rejection.reason)
-            self.rejected_tasks[rejection.task_id] = rejection.reason
+            self._reject_order(rejection.task_id, rejection.reason)
         with self._db:
             for task in tasks:
                 self._db.execute('INSERT INTO tasks (task_id, body, received_at) VALUES '
@@ -396,21 +420,18 @@ class PlannerService:
             self._follow_lease()
             if not self.replica.lease.is_owner:
                 return
-        urgent: list[tuple[str, bytes, dict[str, str]]] = []
-        bulk: list[tuple[str, bytes, dict[str, str]]] = []
+        urgent: list[tuple[str, bytes, dict[str, str], bool]] = []
+        bulk: list[tuple[str, bytes, dict[str, str], bool]] = []
         orders_topics = (ORDERS_TOPIC, fleet_orders_topic(self.cfg.fleet_id))
         while self._inbox:
-            topic, payload, props = self._inbox.popleft()
-            if topic in orders_topics:
-                try:
-                    self.add_orders(json.loads(payload), now)
-                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    self.rejected_tasks['<order>'] = f'not JSON: {exc}'
+            item = self._inbox.popleft()
+            if item[0] in orders_topics:
+                self._take_order(item[1], item[3], now)
                 continue
             # Acks and liveness first: under a telemetry flood they must not wait behind it.
             urgent_kinds = ('/status', '/events/mission_ack', '/events/task_progress',
                             '/state')
-            (urgent if topic.endswith(urgent_kinds) else bulk).append((topic, payload, props))
+            (urgent if item[0].endswith(urgent_kinds) else bulk).append(item)
         self._ingest(urgent, now)
         self._ingest(bulk, now)
         online = frozenset(r for r, view in self.fleet.robots(now).items()
@@ -418,23 +439,59 @@ class PlannerService:
         if online != self._online:
             self._release_tasks_of(self._online - online)
             self._online, self._dirty = online, True
-        if self._dirty and online:
-            self._replan(now)
+        if self._dirty and online and now >= self._plan_after:
+            try:
+                self._replan(now)
+            except Exception:  # noqa: BLE001 - one bad plan must not end the fleet's planner
+                self.errors['plan'] += 1
+                self._dirty, self._plan_after = True, now + _PLAN_RETRY_S
+                _LOG.exception('planning failed; trying again in %.0f s', _PLAN_RETRY_S)
         self._resend(now)
         if self.replica is not None:
             self._share_ledger()
 
-    def _ingest(self, batch: list[tuple[str, bytes, dict[str, str]]], now: float) -> None:
+    def _take_order(self, payload: bytes, retained: bool, now: float) -> None:
+        """One work order from MQTT: parsed within limits, never retained, never fatal."""
+        if retained:   # an order is for its moment; retained, it would come back every start
+            self._reject_order('<order>', 'retained order ignored: publish orders without '
+                               'retain (and clear the retained message)')
+            return
+        try:
+            self.add_orders(parse_json(payload, TELEMETRY_LIMITS, 'the order'), now)
+        except PayloadError as exc:
+            self._reject_order('<order>', str(exc))
+        except Exception as exc:  # noqa: BLE001 - the per-message boundary
+            self.errors['order'] += 1
+            self._reject_order('<order>', f'internal error {type(exc).__name__}')
+            _LOG.exception('a work order could not be handled')
+
+    def _ingest(self, batch: list[tuple[str, bytes, dict[str, str], bool]], now: float
+                ) -> None:
         if not batch:
             return
         outcomes = self.fleet.ingest_many(batch, now)  # one transaction for the batch
-        for (topic, payload, _), outcome in zip(batch, outcomes, strict=True):
-            if outcome == 'ack: rejected':
-                self._on_rejected_ack(topic, payload)
-            elif outcome == 'ack: accepted':
-                self._mark_acked(topic, payload, 'accepted')
-            elif outcome.startswith('progress: '):
-                self._on_progress(topic.split('/')[2], json.loads(payload)['data'], now)
+        for (topic, payload, _, _), outcome in zip(batch, outcomes, strict=True):
+            try:
+                if outcome == 'ack: rejected':
+                    self._on_rejected_ack(topic, payload)
+                elif outcome == 'ack: accepted':
+                    self._mark_acked(topic, payload, 'accepted')
+                elif outcome.startswith('progress: '):
+                    self._on_progress(topic.split('/')[2], _data(payload), now)
+            except Exception:  # noqa: BLE001 - the per-message boundary
+                self.errors['ingest'] += 1
+                _LOG.exception('planner: %s on %s could not be handled', outcome,
+                               topic[:256])
+
+    def _assigned(self, robot_id: str, task_id: str) -> bool:
+        """Whether a task is the robot's: in its current mission, or in progress on it."""
+        row = self._db.execute('SELECT tasks FROM missions WHERE robot_id = ?',
+                               (robot_id,)).fetchone()
+        if row is not None and task_id in json.loads(row[0]):
+            return True
+        return self._db.execute("SELECT 1 FROM tasks WHERE task_id = ? AND robot_id = ? AND "
+                                "status = 'in_progress'", (task_id, robot_id)).fetchone() \
+            is not None
 
     def _on_progress(self, robot_id: str, data: dict[str, Any], now: float) -> None:
         task_id, status = data['task_id'], data['status']
@@ -444,6 +501,11 @@ class PlannerService:
             self.progress_ignored += 1   # not ours, or already closed (a late duplicate)
             _LOG.warning('progress %s of task %s from %s ignored: task is %s', status,
                          task_id, robot_id, row[0] if row else 'unknown')
+            return
+        if not self._assigned(robot_id, task_id):
+            self.progress_unauthorized += 1
+            _LOG.warning('progress %s of task %s from %s ignored: the task is not assigned '
+                         'to that robot', status, task_id, robot_id)
             return
         with self._db:
             if status == 'started':
@@ -487,16 +549,25 @@ class PlannerService:
 
     def _mark_acked(self, topic: str, payload: bytes, status: str) -> None:
         robot_id = topic.split('/')[2]
-        data = json.loads(payload).get('data', {})
+        data = _data(payload)
         with self._db:
             self._db.execute('UPDATE missions SET acked = ? WHERE robot_id = ? AND '
                              'mission_id = ? AND version = ?',
                              (status, robot_id, data.get('mission_id'), data.get('version')))
 
     def _on_rejected_ack(self, topic: str, payload: bytes) -> None:
-        reason = str(json.loads(payload).get('data', {}).get('reason', ''))
+        reason = str(_data(payload).get('reason', ''))
         if reason.startswith('replayed') or reason.startswith('superseded'):
             self._mark_acked(topic, payload, 'accepted')  # the robot already has it
+        elif reason.startswith('store_rebuilt'):
+            # The robot lost its replay store and refuses what was issued before: issue the
+            # same tasks again as a new version (a new command id, issued now).
+            _LOG.warning('%s rebuilt its replay store: sending its mission again',
+                         topic.split('/')[2])
+            with self._db:
+                self._db.execute("UPDATE missions SET tasks = '[]', acked = 'rejected' WHERE "
+                                 'robot_id = ?', (topic.split('/')[2],))
+            self._dirty = True
         else:
             _LOG.error('mission rejected by %s: %s', topic.split('/')[2], reason)
             self._mark_acked(topic, payload, 'rejected')
@@ -596,8 +667,17 @@ def _absolute(offset_s: float | None, now: float) -> float | None:
 
 
 def load_orders_file(path: Path) -> Any:
-    """Read a YAML/JSON work order file (raises PlannerError)."""
+    """Read a YAML/JSON work order file within the file limits (raises PlannerError)."""
     try:
-        return yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise PlannerError(f'orders file {path} cannot be read: {exc}') from None
+        return parse_yaml(Path(path).read_bytes(), what=f'orders file {path}')
+    except OSError as exc:
+        raise PlannerError(f'orders file {path} cannot be read: {exc.strerror}') from None
+    except PayloadError as exc:
+        raise PlannerError(exc.detail) from None
+
+
+def _data(payload: bytes) -> dict[str, Any]:
+    """Return the ``data`` object of an uplink envelope the fleet store accepted."""
+    body = parse_json(payload, TELEMETRY_LIMITS, 'an envelope')
+    data = body.get('data') if isinstance(body, dict) else None
+    return data if isinstance(data, dict) else {}

@@ -11,7 +11,11 @@
     robots:
       cobot-1: {capabilities: [pick, place], start: tray}
 
-Pure Python; :func:`load_site` names the key of any mistake.
+Pure Python; :func:`load_site` names the key of any mistake. Every number is bounded so that
+any site that loads plans without overflow: coordinates within +-10 km, yaw within +-2 pi,
+travel speed in (0.01, 100] m/s, measured travel times up to a day; robot ids are MQTT topic
+levels (1-64 characters, no ``/ + # $`` or spaces); the file is read with the bounded YAML
+parser (size, depth, aliases).
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cobot_hybrid_planner.errors import PlannerError
+from cobot_hybrid_protocol.errors import PayloadError
+from cobot_hybrid_protocol.limits import parse_yaml
 
 __all__ = ['Robot', 'Site', 'SiteError', 'Station', 'load_site', 'parse_site']
 
@@ -78,11 +82,26 @@ class Site:
         return frozenset().union(*(r.capabilities for r in self.robots.values()))
 
 
-def _number(value: Any, where: str) -> float:
+MAX_COORD_M = 10_000.0
+MAX_TRAVEL_S = 86_400.0
+_ID_MAX = 128
+
+
+def _number(value: Any, where: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value):
-        raise SiteError(f'{where} must be a finite number')
+            or not math.isfinite(value) or not low <= value <= high:
+        raise SiteError(f'{where} must be a finite number in [{low:g}, {high:g}]')
     return float(value)
+
+
+def _name(value: Any, where: str, robot: bool = False) -> str:
+    text = str(value)
+    if not text or len(text) > (64 if robot else _ID_MAX) or not text.isprintable() \
+            or (robot and any(c in text for c in '/+#$ ')):
+        rule = '1-64 characters without / + # $ or spaces' if robot else \
+            f'printable, 1-{_ID_MAX} characters'
+        raise SiteError(f'{where}: {text[:40]!r} must be {rule}')
+    return text
 
 
 def parse_site(data: Any) -> Site:
@@ -100,41 +119,48 @@ def parse_site(data: Any) -> Site:
         raise SiteError('robots: a non-empty mapping of id -> {capabilities, start}')
     stations = {}
     for name, pose in stations_raw.items():
+        name = _name(name, 'stations')
         if not isinstance(pose, Mapping) or not {'x', 'y'} <= set(pose) \
                 or set(pose) - {'x', 'y', 'yaw'}:
             raise SiteError(f'stations.{name} must be {{x, y[, yaw]}}')
-        stations[str(name)] = Station(str(name), _number(pose['x'], f'stations.{name}.x'),
-                                      _number(pose['y'], f'stations.{name}.y'),
-                                      _number(pose.get('yaw', 0.0), f'stations.{name}.yaw'))
+        x, y = (_number(pose[k], f'stations.{name}.{k}', -MAX_COORD_M, MAX_COORD_M)
+                for k in ('x', 'y'))
+        stations[name] = Station(name, x, y, _number(pose.get('yaw', 0.0),
+                                                     f'stations.{name}.yaw', -math.tau, math.tau))
     robots = {}
     for robot_id, spec in robots_raw.items():
+        robot_id = _name(robot_id, 'robots', robot=True)
         where = f'robots.{robot_id}'
         if not isinstance(spec, Mapping) or set(spec) != {'capabilities', 'start'}:
             raise SiteError(f'{where} must be exactly {{capabilities, start}}')
         caps = spec['capabilities']
-        if not isinstance(caps, list) or not caps:
-            raise SiteError(f'{where}.capabilities must be a non-empty list')
+        if not isinstance(caps, list) or not caps or len(caps) > 64:
+            raise SiteError(f'{where}.capabilities must be a non-empty list (at most 64)')
+        caps = [_name(c, f'{where}.capabilities') for c in caps]
         if spec['start'] not in stations:
             raise SiteError(f'{where}.start {spec["start"]!r} is not a station')
         robots[str(robot_id)] = Robot(str(robot_id), frozenset(map(str, caps)),
                                       str(spec['start']))
-    speed = _number(data.get('travel_speed_mps', 0.5), 'travel_speed_mps')
-    if speed <= 0:
-        raise SiteError('travel_speed_mps must be > 0')
+    speed = _number(data.get('travel_speed_mps', 0.5), 'travel_speed_mps', 0.01, 100.0)
     overrides: dict[tuple[str, str], float] = {}
-    for pair, seconds in dict(data.get('travel_overrides_s') or {}).items():
+    raw_overrides = data.get('travel_overrides_s') or {}
+    if not isinstance(raw_overrides, Mapping):
+        raise SiteError('travel_overrides_s must map station-a/station-b -> seconds')
+    for pair, seconds in raw_overrides.items():
         a, _, b = str(pair).partition('/')
         if a not in stations or b not in stations:
             raise SiteError(f'travel_overrides_s.{pair}: use station-a/station-b')
-        overrides[(a, b)] = overrides[(b, a)] = _number(seconds, f'travel_overrides_s.{pair}')
-    return Site(stations, robots, speed, overrides, str(data.get('frame_id', 'map')))
+        overrides[(a, b)] = overrides[(b, a)] = _number(seconds, f'travel_overrides_s.{pair}',
+                                                        0.0, MAX_TRAVEL_S)
+    return Site(stations, robots, speed, overrides,
+                _name(data.get('frame_id', 'map'), 'frame_id'))
 
 
 def load_site(path: Path) -> Site:
     """Read and validate a site file."""
     try:
-        return parse_site(yaml.safe_load(Path(path).read_text()))
+        return parse_site(parse_yaml(Path(path).read_bytes(), what=f'site file {path}'))
     except OSError as exc:
         raise SiteError(f'site file {path} cannot be read: {exc.strerror}') from None
-    except yaml.YAMLError as exc:
-        raise SiteError(f'site file {path} is not valid YAML: {exc}') from None
+    except PayloadError as exc:
+        raise SiteError(str(exc.detail)) from None

@@ -70,12 +70,27 @@ def test_a_restart_resumes_from_the_store(tmp_path: Path) -> None:
     ('elsewhere/x', b'{}', {}, 'is not cobot/v1'),
     ('cobot/v1/cobot-a/status', b'{"state": "asleep"}', {}, 'status must be'),
     ('cobot/v1/cobot-a/telemetry/x', b'{}', {}, 'no (robot_id, seq)'),
-    ('cobot/v1/cobot-a/telemetry/x', b'{}', {'seq': str(2**70)}, 'outside'),
+    ('cobot/v1/cobot-a/telemetry/x', b'{}', {'seq': str(2**70)}, '1..2^63-1'),
     ('cobot/v1/cobot-a/state', b'{"seq": 9, "data": {"counters": 1}}', {}, 'state snapshot'),
     ('cobot/v1/cobot-a/events/mission_ack', b'{"seq": 10, "data": {"status": "maybe"}}', {},
      'mission ack'),
     ('cobot/v1/cobot-a/events/mission_ack', b'{"seq": 11, "data": {"mission_id": "m", '
-     b'"version": 99999999999999999999999, "status": "accepted"}}', {}, 'mission ack'),
+     b'"version": 99999999999999999999999, "status": "accepted"}}', {}, 'big_integer'),
+    # the crashes of the hardening issue, each one a regression test
+    ('cobot/v1/cobot-a/telemetry/x', b'{"seq": Infinity}', {}, 'non_finite'),
+    ('cobot/v1/cobot-a/telemetry/x', b'{"seq": 1e400}', {}, 'non_finite'),
+    ('cobot/v1/cobot-a/telemetry/x', b'{"seq": 1, "data": ' + b'[' * 3000 + b']' * 3000
+     + b'}', {}, 'too_deep'),
+    ('cobot/v1/cobot-a/status', b'{"state": ' + b'[' * 3000 + b']' * 3000 + b'}', {},
+     'too_deep'),
+    ('cobot/v1/cobot-a/telemetry/x', b'{"seq": 12}', {'seq': '\u00b2'}, '1..2^63-1'),
+    ('cobot/v1/cobot-a/telemetry/x', b'{"seq": true}', {}, '1..2^63-1'),
+    ('cobot/v1/cobot-a/state', b'{"seq": 13, "data": {"counters": {"c": {"p": {"r": '
+     + str(10**30).encode() + b'}, "n": {}}}, "values": {}, "alarms": {"adds": {}, '
+     b'"removed": []}}}', {}, 'big_integer'),
+    ('cobot/v1/cobot-a/state', b'{"seq": 14, "data": {"counters": {"c": {"p": {"r": '
+     + str(2**60).encode() + b'}, "n": {}}}, "values": {}, "alarms": {"adds": {}, '
+     b'"removed": []}}}', {}, '2**53'),
 ])
 def test_bad_messages_are_rejected_with_a_reason(tmp_path: Path, topic: str, payload: bytes,
                                                  props: dict, reason: str) -> None:
@@ -97,3 +112,82 @@ def test_fuzzed_messages_never_raise(tmp_path_factory: pytest.TempPathFactory, t
         assert isinstance(store.ingest('cobot/v1/r/state', payload, props, now_s=1.0), str)
     finally:
         store.close()
+
+
+def _state_payload(seq: int, values: dict, counters: int = 0) -> bytes:
+    data = {'counters': {f'c{i}': {'p': {'r': 1}, 'n': {}} for i in range(counters)},
+            'values': values, 'alarms': {'adds': {}, 'removed': []}}
+    return json.dumps({'seq': seq, 'data': data}).encode()
+
+
+def test_future_stamps_cannot_freeze_a_value(tmp_path: Path) -> None:
+    store = FleetStore(tmp_path / 'fleet.db', max_skew_s=60.0)
+    now = 1_800_000_000.0
+    frozen = {'protective_stop': [[2**52, 0, 'cobot-a'], True],
+              'speed_scale': [[int(now * 1000), 0, 'cobot-a'], 0.5]}
+    outcome = store.ingest('cobot/v1/cobot-a/state', _state_payload(1, frozen), {}, now)
+    assert outcome.startswith('state merged') and '1 future-stamped' in outcome
+    assert store.future_stamps == 1
+    state = store.state('cobot-a')
+    assert state.values.get('protective_stop') is None and state.values.get('speed_scale') == 0.5
+    later = {'protective_stop': [[int(now * 1000) + 1000, 0, 'cobot-a'], False]}
+    store.ingest('cobot/v1/cobot-a/state', _state_payload(2, later), {}, now + 1)
+    assert store.state('cobot-a').values.get('protective_stop') is False
+    store.close()
+
+
+def test_a_state_row_is_bounded_in_size(tmp_path: Path) -> None:
+    store = FleetStore(tmp_path / 'fleet.db', max_state_bytes=2000)
+    outcome = store.ingest('cobot/v1/cobot-a/state', _state_payload(1, {}, counters=100), {},
+                           1.0)
+    assert outcome.startswith('rejected') and 'exceeds 2000' in outcome
+    assert store.state('cobot-a').counters == {}
+    store.close()
+
+
+def test_only_robots_of_the_site_are_stored(tmp_path: Path) -> None:
+    store = FleetStore(tmp_path / 'fleet.db', robots_allowed=frozenset({'cobot-a'}))
+    online = b'{"state": "online"}'
+    assert store.ingest('cobot/v1/intruder/status', online, now_s=1.0).startswith('rejected')
+    assert 'not in the site' in store.ingest('cobot/v1/intruder/telemetry/x', b'{}',
+                                             {'seq': '1'}, 1.0)
+    assert store.ingest('cobot/v1/cobot-a/status', online, now_s=1.0) == 'status: online'
+    assert set(store.robots(now_s=1.0)) == {'cobot-a'}
+    store.close()
+
+
+def test_retained_events_are_ignored_and_retained_status_still_counts(tmp_path: Path) -> None:
+    store = FleetStore(tmp_path / 'fleet.db')
+    ack = json_envelope('cobot-a', 1, 1.0, 'mission_ack', 'x', {
+        'mission_id': 'm', 'version': 1, 'status': 'accepted', 'reason': ''})
+    assert store.ingest('cobot/v1/cobot-a/events/mission_ack', ack, {'seq': '1'}, 1.0,
+                        retained=True).startswith('ignored')
+    assert store.ack_of('cobot-a', 'm', 1) is None
+    assert store.ingest('cobot/v1/cobot-a/status', b'{"state": "online"}', {}, 1.0,
+                        retained=True) == 'status: online'
+    store.close()
+
+
+def test_one_failing_message_does_not_lose_the_rest_of_its_batch(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    store = FleetStore(tmp_path / 'fleet.db')
+    real = store._merge_state
+
+    def broken(robot_id: str, data: object, now: float) -> str:
+        store._db.execute("INSERT INTO state VALUES ('half-written', '{}')")
+        raise RuntimeError('a bug')
+
+    monkeypatch.setattr(store, '_merge_state', broken)
+    outcomes = store.ingest_many([
+        ('cobot/v1/cobot-a/telemetry/x', b'{}', {'seq': '1'}),
+        ('cobot/v1/cobot-a/state', _state_payload(2, {}), {}),
+        ('cobot/v1/cobot-a/telemetry/x', b'{}', {'seq': '3'})], now_s=1.0)
+    assert outcomes[0] == 'accepted' and outcomes[2] == 'accepted'
+    assert outcomes[1] == 'rejected: internal error RuntimeError'
+    monkeypatch.setattr(store, '_merge_state', real)
+    assert store.state('half-written').counters == {}      # rolled back alone
+    # the failed message's seq was rolled back too: it can be stored when sent again
+    assert store.ingest('cobot/v1/cobot-a/state', _state_payload(2, {}), {}, 2.0) \
+        == 'state merged'
+    store.close()

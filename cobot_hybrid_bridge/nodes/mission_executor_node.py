@@ -24,6 +24,8 @@ from cobot_hybrid_bridge.mission_executor import ExecutorConfig, MissionExecutor
 from cobot_hybrid_bridge.mission_schema import SchemaError, progress_to_json, validate_mission
 from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
 from cobot_hybrid_perception.nodes.runner import run_node
+from cobot_hybrid_protocol.errors import PayloadError
+from cobot_hybrid_protocol.limits import COMMAND_LIMITS, parse_json
 
 PARAMS = (
     ParamSpec('stall_timeout_s', 'a task held at speed scale 0 this long fails [s]',
@@ -58,8 +60,8 @@ class MissionExecutorNode(Node):
 
     def _on_mission(self, msg: String) -> None:
         try:
-            mission = validate_mission(json.loads(msg.data))
-        except (ValueError, SchemaError) as exc:
+            mission = validate_mission(parse_json(msg.data, COMMAND_LIMITS, 'the mission'))
+        except (PayloadError, SchemaError) as exc:
             self.rejected += 1
             self.get_logger().error(f'mission ignored: {exc} (expected mission JSON v1)')
             return
