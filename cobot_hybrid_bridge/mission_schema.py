@@ -35,7 +35,7 @@ tasks that have not started.
 
 Every number is finite and physically bounded (what validation accepts, every consumer can
 compute with): coordinates within +-:data:`MAX_COORD_M`, yaw within +-2 pi, durations up to
-:data:`MAX_DURATION_S`, unix times between 2000 and 2100, versions below 2**63; task ids are
+:data:`MAX_DURATION_S`, unix times from 0 to 2100, versions below 2**63; task ids are
 unique within a mission; ids are printable text of at most 128 characters.
 """
 
@@ -60,7 +60,7 @@ MAX_TASKS = 500
 MAX_COORD_M = 10_000.0           # a site is smaller than 10 km
 MAX_DURATION_S = 7 * 86_400.0    # one task runs at most a week
 MAX_VERSION = 2**63 - 1          # SQLite INTEGER, on both sides
-MIN_UNIX_S, MAX_UNIX_S = 946_684_800.0, 4_102_444_800.0   # 2000-01-01 .. 2100-01-01
+MIN_UNIX_S, MAX_UNIX_S = 0.0, 4_102_444_800.0   # up to 2100-01-01
 MAX_REASON = 1000
 _ID_MAX = 128
 

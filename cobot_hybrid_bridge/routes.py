@@ -5,7 +5,8 @@
     routes:
       - ros_topic: detections                       # relative: namespaces and remaps apply
         type: vision_msgs/msg/Detection2DArray      # any type, resolved at run time
-        mqtt_topic: telemetry/detections            # under cobot/v1/<robot_id>/
+        mqtt_topic: telemetry/detections            # cobot/v1/<robot_id>/telemetry/ or
+                                                    # .../events/ (the robots' ACL)
         encoding: json                              # json (any consumer) | cdr (ROS) | jpeg
         qos: 1
         priority: 1                                 # higher drains first, dropped last
@@ -31,9 +32,10 @@ from cobot_hybrid_bridge.filters import FilterError, make_filter
 from cobot_hybrid_protocol.errors import PayloadError
 from cobot_hybrid_protocol.limits import parse_yaml
 
-__all__ = ['ENCODINGS', 'Route', 'RouteError', 'load_routes', 'parse_routes']
+__all__ = ['ENCODINGS', 'UPLINK_BRANCHES', 'Route', 'RouteError', 'load_routes', 'parse_routes']
 
 ENCODINGS = ('json', 'cdr', 'jpeg')
+UPLINK_BRANCHES = ('telemetry/', 'events/')   # what a robot may write under its prefix
 _TYPE = re.compile(r'^[A-Za-z][\w]*/msg/[A-Z][A-Za-z0-9]*$')
 _TOPIC_LEVEL = re.compile(r'^[\w\-.]+(/[\w\-.]+)*$')
 _KEYS = {'ros_topic', 'type', 'mqtt_topic', 'encoding', 'qos', 'priority', 'retain',
@@ -89,9 +91,11 @@ def parse_routes(data: Any) -> list[Route]:
         where = f'{where} ({raw["ros_topic"]})'
         if not _TYPE.match(raw['type']):
             raise RouteError(f'{where}.type {raw["type"]!r} must look like pkg/msg/Name')
-        if not _TOPIC_LEVEL.match(raw['mqtt_topic']) or raw['mqtt_topic'].startswith('cmd'):
+        if not _TOPIC_LEVEL.match(raw['mqtt_topic']) \
+                or not raw['mqtt_topic'].startswith(UPLINK_BRANCHES):
             raise RouteError(f'{where}.mqtt_topic {raw["mqtt_topic"]!r} must be relative '
-                             '(no + # or leading /) and not under cmd/')
+                             '(no + # or leading /) and under telemetry/ or events/ (what '
+                             "the robots' ACL lets a robot write)")
         encoding = raw.get('encoding', 'json')
         if encoding not in ENCODINGS:
             raise RouteError(f'{where}.encoding {encoding!r}: use one of {ENCODINGS}')

@@ -29,6 +29,7 @@ from typing import Any
 from cobot_hybrid_planner.errors import PlannerError
 from cobot_hybrid_protocol.errors import PayloadError
 from cobot_hybrid_protocol.limits import parse_yaml
+from cobot_hybrid_protocol.topics import RobotIdError, check_robot_id
 
 __all__ = ['Robot', 'Site', 'SiteError', 'Station', 'load_site', 'parse_site']
 
@@ -96,11 +97,13 @@ def _number(value: Any, where: str, low: float, high: float) -> float:
 
 def _name(value: Any, where: str, robot: bool = False) -> str:
     text = str(value)
-    if not text or len(text) > (64 if robot else _ID_MAX) or not text.isprintable() \
-            or (robot and any(c in text for c in '/+#$ ')):
-        rule = '1-64 characters without / + # $ or spaces' if robot else \
-            f'printable, 1-{_ID_MAX} characters'
-        raise SiteError(f'{where}: {text[:40]!r} must be {rule}')
+    if robot:
+        try:
+            return check_robot_id(text)
+        except RobotIdError as exc:
+            raise SiteError(f'{where}: {exc}') from None
+    if not text or len(text) > _ID_MAX or not text.isprintable():
+        raise SiteError(f'{where}: {text[:40]!r} must be printable, 1-{_ID_MAX} characters')
     return text
 
 

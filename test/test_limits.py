@@ -17,6 +17,7 @@ from cobot_hybrid_protocol.limits import (
     parse_json,
     parse_yaml,
 )
+from cobot_hybrid_protocol.topics import RobotIdError, check_robot_id, robot_prefix
 
 SMALL = Limits(max_bytes=20_000, max_depth=4, max_string=16, max_items=5, max_values=20,
                unique_keys=True)
@@ -111,3 +112,14 @@ def test_valid_json_round_trips_or_names_the_limit_it_broke(value: object) -> No
     except PayloadError as exc:
         assert exc.reason in {'too_deep', 'long_string', 'too_many_items', 'too_many_values',
                               'bad_string'}
+
+
+@pytest.mark.parametrize('robot_id', ['', 'a/b', 'a+', '#', '$SYS', 'a b', 'x' * 65, 'a\nb',
+                                      'planners', 'orders', 7])
+def test_robot_ids_that_break_topics_or_are_reserved_are_refused(robot_id: object) -> None:
+    with pytest.raises(RobotIdError):
+        check_robot_id(robot_id)
+
+
+def test_a_valid_robot_id_makes_its_prefix() -> None:
+    assert robot_prefix('cobot-7') == 'cobot/v1/cobot-7'
