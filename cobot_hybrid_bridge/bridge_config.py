@@ -41,6 +41,9 @@ class BridgeConfig:
     retry_no_subscribers: bool = True
     session_expiry_s: int = 3600
     reconnect_max_s: float = 30.0         # cap of the exponential reconnect backoff
+    delivery: str = 'cloud'               # cloud: until the consumer stored it | broker: PUBACK
+    cloud_window: int = 1000
+    cloud_ack_timeout_s: float = 30.0
     tls_ca: str = ''
     tls_cert: str = ''
     tls_key: str = ''
@@ -85,7 +88,9 @@ class BridgeConfig:
                           drain_rate_hz=self.drain_rate_hz,
                           retry_no_subscribers=self.retry_no_subscribers,
                           session_expiry_s=self.session_expiry_s,
-                          reconnect_max_s=self.reconnect_max_s, tls_ca=self.tls_ca,
+                          reconnect_max_s=self.reconnect_max_s, delivery=self.delivery,
+                          cloud_window=self.cloud_window,
+                          cloud_ack_timeout_s=self.cloud_ack_timeout_s, tls_ca=self.tls_ca,
                           tls_cert=self.tls_cert, tls_key=self.tls_key, username=self.username,
                           password_file=self.password_file, password_env=self.password_env)
 

@@ -23,17 +23,29 @@ paho reads it:
 * 0x80 and above: refused; retried until ``max_attempts``, then dropped as ``rejected``;
 * QoS 0 topics are deleted once paho has written them to the socket (at most once, by choice).
 
+Delivery (``delivery``): with ``broker`` a message counts as delivered on the broker's PUBACK
+(above). With ``cloud`` (the suite's default, when the planner is the consumer) a PUBACK only
+moves it to *awaiting the cloud*: it stays queued until the consumer acknowledges it on
+``cobot/v1/<robot_id>/delivered`` after storing it (:mod:`cobot_hybrid_protocol.delivery`);
+so a broker that crashes before saving, or has no persistence, loses nothing. At most
+``cloud_window`` messages await the cloud at a time (sending pauses beyond); one not
+acknowledged within ``cloud_ack_timeout_s`` (doubling per resend, up to 10 minutes), or still
+waiting when the connection is made again, is sent again: duplicates, which the consumer drops
+by ``(robot_id, seq)`` and acknowledges again. QoS 0 topics stay at most once in both modes.
+
 Every message carries MQTT 5 user properties ``robot_id``, ``seq`` and ``stamp`` so consumers
 remove duplicates: a crash resends at most the in-flight window (what was read ahead and not
 published was never sent).
 A retained ``cobot/v1/<robot_id>/status`` says ``online``; the last will says ``offline``.
 Reconnects wait a capped exponential backoff with jitter (0.5-1.5x, per attempt), so a fleet
 does not reconnect in lockstep after a broker restart. Commands arriving on
-``cobot/v1/<robot_id>/cmd/#`` are handed to ``on_command`` unverified: the caller verifies.
+``cobot/v1/<robot_id>/cmd/#`` are handed to ``on_command`` unverified, with their retain
+flag: the caller verifies.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import heapq
 import json
@@ -57,11 +69,16 @@ from paho.mqtt.properties import Properties
 
 from cobot_hybrid_bridge.durable_queue import DurableQueue, QueuedMessage
 from cobot_hybrid_bridge.errors import BridgeError
+from cobot_hybrid_protocol.delivery import delivered_topic, parse_delivered
+from cobot_hybrid_protocol.errors import PayloadError
+from cobot_hybrid_protocol.topics import RobotIdError, robot_prefix
 
 __all__ = ['LinkConfig', 'LinkStats', 'MqttLink', 'topic_prefix']
 
 _LOG = logging.getLogger(__name__)
 NO_MATCHING_SUBSCRIBERS = 0x10
+DELIVERY_MODES = ('broker', 'cloud')
+_MAX_CLOUD_TIMEOUT_S = 600.0
 _TCP_CORK: int | None = getattr(socket, 'TCP_CORK', None)   # Linux
 
 
@@ -103,10 +120,10 @@ def _pair(key: str, value: str) -> bytes:
 
 def topic_prefix(robot_id: str) -> str:
     """``cobot/v1/<robot_id>``; refuses ids that would break MQTT topic levels or ACLs."""
-    if not robot_id or any(c in robot_id for c in '/+#$ ') or len(robot_id) > 64:
-        raise BridgeError(f'robot_id {robot_id!r} must be 1-64 characters without / + # $ '
-                          'or spaces (it is one MQTT topic level and the client id)')
-    return f'cobot/v1/{robot_id}'
+    try:
+        return robot_prefix(robot_id)
+    except RobotIdError as exc:
+        raise BridgeError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -129,6 +146,9 @@ class LinkConfig:
     inflight_timeout_s: float = 30.0
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 30.0
+    delivery: str = 'broker'              # broker: PUBACK | cloud: the consumer's acknowledgement
+    cloud_window: int = 1000              # awaiting the cloud at most (mosquitto queues 1000)
+    cloud_ack_timeout_s: float = 30.0     # then sent again (doubling, at most 10 min)
     tls_ca: str = ''
     tls_cert: str = ''
     tls_key: str = ''
@@ -142,6 +162,12 @@ class LinkConfig:
             raise BridgeError(f'protocol {self.protocol!r}: use mqtt5 or mqtt311')
         if self.inflight_window < 1 or self.send_ahead < 0:
             raise BridgeError('inflight_window must be >= 1 and send_ahead >= 0')
+        if self.delivery not in DELIVERY_MODES:
+            raise BridgeError(f'delivery {self.delivery!r}: use broker (the PUBACK) or cloud '
+                              '(the consumer acknowledges what it stored)')
+        if self.cloud_window < self.inflight_window or not self.cloud_ack_timeout_s > 0:
+            raise BridgeError('cloud_window must be >= inflight_window and '
+                              'cloud_ack_timeout_s > 0')
         if not 0 < self.delete_every_s <= 10.0:
             raise BridgeError(f'delete_every_s {self.delete_every_s} must be in (0, 10] s')
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -174,6 +200,10 @@ class LinkStats:
     no_subscribers: int = 0
     refused: int = 0
     inflight: int = 0
+    awaiting_cloud: int = 0       # broker took them, the cloud has not said it stored them
+    cloud_acked: int = 0
+    cloud_resends: int = 0
+    bad_delivery_acks: int = 0
     rtt_ms: float = 0.0
     drain_rate_hz: float = 0.0
     last_error: str = ''
@@ -193,7 +223,7 @@ class MqttLink:
     cfg: LinkConfig
     queue: DurableQueue
     queue_lock: threading.Lock
-    on_command: Callable[[str, bytes], None] | None = None
+    on_command: Callable[[str, bytes, bool], None] | None = None
     stats: LinkStats = field(default_factory=LinkStats)
     # All below belong to the link's thread, except _dirty, _stop and the wake socket.
     _inflight: dict[int, _Inflight] = field(default_factory=dict)   # handed to paho, by mid
@@ -201,6 +231,9 @@ class MqttLink:
     _read_upto: dict[int, int] = field(default_factory=dict)   # priority -> last seq read
     _retry: list[tuple[float, int]] = field(default_factory=list)   # (not before, seq)
     _acked: list[int] = field(default_factory=list)     # acknowledged, not logged yet
+    # delivery 'cloud': seq -> (resend at, resends so far), taken by the broker, not stored yet
+    _awaiting: dict[int, tuple[float, int]] = field(default_factory=dict)
+    _resends: dict[int, int] = field(default_factory=dict)   # seq -> resends, while resent
     _refused: list[int] = field(default_factory=list)   # refused by the broker
     _unsendable: list[int] = field(default_factory=list)   # paho would not take them
     _publishing: bool = False      # inside client.publish(): a QoS 0 settles right there
@@ -223,6 +256,8 @@ class MqttLink:
         self.prefix = topic_prefix(cfg.robot_id)
         self._robot_id_pair = _pair('robot_id', cfg.robot_id)
         self._v5 = cfg.protocol == 'mqtt5'
+        self._cloud = cfg.delivery == 'cloud'
+        self._delivered_topic = delivered_topic(cfg.robot_id)
         self._period = 1.0 / cfg.drain_rate_hz if cfg.drain_rate_hz > 0 else 0.0   # pacing
         self._rng = random.Random(f'{cfg.robot_id}-{os.getpid()}-{time.time()}')
         self._wake_r, self._wake_w = socket.socketpair()
@@ -367,6 +402,8 @@ class MqttLink:
     def _fill(self, now: float) -> float:
         """Hand paho what fits in the window; return how soon to come back."""
         room = self.cfg.inflight_window - len(self._inflight)
+        if self._cloud:
+            room = min(room, self.cfg.cloud_window - len(self._inflight) - len(self._awaiting))
         if room <= 0:
             return 1.0
         period = self._period
@@ -496,7 +533,22 @@ class MqttLink:
                     and now - item.sent_at > self.cfg.inflight_timeout_s:
                 del self._inflight[mid]   # never answered: send again (maybe a duplicate)
                 heapq.heappush(self._retry, (now, item.seq))
+        if self._awaiting and self.stats.connected:
+            self._resend_unstored(now, lambda due: due <= now)
+        if len(self._resends) > 4 * self.cfg.cloud_window:   # gone meanwhile (TTL, size)
+            keep = set(self._awaiting) | {seq for _, seq in self._retry}
+            self._resends = {k: v for k, v in self._resends.items() if k in keep}
         self._update_rate(now)
+
+    def _resend_unstored(self, now: float, due: Callable[[float], bool]) -> None:
+        """Send again what the cloud has not acknowledged in time (delivery 'cloud')."""
+        for seq, (resend_at, resends) in list(self._awaiting.items()):
+            if due(resend_at):
+                del self._awaiting[seq]
+                self._resends[seq] = resends + 1
+                self.stats.cloud_resends += 1
+                heapq.heappush(self._retry, (now, seq))
+        self.stats.awaiting_cloud = len(self._awaiting)
 
     def _shutdown(self) -> None:
         client = self.client
@@ -527,6 +579,8 @@ class MqttLink:
         self.stats.connected = True
         self.stats.connects += 1
         self._connected_at = time.monotonic()
+        if self._awaiting:   # the broker may have lost them (a crash before it saved them)
+            self._resend_unstored(self._connected_at, lambda due: True)
         # QoS 0 messages that were waiting in paho when the connection dropped are gone.
         for mid, item in list(self._inflight.items()):
             if item.qos == 0:
@@ -534,6 +588,8 @@ class MqttLink:
                 heapq.heappush(self._retry, (0.0, item.seq))
         client.publish(f'{self.prefix}/status', self._status('online'), qos=1, retain=True)
         client.subscribe(f'{self.prefix}/cmd/#', qos=1)
+        if self._cloud:
+            client.subscribe(self._delivered_topic, qos=1)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
@@ -555,11 +611,36 @@ class MqttLink:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage
                     ) -> None:
+        if message.topic == self._delivered_topic:
+            self._on_delivered(bytes(message.payload), bool(message.retain))
+            return
         if self.on_command is not None:
             try:
-                self.on_command(message.topic, bytes(message.payload))
+                self.on_command(message.topic, bytes(message.payload), bool(message.retain))
             except Exception:  # noqa: BLE001 - a bad command must not stop the link
                 _LOG.exception('command handler failed on %s', message.topic)
+
+    def _on_delivered(self, payload: bytes, retained: bool) -> None:
+        """Count as delivered what the cloud says it stored (logged with the next acks)."""
+        if not self._cloud:
+            return
+        try:
+            if retained:
+                raise PayloadError('bad_type', 'a retained acknowledgement (stale by nature)')
+            ranges = parse_delivered(payload, self.cfg.robot_id)
+        except PayloadError as exc:
+            self.stats.bad_delivery_acks += 1
+            _LOG.warning('delivery acknowledgement ignored: %s', exc)
+            return
+        starts = [first for first, _ in ranges]
+        for seq in list(self._awaiting):
+            index = bisect.bisect_right(starts, seq) - 1
+            if index >= 0 and seq <= ranges[index][1]:
+                del self._awaiting[seq]
+                self._resends.pop(seq, None)
+                self._acked.append(seq)
+                self.stats.cloud_acked += 1
+        self.stats.awaiting_cloud = len(self._awaiting)
 
     def _settle(self, item: _Inflight, code: int, now: float) -> None:
         """One acknowledgement."""
@@ -574,6 +655,11 @@ class MqttLink:
         elif code >= 0x80:
             self.stats.refused += 1
             self._refused.append(item.seq)
+        elif self._cloud and item.qos > 0:   # the broker has it; delivered once stored
+            resends = self._resends.get(item.seq, 0)
+            timeout = min(_MAX_CLOUD_TIMEOUT_S, self.cfg.cloud_ack_timeout_s * 2 ** resends)
+            self._awaiting[item.seq] = (now + timeout, resends)
+            self.stats.awaiting_cloud = len(self._awaiting)
         else:
             self._acked.append(item.seq)
 

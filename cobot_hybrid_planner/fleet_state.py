@@ -19,6 +19,12 @@ back after every restart), and CRDT snapshots are bounded: LWW entries stamped m
 would freeze a key such as ``protective_stop``), and a merged state larger than
 ``max_state_bytes`` is refused. Each message is handled inside its own savepoint: whatever one
 does, it is answered with ``rejected: <reason>`` and counted, and the batch goes on.
+
+End-to-end delivery: every message with a ``(robot_id, seq)`` that was stored, or was already
+stored (a duplicate), or was refused for good, is recorded in :attr:`FleetStore.delivered`
+once its batch is committed (``synchronous=FULL``: on disk, power cut included); the planner
+sends those acknowledgements to the robots (``cobot/v1/<robot_id>/delivered``), which keep
+each message until then (:mod:`cobot_hybrid_protocol.delivery`).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any
 
 from cobot_hybrid_bridge.crdt import CrdtError, LWWMap, TelemetryState
 from cobot_hybrid_bridge.mission_schema import SchemaError, validate_progress
+from cobot_hybrid_protocol.delivery import DeliveredSeqs
 from cobot_hybrid_protocol.errors import PayloadError
 from cobot_hybrid_protocol.limits import TELEMETRY_LIMITS, parse_json
 
@@ -85,12 +92,14 @@ class FleetStore:
     max_state_bytes: int = 256 * 1024
     counts: Counter[str] = field(default_factory=Counter)
     future_stamps: int = 0
+    delivered: DeliveredSeqs = field(default_factory=DeliveredSeqs)   # committed, to ack
+    _message_seq: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         self._db = sqlite3.connect(Path(self.path), isolation_level=None,
                                    check_same_thread=False)
         self._db.execute('PRAGMA journal_mode=WAL')
-        self._db.execute('PRAGMA synchronous=NORMAL')
+        self._db.execute('PRAGMA synchronous=FULL')   # acknowledged means on disk
         self._db.executescript(_SCHEMA)
 
     def ingest(self, topic: str, payload: bytes, properties: Mapping[str, str] | None = None,
@@ -107,6 +116,7 @@ class FleetStore:
         """
         now = time.time() if now_s is None else now_s
         outcomes = []
+        handled: list[tuple[str, int]] = []
         db = self._db
         db.execute('BEGIN IMMEDIATE')
         try:
@@ -114,6 +124,7 @@ class FleetStore:
                 topic, payload, props = item[0], item[1], item[2]
                 retained = len(item) > 3 and bool(item[3])
                 db.execute('SAVEPOINT message')
+                self._message_seq = None
                 try:
                     outcome = self._ingest(topic, payload, props, retained, now)
                 except Exception as exc:  # noqa: BLE001 - the per-message boundary
@@ -121,13 +132,18 @@ class FleetStore:
                     _LOG.exception('fleet store: message on %r could not be stored',
                                    str(topic)[:_MAX_TOPIC])
                     outcome = f'rejected: internal error {type(exc).__name__}'
+                    self._message_seq = None   # not stored: the robot sends it again
                 db.execute('RELEASE message')
+                if self._message_seq is not None:
+                    handled.append(self._message_seq)
                 self.counts[outcome.split(':')[0]] += 1
                 outcomes.append(outcome)
         except BaseException:
             db.execute('ROLLBACK')
             raise
         db.execute('COMMIT')
+        for robot_id, seq in handled:   # only now is it stored
+            self.delivered.add(robot_id, seq)
         return outcomes
 
     def _ingest(self, topic: str, payload: bytes, props: Mapping[str, str], retained: bool,
@@ -161,6 +177,7 @@ class FleetStore:
         if seq is None:
             return 'rejected: no (robot_id, seq) in user properties or payload, or seq not an ' \
                    'integer in 1..2^63-1'
+        self._message_seq = (robot_id, seq)   # stored, or refused for good, from here on
         try:
             self._db.execute('INSERT INTO seen (robot_id, seq) VALUES (?, ?)',
                              (robot_id, seq))

@@ -15,7 +15,10 @@ and issued missions in a SQLite ledger beside it (a restart resumes), and on :me
 * sends each robot whose task list changed one mission (a new version), Ed25519-signed,
   QoS 1, with an MQTT 5 message expiry equal to its validity;
 * re-sends a mission not acknowledged within ``resend_after_s`` (the same command: a robot
-  that had it answers "replayed", which counts as acknowledged).
+  that had it answers "replayed", which counts as acknowledged);
+* acknowledges to each robot what the fleet store has committed
+  (``cobot/v1/<robot_id>/delivered``), so robots with ``delivery: cloud`` delete their copy
+  only once it is stored here, not on the broker's PUBACK.
 
 With a ``fleet_id`` the service is one of several replicas (:mod:`replica`): it plans and
 signs only while it holds the fleet's lease, through the fleet's own MQTT session, and mission
@@ -434,6 +437,8 @@ class PlannerService:
             (urgent if item[0].endswith(urgent_kinds) else bulk).append(item)
         self._ingest(urgent, now)
         self._ingest(bulk, now)
+        for topic, payload in self.fleet.delivered.take():   # stored: the robots may forget
+            self.client.publish(topic, payload, qos=1)
         online = frozenset(r for r, view in self.fleet.robots(now).items()
                            if view.online and r in self.site.robots)
         if online != self._online:

@@ -243,7 +243,7 @@ def test_a_message_paho_cannot_send_is_rejected_and_the_rest_go(tmp_path: Path,
 def test_commands_come_down_to_the_handler(tmp_path: Path, mosquitto_broker: Any) -> None:
     link = make_link(tmp_path, mosquitto_broker.port)
     got: list[tuple[str, bytes]] = []
-    link.on_command = lambda topic, payload: got.append((topic, payload))
+    link.on_command = lambda topic, payload, retained: got.append((topic, payload))
     link.start()
     try:
         assert wait_for(lambda: link.stats.connected, 10.0)
