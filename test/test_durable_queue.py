@@ -88,7 +88,7 @@ def test_ttl_and_byte_cap_drop_the_least_valuable_and_count_it(tmp_path: Path) -
     remaining = {m.seq for m in queue.peek(10)}
     assert old not in remaining and keep in remaining and low[0] not in remaining
     stats = queue.stats()
-    assert stats.dropped == {'ttl': 1, 'max_bytes': 1, 'rejected': 0}
+    assert stats.dropped == {'ttl': 1, 'max_bytes': 1, 'rejected': 0, 'corrupt': 0}
     assert stats.queued == 3 and stats.queued_bytes == 300 and stats.balanced
     queue.close()
 
