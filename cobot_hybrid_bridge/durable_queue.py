@@ -137,6 +137,7 @@ _U32 = 'I' if array('I').itemsize == 4 else 'L'
 _OFFSET_REFRESH_US = 500_000   # a stored wall - monotonic offset this stale is rewritten
 _RECOVER_TIMEOUT_S = 600.0     # for the sqlite3 shell's .recover
 _SALVAGE_RANGE = 256           # known seqs per range read by the row-by-row salvage
+_MAX_COUNT = 2**56             # a recovered counter above it is garbage (sums stay in int64)
 
 
 class QueueError(BridgeError):
@@ -733,7 +734,9 @@ class DurableQueue:
                                   (step, below)).rowcount
         offset = self._offset_us()
         self._set_counter(db, 'clock_offset_us', offset)
-        self._stored_offset_us = offset   # a rolled back transaction only makes it rewritten
+        # Rolled back, the file keeps an older offset: only slew goes unrecorded, as the
+        # noted steps stay noted and are written with the next transaction.
+        self._stored_offset_us = offset
         return shifted
 
     def rebase(self, step_s: float) -> int:
@@ -774,18 +777,18 @@ class DurableQueue:
         boot = _boot_key(self.boot_id_reader())
         stored_boot, stored_offset = self._stored_clock
         offset = self._offset_us()
-        if boot and boot == stored_boot and stored_offset is not None:
-            step = (offset - stored_offset) / 1e6
-            if abs(step) >= self._detector.threshold_s:
-                shifted = self.rebase(step)
-                _LOG.warning('wall clock stepped by %+.3f s while the queue %s was closed (same '
-                             'boot): re-based %d messages', step, self.path, shifted)
-        try:
+        try:   # a full disk: the rows stay noted, the next commit writes them and the offset
+            if boot and boot == stored_boot and stored_offset is not None:
+                step = (offset - stored_offset) / 1e6
+                if abs(step) >= self._detector.threshold_s:
+                    _LOG.warning('wall clock stepped by %+.3f s while the queue %s was closed '
+                                 '(same boot): re-basing what is queued', step, self.path)
+                    self.rebase(step)
             with self._transaction(durable=False) as db:
                 self._set_counter(db, 'boot_id', boot)
                 self._set_counter(db, 'clock_offset_us', offset)
             self._stored_offset_us = offset
-        except sqlite3.OperationalError as exc:   # a full disk: the next commit stores it
+        except sqlite3.OperationalError as exc:
             _LOG.warning('cannot store the boot id and clock offset in %s: %s', self.path, exc)
 
     # --- statistics --------------------------------------------------------------------------
@@ -1020,7 +1023,7 @@ def _valid_counters(rows: Iterable[Sequence[Any]]) -> dict[str, int]:
         with contextlib.suppress(UnicodeDecodeError, AttributeError):
             name = name.decode() if isinstance(name, bytes) else name
             if isinstance(name, str) and type(value) is int and (
-                    value >= 0 or name not in _BOOK_FIELDS):
+                    0 <= value < _MAX_COUNT or name not in _BOOK_FIELDS):
                 counters[name] = value
     return counters
 
