@@ -174,8 +174,10 @@ def _crash_writer(path: Path, autocheckpoint: int, commits: int) -> None:
 def test_a_crashed_writers_wal_is_no_corruption(tmp_path: Path,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / 'q.db'
-    _crash_writer(path, autocheckpoint=8, commits=60)   # the WAL restarted many times
-    assert Path(f'{path}-wal').stat().st_size > 0
+    _crash_writer(path, autocheckpoint=8, commits=60)   # the WAL restarted many times:
+    wal = Path(f'{path}-wal').read_bytes()              # frames of older generations follow
+    _, frames = _wal_frames(Path(f'{path}-wal'))        # the current ones (other salts)
+    assert len({wal[at + 8:at + 16] for at, _ in frames}) >= 2
     queue = DurableQueue(path)
     _assert_books(queue.stats(), committed=600, queued=600, corrupt=0)
     assert sorted(_queued(queue)) == list(range(1, 601))
