@@ -6,7 +6,10 @@ the same run:
 1. throughput of 1 KB messages: raw paho QoS 1 (in-flight 20, nothing on disk), raw paho
    sending the same user properties as the bridge (robot_id, seq, stamp), and ours (each
    message committed to SQLite with synchronous=FULL in 20 ms group commits before it is
-   published, logged as delivered on PUBACK, deleted in bulk). Target: ours >= 0.8x raw.
+   published, deleted in bulk once delivered) in both delivery modes: ``broker`` (delivered
+   on the PUBACK) and ``cloud`` (delivered when the consumer acknowledges what it stored; the
+   sink acknowledges every 20 ms, as seq ranges, like the planner after each step).
+   Target: ours >= 0.8x raw.
 2. drain rate after an outage: 100,000 messages queued while the broker was unreachable, then
    the link comes up; target >= 5x a live input of 200 msg/s.
 3. peak RSS of the process holding that 100,000-message backlog; target <= 150 MB.
@@ -41,13 +44,29 @@ WINDOW = 20
 
 
 _SINK = """
-import sys, paho.mqtt.client as mqtt
+import sys, threading, time, paho.mqtt.client as mqtt
+from cobot_hybrid_protocol.delivery import DeliveredSeqs
 count = [0]
+stored, lock = DeliveredSeqs(), threading.Lock()
+def on_message(client, userdata, message):
+    count[0] += 1
+    props = dict(getattr(message.properties, 'UserProperty', []) or [])
+    if props.get('robot_id') == 'bench-cloud':   # only the cloud-mode runs expect acks
+        with lock:
+            stored.add(props['robot_id'], int(props['seq']))
+def acknowledge():
+    while True:
+        time.sleep(0.02)
+        with lock:
+            acks = stored.take()
+        for topic, payload in acks:
+            client.publish(topic, payload, qos=1)
 client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id='sink', protocol=mqtt.MQTTv5)
-client.on_message = lambda c, u, m: count.__setitem__(0, count[0] + 1)
+client.on_message = on_message
 client.connect('127.0.0.1', int(sys.argv[1]))
 client.subscribe('bench/#', qos=1)
 client.loop_start()
+threading.Thread(target=acknowledge, daemon=True).start()
 print('ready', flush=True)
 for _ in sys.stdin:   # a line in: how many so far, out
     print(count[0], flush=True)
@@ -125,12 +144,15 @@ def raw_paho(port: int, count: int, same_wire: bool = False) -> float:
     return count / elapsed
 
 
-def durable(port: int, count: int, workdir: Path) -> float:
-    """Messages per second through put -> group commit (FULL) -> publish -> PUBACK -> delete."""
-    queue = DurableQueue(workdir / 'throughput.db', QueueConfig(synchronous='FULL'))
+def durable(port: int, count: int, workdir: Path, delivery: str = 'broker') -> float:
+    """Messages per second through put -> group commit (FULL) -> publish -> ack -> delete.
+
+    The ack is the PUBACK (``broker``) or the consumer's acknowledgement (``cloud``).
+    """
+    queue = DurableQueue(workdir / f'throughput-{delivery}.db', QueueConfig(synchronous='FULL'))
     lock = threading.Lock()
-    link = MqttLink(LinkConfig(robot_id='bench-robot', port=port, inflight_window=WINDOW), queue,
-                    lock)
+    link = MqttLink(LinkConfig(robot_id=f'bench-{delivery}', port=port, inflight_window=WINDOW,
+                               delivery=delivery), queue, lock)
     link.start()
     while not link.stats.connected:
         time.sleep(0.01)
@@ -196,24 +218,30 @@ def main() -> None:
         raw: list[float] = []
         wire: list[float] = []
         ours: list[float] = []
+        cloud: list[float] = []
         sent = 0
         for round_index in range(args.rounds):  # alternate, so drift hits all alike
             run_dir = workdir / f'run{round_index}'
             run_dir.mkdir()
-            for runs in (raw, wire, ours):
+            for runs in (raw, wire, ours, cloud):
                 sink.settle(sent)   # each run starts with the subscriber caught up
-                runs.append(durable(port, args.messages, run_dir) if runs is ours else
-                            raw_paho(port, args.messages, same_wire=runs is wire))
+                if runs is ours or runs is cloud:
+                    runs.append(durable(port, args.messages, run_dir,
+                                        'cloud' if runs is cloud else 'broker'))
+                else:
+                    runs.append(raw_paho(port, args.messages, same_wire=runs is wire))
                 sent += args.messages
         print(f'1 KB messages, QoS 1, {args.messages} per run, {args.rounds} runs each '
               '(median; all runs in brackets), in-flight 20')
         for name, runs in (('raw paho', raw), ('raw paho, same user properties', wire),
-                           ('ours (durable)', ours)):
+                           ('ours, delivery: broker', ours), ('ours, delivery: cloud', cloud)):
             print(f'  {name:<32} {statistics.median(runs):>7.0f} msg/s '
                   f'({", ".join(f"{r:.0f}" for r in runs)})')
-        print(f'  ours / raw paho: {statistics.median(ours) / statistics.median(raw):.2f}x; '
-              f'ours / raw paho with the same user properties: '
-              f'{statistics.median(ours) / statistics.median(wire):.2f}x')
+        for name, runs in (('broker', ours), ('cloud', cloud)):
+            print(f'  ours ({name}) / raw paho: '
+                  f'{statistics.median(runs) / statistics.median(raw):.2f}x; / raw paho with '
+                  f'the same user properties: '
+                  f'{statistics.median(runs) / statistics.median(wire):.2f}x')
         out = subprocess.run([sys.executable, __file__, '--child', str(port),
                               str(args.backlog), str(workdir)], capture_output=True, text=True,
                              check=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cobot_hybrid_bridge.bridge_config import BridgeConfig
+from cobot_hybrid_bridge.clock import SYSTEM_CLOCK, Clock
 from cobot_hybrid_bridge.codecs import json_envelope
 from cobot_hybrid_bridge.command_security import (
     CommandRejected,
@@ -43,6 +43,8 @@ from cobot_hybrid_bridge.mission_schema import (
 )
 from cobot_hybrid_bridge.mqtt_link import MqttLink
 from cobot_hybrid_bridge.routes import Route
+from cobot_hybrid_protocol.errors import PayloadError
+from cobot_hybrid_protocol.limits import COMMAND_LIMITS, FILE_LIMITS, parse_json
 
 __all__ = ['EdgeBridge', 'RouteState']
 
@@ -69,6 +71,7 @@ class EdgeBridge:
 
     cfg: BridgeConfig
     routes: list[Route]
+    clock: Clock = SYSTEM_CLOCK
     queue: DurableQueue = field(init=False)
     link: MqttLink = field(init=False)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -76,7 +79,9 @@ class EdgeBridge:
     missions: dict[str, Mission] = field(default_factory=dict)
     rejected: Counter[str] = field(default_factory=Counter)
     disk_full_errors: int = 0
-    _inbox: deque[tuple[str, bytes]] = field(default_factory=deque)
+    internal_errors: int = 0
+    clock_steps: int = 0
+    _inbox: deque[tuple[str, bytes, bool]] = field(default_factory=deque)
     _verifier: CommandVerifier | None = None
     _state: TelemetryState = field(default_factory=TelemetryState)
     _clock: HLC = field(init=False)
@@ -87,7 +92,7 @@ class EdgeBridge:
     def __post_init__(self) -> None:
         data = self.cfg.data_path
         data.mkdir(parents=True, exist_ok=True)
-        self.queue = DurableQueue(data / 'outbox.db', self.cfg.queue_config())
+        self.queue = DurableQueue(data / 'outbox.db', self.cfg.queue_config(), self.clock)
         self.link = MqttLink(self.cfg.link_config(), self.queue, self.lock,
                              on_command=self._on_command)
         self.prefix = self.link.prefix
@@ -103,13 +108,14 @@ class EdgeBridge:
             self._verifier = CommandVerifier(
                 self.cfg.robot_id, load_public_keys(self.cfg.key_paths()),
                 data / 'replay.db', max_bytes=self.cfg.max_command_bytes,
-                max_clock_skew_s=self.cfg.max_clock_skew_s)
+                max_clock_skew_s=self.cfg.max_clock_skew_s, clock=self.clock)
         self._clock = HLC(self.cfg.robot_id)
         self._state_path = data / 'telemetry_state.json'
         if self._state_path.is_file():
             try:
-                self._state = TelemetryState.from_json(json.loads(self._state_path.read_text()))
-            except (ValueError, OSError) as exc:
+                self._state = TelemetryState.from_json(
+                    parse_json(self._state_path.read_bytes(), FILE_LIMITS, str(self._state_path)))
+            except (ValueError, OSError) as exc:   # PayloadError and CrdtError are ValueErrors
                 _LOG.error('telemetry state %s unreadable (%s): starting empty',
                            self._state_path, exc)
 
@@ -141,7 +147,8 @@ class EdgeBridge:
 
         Returns the route indices of snapshot routes whose trigger fired on this message.
         """
-        now = time.time() if now_s is None else now_s
+        now = self.clock.wall() if now_s is None else now_s   # stamps
+        mono = self.clock.monotonic()                        # rates, windows
         state = self.states[index]
         state.offered += 1
         fired: list[int] = []
@@ -150,9 +157,10 @@ class EdgeBridge:
                      and dict(s.route.filter_spec or {}).get('trigger_topic')
                      == state.route.ros_topic]
         if state.route.encoding == 'cdr' and raw is not None:
-            outputs: list[Any] = [raw] if state.limiter.allow(now) else []
+            outputs: list[Any] = [raw] if state.limiter.allow(mono) else []
         else:
-            outputs = [o for o in state.filter.offer(data or {}, now) if state.limiter.allow(now)]
+            outputs = [o for o in state.filter.offer(data or {}, mono)
+                       if state.limiter.allow(mono)]
         for output in outputs:
             self._send(state, output, now)
         return fired
@@ -193,20 +201,31 @@ class EdgeBridge:
     # --- periodic ----------------------------------------------------------------------------
 
     def tick(self, now_s: float | None = None) -> None:
-        """Run aggregates, group commit, TTL and state snapshots; call every 10-20 ms."""
-        now = time.time() if now_s is None else now_s
+        """Run aggregates, group commit, TTL and state snapshots; call every 10-20 ms.
+
+        Schedules run on the monotonic clock (a wall clock stepped back by NTP never stalls
+        commits); ``now_s`` (wall) only stamps what is sent. A wall-clock step is re-based in
+        the queue before anything is expired, so a backlog keeps its ages.
+        """
+        now = self.clock.wall() if now_s is None else now_s
+        mono = self.clock.monotonic()
         for state in self.states:
-            for summary in state.filter.tick(now):
+            for summary in state.filter.tick(mono):
                 self._send(state, summary, now)
-        if now >= self._next_state:
-            self._next_state = now + self.cfg.state_period_s
+        if mono >= self._next_state:
+            self._next_state = mono + self.cfg.state_period_s
             self._send_state(now)
-        if now >= self._next_commit:
-            self._next_commit = now + self.cfg.commit_interval_s
+        if mono >= self._next_commit:
+            self._next_commit = mono + self.cfg.commit_interval_s
             with self.lock:
                 self._commit()
-                if now >= self._next_expire:
-                    self._next_expire = now + 60.0
+                step = self.queue.check_clock()
+                if step:
+                    self.clock_steps += 1
+                    _LOG.warning('the wall clock jumped by %+.1f s: queued messages keep their '
+                                 'ages', step)
+                if mono >= self._next_expire:
+                    self._next_expire = mono + 60.0
                     self.queue.expire(now)
 
     def _commit(self) -> None:
@@ -231,23 +250,39 @@ class EdgeBridge:
 
     # --- downlink ----------------------------------------------------------------------------
 
-    def _on_command(self, topic: str, payload: bytes) -> None:
-        self._inbox.append((topic, payload))  # paho's thread: only queue it
+    def _on_command(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        self._inbox.append((topic, payload, retained))  # paho's thread: only queue it
 
     def take_commands(self, now_s: float | None = None) -> list[Mission]:
-        """Verify what came down; return the missions to act on, newest version only."""
+        """Verify what came down; return the missions to act on, newest version only.
+
+        Each command is handled once, on its own: whatever one does (a bug included) is a
+        counted rejection with an ack, and the next command is still handled.
+        """
         accepted = []
         while self._inbox:
-            topic, payload = self._inbox.popleft()
-            mission = self._verify(topic, payload, now_s)
+            topic, payload, retained = self._inbox.popleft()
+            kind = topic.rsplit('/', 1)[-1][:64]
+            try:
+                mission = self._verify(kind, payload, retained, now_s)
+            except Exception as exc:  # noqa: BLE001 - the per-command boundary
+                self.internal_errors += 1
+                _LOG.exception('command on %s could not be handled', topic[:200])
+                self._reject(kind, 'internal_error', f'{type(exc).__name__} while checking '
+                             'the command (a bug: see the robot log)')
+                continue
             if mission is not None:
                 accepted.append(mission)
         return accepted
 
-    def _verify(self, topic: str, payload: bytes, now_s: float | None) -> Mission | None:
-        kind = topic.rsplit('/', 1)[-1]
+    def _verify(self, kind: str, payload: bytes, retained: bool, now_s: float | None
+                ) -> Mission | None:
         if kind != 'mission':
             self._reject(kind, 'unsupported', f'no handler for command kind {kind!r}')
+            return None
+        if retained:   # a command is for its moment; a retained one re-arrives on every start
+            self._reject(kind, 'retained', 'commands must not be published retained (clear '
+                         'the retained message on the broker)')
             return None
         if self._verifier is None:
             self._reject(kind, 'no_key', 'no cloud_public_keys configured: refusing every '
@@ -256,12 +291,7 @@ class EdgeBridge:
         try:
             mission = self._verifier.verify(payload, now_s)
         except CommandRejected as exc:
-            self._reject(kind, exc.reason, str(exc))
-            return None
-        current = self.missions.get(mission.mission_id)
-        if current is not None and current.version >= mission.version:
-            self._reject(kind, 'superseded', f'mission {mission.mission_id} version '
-                         f'{mission.version} <= the current {current.version}', mission)
+            self._reject(kind, exc.reason, exc.detail, exc.mission)
             return None
         self.missions[mission.mission_id] = mission
         self.record('missions_accepted')
@@ -278,7 +308,7 @@ class EdgeBridge:
 
     def _ack(self, mission_id: str | None, version: int | None, status: str,
              reason: str) -> None:
-        now = time.time()
+        now = self.clock.wall()
         body = {'mission_id': mission_id, 'version': version, 'status': status,
                 'reason': reason}
         self._enqueue('events/mission_ack', lambda seq: json_envelope(
@@ -292,8 +322,8 @@ class EdgeBridge:
         not sent; the executor's next report is unaffected.
         """
         try:
-            progress = validate_progress(json.loads(text))
-        except (ValueError, SchemaError) as exc:  # JSONDecodeError is a ValueError
+            progress = validate_progress(parse_json(text, COMMAND_LIMITS, 'task progress'))
+        except (PayloadError, SchemaError) as exc:
             self.rejected['progress_rejected'] += 1
             _LOG.warning('task progress not sent: %s (see mission_schema, task progress v1)',
                          exc)
@@ -323,13 +353,14 @@ class EdgeBridge:
             'no_subscribers_retries': link.no_subscribers, 'refused': link.refused,
             'disk_full_errors': self.disk_full_errors,
             'commands_rejected': dict(self.rejected),
+            'internal_errors': self.internal_errors, 'clock_steps': self.clock_steps,
             'missions': {k: m.version for k, m in self.missions.items()},
             'last_error': link.last_error}
 
     def send_stats(self, now_s: float | None = None) -> dict[str, Any]:
         """Queue the link statistics as telemetry too; return them."""
         stats = self.stats()
-        now = time.time() if now_s is None else now_s
+        now = self.clock.wall() if now_s is None else now_s
         self._enqueue('telemetry/bridge', lambda seq: json_envelope(
             self.cfg.robot_id, seq, now, 'bridge', 'cobot_hybrid/BridgeStats', stats),
             1, 1, False)

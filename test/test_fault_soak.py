@@ -1,13 +1,18 @@
 """Fault test of the uplink: nothing committed is lost through crashes, restarts and cuts.
 
-Real pieces: mosquitto with persistence, ``bridge_node`` as its own process (SIGKILLed and
-restarted), a ROS publisher at 200 msg/s with bursts of 1,000, a loopback TCP proxy between
-bridge and broker that blackholes or resets the link, and a cloud consumer with a persistent
-session recording every ``(robot_id, seq)``. At the end everything must have drained and:
+Real pieces: mosquitto with persistence (``autosave_interval 1``), ``bridge_node`` as its own
+process (SIGKILLed and restarted) with ``delivery: cloud``, a ROS publisher at 200 msg/s with
+bursts of 1,000, a loopback TCP proxy between bridge and broker that blackholes or resets the
+link, and a cloud consumer with a persistent session recording every ``(robot_id, seq)`` and
+acknowledging it the way the planner does. Faults: the bridge SIGKILLed, the broker restarted
+gracefully, the broker SIGKILLed *while the consumer is offline* (what it queued for the
+consumer and had not saved is gone: only the robot's copy remains), and link cuts. At the end
+everything must have drained and:
 
 * lost = committed seqs never received = 0;
-* duplicates <= in-flight window per fault;
-* committed = delivered + queued + dropped (from the queue file, read-only).
+* duplicates <= (in-flight window + cloud window) per fault;
+* committed = delivered + queued + dropped (from the queue file, read-only), delivered
+  meaning acknowledged by the consumer.
 
 The short run is part of ``make test``; ``make soak`` runs the long one (5+ of each fault,
 cuts of 2-30 s) and prints the report.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -32,11 +38,12 @@ pytestmark = [pytest.mark.ros, pytest.mark.broker, pytest.mark.slow]
 
 NODE = 'cobot_hybrid_bridge.nodes.bridge_node'
 WINDOW = 20
+CLOUD_WINDOW = 200
 
 
 def run_soak(ros_process: Any, broker: Any, tmp_path: Path, duration_s: float, kills: int,
              restarts: int, cuts: int, cut_range_s: tuple[float, float],
-             seed: int = 7) -> dict[str, Any]:
+             broker_kills: int = 0, seed: int = 7) -> dict[str, Any]:
     """Run the load with the faults spread over ``duration_s``; return the report."""
     rng = random.Random(seed)
     proxy = FaultProxy(target=broker.port)
@@ -48,8 +55,10 @@ def run_soak(ros_process: Any, broker: Any, tmp_path: Path, duration_s: float, k
     params.write_text(yaml.safe_dump({'bridge_node': {'ros__parameters': {
         'robot_id': 'soak-robot', 'broker_port': proxy.port, 'routes_file': str(routes),
         'data_dir': str(tmp_path / 'data'), 'inflight_window': WINDOW,
+        'delivery': 'cloud', 'cloud_window': CLOUD_WINDOW, 'cloud_ack_timeout_s': 5.0,
         'stats_period_s': 1.0}}}))
-    consumer = Consumer(broker.port, topic='cobot/v1/#')  # every seq, not only the load
+    # Every seq, not only the load; acknowledged like the planner does.
+    consumer = Consumer(broker.port, topic='cobot/v1/#', ack=True)
     consumer.start()
 
     def start_bridge() -> Any:
@@ -58,7 +67,8 @@ def run_soak(ros_process: Any, broker: Any, tmp_path: Path, duration_s: float, k
     bridge = start_bridge()
     load = ros_process('soak_publisher.py', '--rate', '200', '--burst', '1000',
                        '--burst-every', '10')
-    faults = ['kill'] * kills + ['restart'] * restarts + ['cut'] * cuts
+    faults = ['kill'] * kills + ['restart'] * restarts + ['cut'] * cuts \
+        + ['broker_kill'] * broker_kills
     rng.shuffle(faults)
     gap = duration_s / (len(faults) + 1)
     log: list[str] = []
@@ -72,6 +82,15 @@ def run_soak(ros_process: Any, broker: Any, tmp_path: Path, duration_s: float, k
             bridge = start_bridge()
         elif fault == 'restart':
             broker.restart()
+        elif fault == 'broker_kill':   # consumer offline: the broker holds its queue
+            consumer.stop()
+            time.sleep(rng.uniform(1.0, 2.0))
+            broker.stop(sig=signal.SIGKILL)
+            broker.start()
+            time.sleep(rng.uniform(0.5, 1.5))
+            consumer.start()
+            fault = 'broker SIGKILL, consumer offline'
+
         else:
             length = rng.uniform(*cut_range_s)
             kind = cut_kinds[sum(1 for line in log if 'cut' in line) % 2]
@@ -104,24 +123,24 @@ def run_soak(ros_process: Any, broker: Any, tmp_path: Path, duration_s: float, k
 def test_short_fault_run_loses_nothing(ros_process: Any, mosquitto_broker: Any,
                                        tmp_path: Path) -> None:
     report = run_soak(ros_process, mosquitto_broker, tmp_path, duration_s=24.0, kills=2,
-                      restarts=2, cuts=2, cut_range_s=(2.0, 4.0))
+                      restarts=1, cuts=2, cut_range_s=(2.0, 4.0), broker_kills=1)
     print(report)
     assert report['drained'] and report['lost'] == 0, report
     assert report['committed'] == report['delivered'] + report['queued'] + sum(
         report['dropped'].values())
     assert report['committed'] > 50 * 24.0  # the load really flowed (200/s offered)
-    assert report['duplicates'] <= WINDOW * report['faults'], report
+    assert report['duplicates'] <= (WINDOW + CLOUD_WINDOW) * report['faults'], report
 
 
 @pytest.mark.skipif(os.environ.get('COBOT_HYBRID_SOAK') != '1',
                     reason='the long soak (minutes) runs with `make soak`')
 def test_long_soak(ros_process: Any, mosquitto_broker: Any, tmp_path: Path) -> None:
     report = run_soak(ros_process, mosquitto_broker, tmp_path, duration_s=240.0, kills=5,
-                      restarts=5, cuts=5, cut_range_s=(2.0, 30.0))
+                      restarts=5, cuts=5, cut_range_s=(2.0, 30.0), broker_kills=5)
     print('\nsoak report:')
     for line in report.pop('log'):
         print('  ', line)
     print('  ', report)
     assert report['drained'] and report['lost'] == 0, report
     assert report['balanced']
-    assert report['duplicates'] <= WINDOW * report['faults'], report
+    assert report['duplicates'] <= (WINDOW + CLOUD_WINDOW) * report['faults'], report

@@ -20,17 +20,23 @@ from paho.mqtt.properties import Properties
 from cobot_hybrid_bridge.durable_queue import DurableQueue
 from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_bridge.mqtt_link import LinkConfig, MqttLink, topic_prefix
+from cobot_hybrid_protocol.delivery import DeliveredSeqs
 
 pytestmark = pytest.mark.broker
 
 
 @dataclass
 class Consumer:
-    """A cloud-side subscriber with a persistent session that records (robot_id, seq)."""
+    """A cloud-side subscriber with a persistent session that records (robot_id, seq).
+
+    With ``ack``, it acknowledges what it recorded every 50 ms the way the planner does
+    (``delivery: cloud``), on each robot's ``delivered`` topic.
+    """
 
     port: int
     client_id: str = 'cloud-consumer'
     topic: str = 'cobot/v1/+/telemetry/#'
+    ack: bool = False
     received: list[tuple[str, int]] = field(default_factory=list)
     retained: dict[str, bytes] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -42,22 +48,42 @@ class Consumer:
         self.client.on_connect = lambda c, u, f, r, p: c.subscribe(
             [(self.topic, 1), ('cobot/v1/+/status', 1)])
         self.client.reconnect_delay_set(1, 2)
+        self._to_ack = DeliveredSeqs()
+        self._stop = threading.Event()
+        self._acker: threading.Thread | None = None
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        if message.topic.endswith('/status') or '/cmd/' in message.topic:
+        if message.topic.endswith(('/status', '/delivered')) or '/cmd/' in message.topic:
             self.retained[message.topic] = bytes(message.payload)
             return
         props = dict(getattr(message.properties, 'UserProperty', []) or [])
         with self.lock:
             self.received.append((props['robot_id'], int(props['seq'])))
+            if self.ack:
+                self._to_ack.add(props['robot_id'], int(props['seq']))
+
+    def _acknowledge(self) -> None:
+        while not self._stop.wait(0.05):
+            with self.lock:
+                acks = self._to_ack.take()
+            for topic, payload in acks:
+                self.client.publish(topic, payload, qos=1)
 
     def start(self) -> None:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
         self.client.connect('127.0.0.1', self.port, clean_start=False, properties=props)
         self.client.loop_start()
+        if self.ack and self._acker is None:
+            self._stop.clear()
+            self._acker = threading.Thread(target=self._acknowledge, daemon=True)
+            self._acker.start()
 
     def stop(self) -> None:
+        self._stop.set()
+        if self._acker is not None:
+            self._acker.join(timeout=5)
+            self._acker = None
         self.client.disconnect()
         self.client.loop_stop()
 

@@ -63,6 +63,12 @@ PARAMS = (
               max_value=2**31 - 1),
     ParamSpec('reconnect_max_s', 'cap of the exponential reconnect backoff [s]',
               read_only=True, min_value=1.0, max_value=3600.0),
+    ParamSpec('delivery', 'cloud (kept until the planner stored it) | broker (PUBACK)',
+              read_only=True),
+    ParamSpec('cloud_window', 'messages awaiting the cloud acknowledgement at most',
+              read_only=True, min_value=1, max_value=100_000),
+    ParamSpec('cloud_ack_timeout_s', 'resend what the cloud has not acknowledged after [s]',
+              read_only=True, min_value=0.1, max_value=3600.0),
     ParamSpec('tls_ca', 'CA certificate file (enables TLS)', read_only=True),
     ParamSpec('tls_cert', 'client certificate file (mTLS)', read_only=True),
     ParamSpec('tls_key', 'client key file (mTLS)', read_only=True),
@@ -117,8 +123,7 @@ class BridgeNode(Node):
         self._mission_pub = self.create_publisher(String, 'mission', latched)
         self._path_pub = self.create_publisher(PathMsg, 'mission_path', latched)
         self._diag_pub = self.create_publisher(DiagnosticArray, 'diagnostics', 10)
-        self.create_subscription(String, 'task_progress',
-                                 lambda msg: self.bridge.report_progress(msg.data), 100)
+        self.create_subscription(String, 'task_progress', self._on_progress, 100)
         self._latest_images: dict[int, Any] = {}
         # One subscription per topic, type and reliability: routes sharing a topic (people and
         # people-per-frame summary on `detections`) share its conversion too.
@@ -134,14 +139,34 @@ class BridgeNode(Node):
                                      lambda msg, i=tuple(indices): self._on_message(i, msg),
                                      qos)
         self.create_timer(_TICK_S, self._tick)
-        self.create_timer(cfg.stats_period_s, self._stats)
+        self.create_timer(cfg.stats_period_s, lambda: self._guarded('stats', self._stats))
         self.bridge.start()
         self.get_logger().info(
             f'{len(routes)} routes to {cfg.broker_host}:{cfg.broker_port} as {cfg.robot_id}; '
             f'queue {self.bridge.queue.path}; '
             f'{"commands verified with " + str(len(cfg.cloud_public_keys)) + " key(s)" if cfg.cloud_public_keys else "no cloud key: every command is refused"}')  # noqa: E501
 
+    def _guarded(self, what: str, call: Any, *args: Any) -> None:
+        """Run one callback's work; an unexpected error is logged and counted, never fatal.
+
+        rclpy ends ``spin`` on an exception from a callback: one bad message would stop the
+        uplink and the commands of this robot.
+        """
+        try:
+            call(*args)
+        except Exception as exc:  # noqa: BLE001 - the per-message boundary of the node
+            self.bridge.internal_errors += 1
+            self.get_logger().error(f'{what}: {type(exc).__name__}: {exc} (the bridge goes '
+                                    'on)', throttle_duration_sec=5.0)
+
+    def _on_progress(self, msg: String) -> None:
+        self._guarded('task_progress', self.bridge.report_progress, msg.data)
+
     def _on_message(self, indices: tuple[int, ...], msg: Any) -> None:
+        self._guarded(self.bridge.states[indices[0]].route.ros_topic, self._route_message,
+                      indices, msg)
+
+    def _route_message(self, indices: tuple[int, ...], msg: Any) -> None:
         data: dict[str, Any] | None = None
         raw: bytes | None = None
         for index in indices:
@@ -192,7 +217,10 @@ class BridgeNode(Node):
         self.bridge.record('stop_snapshots')
 
     def _tick(self) -> None:
-        self.bridge.tick()
+        self._guarded('tick', self.bridge.tick)
+        self._guarded('commands', self._take_commands)
+
+    def _take_commands(self) -> None:
         for mission in self.bridge.take_commands():
             self._publish_mission(mission)
 
