@@ -18,9 +18,10 @@ it could no longer be valid, and the highest accepted version of every mission i
 good (bounded to :data:`MAX_MISSIONS` mission ids), so an older or equal version is refused as
 ``superseded`` after restarts and after the wall clock jumped forward (which purges the
 command ids early) and back. A replay store that cannot be opened (corrupt) is moved aside
-and a new one started that remembers when: commands issued before that moment (plus the
-clock skew) are refused as ``store_rebuilt`` (the planner then issues a new version), so
-nothing replayed from before the loss gets through. Rejections are counted by reason.
+and a new one started that remembers when: commands issued before that moment are refused
+as ``store_rebuilt`` (the planner then issues a new version), so nothing replayed from before
+the loss gets through. (The rebuild happens at start, so the robot accepted nothing just
+before it unless it restarted within the cloud's clock offset of that moment.) Rejections are counted by reason.
 """
 
 from __future__ import annotations
@@ -215,8 +216,7 @@ class CommandVerifier:
         if mission.valid_until - mission.issued_at > self.max_validity_s:
             raise CommandRejected('validity_too_long', f'valid for more than '
                                   f'{self.max_validity_s:.0f} s')
-        if self.rebuilt_at is not None \
-                and mission.issued_at < self.rebuilt_at + self.max_clock_skew_s:
+        if self.rebuilt_at is not None and mission.issued_at < self.rebuilt_at:
             raise CommandRejected('store_rebuilt', 'issued before the replay store was '
                                   f'rebuilt at {self.rebuilt_at:.0f}: send a new version',
                                   mission)

@@ -106,8 +106,9 @@ def parse_json(raw: bytes | str, limits: Limits = TELEMETRY_LIMITS, what: str = 
     except json.JSONDecodeError as exc:
         raise _reject('not_json', f'{what} is not JSON: {exc.msg} at line {exc.lineno} column '
                       f'{exc.colno}') from None
-    except ValueError as exc:   # Python refuses integers beyond 4,300 digits
-        raise _reject('big_integer', f'{what}: {exc}') from None
+    except ValueError:   # Python refuses integers beyond 4,300 digits
+        raise _reject('big_integer', f'{what} holds an integer of more than 4,300 digits (at '
+                      f'most {limits.max_int_digits} are accepted)') from None
     except RecursionError:   # the C decoder stops a thousand levels down, cleanly
         raise _reject('too_deep', f'{what} is nested deeper than {limits.max_depth} levels'
                       ) from None

@@ -157,6 +157,90 @@ def test_signed_missions_come_down_and_bad_ones_do_not(make_node: Any, ros_proce
     cloud.close()
 
 
+POISON = [
+    b'{"key_id": ' + b'7' * 5000 + b', "payload": "", "signature": ""}',   # ValueError before
+    b'[' * 5000 + b']' * 5000,                                             # RecursionError
+    b'{"key_id": "planner", "payload": "' + b'A' * 400_000 + b'", "signature": ""}',
+]
+
+
+def test_poison_commands_retained_on_the_broker_never_stop_the_bridge(
+        make_node: Any, ros_process: Any, tmp_path: Path, mosquitto_broker: Any) -> None:
+    """Each crash of the hardening issue, published retained so it comes back on restart."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    cloud = Cloud(mosquitto_broker.port)
+    for index, payload in enumerate(POISON):
+        cloud.client.publish(f'cobot/v1/cobot-a/cmd/p{index}', payload, qos=1,
+                             retain=True).wait_for_publish(5)
+    cloud.client.publish('cobot/v1/cobot-a/cmd/mission', POISON[0], qos=1,
+                         retain=True).wait_for_publish(5)
+    harness = make_node('robot_side')
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    missions: list[Any] = []
+    harness.node.create_subscription(String, 'mission', missions.append, latched)
+    seen: set[int] = set()    # acks not acknowledged by this cloud are sent again: by seq
+    for attempt in (1, 2):    # the second start gets the same retained messages again
+        bridge = start_bridge(ros_process, tmp_path, mosquitto_broker.port)
+        assert harness.spin_until(lambda: len({json.loads(p)['seq'] for p in cloud.on(
+            'events/mission_ack')} - seen) >= 4, 30.0), bridge.log()
+        for payload in POISON:   # the same, live, through the signature check
+            cloud.client.publish('cobot/v1/cobot-a/cmd/mission', payload,
+                                 qos=1).wait_for_publish(5)
+        # Still alive and still taking commands: a good mission is accepted after the poison.
+        good = sign_command(KEY, 'planner', {**mission(attempt, time.time()),
+                                             'command_id': f'good-{attempt}'}, 'cobot-a')
+        cloud.client.publish('cobot/v1/cobot-a/cmd/mission', good, qos=1).wait_for_publish(5)
+        assert harness.spin_until(lambda n=attempt: len(missions) >= n, 20.0), bridge.log()
+        assert harness.spin_until(lambda: len({json.loads(p)['seq'] for p in cloud.on(
+            'events/mission_ack')} - seen) >= 8, 10.0), bridge.log()
+        assert bridge.popen.poll() is None, bridge.log()
+        envelopes = [json.loads(p) for p in cloud.on('events/mission_ack')]
+        acks = [e['data'] for e in {e['seq']: e for e in envelopes
+                                    if e['seq'] not in seen}.values()]
+        seen.update(e['seq'] for e in envelopes)
+        reasons = [a['reason'].split(':')[0] for a in acks if a['status'] == 'rejected']
+        assert sorted(reasons) == sorted(['unsupported'] * 3 + ['retained', 'malformed',
+                                                                'malformed', 'too_large'])
+        assert [a['status'] for a in acks].count('accepted') == 1
+        bridge.stop()
+    cloud.close()
+
+
+def test_a_corrupt_replay_store_is_rebuilt_and_the_bridge_runs(
+        make_node: Any, ros_process: Any, tmp_path: Path, mosquitto_broker: Any) -> None:
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    store = tmp_path / 'data' / 'cobot-a' / 'replay.db'
+    store.parent.mkdir(parents=True)
+    store.write_bytes(b'SQLite format 3\x00' + b'\xff' * 4000)     # a damaged file
+    issued_before = time.time() - 60
+    cloud = Cloud(mosquitto_broker.port)
+    bridge = start_bridge(ros_process, tmp_path, mosquitto_broker.port)
+    harness = make_node('robot_side')
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    missions: list[Any] = []
+    harness.node.create_subscription(String, 'mission', missions.append, latched)
+    assert harness.spin_until(lambda: cloud.on('cobot-a/status'), 30.0), bridge.log()
+    harness.spin_for(0.5)
+    topic = 'cobot/v1/cobot-a/cmd/mission'
+    old = sign_command(KEY, 'planner', mission(1, issued_before), 'cobot-a')
+    cloud.client.publish(topic, old, qos=1).wait_for_publish(5)
+    assert harness.spin_until(lambda: cloud.on('events/mission_ack'), 20.0), bridge.log()
+    ack = json.loads(cloud.on('events/mission_ack')[0])['data']
+    assert ack['status'] == 'rejected' and ack['reason'].startswith('store_rebuilt'), ack
+    fresh = sign_command(KEY, 'planner', {**mission(2, time.time() + 1),
+                                          'command_id': 'fresh'}, 'cobot-a')
+    cloud.client.publish(topic, fresh, qos=1).wait_for_publish(5)
+    assert harness.spin_until(lambda: missions, 20.0), bridge.log()
+    assert list(store.parent.glob('replay.db.corrupt-*'))
+    cloud.close()
+
+
 def test_the_executor_runs_a_mission_and_its_progress_goes_up(
         make_node: Any, ros_process: Any, tmp_path: Path, mosquitto_broker: Any) -> None:
     """bridge_node and mission_executor_node as processes; speed scale from this process."""
