@@ -1,0 +1,156 @@
+"""EdgeBridge without ROS or a broker: wall-clock steps, commands and the per-command boundary.
+
+A steppable clock is injected (no system clock is changed): NTP steps of +2 days and -300 s
+during a backlog must expire nothing wrongly and stall nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from cobot_hybrid_bridge.bridge import EdgeBridge
+from cobot_hybrid_bridge.bridge_config import BridgeConfig
+from cobot_hybrid_bridge.clock import SteppableClock
+from cobot_hybrid_bridge.command_security import sign_command
+from cobot_hybrid_bridge.mission_schema import MISSION_SCHEMA
+from cobot_hybrid_bridge.routes import parse_routes
+
+KEY = Ed25519PrivateKey.generate()
+DAY = 86_400.0
+ROUTES = parse_routes({'routes': [
+    {'ros_topic': 'events', 'type': 'std_msgs/msg/String', 'mqtt_topic': 'telemetry/events'},
+    {'ros_topic': 'speed', 'type': 'std_msgs/msg/Float64', 'mqtt_topic': 'telemetry/speed',
+     'filter': {'kind': 'aggregate', 'field': 'data', 'period_s': 10.0}},
+    {'ros_topic': 'people', 'type': 'std_msgs/msg/String', 'mqtt_topic': 'telemetry/people',
+     'rate_limit_hz': 1.0}]})
+
+
+@pytest.fixture
+def clock() -> SteppableClock:
+    return SteppableClock(wall_s=1_800_000_000.0)
+
+
+@pytest.fixture
+def bridge(tmp_path: Path, clock: SteppableClock) -> Any:
+    key = tmp_path / 'planner.pub'
+    key.write_bytes(KEY.public_key().public_bytes(Encoding.PEM,
+                                                  PublicFormat.SubjectPublicKeyInfo))
+    cfg = BridgeConfig(robot_id='cobot-a', data_dir=str(tmp_path), message_ttl_s=3600.0,
+                       cloud_public_keys=(f'planner={key}',), state_period_s=3600.0)
+    edge = EdgeBridge(cfg, ROUTES, clock=clock)
+    yield edge
+    edge.queue.close()
+
+
+def run(bridge: EdgeBridge, clock: SteppableClock, seconds: float, step: float = 0.05) -> None:
+    """Let time pass with the node's timer calling tick."""
+    for _ in range(round(seconds / step)):
+        clock.advance(step)
+        bridge.tick()
+
+
+def events(bridge: EdgeBridge, count: int) -> None:
+    for index in range(count):
+        bridge.offer(0, {'data': f'event {index}'}, None)
+
+
+def test_a_forward_step_of_two_days_expires_nothing(bridge: EdgeBridge,
+                                                    clock: SteppableClock) -> None:
+    events(bridge, 50)
+    run(bridge, clock, 1.0)
+    assert bridge.queue.stats().queued >= 50
+    clock.step_wall(2 * DAY)                 # NTP, during the outage
+    run(bridge, clock, 61.0, step=0.5)       # the TTL check runs every 60 s
+    stats = bridge.queue.stats()
+    assert stats.dropped['ttl'] == 0 and stats.queued >= 50 and stats.balanced
+    assert bridge.clock_steps == 1
+    assert stats.oldest_age_s < 120.0        # ages kept, not two days
+    run(bridge, clock, 3600.0, step=30.0)    # real ageing still expires by TTL
+    assert bridge.queue.stats().dropped['ttl'] >= 50
+
+
+def test_a_backward_step_of_300_s_stalls_nothing(bridge: EdgeBridge,
+                                                 clock: SteppableClock) -> None:
+    events(bridge, 10)
+    run(bridge, clock, 0.5)
+    committed = bridge.queue.stats().committed
+    clock.step_wall(-300.0)
+    events(bridge, 10)
+    run(bridge, clock, 0.1)                  # group commit within its period, not in 300 s
+    assert bridge.queue.stats().committed >= committed + 10
+    # Rate limits and summaries run on the monotonic clock too.
+    sent = bridge.states[2].sent
+    bridge.offer(2, {'data': 'a'}, None)
+    run(bridge, clock, 1.1)
+    bridge.offer(2, {'data': 'b'}, None)
+    assert bridge.states[2].sent == sent + 2
+    bridge.offer(1, {'data': 0.5}, None)
+    before = bridge.states[1].sent
+    run(bridge, clock, 10.5, step=0.5)
+    assert bridge.states[1].sent == before + 1
+    stats = bridge.queue.stats()
+    assert stats.balanced and 0.0 < stats.oldest_age_s < 60.0   # re-based, not negative
+
+
+def mission(clock: SteppableClock, version: int = 1, **fields: Any) -> bytes:
+    now = clock.wall()
+    command = {'schema': MISSION_SCHEMA, 'kind': 'mission', 'command_id': f'c{version}',
+               'robot_id': 'cobot-a', 'mission_id': 'm', 'version': version,
+               'issued_at': now, 'valid_until': now + 600, 'frame_id': 'map',
+               'tasks': [{'task_id': 't', 'type': 'pick', 'station': 's', 'duration_s': 1.0,
+                          'pose': {'x': 0, 'y': 0, 'z': 0, 'yaw': 0}}], **fields}
+    return sign_command(KEY, 'planner', command, 'cobot-a')
+
+
+def acks(bridge: EdgeBridge) -> list[dict[str, Any]]:
+    bridge.queue.commit()
+    rows = bridge.queue.peek(1000)
+    return [json.loads(m.payload)['data'] for m in rows if m.topic.endswith('mission_ack')]
+
+
+def test_one_command_failing_inside_never_stops_the_next(bridge: EdgeBridge,
+                                                         clock: SteppableClock,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    verifier = bridge._verifier
+    assert verifier is not None
+    real = verifier.verify
+    calls = [0]
+
+    def flaky(raw: bytes, now_s: float | None = None) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError('a bug in a check')
+        return real(raw, now_s)
+
+    monkeypatch.setattr(verifier, 'verify', flaky)
+    topic = 'cobot/v1/cobot-a/cmd/mission'
+    bridge._on_command(topic, mission(clock, 1))
+    bridge._on_command(topic, mission(clock, 2))
+    bridge._on_command(topic, mission(clock, 3), True)     # retained
+    accepted = bridge.take_commands()
+    assert [m.version for m in accepted] == [2]
+    assert bridge.internal_errors == 1
+    reasons = [a['reason'] for a in acks(bridge)]
+    assert reasons[0].startswith('internal_error: RuntimeError')
+    assert reasons[1] == '' and reasons[2].startswith('retained:')
+    assert all(r.count(r.split(':')[0] + ':') <= 1 for r in reasons if r)  # never doubled
+
+
+def test_the_telemetry_state_file_is_read_within_limits(tmp_path: Path,
+                                                       clock: SteppableClock,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / 'cobot-a'
+    folder.mkdir()
+    (folder / 'telemetry_state.json').write_text('[' * 5000 + ']' * 5000)
+    edge = EdgeBridge(BridgeConfig(robot_id='cobot-a', data_dir=str(tmp_path)), ROUTES,
+                      clock=clock)
+    assert any('unreadable' in r.message for r in caplog.records)
+    assert edge._state.counters == {}
+    edge.queue.close()
