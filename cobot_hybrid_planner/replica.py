@@ -19,11 +19,17 @@ HiveMQ: any MQTT 5 broker with shared subscriptions). Each replica has two MQTT 
 The owner publishes its ledger (tasks, missions) as a retained snapshot after each change; a
 replica that becomes owner loads it when it is newer than its own, so open tasks, tasks in
 progress and mission versions carry over.
+
+The lease runs on a thread of its own, every ``lease_s / 12``, not in the planner's loop: a
+plan that takes seconds (CP-SAT on a loaded machine) must not stop the renewals, or a live
+owner loses its fleet to a standby (epochs 2 and 3 while the first owner was alive, seen with
+both cores busy). The planner's :meth:`FleetReplica.tick` only collects what changed.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -78,6 +84,11 @@ class FleetReplica:
     _forwards: dict[int, _Forward] = field(default_factory=dict)   # forward mid -> order
     _retry: deque[_Forward] = field(default_factory=deque)
     _was_owner: bool = False
+    _became: bool = False             # since the last tick() of the planner
+    _lost: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
 
     def __post_init__(self) -> None:
         self.lease = FleetLease(self.fleet_id, self.replica_id, self.lease_s,
@@ -89,14 +100,29 @@ class FleetReplica:
         self.client.on_publish = self._on_publish
 
     def start(self) -> None:
-        """Connect in the background (retried)."""
+        """Connect in the background (retried) and run the lease on its own thread."""
         self.client.connect_async(self.host, self.port, keepalive=max(2, int(self.lease_s)))
         self.client.loop_start()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run_lease, name=f'lease-{self.fleet_id}',
+                                        daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         """Disconnect (the lease then runs out and another replica takes over)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
         self.client.disconnect()
         self.client.loop_stop()
+
+    def _run_lease(self) -> None:
+        period = self.lease_s / 12.0
+        while not self._stop.wait(period):
+            try:
+                self.advance(time.monotonic())
+            except Exception:  # noqa: BLE001 - the lease must outlive any one failure
+                _LOG.exception('replica %s: lease step failed', self.replica_id)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
@@ -140,18 +166,30 @@ class FleetReplica:
             item.due = time.monotonic() + _RETRY_S
             self._retry.append(item)
 
+    def advance(self, now: float) -> None:
+        """Take the records heard, run the lease, publish a renewal or claim, retry forwards."""
+        with self._lock:
+            while self._records:
+                self.lease.observe(self._records.popleft(), now)
+            record = self.lease.tick(now)
+            if record is not None:
+                self.client.publish(lease_topic(self.fleet_id), record, qos=1, retain=True)
+            while self._retry and self._retry[0].due <= now:
+                self._forward(self._retry.popleft())
+            owner, was = self.lease.is_owner, self._was_owner
+            self._was_owner = owner
+            if owner and not was:
+                self._became, self._lost = True, False
+            elif was and not owner:
+                self._lost, self._became = True, False
+
     def tick(self, now: float) -> tuple[bool, bool]:
-        """Run the lease; return ``(became_owner, lost_ownership)`` since the last tick."""
-        while self._records:
-            self.lease.observe(self._records.popleft(), now)
-        record = self.lease.tick(now)
-        if record is not None:
-            self.client.publish(lease_topic(self.fleet_id), record, qos=1, retain=True)
-        while self._retry and self._retry[0].due <= now:
-            self._forward(self._retry.popleft())
-        owner, was = self.lease.is_owner, self._was_owner
-        self._was_owner = owner
-        return owner and not was, was and not owner
+        """Return ``(became_owner, lost_ownership)`` since the last call (the planner's loop)."""
+        self.advance(now)
+        with self._lock:
+            became, lost = self._became, self._lost
+            self._became = self._lost = False
+        return became, lost
 
     def publish_snapshot(self, payload: bytes) -> None:
         """Publish the ledger snapshot (retained) for the next owner."""
