@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from cobot_hybrid_bridge.bridge_config import BridgeConfig
-from cobot_hybrid_bridge.clock import SYSTEM_CLOCK, Clock
 from cobot_hybrid_bridge.codecs import json_envelope
 from cobot_hybrid_bridge.command_security import (
     CommandRejected,
@@ -43,6 +42,7 @@ from cobot_hybrid_bridge.mission_schema import (
 )
 from cobot_hybrid_bridge.mqtt_link import MqttLink
 from cobot_hybrid_bridge.routes import Route
+from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock
 from cobot_hybrid_protocol.errors import PayloadError
 from cobot_hybrid_protocol.limits import COMMAND_LIMITS, FILE_LIMITS, parse_json
 

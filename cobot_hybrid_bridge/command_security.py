@@ -21,7 +21,8 @@ command ids early) and back. A replay store that cannot be opened (corrupt) is m
 and a new one started that remembers when: commands issued before that moment are refused
 as ``store_rebuilt`` (the planner then issues a new version), so nothing replayed from before
 the loss gets through. (The rebuild happens at start, so the robot accepted nothing just
-before it unless it restarted within the cloud's clock offset of that moment.) Rejections are counted by reason.
+before it unless it restarted within the cloud's clock offset of that moment.) Rejections
+are counted by reason.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from cobot_hybrid_bridge.clock import SYSTEM_CLOCK, Clock
 from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_bridge.mission_schema import Mission, SchemaError, validate_mission
+from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock
 from cobot_hybrid_protocol.errors import PayloadError
 from cobot_hybrid_protocol.limits import COMMAND_LIMITS, Limits, parse_json
 

@@ -51,7 +51,7 @@ above the recovered counters, the sidecar and the recovered rows; only where nei
 counters nor the sidecar tell the next seq does it jump to the wall clock in microseconds.
 
 Wall-clock steps (robots boot with a wrong clock and NTP steps it): creation times come from
-the queue's :class:`~cobot_hybrid_bridge.clock.Clock`, and a step (the offset wall -
+the queue's :class:`~cobot_hybrid_protocol.clock.Clock`, and a step (the offset wall -
 monotonic jumps) found by :meth:`DurableQueue.check_clock`, or by :meth:`DurableQueue.put`
 before it stamps a message, re-bases the creation time of everything queued before it
 (:meth:`DurableQueue.rebase`), so ages, TTLs and oldest-age statistics do not jump. Across a
@@ -88,8 +88,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cobot_hybrid_bridge.clock import SYSTEM_CLOCK, Clock, WallStepDetector
 from cobot_hybrid_bridge.errors import BridgeError
+from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock, WallStepDetector
 
 __all__ = ['DROP_REASONS', 'DiskFullError', 'DurableQueue', 'QueueConfig', 'QueueError',
            'QueueStats', 'QueuedMessage', 'read_boot_id']

@@ -250,6 +250,16 @@ class FleetStore:
                           report.version, report.reason, report.stamp, now))
         return f'progress: {report.status}'
 
+    def rebase(self, step_s: float) -> None:
+        """Shift the liveness times by a wall-clock step of ``step_s``.
+
+        So a step ahead does not make every robot look silent for the step's length, and a
+        step back does not keep a silent robot online for as long.
+        """
+        with self._db:
+            self._db.execute('UPDATE robots SET last_seen = last_seen + ?, status_stamp = '
+                             'status_stamp + ?', (step_s, step_s))
+
     def reports(self, robot_id: str, mission_id: str, version: int) -> dict[str, str]:
         """Task id -> last status a robot reported under one version of a mission."""
         return {t: s for t, s in self._db.execute(

@@ -50,6 +50,7 @@ from cobot_hybrid_planner.orders import OrderError, PlanTask, validate_orders
 from cobot_hybrid_planner.planning import FleetRobot, plan
 from cobot_hybrid_planner.replica import FleetReplica, fleet_orders_topic
 from cobot_hybrid_planner.site import Site
+from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock, WallStepDetector
 from cobot_hybrid_protocol.errors import PayloadError
 from cobot_hybrid_protocol.limits import (
     FILE_LIMITS,
@@ -170,6 +171,7 @@ class PlannerService:
     cfg: PlannerConfig
     site: Site
     private_key: Ed25519PrivateKey
+    clock: Clock = SYSTEM_CLOCK
     rejected_tasks: dict[str, str] = field(default_factory=dict)   # the latest, bounded
     sent: int = 0
     errors: Counter[str] = field(default_factory=Counter)   # caught at a message boundary
@@ -193,6 +195,8 @@ class PlannerService:
             if column not in columns:  # a ledger from before task progress
                 self._db.execute(f'ALTER TABLE tasks ADD COLUMN {column} {kind}')
         self.progress_ignored = 0
+        self.clock_steps = 0
+        self._wall_steps = WallStepDetector(self.clock)
         self.progress_unauthorized = 0
         self._plan_after = 0.0     # after a failed plan: not before this time
         self.replica: FleetReplica | None = None
@@ -342,7 +346,7 @@ class PlannerService:
 
         Release times and deadlines count from ``now_s`` (when the order arrived).
         """
-        now = time.time() if now_s is None else now_s
+        now = self.clock.wall() if now_s is None else now_s
         known = frozenset(r[0] for r in self._db.execute('SELECT task_id FROM tasks'))
         try:
             tasks, rejected = validate_orders(data, self.site, known)
@@ -417,8 +421,16 @@ class PlannerService:
     # --- the loop ----------------------------------------------------------------------------
 
     def step(self, now_s: float | None = None) -> None:
-        """Take what arrived, replan if needed, send and re-send missions."""
-        now = time.time() if now_s is None else now_s
+        """Take what arrived, replan if needed, send and re-send missions.
+
+        ``now_s`` (tests, replays) overrides the clock; otherwise a wall-clock step is
+        detected first and the stored times re-based (:meth:`rebase`).
+        """
+        if now_s is None:
+            step = self._wall_steps.check()
+            if step:
+                self.rebase(step)
+        now = self.clock.wall() if now_s is None else now_s
         if self.replica is not None:
             self._follow_lease()
             if not self.replica.lease.is_owner:
@@ -454,6 +466,21 @@ class PlannerService:
         self._resend(now)
         if self.replica is not None:
             self._share_ledger()
+
+    def rebase(self, step_s: float) -> None:
+        """Shift every stored time of the ledger by a wall-clock step of ``step_s``.
+
+        Orders keep their release times and deadlines, tasks in progress their expected
+        ends, missions their re-send times, robots their liveness.
+        """
+        self.clock_steps += 1
+        _LOG.warning('the wall clock jumped by %+.1f s: ledger and liveness times re-based',
+                     step_s)
+        with self._db:
+            self._db.execute('UPDATE tasks SET received_at = received_at + ?, started_at = '
+                             'started_at + ?, ended_at = ended_at + ?', (step_s,) * 3)
+            self._db.execute('UPDATE missions SET sent_at = sent_at + ?', (step_s,))
+        self.fleet.rebase(step_s)
 
     def _take_order(self, payload: bytes, retained: bool, now: float) -> None:
         """One work order from MQTT: parsed within limits, never retained, never fatal."""

@@ -22,6 +22,7 @@ from cobot_hybrid_planner.orders import ORDERS_SCHEMA, OrderError, validate_orde
 from cobot_hybrid_planner.planning import FleetRobot, plan
 from cobot_hybrid_planner.service import PlannerConfig, PlannerService, load_orders_file
 from cobot_hybrid_planner.site import SiteError, load_site, parse_site
+from cobot_hybrid_protocol.clock import SteppableClock
 
 SITE = parse_site({
     'stations': {'a': {'x': 0, 'y': 0}, 'b': {'x': 9999, 'y': -9999}, 'c': {'x': 3, 'y': 4}},
@@ -217,3 +218,34 @@ def test_the_rejected_task_list_stays_bounded(planner: PlannerService) -> None:
     for i in range(3):
         planner.add_orders(order(*[task(f'x{i}-{j}', station='nowhere') for j in range(600)]))
     assert len(planner.rejected_tasks) == 1000
+
+
+@pytest.mark.parametrize('step_s', [2 * 86400.0, -300.0])
+def test_a_wall_clock_step_keeps_liveness_and_tasks_in_progress(tmp_path: Path,
+                                                               step_s: float) -> None:
+    clock = SteppableClock(wall_s=1_800_000_000.0)
+    service = PlannerService(PlannerConfig(data_dir=tmp_path, plan_time_limit_s=0.2,
+                                           offline_after_s=10.0), SITE,
+                             Ed25519PrivateKey.generate(), clock=clock)
+    try:
+        say(service, 'cobot/v1/r1/status', b'{"state": "online"}')
+        service.add_orders(order(task('work', duration_s=600)))
+        service.step()
+        mission = service.missions()['r1']
+        say(service, 'cobot/v1/r1/events/task_progress',
+            progress(service, 'r1', 'work', 'started', mission))
+        clock.advance(1.0)
+        service.step()
+        assert service.task_status()['work']['status'] == 'in_progress'
+        clock.step_wall(step_s)          # NTP, between two steps of the planner
+        clock.advance(1.0)
+        service.step()
+        assert service.clock_steps == 1
+        assert service.online() == frozenset({'r1'})
+        assert service.task_status()['work']['status'] == 'in_progress'
+        clock.advance(10.0)              # real silence still takes the robot offline
+        service.step()
+        assert service.online() == frozenset()
+        assert service.task_status()['work']['status'] == 'open'
+    finally:
+        service.stop()

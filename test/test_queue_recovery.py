@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cobot_hybrid_bridge import durable_queue
-from cobot_hybrid_bridge.clock import SteppableClock
 from cobot_hybrid_bridge.durable_queue import DurableQueue, QueueConfig, QueueStats
+from cobot_hybrid_protocol.clock import SteppableClock
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = 86_400.0

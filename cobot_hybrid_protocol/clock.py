@@ -1,4 +1,4 @@
-"""The bridge's clocks: a wall clock for stamps and ages, a monotonic one for schedules.
+"""Clocks of both sides: a wall clock for stamps and ages, a monotonic one for schedules.
 
 Robots boot with a wrong wall clock and NTP steps it, forwards or backwards, by seconds or
 days. Schedules (group commit, snapshots, retries) therefore run on the monotonic clock;
@@ -6,8 +6,8 @@ the wall clock is only used for what must mean the same after a restart (message
 times, command validity) and a step of it is detected by comparing the two
 (:class:`WallStepDetector`), so ages can be re-based instead of expiring a backlog.
 
-Cores take a :class:`Clock`; tests inject a :class:`SteppableClock` (no system clock is
-ever changed).
+Cores (the bridge, its queue and command check, the planner) take a :class:`Clock`; tests
+inject a :class:`SteppableClock` (no system clock is ever changed).
 """
 
 from __future__ import annotations
