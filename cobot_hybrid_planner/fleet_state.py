@@ -17,8 +17,9 @@ are stored, retained events are ignored (an event is for its moment; retained, i
 back after every restart), and CRDT snapshots are bounded: LWW entries stamped more than
 ``max_skew_s`` ahead of the cloud's clock are dropped (counted, ``future_stamps``; such a stamp
 would freeze a key such as ``protective_stop``), and a merged state larger than
-``max_state_bytes`` is refused. Each message is handled inside its own savepoint: whatever one
-does, it is answered with ``rejected: <reason>`` and counted, and the batch goes on.
+``max_state_bytes`` is refused. Each message is handled inside a boundary: whatever one
+does, it is answered with ``rejected: <reason>`` and counted, and the rest of its batch is
+stored.
 
 End-to-end delivery: every message with a ``(robot_id, seq)`` that was stored, or was already
 stored (a duplicate), or was refused for good, is recorded in :attr:`FleetStore.delivered`
@@ -111,11 +112,24 @@ class FleetStore:
                     ) -> list[str]:
         """Take a batch of ``(topic, payload, properties[, retained])`` in one transaction.
 
-        Returns each outcome. One message that fails in any way is rolled back alone (a
-        savepoint each) and answered ``rejected: ...``; the others are kept.
+        Returns each outcome. One message that fails in any way is rolled back alone and
+        answered ``rejected: ...``; the others are kept. (The batch runs without savepoints
+        first; only when a message raised is it run again with one savepoint per message.)
         """
         now = time.time() if now_s is None else now_s
-        outcomes = []
+        try:
+            outcomes, handled = self._batch(messages, now, guarded=False)
+        except Exception:  # noqa: BLE001 - rolled back; again, message by message
+            outcomes, handled = self._batch(messages, now, guarded=True)
+        for outcome in outcomes:
+            self.counts[outcome.split(':')[0]] += 1
+        for robot_id, seq in handled:   # committed: only now is it stored
+            self.delivered.add(robot_id, seq)
+        return outcomes
+
+    def _batch(self, messages: Sequence[tuple[Any, ...]], now: float, guarded: bool
+               ) -> tuple[list[str], list[tuple[str, int]]]:
+        outcomes: list[str] = []
         handled: list[tuple[str, int]] = []
         db = self._db
         db.execute('BEGIN IMMEDIATE')
@@ -123,28 +137,28 @@ class FleetStore:
             for item in messages:
                 topic, payload, props = item[0], item[1], item[2]
                 retained = len(item) > 3 and bool(item[3])
-                db.execute('SAVEPOINT message')
                 self._message_seq = None
-                try:
+                if guarded:
+                    db.execute('SAVEPOINT message')
+                    try:
+                        outcome = self._ingest(topic, payload, props, retained, now)
+                    except Exception as exc:  # noqa: BLE001 - the per-message boundary
+                        db.execute('ROLLBACK TO message')
+                        _LOG.exception('fleet store: message on %r could not be stored',
+                                       str(topic)[:_MAX_TOPIC])
+                        outcome = f'rejected: internal error {type(exc).__name__}'
+                        self._message_seq = None   # not stored: the robot sends it again
+                    db.execute('RELEASE message')
+                else:
                     outcome = self._ingest(topic, payload, props, retained, now)
-                except Exception as exc:  # noqa: BLE001 - the per-message boundary
-                    db.execute('ROLLBACK TO message')
-                    _LOG.exception('fleet store: message on %r could not be stored',
-                                   str(topic)[:_MAX_TOPIC])
-                    outcome = f'rejected: internal error {type(exc).__name__}'
-                    self._message_seq = None   # not stored: the robot sends it again
-                db.execute('RELEASE message')
                 if self._message_seq is not None:
                     handled.append(self._message_seq)
-                self.counts[outcome.split(':')[0]] += 1
                 outcomes.append(outcome)
         except BaseException:
             db.execute('ROLLBACK')
             raise
         db.execute('COMMIT')
-        for robot_id, seq in handled:   # only now is it stored
-            self.delivered.add(robot_id, seq)
-        return outcomes
+        return outcomes, handled
 
     def _ingest(self, topic: str, payload: bytes, props: Mapping[str, str], retained: bool,
                 now: float) -> str:

@@ -106,10 +106,12 @@ class PlannerParams:
     max_task_failures: int = 3
     fleet_id: str = ''                    # '' = the only planner; else one of its replicas
     lease_s: float = 6.0
+    delivery_ack_period_s: float = 0.5    # robots hear what was stored at most this often
 
     def __post_init__(self) -> None:
         for name in ('plan_time_limit_s', 'mission_validity_s', 'resend_after_s',
-                     'offline_after_s', 'step_period_s', 'max_task_failures', 'lease_s'):
+                     'offline_after_s', 'step_period_s', 'max_task_failures', 'lease_s',
+                     'delivery_ack_period_s'):
             if not getattr(self, name) > 0:
                 raise PlannerError(f'{name} must be > 0')
 
@@ -130,7 +132,8 @@ class PlannerParams:
         return PlannerConfig(data, self.broker_host, self.broker_port, self.client_id,
                              self.key_id, self.plan_time_limit_s, self.mission_validity_s,
                              self.resend_after_s, self.offline_after_s,
-                             self.max_task_failures, self.fleet_id, self.lease_s)
+                             self.max_task_failures, self.fleet_id, self.lease_s,
+                             self.delivery_ack_period_s)
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -162,6 +165,7 @@ class PlannerConfig:
     max_task_failures: int = 3
     fleet_id: str = ''
     lease_s: float = 6.0
+    delivery_ack_period_s: float = 0.5
 
 
 @dataclass
@@ -196,6 +200,7 @@ class PlannerService:
                 self._db.execute(f'ALTER TABLE tasks ADD COLUMN {column} {kind}')
         self.progress_ignored = 0
         self.clock_steps = 0
+        self._acks_at = 0.0
         self._wall_steps = WallStepDetector(self.clock)
         self.progress_unauthorized = 0
         self._plan_after = 0.0     # after a failed plan: not before this time
@@ -449,8 +454,10 @@ class PlannerService:
             (urgent if item[0].endswith(urgent_kinds) else bulk).append(item)
         self._ingest(urgent, now)
         self._ingest(bulk, now)
-        for topic, payload in self.fleet.delivered.take():   # stored: the robots may forget
-            self.client.publish(topic, payload, qos=1)
+        if self.clock.monotonic() >= self._acks_at:   # stored: the robots may forget it
+            self._acks_at = self.clock.monotonic() + self.cfg.delivery_ack_period_s
+            for topic, payload in self.fleet.delivered.take():
+                self.client.publish(topic, payload, qos=1)
         online = frozenset(r for r, view in self.fleet.robots(now).items()
                            if view.online and r in self.site.robots)
         if online != self._online:

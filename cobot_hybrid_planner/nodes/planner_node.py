@@ -53,6 +53,8 @@ PARAMS = (
               max_value=1000),
     ParamSpec('fleet_id', '"" = the only planner; else this node is one replica of the fleet',
               read_only=True),
+    ParamSpec('delivery_ack_period_s', 'robots hear what was stored at most this often [s]',
+              read_only=True, min_value=0.01, max_value=60.0),
     ParamSpec('lease_s', 'fleet lease between replicas [s]', read_only=True, min_value=1.0,
               max_value=600.0),
 )
