@@ -207,35 +207,51 @@ class RateLimiter:
 Filter = PassThrough | ClassFilter | OnChange | Aggregate | Snapshot
 
 
+def _strings(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not value or len(value) > 256 \
+            or not all(isinstance(v, str) and 0 < len(v) <= 256 for v in value):
+        raise FilterError(f'{what} must be a non-empty list of names (at most 256)')
+    return value
+
+
+def _bounded(value: Any, what: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or not low <= value <= high:
+        raise FilterError(f'{what} must be a number in [{low:g}, {high:g}]')
+    return float(value)
+
+
 def make_filter(spec: Mapping[str, Any] | None) -> Filter:
     """Build a filter from its YAML mapping (``{kind: ..., ...}``); errors name the key."""
+    if spec is not None and not isinstance(spec, Mapping):
+        raise FilterError('a filter is a mapping {kind: ..., ...}')
     spec = dict(spec or {'kind': 'pass'})
     kind = spec.pop('kind', 'pass')
     allowed = {'pass': set(), 'classes': {'classes', 'min_score'}, 'on_change': {'fields'},
                'aggregate': {'field', 'period_s'},
                'snapshot': {'trigger_topic', 'field', 'equals'}}
-    if kind not in allowed:
-        raise FilterError(f'filter kind {kind!r}: use one of {FILTER_KINDS}')
+    if not isinstance(kind, str) or kind not in allowed:
+        raise FilterError(f'filter kind {str(kind)[:40]!r}: use one of {FILTER_KINDS}')
     unknown = set(spec) - allowed[kind]
     if unknown:
-        raise FilterError(f'filter {kind} does not take {sorted(unknown)}')
+        raise FilterError(f'filter {kind} does not take {sorted(map(str, unknown))}')
     if kind == 'classes':
-        classes = spec.get('classes')
-        if not classes or not isinstance(classes, list):
-            raise FilterError('filter classes needs a non-empty list "classes"')
-        return ClassFilter(frozenset(map(str, classes)), float(spec.get('min_score', 0.0)))
+        classes = _strings(spec.get('classes'), 'filter classes: "classes"')
+        return ClassFilter(frozenset(classes),
+                           _bounded(spec.get('min_score', 0.0), 'min_score', 0.0, 1.0))
     if kind == 'on_change':
-        fields = spec.get('fields')
-        if not fields or not isinstance(fields, list):
-            raise FilterError('filter on_change needs a list "fields" (dotted paths)')
-        return OnChange(tuple(map(str, fields)))
+        return OnChange(tuple(_strings(spec.get('fields'),
+                                       'filter on_change: "fields" (dotted paths)')))
     if kind == 'aggregate':
-        period = float(spec.get('period_s', 0))
-        if 'field' not in spec or not period > 0:
-            raise FilterError('filter aggregate needs "field" and "period_s" > 0')
-        return Aggregate(str(spec['field']), period)
+        if not isinstance(spec.get('field'), str) or not spec['field']:
+            raise FilterError('filter aggregate needs "field" (a dotted path)')
+        return Aggregate(spec['field'], _bounded(spec.get('period_s', 0), 'filter aggregate '
+                                                 '"period_s"', 0.01, 86_400.0))
     if kind == 'snapshot':
-        if 'trigger_topic' not in spec or 'field' not in spec or 'equals' not in spec:
-            raise FilterError('filter snapshot needs trigger_topic, field and equals')
+        if not isinstance(spec.get('trigger_topic'), str) or not isinstance(
+                spec.get('field'), str) or 'equals' not in spec \
+                or isinstance(spec['equals'], (list, dict)):
+            raise FilterError('filter snapshot needs trigger_topic, field (names) and equals '
+                              '(a value)')
         return Snapshot()
     return PassThrough()

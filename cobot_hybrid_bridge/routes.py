@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -103,11 +104,18 @@ def parse_routes(data: Any) -> list[Route]:
                                                       'sensor_msgs/msg/CompressedImage'):
             raise RouteError(f'{where}: encoding jpeg is for sensor_msgs images only')
         qos = raw.get('qos', 1)
-        if qos not in (0, 1, 2):
+        if type(qos) is not int or qos not in (0, 1, 2):
             raise RouteError(f'{where}.qos must be 0, 1 or 2')
+        priority = raw.get('priority', 0)
+        if type(priority) is not int or not 0 <= priority <= 9:
+            raise RouteError(f'{where}.priority must be an integer 0..9 (9 drains first)')
+        retain = raw.get('retain', False)
+        if not isinstance(retain, bool):
+            raise RouteError(f'{where}.retain must be true or false')
         rate = raw.get('rate_limit_hz', 0.0)
-        if not isinstance(rate, (int, float)) or rate < 0:
-            raise RouteError(f'{where}.rate_limit_hz must be a number >= 0')
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) \
+                or not math.isfinite(rate) or not 0 <= rate <= 1000:
+            raise RouteError(f'{where}.rate_limit_hz must be a number in [0, 1000] (0: none)')
         reliability = raw.get('reliability', 'reliable')
         if reliability not in ('reliable', 'best_effort'):
             raise RouteError(f'{where}.reliability {reliability!r}: use reliable or best_effort')
@@ -119,8 +127,7 @@ def parse_routes(data: Any) -> list[Route]:
             raise RouteError(f'{where}.mqtt_topic {raw["mqtt_topic"]!r} is used twice')
         seen.add(raw['mqtt_topic'])
         routes.append(Route(raw['ros_topic'], raw['type'], raw['mqtt_topic'], encoding, qos,
-                            int(raw.get('priority', 0)), bool(raw.get('retain', False)),
-                            float(rate), raw.get('filter'), reliability))
+                            priority, retain, float(rate), raw.get('filter'), reliability))
     return routes
 
 
