@@ -209,14 +209,22 @@ def test_poison_commands_retained_on_the_broker_never_stop_the_bridge(
     cloud.close()
 
 
-def test_a_corrupt_replay_store_is_rebuilt_and_the_bridge_runs(
+def test_corrupt_replay_store_and_outbox_are_rebuilt_and_the_bridge_runs(
         make_node: Any, ros_process: Any, tmp_path: Path, mosquitto_broker: Any) -> None:
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from std_msgs.msg import String
 
+    from cobot_hybrid_bridge.durable_queue import DurableQueue, open_readonly_stats
+
     store = tmp_path / 'data' / 'cobot-a' / 'replay.db'
     store.parent.mkdir(parents=True)
     store.write_bytes(b'SQLite format 3\x00' + b'\xff' * 4000)     # a damaged file
+    outbox = store.parent / 'outbox.db'      # 30 messages queued, then the file is damaged
+    queue = DurableQueue(outbox)
+    for _ in range(30):
+        queue.put('cobot/v1/cobot-a/telemetry/x', b'queued before the damage')
+    queue.close()
+    outbox.write_bytes(b'garbage' * 2000)
     issued_before = time.time() - 60
     cloud = Cloud(mosquitto_broker.port)
     bridge = start_bridge(ros_process, tmp_path, mosquitto_broker.port)
@@ -238,6 +246,10 @@ def test_a_corrupt_replay_store_is_rebuilt_and_the_bridge_runs(
     cloud.client.publish(topic, fresh, qos=1).wait_for_publish(5)
     assert harness.spin_until(lambda: missions, 20.0), bridge.log()
     assert list(store.parent.glob('replay.db.corrupt-*'))
+    assert list(store.parent.glob('outbox.db.corrupt-*'))
+    bridge.stop()
+    books = open_readonly_stats(outbox)       # the loss is in the books, not hidden
+    assert books.dropped['corrupt'] == 30 and books.balanced, books
     cloud.close()
 
 
