@@ -75,17 +75,22 @@ def _reject(reason: str, detail: str) -> PayloadError:
     return PayloadError(reason, detail)
 
 
-def parse_json(raw: bytes | str, limits: Limits = TELEMETRY_LIMITS, what: str = 'payload'
-               ) -> Any:
-    """Decode JSON within ``limits``; raise PayloadError (with a reason) otherwise."""
+def _text(raw: bytes | str, limits: Limits, what: str) -> str:
+    """Return the input as text if it is within ``max_bytes`` and UTF-8."""
     data = raw.encode('utf-8', 'surrogatepass') if isinstance(raw, str) else bytes(raw)
     if len(data) > limits.max_bytes:
         raise _reject('too_large', f'{what} is {len(data)} bytes, more than {limits.max_bytes}')
     try:
-        text = data.decode('utf-8')
+        return data.decode('utf-8')
     except UnicodeDecodeError as exc:
         raise _reject('not_utf8', f'{what} is not UTF-8 text ({exc.reason} at byte '
                       f'{exc.start})') from None
+
+
+def parse_json(raw: bytes | str, limits: Limits = TELEMETRY_LIMITS, what: str = 'payload'
+               ) -> Any:
+    """Decode JSON within ``limits``; raise PayloadError (with a reason) otherwise."""
+    text = _text(raw, limits, what)
 
     def parse_constant(name: str) -> Any:
         raise _reject('non_finite', f'{name} in {what}: only finite numbers are accepted')
@@ -181,14 +186,7 @@ def parse_yaml(raw: bytes | str, limits: Limits = FILE_LIMITS, what: str = 'file
 
     Keys must be strings (quote numeric keys); dates and other YAML-only types are refused.
     """
-    data = raw.encode('utf-8', 'surrogatepass') if isinstance(raw, str) else bytes(raw)
-    if len(data) > limits.max_bytes:
-        raise _reject('too_large', f'{what} is {len(data)} bytes, more than {limits.max_bytes}')
-    try:
-        text = data.decode('utf-8')
-    except UnicodeDecodeError as exc:
-        raise _reject('not_utf8', f'{what} is not UTF-8 text ({exc.reason} at byte '
-                      f'{exc.start})') from None
+    text = _text(raw, limits, what)
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -228,27 +228,34 @@ def _mosquitto_available() -> bool:
     return bool(shutil.which('mosquitto') or Path('/usr/sbin/mosquitto').exists())
 
 
-@pytest.fixture
-def mosquitto_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    """Start mosquitto on a free loopback port; stop it after the test."""
+def start_broker(data_dir: Path, persistence: str = 'autosave_interval 1') -> MosquittoBroker:
+    """Start mosquitto on a free loopback port with its files in ``data_dir``.
+
+    ``persistence``: ``autosave_interval N`` (persistence on, saved every N s) or ``off``.
+    """
     if not _mosquitto_available():
         pytest.fail('mosquitto is not installed: run `make setup` (apt-get install mosquitto)')
-    data_dir = tmp_path / 'mosquitto'
-    data_dir.mkdir()
+    data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config_path = data_dir / 'mosquitto.conf'
     config_path.write_text(
         f'listener {port} 127.0.0.1\n'
         'allow_anonymous true\n'
-        'persistence true\n'
-        f'persistence_location {data_dir}/\n'
-        'autosave_interval 1\n'
+        + ('persistence false\n' if persistence == 'off' else
+           f'persistence true\npersistence_location {data_dir}/\n{persistence}\n')
         # Started as root, mosquitto drops to user "mosquitto", which cannot write our temp dir.
-        f'user {pwd.getpwuid(os.getuid()).pw_name}\n'
+        + f'user {pwd.getpwuid(os.getuid()).pw_name}\n'
         f'log_dest file {data_dir}/mosquitto.log\n'
         'log_type error\nlog_type warning\nlog_type notice\n')
     broker = MosquittoBroker(port=port, data_dir=data_dir, config_path=config_path)
     broker.start()
+    return broker
+
+
+@pytest.fixture
+def mosquitto_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """Start mosquitto on a free loopback port; stop it after the test."""
+    broker = start_broker(tmp_path / 'mosquitto')
     try:
         yield broker
     finally:

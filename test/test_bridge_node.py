@@ -55,6 +55,18 @@ def start_bridge(ros_process: Any, tmp_path: Path, port: int) -> Any:
     return ros_process(NODE, '--ros-args', '--params-file', str(params))
 
 
+def mission_listener(harness: Any) -> list[Any]:
+    """The robot side's latched subscription to the missions ``bridge_node`` publishes."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    missions: list[Any] = []
+    harness.node.create_subscription(String, 'mission', missions.append, latched)
+    return missions
+
+
 def mission(version: int, now: float) -> dict[str, Any]:
     return {'schema': MISSION_SCHEMA, 'kind': 'mission', 'command_id': f'm-1-v{version}',
             'robot_id': 'cobot-a', 'mission_id': 'm-1', 'version': version,
@@ -167,9 +179,6 @@ POISON = [
 def test_poison_commands_retained_on_the_broker_never_stop_the_bridge(
         make_node: Any, ros_process: Any, tmp_path: Path, mosquitto_broker: Any) -> None:
     """Each crash of the hardening issue, published retained so it comes back on restart."""
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from std_msgs.msg import String
-
     cloud = Cloud(mosquitto_broker.port)
     for index, payload in enumerate(POISON):
         cloud.client.publish(f'cobot/v1/cobot-a/cmd/p{index}', payload, qos=1,
@@ -177,10 +186,7 @@ def test_poison_commands_retained_on_the_broker_never_stop_the_bridge(
     cloud.client.publish('cobot/v1/cobot-a/cmd/mission', POISON[0], qos=1,
                          retain=True).wait_for_publish(5)
     harness = make_node('robot_side')
-    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    missions: list[Any] = []
-    harness.node.create_subscription(String, 'mission', missions.append, latched)
+    missions = mission_listener(harness)
     seen: set[int] = set()    # acks not acknowledged by this cloud are sent again: by seq
     for attempt in (1, 2):    # the second start gets the same retained messages again
         bridge = start_bridge(ros_process, tmp_path, mosquitto_broker.port)
@@ -211,8 +217,6 @@ def test_poison_commands_retained_on_the_broker_never_stop_the_bridge(
 
 def test_corrupt_replay_store_and_outbox_are_rebuilt_and_the_bridge_runs(
         make_node: Any, ros_process: Any, tmp_path: Path, mosquitto_broker: Any) -> None:
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from std_msgs.msg import String
 
     from cobot_hybrid_bridge.durable_queue import DurableQueue, open_readonly_stats
 
@@ -229,10 +233,7 @@ def test_corrupt_replay_store_and_outbox_are_rebuilt_and_the_bridge_runs(
     cloud = Cloud(mosquitto_broker.port)
     bridge = start_bridge(ros_process, tmp_path, mosquitto_broker.port)
     harness = make_node('robot_side')
-    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    missions: list[Any] = []
-    harness.node.create_subscription(String, 'mission', missions.append, latched)
+    missions = mission_listener(harness)
     assert harness.spin_until(lambda: cloud.on('cobot-a/status'), 30.0), bridge.log()
     harness.spin_for(0.5)
     topic = 'cobot/v1/cobot-a/cmd/mission'

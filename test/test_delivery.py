@@ -8,8 +8,6 @@ mode and none in ``cloud`` mode (the same run shows both, so the test can fail).
 
 from __future__ import annotations
 
-import os
-import pwd
 import signal
 import threading
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import MosquittoBroker, free_port
+from conftest import start_broker
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from test_mqtt_link import fill, make_link, wait_for
@@ -171,21 +169,6 @@ def robot(folder: Path, port: int, robot_id: str, **cfg: Any) -> MqttLink:
                     threading.Lock())
 
 
-def _broker(tmp_path: Path, persistence: bool) -> MosquittoBroker:
-    data = tmp_path / 'broker'
-    data.mkdir()
-    port = free_port()
-    config = data / 'mosquitto.conf'
-    config.write_text(
-        f'listener {port} 127.0.0.1\nallow_anonymous true\n'
-        + (f'persistence true\npersistence_location {data}/\nautosave_interval 1800\n'
-           if persistence else 'persistence false\n')
-        + f'user {pwd.getpwuid(os.getuid()).pw_name}\nlog_dest file {data}/mosquitto.log\n')
-    broker = MosquittoBroker(port=port, data_dir=data, config_path=config)
-    broker.start()
-    return broker
-
-
 @pytest.mark.parametrize('persistence', [False, True])
 def test_a_broker_killed_while_the_consumer_is_offline_loses_nothing_in_cloud_mode(
         tmp_path: Path, persistence: bool) -> None:
@@ -194,7 +177,8 @@ def test_a_broker_killed_while_the_consumer_is_offline_loses_nothing_in_cloud_mo
     With persistence the broker saves only every ``autosave_interval`` (1800 s here, the
     default): a SIGKILL loses what it acknowledged since.
     """
-    broker = _broker(tmp_path, persistence)
+    broker = start_broker(tmp_path / 'broker', 'autosave_interval 1800' if persistence
+                          else 'off')
     consumer = AckingConsumer(broker.port)
     consumer.start()
     consumer.stop()                                   # offline; its session stays
