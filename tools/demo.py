@@ -108,7 +108,7 @@ class Cloud:
         self.client.loop_start()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        if '/cmd/' in message.topic or message.topic.endswith('/status'):
+        if '/cmd/' in message.topic or message.topic.endswith(('/status', '/delivered')):
             return
         props = dict(getattr(message.properties, 'UserProperty', []) or [])
         with self.lock:
