@@ -30,6 +30,7 @@ each message until then (:mod:`cobot_hybrid_protocol.delivery`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -53,7 +54,9 @@ _MAX_TOPIC = 256
 _SEQ_DIGITS = 19
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS seen (robot_id TEXT NOT NULL, seq INTEGER NOT NULL,
+-- digest: of the payload, so a message re-sent (the same bytes) is a duplicate and another
+-- one under a seq seen before (an outbox wiped, seqs started again) is not.
+CREATE TABLE IF NOT EXISTS seen (robot_id TEXT NOT NULL, seq INTEGER NOT NULL, digest BLOB,
                                  PRIMARY KEY (robot_id, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS robots (robot_id TEXT PRIMARY KEY, status TEXT NOT NULL,
                                    status_stamp REAL NOT NULL, last_seen REAL NOT NULL);
@@ -93,6 +96,7 @@ class FleetStore:
     max_state_bytes: int = 256 * 1024
     counts: Counter[str] = field(default_factory=Counter)
     future_stamps: int = 0
+    seq_reused: int = 0
     delivered: DeliveredSeqs = field(default_factory=DeliveredSeqs)   # committed, to ack
     _message_seq: tuple[str, int] | None = None
 
@@ -102,6 +106,8 @@ class FleetStore:
         self._db.execute('PRAGMA journal_mode=WAL')
         self._db.execute('PRAGMA synchronous=FULL')   # acknowledged means on disk
         self._db.executescript(_SCHEMA)
+        if 'digest' not in {row[1] for row in self._db.execute('PRAGMA table_info(seen)')}:
+            self._db.execute('ALTER TABLE seen ADD COLUMN digest BLOB')   # older stores
 
     def ingest(self, topic: str, payload: bytes, properties: Mapping[str, str] | None = None,
                now_s: float | None = None, retained: bool = False) -> str:
@@ -174,8 +180,13 @@ class FleetStore:
             return f'rejected: robot {robot_id!r} is not in the site'
         if retained and kind.startswith('events/'):
             return 'ignored: a retained event (events are not kept by the broker)'
+        if props.get('robot_id', robot_id) != robot_id:
+            return (f'rejected: robot_id {str(props["robot_id"])[:64]!r} in the user '
+                    f"properties is not the topic's {robot_id!r}")
         body: Any = None
-        if payload:
+        if payload and not (kind.startswith('telemetry/') and 'seq' in props):
+            # (telemetry is only de-duplicated here: with its seq in the user properties its
+            # payload is not needed, so a robot sending huge ones costs no parsing)
             try:
                 body = parse_json(payload, TELEMETRY_LIMITS, f'{kind} of {robot_id}')
             except PayloadError as exc:
@@ -186,18 +197,32 @@ class FleetStore:
                 return 'rejected: status must be {"state": "online"|"offline"}'
             self._touch(robot_id, now, status=body['state'])
             return f'status: {body["state"]}'
+        if isinstance(body, dict) and body.get('robot_id', robot_id) != robot_id:
+            return f"rejected: robot_id in the envelope is not the topic's {robot_id!r}"
         seq = _seq(props.get('seq') if 'seq' in props else
                    body.get('seq') if isinstance(body, dict) else None)
         if seq is None:
             return 'rejected: no (robot_id, seq) in user properties or payload, or seq not an ' \
                    'integer in 1..2^63-1'
         self._message_seq = (robot_id, seq)   # stored, or refused for good, from here on
+        digest = hashlib.blake2b(payload, digest_size=8).digest()
         try:
-            self._db.execute('INSERT INTO seen (robot_id, seq) VALUES (?, ?)',
-                             (robot_id, seq))
+            self._db.execute('INSERT INTO seen (robot_id, seq, digest) VALUES (?, ?, ?)',
+                             (robot_id, seq, digest))
         except sqlite3.IntegrityError:
             self._touch(robot_id, now)
-            return 'duplicate'
+            stored = self._db.execute('SELECT digest FROM seen WHERE robot_id = ? AND seq = ?',
+                                      (robot_id, seq)).fetchone()[0]
+            if stored is None or bytes(stored) == digest:
+                return 'duplicate'
+            # Another message under a seq already seen: the robot's outbox was wiped or
+            # replaced and its seqs started again. Dropping it as a duplicate (and
+            # acknowledging it) would lose it without a trace.
+            self.seq_reused += 1
+            _LOG.warning('%s sent a different message under seq %d, seen before: its seqs '
+                         'started again (outbox wiped?); taken as new', robot_id, seq)
+            self._db.execute('UPDATE seen SET digest = ? WHERE robot_id = ? AND seq = ?',
+                             (digest, robot_id, seq))
         self._touch(robot_id, now)
         data = body.get('data') if isinstance(body, dict) else None
         if kind == 'state':

@@ -132,9 +132,14 @@ def _task(raw: Any, site: Site, order_id: str, limits: OrderLimits) -> PlanTask:
 
 
 def validate_orders(data: Any, site: Site, known_ids: frozenset[str] = frozenset(),
-                    limits: OrderLimits = OrderLimits()
+                    limits: OrderLimits = OrderLimits(),
+                    failed_ids: frozenset[str] = frozenset()
                     ) -> tuple[list[PlanTask], list[Rejection]]:
-    """Check an order; return (tasks to plan, rejected tasks with reasons)."""
+    """Check an order; return (tasks to plan, rejected tasks with reasons).
+
+    ``known_ids``: tasks the planner has already (ids cannot be reused; they can come
+    before a new task), ``failed_ids``: those of them given up (nothing can come after them).
+    """
     if not isinstance(data, Mapping) or data.get('schema') != ORDERS_SCHEMA:
         raise OrderError(f'an order must be an object with schema {ORDERS_SCHEMA!r}')
     if set(data) - {'schema', 'order_id', 'tasks'} or not isinstance(data.get('tasks'), list):
@@ -163,11 +168,12 @@ def validate_orders(data: Any, site: Site, known_ids: frozenset[str] = frozenset
     while changed:  # drop tasks whose predecessors are missing, transitively
         changed = False
         for task in list(accepted.values()):
-            missing = [a for a in task.after if a not in accepted and a not in known_ids]
+            missing = [a for a in task.after if (a not in accepted and a not in known_ids)
+                       or a in failed_ids]
             if missing:
                 del accepted[task.task_id]
-                rejected.append(Rejection(task.task_id, f'depends on unknown or rejected '
-                                                        f'tasks {missing}'))
+                rejected.append(Rejection(task.task_id, f'depends on unknown, rejected or '
+                                                        f'failed tasks {missing}'))
                 changed = True
     cycle = _find_cycle(accepted)
     if cycle:

@@ -28,11 +28,13 @@ versions carry the lease epoch (``epoch * 1,000,000 + n``) so robots follow the 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import sqlite3
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,6 +203,7 @@ class PlannerService:
         self.progress_ignored = 0
         self.clock_steps = 0
         self._acks_at = 0.0
+        self._ingest_after = 0.0
         self._wall_steps = WallStepDetector(self.clock)
         self.progress_unauthorized = 0
         self._plan_after = 0.0     # after a failed plan: not before this time
@@ -248,6 +251,25 @@ class PlannerService:
         self.fleet.close()
         self._db.close()
 
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One ledger transaction (re-entrant: inside another it joins that one).
+
+        The connection runs in autocommit mode, where ``with connection:`` does not begin
+        a transaction: a cascade or a hand-over that failed halfway was half committed.
+        """
+        if self._db.in_transaction:
+            yield
+            return
+        self._db.execute('BEGIN IMMEDIATE')
+        try:
+            yield
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute('ROLLBACK')
+            raise
+        self._db.execute('COMMIT')
+
     @property
     def epoch(self) -> int:
         """The lease epoch this replica plans under (0 for a single planner)."""
@@ -265,7 +287,7 @@ class PlannerService:
         if became:
             epoch = self.replica.lease.epoch
             self._adopt_snapshot()
-            with self._db:
+            with self._tx():
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (epoch,))
             _LOG.warning('replica %s owns fleet %s (epoch %d)', self.cfg.client_id,
                          self.cfg.fleet_id, epoch)
@@ -305,14 +327,21 @@ class PlannerService:
             return
         # Tasks only this replica has (an orders file it loaded) are kept, still open.
         local = self._db.execute(f'SELECT {", ".join(_TASK_COLUMNS)} FROM tasks').fetchall()
-        with self._db:
-            self._db.execute('DELETE FROM tasks')
-            self._db.execute('DELETE FROM missions')
-            self._db.executemany(f'INSERT INTO tasks VALUES ({",".join("?" * 9)})', tasks)
-            self._db.executemany(f'INSERT OR IGNORE INTO tasks VALUES ({",".join("?" * 9)})',
-                                 [row for row in local if row[2] == 'open'])
-            self._db.executemany(f'INSERT INTO missions VALUES ({",".join("?" * 8)})',
-                                 missions)
+        try:
+            with self._tx():   # all of it or nothing: a bad row keeps the local ledger whole
+                self._db.execute('DELETE FROM tasks')
+                self._db.execute('DELETE FROM missions')
+                self._db.executemany(f'INSERT INTO tasks VALUES ({",".join("?" * 9)})', tasks)
+                self._db.executemany(
+                    f'INSERT OR IGNORE INTO tasks VALUES ({",".join("?" * 9)})',
+                    [row for row in local if row[2] == 'open'])
+                self._db.executemany(f'INSERT INTO missions VALUES ({",".join("?" * 8)})',
+                                     missions)
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            self.errors['snapshot'] += 1
+            _LOG.error('ledger snapshot of fleet %s cannot be stored (%s): keeping the local '
+                       'one', self.cfg.fleet_id, exc)
+            return
         _LOG.warning('took over the ledger of epoch %s: %d tasks, %d missions', data['epoch'],
                      len(tasks), len(missions))
 
@@ -352,9 +381,11 @@ class PlannerService:
         Release times and deadlines count from ``now_s`` (when the order arrived).
         """
         now = self.clock.wall() if now_s is None else now_s
-        known = frozenset(r[0] for r in self._db.execute('SELECT task_id FROM tasks'))
+        rows = self._db.execute('SELECT task_id, status FROM tasks').fetchall()
+        known = frozenset(task_id for task_id, _ in rows)
+        failed = frozenset(task_id for task_id, status in rows if status == 'failed')
         try:
-            tasks, rejected = validate_orders(data, self.site, known)
+            tasks, rejected = validate_orders(data, self.site, known, failed_ids=failed)
         except OrderError as exc:
             _LOG.warning('order rejected: %s', exc)
             self._reject_order('<order>', str(exc))
@@ -362,7 +393,7 @@ class PlannerService:
         for rejection in rejected:
             _LOG.warning('task %s rejected: %s', rejection.task_id, rejection.reason)
             self._reject_order(rejection.task_id, rejection.reason)
-        with self._db:
+        with self._tx():
             for task in tasks:
                 self._db.execute('INSERT INTO tasks (task_id, body, received_at) VALUES '
                                  '(?, ?, ?)', (task.task_id, json.dumps(task.__dict__), now))
@@ -452,8 +483,18 @@ class PlannerService:
             urgent_kinds = ('/status', '/events/mission_ack', '/events/task_progress',
                             '/state')
             (urgent if item[0].endswith(urgent_kinds) else bulk).append(item)
-        self._ingest(urgent, now)
-        self._ingest(bulk, now)
+        if now < self._ingest_after:
+            self._inbox.extendleft(reversed(urgent + bulk))   # the store is failing: later
+            urgent, bulk = [], []
+        try:
+            self._ingest(urgent, now)
+            self._ingest(bulk, now)
+        except sqlite3.Error as exc:   # disk full, I/O error: keep them, try again in 1 s
+            self.errors['store'] += 1
+            self._ingest_after = now + 1.0
+            self._inbox.extendleft(reversed(urgent + bulk))
+            _LOG.error('the fleet store cannot commit (%s): %d messages kept, retrying in 1 s',
+                       exc, len(urgent) + len(bulk))
         if self.clock.monotonic() >= self._acks_at:   # stored: the robots may forget it
             self._acks_at = self.clock.monotonic() + self.cfg.delivery_ack_period_s
             for topic, payload in self.fleet.delivered.take():
@@ -483,7 +524,7 @@ class PlannerService:
         self.clock_steps += 1
         _LOG.warning('the wall clock jumped by %+.1f s: ledger and liveness times re-based',
                      step_s)
-        with self._db:
+        with self._tx():
             self._db.execute('UPDATE tasks SET received_at = received_at + ?, started_at = '
                              'started_at + ?, ended_at = ended_at + ?', (step_s,) * 3)
             self._db.execute('UPDATE missions SET sent_at = sent_at + ?', (step_s,))
@@ -523,14 +564,20 @@ class PlannerService:
                                topic[:256])
 
     def _assigned(self, robot_id: str, task_id: str) -> bool:
-        """Whether a task is the robot's: in its current mission, or in progress on it."""
-        row = self._db.execute('SELECT tasks FROM missions WHERE robot_id = ?',
-                               (robot_id,)).fetchone()
-        if row is not None and task_id in json.loads(row[0]):
-            return True
-        return self._db.execute("SELECT 1 FROM tasks WHERE task_id = ? AND robot_id = ? AND "
-                                "status = 'in_progress'", (task_id, robot_id)).fetchone() \
-            is not None
+        """Whether a task is the robot's now.
+
+        In progress: only on the robot that started it. Open: only if the robot's current
+        mission lists it (a task given to another robot is taken out of the old robot's
+        mission when the new one is sent, so a robot that was offline meanwhile cannot
+        report it).
+        """
+        row = self._db.execute('SELECT status, robot_id FROM tasks WHERE task_id = ?',
+                               (task_id,)).fetchone()
+        if row is not None and row[0] == 'in_progress':
+            return bool(row[1] == robot_id)
+        mission = self._db.execute('SELECT tasks FROM missions WHERE robot_id = ?',
+                                   (robot_id,)).fetchone()
+        return mission is not None and task_id in json.loads(mission[0])
 
     def _on_progress(self, robot_id: str, data: dict[str, Any], now: float) -> None:
         task_id, status = data['task_id'], data['status']
@@ -546,7 +593,7 @@ class PlannerService:
             _LOG.warning('progress %s of task %s from %s ignored: the task is not assigned '
                          'to that robot', status, task_id, robot_id)
             return
-        with self._db:
+        with self._tx():
             if status == 'started':
                 self._db.execute("UPDATE tasks SET status = 'in_progress', robot_id = ?, "
                                  'started_at = ? WHERE task_id = ?',
@@ -567,18 +614,30 @@ class PlannerService:
             self._dirty = True  # a robot is free earlier or later than planned
 
     def _fail_for_good(self, task_id: str, reason: str) -> None:
-        self._db.execute("UPDATE tasks SET status = 'failed', reason = ? WHERE task_id = ?",
-                         (reason, task_id))
-        _LOG.error('task %s given up: %s', task_id, reason)
+        """Give a task up, and everything that depends on it, transitively (no recursion)."""
+        successors: dict[str, list[str]] = {}
         for other, body in self._db.execute(
                 "SELECT task_id, body FROM tasks WHERE status = 'open'").fetchall():
-            if task_id in json.loads(body)['after']:
-                self._fail_for_good(other, f'predecessor {task_id} failed')
+            for before in json.loads(body)['after']:
+                successors.setdefault(before, []).append(other)
+        with self._tx():
+            pending, given_up = [(task_id, reason)], set()
+            while pending:
+                current, why = pending.pop()
+                if current in given_up:
+                    continue
+                given_up.add(current)
+                self._db.execute("UPDATE tasks SET status = 'failed', reason = ? WHERE "
+                                 'task_id = ?', (why, current))
+                pending.extend((after, f'predecessor {current} failed')
+                               for after in successors.get(current, ()))
+        _LOG.error('task %s given up: %s (%d depending task(s) with it)', task_id, reason,
+                   len(given_up) - 1)
 
     def _release_tasks_of(self, robots: frozenset[str]) -> None:
         """Put the tasks in progress of robots that went offline back to plan."""
         for robot_id in robots:
-            with self._db:
+            with self._tx():
                 moved = self._db.execute(
                     "UPDATE tasks SET status = 'open', robot_id = NULL, started_at = NULL "
                     "WHERE status = 'in_progress' AND robot_id = ?", (robot_id,)).rowcount
@@ -589,7 +648,7 @@ class PlannerService:
     def _mark_acked(self, topic: str, payload: bytes, status: str) -> None:
         robot_id = topic.split('/')[2]
         data = _data(payload)
-        with self._db:
+        with self._tx():
             self._db.execute('UPDATE missions SET acked = ? WHERE robot_id = ? AND '
                              'mission_id = ? AND version = ?',
                              (status, robot_id, data.get('mission_id'), data.get('version')))
@@ -603,7 +662,7 @@ class PlannerService:
             # same tasks again as a new version (a new command id, issued now).
             _LOG.warning('%s rebuilt its replay store: sending its mission again',
                          topic.split('/')[2])
-            with self._db:
+            with self._tx():
                 self._db.execute("UPDATE missions SET tasks = '[]', acked = 'rejected' WHERE "
                                  'robot_id = ?', (topic.split('/')[2],))
             self._dirty = True
@@ -658,10 +717,18 @@ class PlannerService:
                         for t in order))
         envelope = sign_command(self.private_key, self.cfg.key_id, mission_to_json(mission),
                                 robot_id)
-        with self._db:
+        with self._tx():
             self._db.execute('INSERT OR REPLACE INTO missions VALUES (?, ?, ?, ?, ?, ?, ?, '
                              'NULL)', (robot_id, mission_id, version, envelope,
                                        json.dumps(order), mission.valid_until, now))
+            mine = set(order)   # no other robot's mission lists these any more
+            for other, listed in self._db.execute(
+                    'SELECT robot_id, tasks FROM missions WHERE robot_id != ?',
+                    (robot_id,)).fetchall():
+                kept = [t for t in json.loads(listed) if t not in mine]
+                if len(kept) != len(json.loads(listed)):
+                    self._db.execute('UPDATE missions SET tasks = ? WHERE robot_id = ?',
+                                     (json.dumps(kept), other))
         self._publish(robot_id, envelope, mission.valid_until - now)
         _LOG.info('mission %s v%d to %s: %d tasks', mission_id, version, robot_id, len(order))
 
@@ -678,7 +745,7 @@ class PlannerService:
         for robot_id, envelope, valid_until, sent_at in rows:
             if now - sent_at >= self.cfg.resend_after_s and valid_until > now \
                     and robot_id in self._online:
-                with self._db:
+                with self._tx():
                     self._db.execute('UPDATE missions SET sent_at = ? WHERE robot_id = ?',
                                      (now, robot_id))
                 self._publish(robot_id, bytes(envelope), valid_until - now)

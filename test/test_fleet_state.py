@@ -191,3 +191,47 @@ def test_one_failing_message_does_not_lose_the_rest_of_its_batch(tmp_path: Path,
     assert store.ingest('cobot/v1/cobot-a/state', _state_payload(2, {}), {}, 2.0) \
         == 'state merged'
     store.close()
+
+
+def test_a_wiped_outbox_starting_its_seqs_again_loses_nothing(tmp_path: Path) -> None:
+    store = FleetStore(tmp_path / 'fleet.db')
+    first = json_envelope('cobot-a', 1, 10.0, 'x', 'x', {'n': 'before the wipe'})
+    assert store.ingest('cobot/v1/cobot-a/telemetry/x', first, {'seq': '1'}, 10.0) \
+        == 'accepted'
+    assert store.ingest('cobot/v1/cobot-a/telemetry/x', first, {'seq': '1'}, 11.0) \
+        == 'duplicate'                      # the same bytes again: a resend
+    again = json_envelope('cobot-a', 1, 20.0, 'x', 'x', {'n': 'after the wipe'})
+    assert store.ingest('cobot/v1/cobot-a/telemetry/x', again, {'seq': '1'}, 20.0) \
+        == 'accepted'                       # another message under seq 1: not a duplicate
+    assert store.seq_reused == 1
+    assert store.ingest('cobot/v1/cobot-a/telemetry/x', again, {'seq': '1'}, 21.0) \
+        == 'duplicate'
+    store.close()
+
+
+def test_the_robot_id_of_the_properties_and_envelope_must_be_the_topics(tmp_path: Path) -> None:
+    store = FleetStore(tmp_path / 'fleet.db')
+    # A certificate named "cobot-a/events" may write under cobot/v1/cobot-a/events/...
+    spoof = json_envelope('cobot-a/events', 5, 1.0, 'x', 'x', {})
+    outcome = store.ingest('cobot/v1/cobot-a/events/telemetry/x', spoof,
+                           {'robot_id': 'cobot-a/events', 'seq': '5'}, 1.0)
+    assert outcome.startswith('rejected') and 'robot_id' in outcome
+    outcome = store.ingest('cobot/v1/cobot-a/state', json_envelope('cobot-b', 6, 1.0, 's', 's',
+                                                                   {}), {}, 1.0)
+    assert outcome.startswith('rejected') and 'envelope' in outcome
+    store.close()
+
+
+def test_telemetry_payloads_are_not_parsed_when_the_seq_is_in_the_properties(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cobot_hybrid_planner.fleet_state as fleet_state
+
+    parsed: list[int] = []
+    real = fleet_state.parse_json
+    monkeypatch.setattr(fleet_state, 'parse_json',
+                        lambda raw, *a, **k: parsed.append(len(raw)) or real(raw, *a, **k))
+    store = FleetStore(tmp_path / 'fleet.db')
+    huge = b'{"data": "' + b'x' * 500_000 + b'"}'
+    assert store.ingest('cobot/v1/cobot-a/telemetry/x', huge, {'seq': '1'}, 1.0) == 'accepted'
+    assert parsed == []
+    store.close()
