@@ -118,6 +118,12 @@ class EdgeBridge:
             except (ValueError, OSError) as exc:   # PayloadError and CrdtError are ValueErrors
                 _LOG.error('telemetry state %s unreadable (%s): starting empty',
                            self._state_path, exc)
+        # The clock continues after the newest stamp it wrote before (a restart, or a wall
+        # clock stepped back since): else the robot's own new values lose to its old ones.
+        for stamp, _ in self._state.values.entries.values():
+            if stamp.replica == self.cfg.robot_id and (stamp.wall_ms, stamp.logical) > (
+                    self._clock.wall_ms, self._clock.logical):
+                self._clock.wall_ms, self._clock.logical = stamp.wall_ms, stamp.logical
 
     def start(self) -> None:
         """Connect (in the background; an unreachable broker is retried, never fatal)."""
@@ -189,7 +195,7 @@ class EdgeBridge:
 
     def set_value(self, key: str, value: Any) -> None:
         """Record a last-known value in the CRDT telemetry state."""
-        self._state.values.set(key, value, self._clock.now())
+        self._state.values.set(key, value, self._clock.now(int(self.clock.wall() * 1000)))
 
     def set_alarm(self, name: str, active: bool) -> None:
         """Raise or clear an alarm in the CRDT telemetry state."""

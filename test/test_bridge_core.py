@@ -154,3 +154,17 @@ def test_the_telemetry_state_file_is_read_within_limits(tmp_path: Path,
     assert any('unreadable' in r.message for r in caplog.records)
     assert edge._state.counters == {}
     edge.queue.close()
+
+
+def test_after_a_restart_the_robots_own_new_values_win_over_its_old_ones(
+        tmp_path: Path, clock: SteppableClock) -> None:
+    cfg = BridgeConfig(robot_id='cobot-a', data_dir=str(tmp_path))
+    first = EdgeBridge(cfg, ROUTES, clock=clock)
+    first.set_value('protective_stop', True)      # while the clock was a day ahead
+    first._save_state()
+    first.queue.close()
+    clock.step_wall(-DAY)                          # NTP corrects it; the bridge restarts
+    again = EdgeBridge(cfg, ROUTES, clock=clock)
+    again.set_value('protective_stop', False)
+    assert again._state.values.get('protective_stop') is False
+    again.queue.close()
