@@ -27,6 +27,7 @@ from cobot_hybrid_bridge.command_security import (
 )
 from cobot_hybrid_bridge.crdt import HLC, PNCounter, TelemetryState
 from cobot_hybrid_bridge.durable_queue import DiskFullError, DurableQueue
+from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_bridge.filters import (
     EventTrigger,
     Filter,
@@ -90,6 +91,12 @@ class EdgeBridge:
     _next_expire: float = 0.0
 
     def __post_init__(self) -> None:
+        opaque = [r.ros_topic for r in self.routes if r.encoding in ('jpeg', 'cdr')]
+        if self.cfg.delivery == 'cloud' and self.cfg.protocol == 'mqtt311' and opaque:
+            raise BridgeError(f'routes {opaque} send JPEG/CDR payloads, which carry their seq '
+                              'only in MQTT 5 user properties: with protocol mqtt311 the cloud '
+                              'could never acknowledge them (delivery: cloud); use mqtt5, '
+                              'encoding json, or delivery: broker')
         data = self.cfg.data_path
         data.mkdir(parents=True, exist_ok=True)
         self.queue = DurableQueue(data / 'outbox.db', self.cfg.queue_config(), self.clock)

@@ -168,3 +168,15 @@ def test_after_a_restart_the_robots_own_new_values_win_over_its_old_ones(
     again.set_value('protective_stop', False)
     assert again._state.values.get('protective_stop') is False
     again.queue.close()
+
+
+def test_cloud_delivery_refuses_opaque_routes_over_mqtt311(tmp_path: Path) -> None:
+    from cobot_hybrid_bridge.errors import BridgeError
+
+    jpeg = parse_routes({'routes': [{'ros_topic': 'image', 'type': 'sensor_msgs/msg/Image',
+                                     'mqtt_topic': 'events/snapshot', 'encoding': 'jpeg'}]})
+    with pytest.raises(BridgeError, match='mqtt311'):
+        EdgeBridge(BridgeConfig(robot_id='cobot-a', data_dir=str(tmp_path),
+                                protocol='mqtt311'), jpeg)
+    EdgeBridge(BridgeConfig(robot_id='cobot-a', data_dir=str(tmp_path), protocol='mqtt311',
+                            delivery='broker'), jpeg).queue.close()
