@@ -191,6 +191,6 @@ class FleetReplica:
             self._became = self._lost = False
         return became, lost
 
-    def publish_snapshot(self, payload: bytes) -> None:
-        """Publish the ledger snapshot (retained) for the next owner."""
-        self.client.publish(ledger_topic(self.fleet_id), payload, qos=1, retain=True)
+    def publish_snapshot(self, payload: bytes) -> mqtt.MQTTMessageInfo:
+        """Publish the ledger snapshot (retained) for the next owner; return its publish info."""
+        return self.client.publish(ledger_topic(self.fleet_id), payload, qos=1, retain=True)

@@ -203,6 +203,9 @@ class PlannerService:
         self.progress_ignored = 0
         self.clock_steps = 0
         self._acks_at = 0.0
+        self._held_acks: list[tuple[int, list[tuple[str, bytes]]]] = []
+        self._snapshot_pending: tuple[int, Any] | None = None   # changes, its publish info
+        self._snapshot_covers = -1     # ledger changes in the newest snapshot the broker has
         self._ingest_after = 0.0
         self._wall_steps = WallStepDetector(self.clock)
         self.progress_unauthorized = 0
@@ -350,7 +353,8 @@ class PlannerService:
         changes = self._db.total_changes
         if changes != self._snapshot_changes and time.monotonic() - self._snapshot_at >= 0.5:
             self._snapshot_changes, self._snapshot_at = changes, time.monotonic()
-            self.replica.publish_snapshot(self.ledger_snapshot())
+            info = self.replica.publish_snapshot(self.ledger_snapshot())
+            self._snapshot_pending = (changes, info)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         try:
@@ -497,8 +501,11 @@ class PlannerService:
                        exc, len(urgent) + len(bulk))
         if self.clock.monotonic() >= self._acks_at:   # stored: the robots may forget it
             self._acks_at = self.clock.monotonic() + self.cfg.delivery_ack_period_s
-            for topic, payload in self.fleet.delivered.take():
-                self.client.publish(topic, payload, qos=1)
+            # A replica's effects on the ledger must reach the next owner first: its acks wait
+            # for the PUBACK of a snapshot holding them (see _release_acks).
+            self._held_acks.append((self._db.total_changes, self.fleet.delivered.take()))
+            if self.replica is None:
+                self._release_acks(covered=self._db.total_changes)
         online = frozenset(r for r, view in self.fleet.robots(now).items()
                            if view.online and r in self.site.robots)
         if online != self._online:
@@ -514,6 +521,16 @@ class PlannerService:
         self._resend(now)
         if self.replica is not None:
             self._share_ledger()
+            pending = self._snapshot_pending
+            if pending is not None and pending[1].is_published():
+                self._snapshot_pending, self._snapshot_covers = None, pending[0]
+            self._release_acks(covered=self._snapshot_covers)
+
+    def _release_acks(self, covered: int) -> None:
+        """Send the delivery acknowledgements whose ledger effects are ``covered``."""
+        while self._held_acks and self._held_acks[0][0] <= covered:
+            for topic, payload in self._held_acks.pop(0)[1]:
+                self.client.publish(topic, payload, qos=1)
 
     def rebase(self, step_s: float) -> None:
         """Shift every stored time of the ledger by a wall-clock step of ``step_s``.

@@ -362,3 +362,51 @@ def test_a_bad_ledger_snapshot_keeps_the_local_ledger_whole(planner: PlannerServ
     planner.replica = replica
     planner._adopt_snapshot()
     assert set(planner.task_status()) == {'local'} and planner.errors['snapshot'] == 1
+
+
+def test_a_replica_acknowledges_storage_only_once_the_next_owner_can_see_it(
+        planner: PlannerService) -> None:
+    """A delivery ack must not leave before the ledger snapshot holding its effect."""
+
+    class Info:
+        published = False
+
+        def is_published(self) -> bool:
+            return self.published
+
+    class Lease:
+        is_owner = True
+        epoch = 1
+
+    class Replica:
+        lease = Lease()
+        snapshot = None
+        infos: list[Info] = []
+
+        def tick(self, now: float) -> tuple[bool, bool]:
+            return False, False
+
+        def publish_snapshot(self, payload: bytes) -> Info:
+            self.infos.append(Info())
+            return self.infos[-1]
+
+        def stop(self) -> None:
+            pass
+
+    sent: list[str] = []
+    planner.client.publish = lambda topic, payload, **kw: sent.append(topic)  # type: ignore
+    planner.replica = Replica()  # type: ignore[assignment]
+    say(planner, 'cobot/v1/r1/status', b'{"state": "online"}')
+    planner.add_orders(order(task('t')), now_s=1000.0)
+    planner.step(now_s=1000.0)
+    mission = planner.missions()['r1']
+    say(planner, 'cobot/v1/r1/events/task_progress',
+        progress(planner, 'r1', 't', 'done', mission))
+    planner._acks_at = planner._snapshot_at = 0.0
+    planner.step(now_s=1001.0)
+    assert planner.task_status()['t']['status'] == 'done'
+    assert 'cobot/v1/r1/delivered' not in sent          # the snapshot is not on the broker yet
+    for info in Replica.infos:
+        info.published = True
+    planner.step(now_s=1002.0)
+    assert 'cobot/v1/r1/delivered' in sent
