@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.ros, pytest.mark.broker, pytest.mark.slow]
 
 def test_short_demo_loop_loses_nothing(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(ROOT / 'tools' / 'demo.py'), '--seconds',
-                             '16', '--outage', '4', '--out', str(tmp_path),
+                             '20', '--outage', '4', '--out', str(tmp_path),
                              '--domain', '99'],  # outside the suite's per-test domains
                             capture_output=True, text=True, timeout=240, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
