@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cobot_hybrid_bridge.errors import BridgeError
+from cobot_hybrid_protocol.limits import is_number_in
 
 __all__ = ['Aggregate', 'ClassFilter', 'EventTrigger', 'FILTER_KINDS', 'FilterError',
            'OnChange', 'PassThrough', 'RateLimiter', 'Snapshot', 'make_filter', 'resolve_path']
@@ -215,8 +216,7 @@ def _strings(value: Any, what: str) -> list[str]:
 
 
 def _bounded(value: Any, what: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or not low <= value <= high:
+    if not is_number_in(value, low, high):
         raise FilterError(f'{what} must be a number in [{low:g}, {high:g}]')
     return float(value)
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cobot_hybrid_bridge.errors import BridgeError
+from cobot_hybrid_protocol.limits import ID_MAX, is_name, is_number_in
 
 __all__ = ['MAX_COORD_M', 'MAX_DURATION_S', 'MAX_VERSION', 'MISSION_SCHEMA', 'PROGRESS_SCHEMA',
            'PROGRESS_STATUSES', 'TASK_TYPES', 'Mission',
@@ -62,7 +63,7 @@ MAX_DURATION_S = 7 * 86_400.0    # one task runs at most a week
 MAX_VERSION = 2**63 - 1          # SQLite INTEGER, on both sides
 MIN_UNIX_S, MAX_UNIX_S = 0.0, 4_102_444_800.0   # up to 2100-01-01
 MAX_REASON = 1000
-_ID_MAX = 128
+_ID_MAX = ID_MAX
 
 
 class SchemaError(BridgeError, ValueError):
@@ -131,16 +132,14 @@ def _fields(obj: Any, where: str, required: set[str],
 
 
 def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > _ID_MAX \
-            or not value.isprintable():
+    if not is_name(value, _ID_MAX):
         raise SchemaError(f'{where} must be a non-empty printable string of at most {_ID_MAX} '
                           'chars')
     return value
 
 
 def _number(value: Any, where: str, low: float = -math.inf, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or not low <= value <= high:
+    if not is_number_in(value, low, high):
         bounds = '' if math.isinf(low) and math.isinf(high) else f' in [{low:g}, {high:g}]'
         raise SchemaError(f'{where} must be a finite number{bounds}')
     return float(value)

@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any
 from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_bridge.filters import FilterError, make_filter
 from cobot_hybrid_protocol.errors import PayloadError
-from cobot_hybrid_protocol.limits import parse_yaml
+from cobot_hybrid_protocol.limits import is_number_in, parse_yaml
 
 __all__ = ['ENCODINGS', 'UPLINK_BRANCHES', 'Route', 'RouteError', 'load_routes', 'parse_routes']
 
@@ -113,8 +112,7 @@ def parse_routes(data: Any) -> list[Route]:
         if not isinstance(retain, bool):
             raise RouteError(f'{where}.retain must be true or false')
         rate = raw.get('rate_limit_hz', 0.0)
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) \
-                or not math.isfinite(rate) or not 0 <= rate <= 1000:
+        if not is_number_in(rate, 0.0, 1000.0):
             raise RouteError(f'{where}.rate_limit_hz must be a number in [0, 1000] (0: none)')
         reliability = raw.get('reliability', 'reliable')
         if reliability not in ('reliable', 'best_effort'):

@@ -20,13 +20,13 @@ length is fine).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cobot_hybrid_planner.errors import PlannerError
 from cobot_hybrid_planner.site import Site
+from cobot_hybrid_protocol.limits import ID_MAX, is_name, is_number_in
 
 __all__ = ['ORDERS_SCHEMA', 'OrderError', 'OrderLimits', 'PlanTask', 'Rejection',
            'validate_orders']
@@ -35,7 +35,7 @@ ORDERS_SCHEMA = 'cobot_hybrid/orders/v1'
 TASK_TYPES = ('pick', 'place', 'inspect', 'move', 'wait', 'charge')
 _TASK_KEYS = {'task_id', 'type', 'station', 'capability', 'duration_s', 'priority',
               'release_s', 'deadline_s', 'after'}
-_ID_MAX = 128
+_ID_MAX = ID_MAX
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,7 @@ class Rejection:
 
 
 def _id(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > _ID_MAX \
-            or not value.isprintable():
+    if not is_name(value, _ID_MAX):
         raise ValueError(f'{what} must be a non-empty printable string of at most {_ID_MAX} '
                          'chars')
     return value
@@ -108,8 +107,7 @@ def _task(raw: Any, site: Site, order_id: str, limits: OrderLimits) -> PlanTask:
         value = raw.get(key)
         if value is None and key != 'duration_s':
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or not 0 <= value <= high:
+        if not is_number_in(value, 0.0, high):
             raise ValueError(f'{key} must be a number in [0, {high:g}] s')
         numbers[key] = float(value)
     priority = raw.get('priority', 1)
@@ -148,7 +146,7 @@ def validate_orders(data: Any, site: Site, known_ids: frozenset[str] = frozenset
         raise OrderError(f'an order holds at most {limits.max_tasks} tasks, this one '
                          f'{len(data["tasks"])}: split it')
     order_id = data.get('order_id', '')
-    if not isinstance(order_id, str) or len(order_id) > _ID_MAX or not order_id.isprintable():
+    if not isinstance(order_id, str) or (order_id and not is_name(order_id, _ID_MAX)):
         raise OrderError(f'order_id must be printable text of at most {_ID_MAX} chars')
     accepted: dict[str, PlanTask] = {}
     rejected: list[Rejection] = []

@@ -742,8 +742,9 @@ class PlannerService:
             for other, listed in self._db.execute(
                     'SELECT robot_id, tasks FROM missions WHERE robot_id != ?',
                     (robot_id,)).fetchall():
-                kept = [t for t in json.loads(listed) if t not in mine]
-                if len(kept) != len(json.loads(listed)):
+                was = json.loads(listed)
+                kept = [t for t in was if t not in mine]
+                if len(kept) != len(was):
                     self._db.execute('UPDATE missions SET tasks = ? WHERE robot_id = ?',
                                      (json.dumps(kept), other))
         self._publish(robot_id, envelope, mission.valid_until - now)

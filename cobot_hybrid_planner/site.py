@@ -28,7 +28,7 @@ from typing import Any
 
 from cobot_hybrid_planner.errors import PlannerError
 from cobot_hybrid_protocol.errors import PayloadError
-from cobot_hybrid_protocol.limits import parse_yaml
+from cobot_hybrid_protocol.limits import ID_MAX, is_name, is_number_in, parse_yaml
 from cobot_hybrid_protocol.topics import RobotIdError, check_robot_id
 
 __all__ = ['Robot', 'Site', 'SiteError', 'Station', 'load_site', 'parse_site']
@@ -85,12 +85,11 @@ class Site:
 
 MAX_COORD_M = 10_000.0
 MAX_TRAVEL_S = 86_400.0
-_ID_MAX = 128
+_ID_MAX = ID_MAX
 
 
 def _number(value: Any, where: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or not low <= value <= high:
+    if not is_number_in(value, low, high):
         raise SiteError(f'{where} must be a finite number in [{low:g}, {high:g}]')
     return float(value)
 
@@ -102,7 +101,7 @@ def _name(value: Any, where: str, robot: bool = False) -> str:
             return check_robot_id(text)
         except RobotIdError as exc:
             raise SiteError(f'{where}: {exc}') from None
-    if not text or len(text) > _ID_MAX or not text.isprintable():
+    if not is_name(text, _ID_MAX):
         raise SiteError(f'{where}: {text[:40]!r} must be printable, 1-{_ID_MAX} characters')
     return text
 

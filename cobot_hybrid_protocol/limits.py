@@ -26,14 +26,17 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
 from cobot_hybrid_protocol.errors import PayloadError
 
-__all__ = ['COMMAND_LIMITS', 'FILE_LIMITS', 'Limits', 'PAYLOAD_REASONS', 'TELEMETRY_LIMITS',
-           'check_tree', 'parse_json', 'parse_yaml']
+__all__ = ['COMMAND_LIMITS', 'FILE_LIMITS', 'ID_MAX', 'Limits', 'PAYLOAD_REASONS',
+           'TELEMETRY_LIMITS', 'check_tree', 'is_name', 'is_number_in', 'parse_json',
+           'parse_yaml']
+
+ID_MAX = 128    # characters of an id (task, station, mission, order, frame)
 
 PAYLOAD_REASONS = ('too_large', 'not_utf8', 'not_json', 'not_yaml', 'too_deep', 'big_integer',
                    'non_finite', 'long_string', 'too_many_items', 'too_many_values',
@@ -69,6 +72,18 @@ TELEMETRY_LIMITS = Limits(max_bytes=1024 * 1024, max_depth=32, max_string=64 * 1
 #: Configuration files (routes, site, orders) and local state files.
 FILE_LIMITS = Limits(max_bytes=8 * 1024 * 1024, max_depth=32, max_string=64 * 1024,
                      max_items=100_000, max_values=1_000_000, unique_keys=True)
+
+
+def is_number_in(value: Any, low: float = -math.inf, high: float = math.inf
+                 ) -> TypeGuard[int | float]:
+    """Whether ``value`` is a real number (not a bool), finite, within [low, high]."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) \
+        and math.isfinite(value) and low <= value <= high
+
+
+def is_name(value: Any, max_chars: int = ID_MAX) -> TypeGuard[str]:
+    """Whether ``value`` is a non-empty printable string of at most ``max_chars``."""
+    return isinstance(value, str) and 0 < len(value) <= max_chars and value.isprintable()
 
 
 def _reject(reason: str, detail: str) -> PayloadError:
