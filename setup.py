@@ -31,7 +31,7 @@ setup(
             'bridge_node = cobot_hybrid_bridge.nodes.bridge_node:main',
             'mission_executor_node = cobot_hybrid_bridge.nodes.mission_executor_node:main',
             'planner_node = cobot_hybrid_planner.nodes.planner_node:main',
-            'cobot-hybrid = cobot_hybrid_perception.cli:main',
+            'cobot-hybrid = cobot_hybrid_cli:main',
         ],
     },
 )

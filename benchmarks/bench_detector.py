@@ -27,9 +27,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cobot_hybrid_perception import image_codec
 from cobot_hybrid_perception.detector import Detector, DetectorConfig
 from cobot_hybrid_perception.media import load_image, sample_photo_path
+from cobot_hybrid_ros import image_codec
 
 
 def _measure(fn: Callable[[], object], runs: int, warmup: int = 10) -> list[float]:

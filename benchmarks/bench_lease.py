@@ -72,7 +72,7 @@ def measure(port: int, mode: str, seconds: float, lease_s: float, time_limit_s: 
     watcher.connect('127.0.0.1', port)
     watcher.subscribe(lease_topic(fleet), qos=1)
     watcher.loop_start()
-    replica = FleetReplica(fleet, 'owner', '127.0.0.1', port, 'cobot/v1/orders', lease_s)
+    replica = FleetReplica(fleet, 'owner', '127.0.0.1', port, lease_s)
     tasks, robots, site = _problem()
     if mode == 'own thread':
         replica.start()

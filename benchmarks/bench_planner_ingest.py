@@ -28,6 +28,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cobot_hybrid_planner.orders import ORDERS_SCHEMA
 from cobot_hybrid_planner.service import PlannerConfig, PlannerService
 from cobot_hybrid_planner.site import Robot, Site, Station
+from cobot_hybrid_protocol.envelope import CONTRACT_TYPES, build_envelope
+from cobot_hybrid_protocol.mission import MissionAck, ack_to_json
+from cobot_hybrid_protocol.status import status_payload
+from cobot_hybrid_protocol.topics import (
+    MISSION_ACK,
+    ORDERS_TOPIC,
+    commands_filter,
+    robot_topic,
+    status_topic,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tools'))
 from local_broker import start_mosquitto  # noqa: E402
@@ -48,9 +58,9 @@ class Fleet:
             client.user_data_set(robot_id)
             client.on_message = self._on_mission
             client.connect('127.0.0.1', port)
-            client.subscribe(f'cobot/v1/{robot_id}/cmd/#', qos=1)
-            client.publish(f'cobot/v1/{robot_id}/status', json.dumps(
-                {'state': 'online'}).encode(), qos=1, retain=True)
+            client.subscribe(commands_filter(robot_id), qos=1)
+            client.publish(status_topic(robot_id), status_payload('online', time.time()),
+                           qos=1, retain=True)
             client.loop_start()
             self.clients.append(client)
 
@@ -71,10 +81,12 @@ class Fleet:
 
         envelope = json.loads(message.payload)
         mission = json.loads(base64.b64decode(envelope['payload']))
-        ack = {'data': {'mission_id': mission['mission_id'], 'version': mission['version'],
-                        'status': 'accepted', 'reason': ''}}
-        client.publish(f'cobot/v1/{robot_id}/events/mission_ack', json.dumps(ack).encode(),
-                       qos=1, properties=self._props(robot_id))
+        props = self._props(robot_id)
+        seq = int(dict(props.UserProperty)['seq'])
+        ack = ack_to_json(MissionAck('accepted', mission['mission_id'], mission['version']))
+        client.publish(robot_topic(robot_id, MISSION_ACK), build_envelope(
+            robot_id, seq, time.time(), 'mission_ack', CONTRACT_TYPES['mission_ack'], ack),
+            qos=1, properties=props)
 
     def telemetry(self, rate: float, seconds: float) -> int:
         """Publish round-robin at ``rate`` msg/s in total; return how many."""
@@ -85,7 +97,7 @@ class Fleet:
             for _ in range(max(0, due)):
                 robot_id = ids[sent % ROBOTS]
                 client = self.clients[sent % ROBOTS]
-                client.publish(f'cobot/v1/{robot_id}/telemetry/people',
+                client.publish(robot_topic(robot_id, 'telemetry/people'),
                                b'{"data": {"detections": []}}', qos=1,
                                properties=self._props(robot_id))
                 sent += 1
@@ -142,7 +154,7 @@ def main() -> None:
                 {'task_id': f't{i}', 'type': 'pick', 'station': 'b', 'capability': 'pick',
                  'duration_s': 30}]}
             start = time.perf_counter()
-            orderer.publish('cobot/v1/orders', json.dumps(order).encode(), qos=1)
+            orderer.publish(ORDERS_TOPIC, json.dumps(order).encode(), qos=1)
             deadline = start + 30.0
             while time.perf_counter() < deadline:
                 missions = service.missions()

@@ -19,13 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cobot_hybrid_bridge.bridge_config import BridgeConfig
-from cobot_hybrid_bridge.codecs import json_envelope
-from cobot_hybrid_bridge.command_security import (
-    CommandRejected,
-    CommandVerifier,
-    load_public_keys,
-)
-from cobot_hybrid_bridge.crdt import HLC, PNCounter, TelemetryState
+from cobot_hybrid_bridge.command_security import CommandRejected, CommandVerifier
 from cobot_hybrid_bridge.durable_queue import DiskFullError, DurableQueue
 from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_bridge.filters import (
@@ -35,17 +29,29 @@ from cobot_hybrid_bridge.filters import (
     Snapshot,
     make_filter,
 )
-from cobot_hybrid_bridge.mission_schema import (
-    Mission,
-    SchemaError,
-    progress_to_json,
-    validate_progress,
-)
 from cobot_hybrid_bridge.mqtt_link import MqttLink
 from cobot_hybrid_bridge.routes import Route
 from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock
-from cobot_hybrid_protocol.errors import PayloadError
+from cobot_hybrid_protocol.crdt import HLC, PNCounter, TelemetryState
+from cobot_hybrid_protocol.envelope import CONTRACT_TYPES, build_envelope
+from cobot_hybrid_protocol.errors import KeyFileError, PayloadError, SchemaError
 from cobot_hybrid_protocol.limits import COMMAND_LIMITS, FILE_LIMITS, parse_json
+from cobot_hybrid_protocol.mission import (
+    MAX_REASON,
+    Mission,
+    MissionAck,
+    ack_to_json,
+    progress_to_json,
+    validate_progress,
+)
+from cobot_hybrid_protocol.signing import load_public_keys
+from cobot_hybrid_protocol.topics import (
+    BRIDGE_TELEMETRY,
+    MISSION_ACK,
+    STATE,
+    TASK_PROGRESS,
+    robot_topic,
+)
 
 __all__ = ['EdgeBridge', 'RouteState']
 
@@ -112,8 +118,12 @@ class EdgeBridge:
                     if other.route.ros_topic == spec['trigger_topic'] and other.trigger is None:
                         other.trigger = EventTrigger(str(spec['field']), spec['equals'])
         if self.cfg.cloud_public_keys:
+            try:
+                keys = load_public_keys(self.cfg.key_paths())
+            except KeyFileError as exc:
+                raise BridgeError(str(exc)) from None
             self._verifier = CommandVerifier(
-                self.cfg.robot_id, load_public_keys(self.cfg.key_paths()),
+                self.cfg.robot_id, keys,
                 data / 'replay.db', max_bytes=self.cfg.max_command_bytes,
                 max_clock_skew_s=self.cfg.max_clock_skew_s, clock=self.clock)
         self._clock = HLC(self.cfg.robot_id)
@@ -151,8 +161,8 @@ class EdgeBridge:
     def _enqueue(self, mqtt_topic: str, payload: bytes | Callable[[int], bytes], qos: int,
                  priority: int, retain: bool) -> int:
         with self.lock:
-            return self.queue.put(f'{self.prefix}/{mqtt_topic}', payload, qos, priority,
-                                  retain)
+            return self.queue.put(robot_topic(self.cfg.robot_id, mqtt_topic), payload, qos,
+                                  priority, retain)
 
     def offer(self, index: int, data: dict[str, Any] | None, raw: bytes | None,
               now_s: float | None = None) -> list[int]:
@@ -191,7 +201,7 @@ class EdgeBridge:
             payload: bytes | Callable[[int], bytes] = output
         else:
             def payload(seq: int, data: Any = output) -> bytes:
-                return json_envelope(self.cfg.robot_id, seq, now, route.ros_topic,
+                return build_envelope(self.cfg.robot_id, seq, now, route.ros_topic,
                                      route.type_name, data)
         self._enqueue(route.mqtt_topic, payload, route.qos, route.priority, route.retain)
         state.sent += 1
@@ -251,8 +261,8 @@ class EdgeBridge:
 
     def _send_state(self, now: float) -> None:
         snapshot = self._state.to_json()
-        self._enqueue('state', lambda seq: json_envelope(
-            self.cfg.robot_id, seq, now, 'state', 'cobot_hybrid/TelemetryState', snapshot),
+        self._enqueue(STATE, lambda seq: build_envelope(
+            self.cfg.robot_id, seq, now, 'state', CONTRACT_TYPES['state'], snapshot),
             1, _STATE_PRIORITY, True)
         self._save_state()
 
@@ -322,10 +332,9 @@ class EdgeBridge:
     def _ack(self, mission_id: str | None, version: int | None, status: str,
              reason: str) -> None:
         now = self.clock.wall()
-        body = {'mission_id': mission_id, 'version': version, 'status': status,
-                'reason': reason}
-        self._enqueue('events/mission_ack', lambda seq: json_envelope(
-            self.cfg.robot_id, seq, now, 'mission_ack', 'cobot_hybrid/MissionAck', body),
+        body = ack_to_json(MissionAck(status, mission_id, version, reason[:MAX_REASON]))
+        self._enqueue(MISSION_ACK, lambda seq: build_envelope(
+            self.cfg.robot_id, seq, now, 'mission_ack', CONTRACT_TYPES['mission_ack'], body),
             1, _ACK_PRIORITY, False)
 
     def report_progress(self, text: str) -> bool:
@@ -338,14 +347,15 @@ class EdgeBridge:
             progress = validate_progress(parse_json(text, COMMAND_LIMITS, 'task progress'))
         except (PayloadError, SchemaError) as exc:
             self.rejected['progress_rejected'] += 1
-            _LOG.warning('task progress not sent: %s (see mission_schema, task progress v1)',
+            _LOG.warning('task progress not sent: %s (see cobot_hybrid_protocol.mission, task '
+                         'progress v1)',
                          exc)
             return False
         body = progress_to_json(progress)
         self.record(f'tasks_{progress.status}')
-        self._enqueue('events/task_progress', lambda seq: json_envelope(
+        self._enqueue(TASK_PROGRESS, lambda seq: build_envelope(
             self.cfg.robot_id, seq, progress.stamp, 'task_progress',
-            'cobot_hybrid/TaskProgress', body), 1, _ACK_PRIORITY, False)
+            CONTRACT_TYPES['task_progress'], body), 1, _ACK_PRIORITY, False)
         return True
 
     # --- observability -----------------------------------------------------------------------
@@ -374,8 +384,8 @@ class EdgeBridge:
         """Queue the link statistics as telemetry too; return them."""
         stats = self.stats()
         now = self.clock.wall() if now_s is None else now_s
-        self._enqueue('telemetry/bridge', lambda seq: json_envelope(
-            self.cfg.robot_id, seq, now, 'bridge', 'cobot_hybrid/BridgeStats', stats),
+        self._enqueue(BRIDGE_TELEMETRY, lambda seq: build_envelope(
+            self.cfg.robot_id, seq, now, 'bridge', CONTRACT_TYPES['bridge'], stats),
             1, 1, False)
         return stats
 

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cobot_hybrid_bridge.durable_queue import QueueConfig
 from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_bridge.mqtt_link import LinkConfig, topic_prefix
+from cobot_hybrid_protocol.paths import robot_data_dir
 
-__all__ = ['BridgeConfig', 'default_data_dir']
-
-
-def default_data_dir() -> Path:
-    """``$COBOT_HYBRID_DATA_DIR``, else ``~/.local/state/cobot_hybrid`` (queue, replay db)."""
-    explicit = os.environ.get('COBOT_HYBRID_DATA_DIR')
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get('XDG_STATE_HOME') or str(Path.home() / '.local' / 'state')
-    return Path(base) / 'cobot_hybrid'
+__all__ = ['BridgeConfig']
 
 
 @dataclass(frozen=True)
@@ -73,8 +64,7 @@ class BridgeConfig:
     @property
     def data_path(self) -> Path:
         """Folder of this robot's queue and replay database."""
-        return (Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()) \
-            / self.robot_id
+        return robot_data_dir(self.data_dir, self.robot_id)
 
     def queue_config(self) -> QueueConfig:
         """Return the durable queue's bounds."""

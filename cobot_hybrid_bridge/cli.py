@@ -8,7 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ['register']
+from cobot_hybrid_bridge.errors import BridgeError
+
+__all__ = ['ERRORS', 'register']
+
+#: What the bridge sub-commands raise for bad input (one line, exit status 2).
+ERRORS = (BridgeError,)
 
 
 def _cmd_queue_stats(args: argparse.Namespace) -> int:

@@ -2,22 +2,18 @@
 
 Generated ROS 2 Python messages expose ``get_fields_and_field_types()``; :func:`message_to_dict`
 walks them: nested messages become objects, sequences become lists, ``uint8[]``/``byte[]``
-(image data, for example) become base64 text. The JSON envelope of every uplink message::
-
-    {"robot_id": "cobot-1", "seq": 42, "stamp": 1795790000.123, "topic": "detections",
-     "type": "vision_msgs/msg/Detection2DArray", "data": {...}}
+(image data, for example) become base64 text, which the bridge wraps in the contract's uplink
+envelope (:mod:`cobot_hybrid_protocol.envelope`).
 """
 
 from __future__ import annotations
 
 import array
 import base64
-import json
 import math
-from collections.abc import Mapping
 from typing import Any
 
-__all__ = ['json_envelope', 'message_to_dict', 'to_plain']
+__all__ = ['message_to_dict', 'to_plain']
 
 
 def to_plain(value: Any) -> Any:
@@ -45,11 +41,3 @@ def to_plain(value: Any) -> Any:
 def message_to_dict(msg: Any) -> dict[str, Any]:
     """Fields of a ROS message as a dict (recursively)."""
     return {name: to_plain(getattr(msg, name)) for name in msg.get_fields_and_field_types()}
-
-
-def json_envelope(robot_id: str, seq: int, stamp: float, topic: str, type_name: str,
-                  data: Mapping[str, Any]) -> bytes:
-    """Compact JSON bytes of one uplink message."""
-    return json.dumps({'robot_id': robot_id, 'seq': seq, 'stamp': round(stamp, 6),
-                       'topic': topic, 'type': type_name, 'data': data},
-                      separators=(',', ':'), allow_nan=False).encode()

@@ -1,17 +1,13 @@
 """Commands from the cloud: signed, checked and never replayed before they reach ROS.
 
-Wire format on ``cobot/v1/<robot_id>/cmd/<kind>``: a JSON envelope with exactly three fields::
-
-    {"key_id": "planner-2026", "payload": "<base64 of the command JSON bytes>",
-     "signature": "<base64 Ed25519 signature of: payload bytes, newline, robot_id>"}
-
-Binding the robot id into the signed bytes means a command signed for robot A is worthless
-on robot B. :class:`CommandVerifier` checks, cheapest first, and stops at the first failure:
-size, envelope shape, known key, signature, command JSON, schema (no unknown fields), robot
-id, ``issued_at`` not in the future (beyond ``max_clock_skew_s``), ``valid_until`` not past,
-validity no longer than ``max_validity_s``, the replay window and the mission version. Both
-JSON layers are read with the bounded parser (:mod:`cobot_hybrid_protocol.limits`): a huge
-integer, deep nesting or a non-finite number is a ``malformed`` rejection, never an exception.
+The signed envelope is the contract's (:mod:`cobot_hybrid_protocol.signing`: size, shape, known
+key, Ed25519 signature over the payload and this robot's id). :class:`CommandVerifier` opens
+it, then checks, cheapest first, and stops at the first failure: command JSON, schema (no
+unknown fields), robot id, ``issued_at`` not in the future (beyond ``max_clock_skew_s``),
+``valid_until`` not past, validity no longer than ``max_validity_s``, the replay window and the
+mission version. Both JSON layers are read with the bounded parser
+(:mod:`cobot_hybrid_protocol.limits`): a huge integer, deep nesting or a non-finite number is a
+``malformed`` rejection, never an exception.
 
 Replays, whatever the wall clock does: every accepted ``command_id`` is kept in SQLite until
 it could no longer be valid, and the highest accepted version of every mission is kept for
@@ -27,37 +23,27 @@ are counted by reason.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import json
 import logging
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cobot_hybrid_bridge.errors import BridgeError
-from cobot_hybrid_bridge.mission_schema import Mission, SchemaError, validate_mission
 from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock
-from cobot_hybrid_protocol.errors import PayloadError
-from cobot_hybrid_protocol.limits import COMMAND_LIMITS, Limits, parse_json
+from cobot_hybrid_protocol.errors import PayloadError, SchemaError, SignatureError
+from cobot_hybrid_protocol.limits import COMMAND_LIMITS, parse_json
+from cobot_hybrid_protocol.mission import Mission, validate_mission
+from cobot_hybrid_protocol.signing import SIGNATURE_REASONS, open_signed
 
-__all__ = ['CommandRejected', 'CommandVerifier', 'REJECT_REASONS', 'load_public_keys',
-           'sign_command']
+__all__ = ['CommandRejected', 'CommandVerifier', 'REJECT_REASONS']
 
-REJECT_REASONS = ('too_large', 'malformed', 'unknown_key', 'bad_signature', 'schema',
-                  'wrong_robot', 'not_yet_valid', 'expired', 'validity_too_long', 'replayed',
-                  'superseded', 'store_rebuilt')
+REJECT_REASONS = (*SIGNATURE_REASONS, 'schema', 'wrong_robot', 'not_yet_valid', 'expired',
+                  'validity_too_long', 'replayed', 'superseded', 'store_rebuilt')
 MAX_MISSIONS = 10_000     # mission ids whose last version is remembered (oldest forgotten)
 MAX_SEEN = 100_000        # command ids remembered at most (soonest to expire forgotten)
 _LOG = logging.getLogger(__name__)
@@ -79,33 +65,6 @@ class CommandRejected(BridgeError):
         self.mission = mission      # when the command itself was valid (superseded, replayed)
 
 
-def _signed_bytes(payload: bytes, robot_id: str) -> bytes:
-    return payload + b'\n' + robot_id.encode()
-
-
-def sign_command(private_key: Ed25519PrivateKey, key_id: str, command: Mapping[str, Any],
-                 robot_id: str) -> bytes:
-    """Envelope bytes of ``command`` for ``robot_id`` (the planner's side)."""
-    payload = json.dumps(command, separators=(',', ':'), sort_keys=True).encode()
-    signature = private_key.sign(_signed_bytes(payload, robot_id))
-    return json.dumps({'key_id': key_id, 'payload': base64.b64encode(payload).decode(),
-                       'signature': base64.b64encode(signature).decode()}).encode()
-
-
-def load_public_keys(paths: Mapping[str, Path]) -> dict[str, Ed25519PublicKey]:
-    """Read PEM Ed25519 public keys by key id (raises BridgeError naming the file)."""
-    keys = {}
-    for key_id, path in paths.items():
-        try:
-            key = load_pem_public_key(Path(path).read_bytes())
-        except (OSError, ValueError) as exc:
-            raise BridgeError(f'cloud key {key_id!r} at {path} cannot be read: {exc}') from None
-        if not isinstance(key, Ed25519PublicKey):
-            raise BridgeError(f'cloud key {key_id!r} at {path} is not an Ed25519 public key')
-        keys[key_id] = key
-    return keys
-
-
 @dataclass
 class CommandVerifier:
     """Checks commands for one robot; remembers accepted command ids in ``replay_db``."""
@@ -125,9 +84,6 @@ class CommandVerifier:
         if not self.keys:
             raise BridgeError('no cloud public key configured: commands could never be '
                               'verified; set cloud_public_keys')
-        self._envelope_limits = Limits(max_bytes=self.max_bytes, max_depth=1,
-                                       max_string=self.max_bytes, max_items=3, max_values=4,
-                                       unique_keys=True)
         try:
             self._db = self._open()
         except sqlite3.DatabaseError as exc:
@@ -175,32 +131,10 @@ class CommandVerifier:
         return mission
 
     def _check(self, raw: bytes, now: float) -> Mission:
-        if len(raw) > self.max_bytes:
-            raise CommandRejected('too_large', f'{len(raw)} bytes > {self.max_bytes}')
         try:
-            envelope = parse_json(raw, self._envelope_limits, 'the envelope')
-        except PayloadError as exc:
-            raise CommandRejected('malformed', str(exc)) from None
-        if not isinstance(envelope, dict) or set(envelope) != {'key_id', 'payload',
-                                                                 'signature'}:
-            raise CommandRejected('malformed', 'envelope must have exactly key_id, payload, '
-                                  'signature')
-        key_id = envelope['key_id']
-        key = self.keys.get(key_id) if isinstance(key_id, str) else None
-        if key is None:
-            shown = repr(key_id)[:80] if isinstance(key_id, str) else type(key_id).__name__
-            raise CommandRejected('unknown_key', f'key_id {shown} is not a configured cloud '
-                                  'key')
-        try:
-            payload = base64.b64decode(envelope['payload'], validate=True)
-            signature = base64.b64decode(envelope['signature'], validate=True)
-        except (binascii.Error, TypeError, ValueError):
-            raise CommandRejected('malformed', 'payload/signature are not base64') from None
-        try:
-            key.verify(signature, _signed_bytes(payload, self.robot_id))
-        except InvalidSignature:
-            raise CommandRejected('bad_signature', 'Ed25519 signature does not match the '
-                                  f'payload for robot {self.robot_id!r}') from None
+            payload = open_signed(raw, self.keys, self.robot_id, self.max_bytes)
+        except SignatureError as exc:
+            raise CommandRejected(exc.reason, exc.detail) from None
         try:
             mission = validate_mission(parse_json(payload, COMMAND_LIMITS, 'the command'))
         except PayloadError as exc:

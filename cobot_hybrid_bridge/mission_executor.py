@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 
 from cobot_hybrid_bridge.errors import BridgeError
-from cobot_hybrid_bridge.mission_schema import Mission, Task, TaskProgress
+from cobot_hybrid_protocol.mission import Mission, Task, TaskProgress
 
 __all__ = ['ActiveTask', 'ExecutorConfig', 'MissionExecutor']
 

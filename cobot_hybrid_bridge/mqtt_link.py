@@ -48,7 +48,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import heapq
-import json
 import logging
 import os
 import random
@@ -71,7 +70,13 @@ from cobot_hybrid_bridge.durable_queue import DurableQueue, QueuedMessage
 from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_protocol.delivery import delivered_topic, parse_delivered
 from cobot_hybrid_protocol.errors import PayloadError
-from cobot_hybrid_protocol.topics import RobotIdError, robot_prefix
+from cobot_hybrid_protocol.status import status_payload
+from cobot_hybrid_protocol.topics import (
+    RobotIdError,
+    commands_filter,
+    robot_prefix,
+    status_topic,
+)
 
 __all__ = ['LinkConfig', 'LinkStats', 'MqttLink', 'topic_prefix']
 
@@ -274,7 +279,7 @@ class MqttLink:
                                 tls_version=ssl.PROTOCOL_TLS_CLIENT)
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password())
-        self.client.will_set(f'{self.prefix}/status', self._status('offline'), qos=1,
+        self.client.will_set(status_topic(cfg.robot_id), self._status('offline'), qos=1,
                              retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -283,7 +288,7 @@ class MqttLink:
 
     @staticmethod
     def _status(state: str) -> bytes:
-        return json.dumps({'state': state, 'stamp': time.time()}).encode()
+        return status_payload(state, time.time())
 
     # --- lifecycle (any thread) --------------------------------------------------------------
 
@@ -553,7 +558,7 @@ class MqttLink:
     def _shutdown(self) -> None:
         client = self.client
         if self.stats.connected and client.socket() is not None:
-            info = client.publish(f'{self.prefix}/status', self._status('offline'), qos=1,
+            info = client.publish(status_topic(self.cfg.robot_id), self._status('offline'), qos=1,
                                   retain=True)
             deadline = time.monotonic() + self._stop_timeout_s
             while not info.is_published() and client.socket() is not None \
@@ -586,8 +591,9 @@ class MqttLink:
             if item.qos == 0:
                 del self._inflight[mid]
                 heapq.heappush(self._retry, (0.0, item.seq))
-        client.publish(f'{self.prefix}/status', self._status('online'), qos=1, retain=True)
-        client.subscribe(f'{self.prefix}/cmd/#', qos=1)
+        client.publish(status_topic(self.cfg.robot_id), self._status('online'), qos=1,
+                       retain=True)
+        client.subscribe(commands_filter(self.cfg.robot_id), qos=1)
         if self._cloud:
             client.subscribe(self._delivered_topic, qos=1)
 

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from cobot_hybrid_perception.image_codec import convert_color
 from cobot_hybrid_perception.yolo_decode import Detections
+from cobot_hybrid_ros.image_codec import convert_color
 
 __all__ = ['draw_detections']
 

@@ -1,28 +1,23 @@
-"""``cobot-hybrid``: one command line, sub-commands owned by the packages.
+"""The perception sub-commands of ``cobot-hybrid``: detect, bench, quantize, export, models.
 
-Each package with a ``cli`` module exposing ``register(subparsers)`` adds its sub-commands;
-this module holds the perception ones (``detect``, ``bench``, ``quantize``, ``export``,
-``models``) and
-the dispatcher.
+The dispatcher is :mod:`cobot_hybrid_cli`; it calls :func:`register` and maps :data:`ERRORS`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_perception.errors import PerceptionError
-from cobot_hybrid_planner.errors import PlannerError
+from cobot_hybrid_ros.errors import ImageCodecError
 
-__all__ = ['main', 'register']
+__all__ = ['ERRORS', 'register']
 
-PACKAGES = ('cobot_hybrid_perception', 'cobot_hybrid_bridge', 'cobot_hybrid_planner')
+#: What the perception sub-commands raise for bad input (one line, exit status 2).
+ERRORS = (PerceptionError, ImageCodecError)
 
 
 def _detector_args(parser: argparse.ArgumentParser) -> None:
@@ -160,27 +155,3 @@ def register(subparsers: Any) -> None:
     models = subparsers.add_parser('models', help='export the default model into the cache')
     models.add_argument('--sizes', type=int, nargs='+', default=[640, 320])
     models.set_defaults(func=_cmd_models)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch to the sub-command; errors print one line and exit 2."""
-    parser = argparse.ArgumentParser(prog='cobot-hybrid', description=__doc__.splitlines()[0])
-    subparsers = parser.add_subparsers(dest='command', required=True)
-    for package in PACKAGES:
-        try:
-            module = importlib.import_module(f'{package}.cli')
-        except ModuleNotFoundError as exc:
-            if exc.name != f'{package}.cli':
-                raise
-            continue
-        module.register(subparsers)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (PerceptionError, BridgeError, PlannerError) as exc:
-        print(f'cobot-hybrid {args.command}: {exc}', file=sys.stderr)
-        return 2
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -4,7 +4,8 @@ Hierarchy::
 
     PerceptionError
     ├── ConfigError            a parameter value is out of range or inconsistent
-    ├── ImageConversionError   an image buffer, encoding or compressed payload is unusable
+    ├── ImageConversionError   an image cannot be the detector's input (letterbox.py); the
+    │                          codec's own errors are cobot_hybrid_ros.errors.ImageCodecError
     ├── MediaSourceError       a photo, folder or video cannot be opened (media.py)
     ├── ModelLoadError         a model file is missing, corrupt or of an unsupported kind
     ├── BackendUnavailableError  an inference runtime asked for by name cannot run here

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cobot_hybrid_perception.errors import ConfigError, PerceptionError
-from cobot_hybrid_perception.image_codec import convert_color
+from cobot_hybrid_ros.image_codec import convert_color
 
 __all__ = [
     'Frame',

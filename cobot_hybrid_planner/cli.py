@@ -14,7 +14,10 @@ from typing import Any
 
 from cobot_hybrid_planner.errors import PlannerError
 
-__all__ = ['register']
+__all__ = ['ERRORS', 'register']
+
+#: What the planner sub-commands raise for bad input (one line, exit status 2).
+ERRORS = (PlannerError,)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:

@@ -41,17 +41,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cobot_hybrid_bridge.crdt import CrdtError, LWWMap, TelemetryState
-from cobot_hybrid_bridge.mission_schema import SchemaError, validate_progress
+from cobot_hybrid_protocol.crdt import CrdtError, LWWMap, TelemetryState
 from cobot_hybrid_protocol.delivery import DeliveredSeqs
-from cobot_hybrid_protocol.errors import PayloadError
-from cobot_hybrid_protocol.limits import TELEMETRY_LIMITS, parse_json
+from cobot_hybrid_protocol.envelope import is_opaque, parse_envelope, parse_seq
+from cobot_hybrid_protocol.errors import PayloadError, SchemaError, TopicError
+from cobot_hybrid_protocol.mission import (
+    MissionAck,
+    TaskProgress,
+    validate_ack,
+    validate_progress,
+)
+from cobot_hybrid_protocol.status import parse_status
+from cobot_hybrid_protocol.topics import (
+    DELIVERED,
+    MISSION_ACK,
+    STATE,
+    STATUS,
+    TASK_PROGRESS,
+    parse_topic,
+)
 
-__all__ = ['FleetStore', 'RobotView']
+__all__ = ['FleetStore', 'Outcome', 'RobotView']
+
 
 _LOG = logging.getLogger(__name__)
-_MAX_TOPIC = 256
-_SEQ_DIGITS = 19
 
 _SCHEMA = """
 -- digest: of the payload, so a message re-sent (the same bytes) is a duplicate and another
@@ -73,6 +86,25 @@ CREATE TABLE IF NOT EXISTS progress (robot_id TEXT NOT NULL, task_id TEXT NOT NU
 CREATE INDEX IF NOT EXISTS progress_by_mission ON progress (robot_id, mission_id, version);
 CREATE INDEX IF NOT EXISTS progress_by_task ON progress (task_id);
 """
+
+
+class Outcome(str):
+    """What happened to one message, with what the planner acts on attached.
+
+    The text (``accepted``, ``duplicate``, ``ack: accepted``, ``rejected: <why>``...) is
+    counted by the part before the colon; acks and task progress carry their parsed report.
+    """
+
+    robot_id: str | None
+    ack: MissionAck | None
+    progress: TaskProgress | None
+
+    def __new__(cls, text: str, robot_id: str | None = None, ack: MissionAck | None = None,
+                progress: TaskProgress | None = None) -> Outcome:
+        """Make an outcome (``robot_id`` once the topic named a robot of the site)."""
+        outcome = super().__new__(cls, text)
+        outcome.robot_id, outcome.ack, outcome.progress = robot_id, ack, progress
+        return outcome
 
 
 @dataclass(frozen=True)
@@ -98,7 +130,6 @@ class FleetStore:
     future_stamps: int = 0
     seq_reused: int = 0
     delivered: DeliveredSeqs = field(default_factory=DeliveredSeqs)   # committed, to ack
-    _message_seq: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         self._db = sqlite3.connect(Path(self.path), isolation_level=None,
@@ -110,12 +141,12 @@ class FleetStore:
             self._db.execute('ALTER TABLE seen ADD COLUMN digest BLOB')   # older stores
 
     def ingest(self, topic: str, payload: bytes, properties: Mapping[str, str] | None = None,
-               now_s: float | None = None, retained: bool = False) -> str:
+               now_s: float | None = None, retained: bool = False) -> Outcome:
         """Take one MQTT message; return what happened to it."""
         return self.ingest_many([(topic, payload, properties or {}, retained)], now_s)[0]
 
     def ingest_many(self, messages: Sequence[tuple[Any, ...]], now_s: float | None = None
-                    ) -> list[str]:
+                    ) -> list[Outcome]:
         """Take a batch of ``(topic, payload, properties[, retained])`` in one transaction.
 
         Returns each outcome. One message that fails in any way is rolled back alone and
@@ -134,8 +165,8 @@ class FleetStore:
         return outcomes
 
     def _batch(self, messages: Sequence[tuple[Any, ...]], now: float, guarded: bool
-               ) -> tuple[list[str], list[tuple[str, int]]]:
-        outcomes: list[str] = []
+               ) -> tuple[list[Outcome], list[tuple[str, int]]]:
+        outcomes: list[Outcome] = []
         handled: list[tuple[str, int]] = []
         db = self._db
         db.execute('BEGIN IMMEDIATE')
@@ -143,22 +174,21 @@ class FleetStore:
             for item in messages:
                 topic, payload, props = item[0], item[1], item[2]
                 retained = len(item) > 3 and bool(item[3])
-                self._message_seq = None
+                key: list[tuple[str, int]] = []   # the (robot_id, seq) once it is settled
                 if guarded:
                     db.execute('SAVEPOINT message')
                     try:
-                        outcome = self._ingest(topic, payload, props, retained, now)
+                        outcome = self._ingest(topic, payload, props, retained, now, key)
                     except Exception as exc:  # noqa: BLE001 - the per-message boundary
                         db.execute('ROLLBACK TO message')
                         _LOG.exception('fleet store: message on %r could not be stored',
-                                       str(topic)[:_MAX_TOPIC])
-                        outcome = f'rejected: internal error {type(exc).__name__}'
-                        self._message_seq = None   # not stored: the robot sends it again
+                                       str(topic)[:256])
+                        outcome = Outcome(f'rejected: internal error {type(exc).__name__}')
+                        key.clear()   # not stored: the robot sends it again
                     db.execute('RELEASE message')
                 else:
-                    outcome = self._ingest(topic, payload, props, retained, now)
-                if self._message_seq is not None:
-                    handled.append(self._message_seq)
+                    outcome = self._ingest(topic, payload, props, retained, now, key)
+                handled.extend(key)
                 outcomes.append(outcome)
         except BaseException:
             db.execute('ROLLBACK')
@@ -167,44 +197,52 @@ class FleetStore:
         return outcomes, handled
 
     def _ingest(self, topic: str, payload: bytes, props: Mapping[str, str], retained: bool,
-                now: float) -> str:
-        if not isinstance(topic, str) or len(topic) > _MAX_TOPIC:
-            return 'rejected: topic longer than 256 characters'
-        parts = topic.split('/')
-        if len(parts) < 4 or parts[:2] != ['cobot', 'v1'] or not parts[2]:
-            return f'rejected: topic {topic!r} is not cobot/v1/<robot_id>/...'
-        robot_id, kind = parts[2], '/'.join(parts[3:])
-        if kind.startswith('cmd/'):
-            return 'ignored: a command, not telemetry'
+                now: float, key: list[tuple[str, int]]) -> Outcome:
+        try:
+            where = parse_topic(topic)
+        except TopicError as exc:
+            return Outcome(f'rejected: {exc}')
+        if where.scope != 'robot':
+            return Outcome('ignored: not a robot topic')
+        robot_id, kind = where.robot_id, where.kind
+        if where.is_command or kind == DELIVERED:
+            return Outcome('ignored: cloud to robot, not telemetry')
         if self.robots_allowed is not None and robot_id not in self.robots_allowed:
-            return f'rejected: robot {robot_id!r} is not in the site'
+            return Outcome(f'rejected: robot {robot_id!r} is not in the site')
         if retained and kind.startswith('events/'):
-            return 'ignored: a retained event (events are not kept by the broker)'
+            return Outcome('ignored: a retained event (events are not kept by the broker)')
         if props.get('robot_id', robot_id) != robot_id:
-            return (f'rejected: robot_id {str(props["robot_id"])[:64]!r} in the user '
-                    f"properties is not the topic's {robot_id!r}")
-        body: Any = None
-        if payload and not (kind.startswith('telemetry/') and 'seq' in props):
+            return Outcome(f'rejected: robot_id {str(props["robot_id"])[:64]!r} in the user '
+                           f"properties is not the topic's {robot_id!r}")
+        if kind == STATUS:
+            return self._status(robot_id, payload, now)
+        seq: int | None = None
+        data: Any = None
+        if 'seq' in props and (kind.startswith('telemetry/') or not _is_json(payload)):
             # (telemetry is only de-duplicated here: with its seq in the user properties its
-            # payload is not needed, so a robot sending huge ones costs no parsing)
+            # payload is not needed, so a robot sending huge ones costs no parsing; opaque
+            # payloads (JPEG, CDR) carry only a seq)
+            seq = parse_seq(props['seq'])
+        elif payload:
             try:
-                body = parse_json(payload, TELEMETRY_LIMITS, f'{kind} of {robot_id}')
+                envelope = parse_envelope(payload, what=f'{kind} of {robot_id}')
             except PayloadError as exc:
-                if exc.reason not in ('not_json', 'not_utf8'):
-                    return f'rejected: {exc}'   # opaque payloads (JPEG, CDR) carry only a seq
-        if kind == 'status':
-            if not isinstance(body, dict) or body.get('state') not in ('online', 'offline'):
-                return 'rejected: status must be {"state": "online"|"offline"}'
-            self._touch(robot_id, now, status=body['state'])
-            return f'status: {body["state"]}'
-        if isinstance(body, dict) and body.get('robot_id', robot_id) != robot_id:
-            return f"rejected: robot_id in the envelope is not the topic's {robot_id!r}"
-        seq = _seq(props.get('seq') if 'seq' in props else
-                   body.get('seq') if isinstance(body, dict) else None)
+                if not is_opaque(exc):
+                    return Outcome(f'rejected: {exc}')
+            except SchemaError as exc:
+                return Outcome(f'rejected: {exc}')
+            else:
+                if envelope.robot_id != robot_id:
+                    return Outcome(f"rejected: robot_id in the envelope is not the topic's "
+                                   f'{robot_id!r}')
+                if 'seq' in props and parse_seq(props['seq']) != envelope.seq:
+                    return Outcome('rejected: seq in the user properties is not the '
+                                   "envelope's")
+                seq, data = envelope.seq, envelope.data
         if seq is None:
-            return 'rejected: no (robot_id, seq) in user properties or payload, or seq not an ' \
-                   'integer in 1..2^63-1'
-        self._message_seq = (robot_id, seq)   # stored, or refused for good, from here on
+            return Outcome('rejected: no (robot_id, seq) in user properties or payload, or '
+                           'seq not an integer in 1..2^63-1')
+        key.append((robot_id, seq))   # stored, or refused for good, from here on
         digest = hashlib.blake2b(payload, digest_size=8).digest()
         try:
             self._db.execute('INSERT INTO seen (robot_id, seq, digest) VALUES (?, ?, ?)',
@@ -214,7 +252,7 @@ class FleetStore:
             stored = self._db.execute('SELECT digest FROM seen WHERE robot_id = ? AND seq = ?',
                                       (robot_id, seq)).fetchone()[0]
             if stored is None or bytes(stored) == digest:
-                return 'duplicate'
+                return Outcome('duplicate', robot_id)
             # Another message under a seq already seen: the robot's outbox was wiped or
             # replaced and its seqs started again. Dropping it as a duplicate (and
             # acknowledging it) would lose it without a trace.
@@ -224,14 +262,21 @@ class FleetStore:
             self._db.execute('UPDATE seen SET digest = ? WHERE robot_id = ? AND seq = ?',
                              (digest, robot_id, seq))
         self._touch(robot_id, now)
-        data = body.get('data') if isinstance(body, dict) else None
-        if kind == 'state':
+        if kind == STATE:
             return self._merge_state(robot_id, data, now)
-        if kind == 'events/mission_ack':
+        if kind == MISSION_ACK:
             return self._ack(robot_id, data, now)
-        if kind == 'events/task_progress':
+        if kind == TASK_PROGRESS:
             return self._progress(robot_id, data, now)
-        return 'accepted'
+        return Outcome('accepted', robot_id)
+
+    def _status(self, robot_id: str, payload: bytes, now: float) -> Outcome:
+        try:
+            state = parse_status(payload, f'status of {robot_id}')
+        except (PayloadError, SchemaError) as exc:
+            return Outcome(f'rejected: {exc}')
+        self._touch(robot_id, now, status=state)
+        return Outcome(f'status: {state}', robot_id)
 
     def _touch(self, robot_id: str, now: float, status: str | None = None) -> None:
         self._db.execute(
@@ -241,11 +286,11 @@ class FleetStore:
                if status else ''),
             (robot_id, status or 'online', now, now))
 
-    def _merge_state(self, robot_id: str, data: Any, now: float) -> str:
+    def _merge_state(self, robot_id: str, data: Any, now: float) -> Outcome:
         try:
             incoming = TelemetryState.from_json(data)
         except CrdtError as exc:
-            return f'rejected: state snapshot: {exc}'
+            return Outcome(f'rejected: state snapshot: {exc}')
         limit_ms = (now + self.max_skew_s) * 1000.0
         future = [k for k, (stamp, _) in incoming.values.entries.items()
                   if stamp.wall_ms > limit_ms]
@@ -259,35 +304,34 @@ class FleetStore:
         merged = self.state(robot_id).merge(incoming)
         text = json.dumps(merged.to_json())
         if len(text) > self.max_state_bytes:
-            return f'rejected: merged state of {len(text)} bytes exceeds {self.max_state_bytes}'
+            return Outcome(f'rejected: merged state of {len(text)} bytes exceeds '
+                           f'{self.max_state_bytes}')
         self._db.execute('INSERT INTO state (robot_id, snapshot) VALUES (?, ?) ON CONFLICT'
                          '(robot_id) DO UPDATE SET snapshot = excluded.snapshot',
                          (robot_id, text))
-        return 'state merged' + (f' ({len(future)} future-stamped values dropped)'
-                                 if future else '')
+        return Outcome('state merged' + (f' ({len(future)} future-stamped values dropped)'
+                                         if future else ''), robot_id)
 
-    def _ack(self, robot_id: str, data: Any, now: float) -> str:
-        if not isinstance(data, dict) or not isinstance(data.get('mission_id'), str) \
-                or not 0 < len(data['mission_id']) <= 128 \
-                or type(data.get('version')) is not int \
-                or not 0 < data['version'] < 2**63 \
-                or data.get('status') not in ('accepted', 'rejected') \
-                or not isinstance(data.get('reason', ''), str):
-            return 'rejected: mission ack needs mission_id, version, status'
-        self._db.execute('INSERT OR REPLACE INTO acks VALUES (?, ?, ?, ?, ?, ?)',
-                         (robot_id, data['mission_id'], data['version'], data['status'],
-                          data.get('reason', '')[:1000], now))
-        return f'ack: {data["status"]}'
+    def _ack(self, robot_id: str, data: Any, now: float) -> Outcome:
+        try:
+            ack = validate_ack(data)
+        except SchemaError as exc:
+            return Outcome(f'rejected: mission ack: {exc}')
+        if ack.mission_id is not None:
+            self._db.execute('INSERT OR REPLACE INTO acks VALUES (?, ?, ?, ?, ?, ?)',
+                             (robot_id, ack.mission_id, ack.version, ack.status, ack.reason,
+                              now))
+        return Outcome(f'ack: {ack.status}', robot_id, ack=ack)
 
-    def _progress(self, robot_id: str, data: Any, now: float) -> str:
+    def _progress(self, robot_id: str, data: Any, now: float) -> Outcome:
         try:
             report = validate_progress(data)
         except SchemaError as exc:
-            return f'rejected: task progress: {exc}'
+            return Outcome(f'rejected: task progress: {exc}')
         self._db.execute('INSERT INTO progress VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
                          (robot_id, report.task_id, report.status, report.mission_id,
                           report.version, report.reason, report.stamp, now))
-        return f'progress: {report.status}'
+        return Outcome(f'progress: {report.status}', robot_id, progress=report)
 
     def rebase(self, step_s: float) -> None:
         """Shift the liveness times by a wall-clock step of ``step_s``.
@@ -335,11 +379,7 @@ class FleetStore:
         self._db.close()
 
 
-def _seq(value: Any) -> int | None:
-    """Return a message's seq from a user property (text) or the envelope (an integer)."""
-    if isinstance(value, str) and value.isascii() and value.isdigit() \
-            and len(value) <= _SEQ_DIGITS:
-        value = int(value)
-    if type(value) is not int or not 0 < value < 2**63:
-        return None
-    return value
+
+def _is_json(payload: bytes) -> bool:
+    """Whether a payload looks like a JSON object (the envelope), by its first byte."""
+    return payload[:1] == b'{'

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from cobot_hybrid_planner.errors import PlannerError
 from cobot_hybrid_protocol.errors import PayloadError
 from cobot_hybrid_protocol.limits import Limits, parse_json
+from cobot_hybrid_protocol.topics import planner_topic
 
 __all__ = ['FleetLease', 'LeaseRecord', 'lease_topic']
 
@@ -33,7 +34,7 @@ _LEASE_LIMITS = Limits(max_bytes=1024, max_depth=2, max_string=256, max_items=8,
 
 def lease_topic(fleet_id: str) -> str:
     """Return the retained topic of a fleet's lease."""
-    return f'cobot/v1/planners/{fleet_id}/lease'
+    return planner_topic(fleet_id, 'lease')
 
 
 @dataclass(frozen=True)

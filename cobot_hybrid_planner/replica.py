@@ -38,8 +38,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from cobot_hybrid_planner.lease import FleetLease, lease_topic
+from cobot_hybrid_protocol.topics import planner_topic, shared_orders_filter
 
-__all__ = ['FleetReplica', 'fleet_orders_topic', 'ledger_topic', 'shared_orders_topic']
+__all__ = ['FleetReplica', 'fleet_orders_topic', 'ledger_topic']
 
 _LOG = logging.getLogger(__name__)
 _RETRY_S = 1.0
@@ -47,17 +48,12 @@ _RETRY_S = 1.0
 
 def fleet_orders_topic(fleet_id: str) -> str:
     """Return where accepted work orders wait for the fleet's owner."""
-    return f'cobot/v1/planners/{fleet_id}/orders'
+    return planner_topic(fleet_id, 'orders')
 
 
 def ledger_topic(fleet_id: str) -> str:
     """Return the topic of the retained ledger snapshot of a fleet."""
-    return f'cobot/v1/planners/{fleet_id}/ledger'
-
-
-def shared_orders_topic(fleet_id: str, orders_topic: str) -> str:
-    """Return the shared subscription of the fleet's replicas to work orders."""
-    return f'$share/planners-{fleet_id}/{orders_topic}'
+    return planner_topic(fleet_id, 'ledger')
 
 
 @dataclass
@@ -76,7 +72,6 @@ class FleetReplica:
     replica_id: str
     host: str
     port: int
-    orders_topic: str
     lease_s: float = 6.0
     snapshot: bytes | None = None            # the newest retained ledger snapshot heard
     forwarded: int = 0
@@ -130,7 +125,7 @@ class FleetReplica:
             _LOG.error('replica %s: broker refused the connection: %s', self.replica_id, reason)
             return
         client.subscribe([(lease_topic(self.fleet_id), 1), (ledger_topic(self.fleet_id), 1),
-                          (shared_orders_topic(self.fleet_id, self.orders_topic), 1)])
+                          (shared_orders_filter(self.fleet_id), 1)])
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: Any) -> None:
         topic, payload = message.topic, bytes(message.payload)

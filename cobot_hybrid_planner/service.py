@@ -44,21 +44,41 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cobot_hybrid_bridge.command_security import sign_command
-from cobot_hybrid_bridge.mission_schema import Mission, Pose, Task, mission_to_json
 from cobot_hybrid_planner.errors import PlannerError
 from cobot_hybrid_planner.fleet_state import FleetStore
 from cobot_hybrid_planner.orders import OrderError, PlanTask, validate_orders
 from cobot_hybrid_planner.planning import FleetRobot, plan
 from cobot_hybrid_planner.replica import FleetReplica, fleet_orders_topic
 from cobot_hybrid_planner.site import Site
+from cobot_hybrid_protocol import signing
 from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock, WallStepDetector
-from cobot_hybrid_protocol.errors import PayloadError
+from cobot_hybrid_protocol.errors import KeyFileError, PayloadError, TopicError
 from cobot_hybrid_protocol.limits import (
     FILE_LIMITS,
     TELEMETRY_LIMITS,
     parse_json,
     parse_yaml,
+)
+from cobot_hybrid_protocol.mission import (
+    Mission,
+    MissionAck,
+    Pose,
+    Task,
+    TaskProgress,
+    mission_to_json,
+)
+from cobot_hybrid_protocol.paths import planner_data_dir
+from cobot_hybrid_protocol.signing import sign_command
+from cobot_hybrid_protocol.topics import (
+    MISSION_ACK,
+    ORDERS_TOPIC,
+    STATE,
+    STATUS,
+    TASK_PROGRESS,
+    check_fleet_id,
+    command_topic,
+    fleet_filter,
+    robot_filter,
 )
 
 __all__ = ['EPOCH_STRIDE', 'TASK_STATUSES', 'PlannerConfig', 'PlannerParams', 'PlannerService',
@@ -66,7 +86,7 @@ __all__ = ['EPOCH_STRIDE', 'TASK_STATUSES', 'PlannerConfig', 'PlannerParams', 'P
 
 _LOG = logging.getLogger(__name__)
 _PLAN_RETRY_S = 10.0
-ORDERS_TOPIC = 'cobot/v1/orders'
+_URGENT = tuple(f'/{kind}' for kind in (STATUS, MISSION_ACK, TASK_PROGRESS, STATE))
 EPOCH_STRIDE = 1_000_000          # mission version = lease epoch * EPOCH_STRIDE + n
 _TASK_COLUMNS = ('task_id', 'body', 'status', 'received_at', 'robot_id', 'started_at',
                  'ended_at', 'failures', 'reason')
@@ -127,10 +147,7 @@ class PlannerParams:
 
     def config(self) -> PlannerConfig:
         """Build the service's configuration."""
-        from cobot_hybrid_bridge.bridge_config import default_data_dir
-
-        data = Path(self.data_dir).expanduser() if self.data_dir else default_data_dir() \
-            / 'planner'
+        data = planner_data_dir(self.data_dir)
         return PlannerConfig(data, self.broker_host, self.broker_port, self.client_id,
                              self.key_id, self.plan_time_limit_s, self.mission_validity_s,
                              self.resend_after_s, self.offline_after_s,
@@ -140,15 +157,10 @@ class PlannerParams:
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """Read the planner's PEM Ed25519 private key (raises PlannerError naming the file)."""
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
     try:
-        key = load_pem_private_key(Path(path).expanduser().read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise PlannerError(f'private key {path} cannot be read: {exc}') from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise PlannerError(f'private key {path} is not an Ed25519 key')
-    return key
+        return signing.load_private_key(path)
+    except KeyFileError as exc:
+        raise PlannerError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -215,17 +227,19 @@ class PlannerService:
         self._snapshot_at = 0.0
         fleet = self.cfg.fleet_id
         if fleet:
-            if any(c in fleet for c in '/+#$ '):
-                raise PlannerError(f'fleet_id {fleet!r} must be one MQTT topic level')
+            try:
+                check_fleet_id(fleet)
+            except TopicError as exc:
+                raise PlannerError(str(exc)) from None
             self.replica = FleetReplica(fleet, self.cfg.client_id, self.cfg.broker_host,
-                                        self.cfg.broker_port, ORDERS_TOPIC, self.cfg.lease_s)
+                                        self.cfg.broker_port, self.cfg.lease_s)
             # The fleet's session: its robots and its forwarded orders, queued by the broker
             # while ownership changes hands.
-            topics = [(f'cobot/v1/{r}/#', 1) for r in sorted(self.site.robots)] + [
+            topics = [(robot_filter(r), 1) for r in sorted(self.site.robots)] + [
                 (fleet_orders_topic(fleet), 1)]
             client_id = f'planner-{fleet}'
         else:
-            topics, client_id = [('cobot/v1/#', 1)], self.cfg.client_id
+            topics, client_id = [(fleet_filter(), 1)], self.cfg.client_id
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5)
         self.client.on_connect = lambda c, u, f, r, p: c.subscribe(topics)
@@ -477,16 +491,15 @@ class PlannerService:
                 return
         urgent: list[tuple[str, bytes, dict[str, str], bool]] = []
         bulk: list[tuple[str, bytes, dict[str, str], bool]] = []
-        orders_topics = (ORDERS_TOPIC, fleet_orders_topic(self.cfg.fleet_id))
+        orders_topics = (ORDERS_TOPIC, fleet_orders_topic(self.cfg.fleet_id)) \
+            if self.cfg.fleet_id else (ORDERS_TOPIC,)
         while self._inbox:
             item = self._inbox.popleft()
             if item[0] in orders_topics:
                 self._take_order(item[1], item[3], now)
                 continue
             # Acks and liveness first: under a telemetry flood they must not wait behind it.
-            urgent_kinds = ('/status', '/events/mission_ack', '/events/task_progress',
-                            '/state')
-            (urgent if item[0].endswith(urgent_kinds) else bulk).append(item)
+            (urgent if item[0].endswith(_URGENT) else bulk).append(item)
         if now < self._ingest_after:
             self._inbox.extendleft(reversed(urgent + bulk))   # the store is failing: later
             urgent, bulk = [], []
@@ -567,14 +580,12 @@ class PlannerService:
         if not batch:
             return
         outcomes = self.fleet.ingest_many(batch, now)  # one transaction for the batch
-        for (topic, payload, _, _), outcome in zip(batch, outcomes, strict=True):
+        for (topic, _, _, _), outcome in zip(batch, outcomes, strict=True):
             try:
-                if outcome == 'ack: rejected':
-                    self._on_rejected_ack(topic, payload)
-                elif outcome == 'ack: accepted':
-                    self._mark_acked(topic, payload, 'accepted')
-                elif outcome.startswith('progress: '):
-                    self._on_progress(topic.split('/')[2], _data(payload), now)
+                if outcome.ack is not None and outcome.robot_id is not None:
+                    self._on_ack(outcome.robot_id, outcome.ack)
+                elif outcome.progress is not None and outcome.robot_id is not None:
+                    self._on_progress(outcome.robot_id, outcome.progress, now)
             except Exception:  # noqa: BLE001 - the per-message boundary
                 self.errors['ingest'] += 1
                 _LOG.exception('planner: %s on %s could not be handled', outcome,
@@ -596,8 +607,8 @@ class PlannerService:
                                    (robot_id,)).fetchone()
         return mission is not None and task_id in json.loads(mission[0])
 
-    def _on_progress(self, robot_id: str, data: dict[str, Any], now: float) -> None:
-        task_id, status = data['task_id'], data['status']
+    def _on_progress(self, robot_id: str, report: TaskProgress, now: float) -> None:
+        task_id, status = report.task_id, report.status
         row = self._db.execute('SELECT status, failures FROM tasks WHERE task_id = ?',
                                (task_id,)).fetchone()
         if row is None or row[0] in ('done', 'failed'):
@@ -614,13 +625,13 @@ class PlannerService:
             if status == 'started':
                 self._db.execute("UPDATE tasks SET status = 'in_progress', robot_id = ?, "
                                  'started_at = ? WHERE task_id = ?',
-                                 (robot_id, min(now, float(data['stamp'])), task_id))
+                                 (robot_id, min(now, report.stamp), task_id))
             elif status == 'done':
                 self._db.execute("UPDATE tasks SET status = 'done', robot_id = ?, "
                                  'ended_at = ? WHERE task_id = ?', (robot_id, now, task_id))
             else:
                 failures = row[1] + 1
-                reason = f'{robot_id}: {data.get("reason", "")}'
+                reason = f'{robot_id}: {report.reason}'
                 self._db.execute("UPDATE tasks SET status = 'open', robot_id = NULL, "
                                  'started_at = NULL, failures = ?, reason = ? WHERE task_id = ?',
                                  (failures, reason, task_id))
@@ -662,30 +673,31 @@ class PlannerService:
                 _LOG.warning('%s went offline: %d task(s) in progress put back to plan',
                              robot_id, moved)
 
-    def _mark_acked(self, topic: str, payload: bytes, status: str) -> None:
-        robot_id = topic.split('/')[2]
-        data = _data(payload)
+    def _mark_acked(self, robot_id: str, ack: MissionAck, status: str) -> None:
         with self._tx():
             self._db.execute('UPDATE missions SET acked = ? WHERE robot_id = ? AND '
                              'mission_id = ? AND version = ?',
-                             (status, robot_id, data.get('mission_id'), data.get('version')))
+                             (status, robot_id, ack.mission_id, ack.version))
 
-    def _on_rejected_ack(self, topic: str, payload: bytes) -> None:
-        reason = str(_data(payload).get('reason', ''))
-        if reason.startswith('replayed') or reason.startswith('superseded'):
-            self._mark_acked(topic, payload, 'accepted')  # the robot already has it
-        elif reason.startswith('store_rebuilt'):
+    def _on_ack(self, robot_id: str, ack: MissionAck) -> None:
+        if ack.mission_id is None:   # a command the robot could not read: not one of ours
+            _LOG.warning('%s rejected an unreadable command: %s', robot_id, ack.reason)
+            return
+        if ack.status == 'accepted':
+            self._mark_acked(robot_id, ack, 'accepted')
+        elif ack.code in ('replayed', 'superseded'):
+            self._mark_acked(robot_id, ack, 'accepted')  # the robot already has it
+        elif ack.code == 'store_rebuilt':
             # The robot lost its replay store and refuses what was issued before: issue the
             # same tasks again as a new version (a new command id, issued now).
-            _LOG.warning('%s rebuilt its replay store: sending its mission again',
-                         topic.split('/')[2])
+            _LOG.warning('%s rebuilt its replay store: sending its mission again', robot_id)
             with self._tx():
                 self._db.execute("UPDATE missions SET tasks = '[]', acked = 'rejected' WHERE "
-                                 'robot_id = ?', (topic.split('/')[2],))
+                                 'robot_id = ?', (robot_id,))
             self._dirty = True
         else:
-            _LOG.error('mission rejected by %s: %s', topic.split('/')[2], reason)
-            self._mark_acked(topic, payload, 'rejected')
+            _LOG.error('mission rejected by %s: %s', robot_id, ack.reason)
+            self._mark_acked(robot_id, ack, 'rejected')
             self._dirty = True
 
     def _replan(self, now: float) -> None:
@@ -753,7 +765,7 @@ class PlannerService:
     def _publish(self, robot_id: str, envelope: bytes, expiry_s: float) -> None:
         props = Properties(PacketTypes.PUBLISH)
         props.MessageExpiryInterval = max(1, int(expiry_s))
-        self.client.publish(f'cobot/v1/{robot_id}/cmd/mission', envelope, qos=1,
+        self.client.publish(command_topic(robot_id, 'mission'), envelope, qos=1,
                             properties=props)
         self.sent += 1
 
@@ -799,9 +811,3 @@ def load_orders_file(path: Path) -> Any:
     except PayloadError as exc:
         raise PlannerError(exc.detail) from None
 
-
-def _data(payload: bytes) -> dict[str, Any]:
-    """Return the ``data`` object of an uplink envelope the fleet store accepted."""
-    body = parse_json(payload, TELEMETRY_LIMITS, 'an envelope')
-    data = body.get('data') if isinstance(body, dict) else None
-    return data if isinstance(data, dict) else {}

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from cobot_hybrid_protocol.errors import PayloadError
 from cobot_hybrid_protocol.limits import Limits, parse_json
-from cobot_hybrid_protocol.topics import robot_prefix
+from cobot_hybrid_protocol.topics import delivered_topic
 
 __all__ = ['DELIVERED_SCHEMA', 'MAX_RANGES', 'DeliveredSeqs', 'delivered_payload',
            'delivered_topic', 'parse_delivered', 'to_ranges']
@@ -36,10 +36,6 @@ MAX_RANGES = 1000
 _LIMITS = Limits(max_bytes=64 * 1024, max_depth=3, max_string=128, max_items=MAX_RANGES,
                  max_values=3 * MAX_RANGES + 8, unique_keys=True)
 
-
-def delivered_topic(robot_id: str) -> str:
-    """Return ``cobot/v1/<robot_id>/delivered``."""
-    return f'{robot_prefix(robot_id)}/delivered'
 
 
 def to_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:

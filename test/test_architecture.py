@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import importlib
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -13,6 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ['cobot_hybrid_perception', 'cobot_hybrid_bridge', 'cobot_hybrid_planner']
 ROS_MODULE = re.compile(r'^(rclpy|rcl_interfaces|\w+_msgs|\w+_interfaces|launch|launch_ros)\b')
+OURS = re.compile(r'^(cobot_hybrid_\w+)')
+#: The pure part of cobot_hybrid_ros (no ROS import): perception's cores use the codec too.
+ROS_HELPERS_PURE = frozenset({'cobot_hybrid_ros.image_codec', 'cobot_hybrid_ros.errors'})
 
 
 def _python_files(package: str) -> list[Path]:
@@ -20,6 +25,7 @@ def _python_files(package: str) -> list[Path]:
 
 
 def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (function-level imports included)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -27,39 +33,124 @@ def _imports(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            names.update(f'{node.module}.{alias.name}' for alias in node.names)
     return names
 
 
-@pytest.mark.parametrize('package', PACKAGES)
-def test_no_module_outside_nodes_imports_ros(package: str) -> None:
-    offenders = {}
-    for path in _python_files(package):
-        if 'nodes' in path.relative_to(ROOT / package).parts:
+def _our_packages() -> list[str]:
+    return sorted(p.name for p in ROOT.iterdir()
+                  if p.is_dir() and p.name.startswith('cobot_hybrid_')
+                  and (p / '__init__.py').is_file())
+
+
+def _in_nodes(path: Path) -> bool:
+    return 'nodes' in path.relative_to(ROOT).parts
+
+
+def _wrong_imports(package: str, path: Path) -> list[str]:
+    """What a file of ``package`` imports against the layering (see docs/architecture.md)."""
+    bad = []
+    for name in sorted(_imports(path)):
+        match = OURS.match(name)
+        target = match.group(1) if match else None
+        if ROS_MODULE.match(name) and not _in_nodes(path) \
+                and not (package == 'cobot_hybrid_ros' and path.name not in (
+                    'image_codec.py', 'errors.py')):
+            bad.append(f'{name} (ROS outside nodes/)')
+        if name.startswith('paho') and package == 'cobot_hybrid_protocol':
+            bad.append(f'{name} (the contract is transport-free)')
+        if target is None or target == package:
             continue
-        ros = sorted(name for name in _imports(path) if ROS_MODULE.match(name))
-        if ros:
-            offenders[str(path.relative_to(ROOT))] = ros
-    assert not offenders, f'cores must not import ROS modules: {offenders}'
+        if package == 'cobot_hybrid_protocol':
+            bad.append(f'{name} (the protocol imports nothing of ours)')
+        elif package == 'cobot_hybrid_ros' and target != 'cobot_hybrid_protocol':
+            bad.append(f'{name} (the node helpers import only the protocol)')
+        elif package == 'cobot_hybrid_cli':
+            bad.append(f'{name} (the dispatcher finds sub-commands by name, never by import)')
+        elif package in PACKAGES and target in PACKAGES:
+            bad.append(f'{name} (perception, bridge and planner never import each other)')
+        elif package in PACKAGES and target == 'cobot_hybrid_ros' and not _in_nodes(path) \
+                and not any(name == pure or name.startswith(pure + '.')
+                            for pure in ROS_HELPERS_PURE):
+            bad.append(f'{name} (only nodes/ use the ROS node helpers)')
+        elif target == 'cobot_hybrid_cli':
+            bad.append(f'{name} (nothing imports the dispatcher)')
+    return bad
 
 
-def test_the_protocol_package_imports_nothing_of_ours_and_no_ros_or_mqtt() -> None:
+def test_every_import_follows_the_layers() -> None:
+    packages = _our_packages()
+    assert {'cobot_hybrid_protocol', 'cobot_hybrid_ros', 'cobot_hybrid_cli',
+            *PACKAGES} <= set(packages), packages
     offenders = {}
-    for path in _python_files('cobot_hybrid_protocol'):
-        bad = sorted(name for name in _imports(path)
-                     if ROS_MODULE.match(name) or name.startswith(('paho', 'cobot_hybrid_'))
-                     and not name.startswith('cobot_hybrid_protocol'))
-        if bad:
-            offenders[str(path.relative_to(ROOT))] = bad
+    for package in packages:
+        for path in _python_files(package):
+            bad = _wrong_imports(package, path)
+            if bad:
+                offenders[str(path.relative_to(ROOT))] = bad
+    assert not offenders, f'imports against the layering: {offenders}'
+
+
+@pytest.mark.parametrize(('package', 'relative', 'source', 'why'), [
+    ('cobot_hybrid_perception', 'cli.py', 'from cobot_hybrid_bridge.errors import X\n',
+     'never import each other'),
+    ('cobot_hybrid_planner', 'service.py', 'def f():\n    from cobot_hybrid_bridge import '
+     'crdt\n', 'never import each other'),
+    ('cobot_hybrid_protocol', 'topics.py', 'import cobot_hybrid_bridge.routes\n',
+     'imports nothing of ours'),
+    ('cobot_hybrid_protocol', 'topics.py', 'import paho.mqtt.client\n', 'transport-free'),
+    ('cobot_hybrid_bridge', 'bridge.py', 'from cobot_hybrid_ros.params import P\n',
+     'only nodes/'),
+    ('cobot_hybrid_bridge', 'bridge.py', 'import rclpy\n', 'ROS outside nodes/'),
+    ('cobot_hybrid_ros', 'params.py', 'from cobot_hybrid_perception import x\n',
+     'import only the protocol'),
+    ('cobot_hybrid_cli', '__init__.py', 'import cobot_hybrid_bridge.cli\n', 'by name'),
+])
+def test_the_layer_check_catches_a_wrong_import(tmp_path: Path, package: str, relative: str,
+                                                source: str, why: str) -> None:
+    sample = ROOT / package / f'_layer_probe_{tmp_path.name}.py'
+    sample.write_text(source)
+    try:
+        bad = _wrong_imports(package, sample)
+    finally:
+        sample.unlink()
+    assert any(why in item for item in bad), bad
+
+
+def test_nodes_may_use_the_helpers_and_the_codec_is_pure() -> None:
+    node = ROOT / 'cobot_hybrid_bridge' / 'nodes' / 'bridge_node.py'
+    assert not _wrong_imports('cobot_hybrid_bridge', node)
+    for pure in ROS_HELPERS_PURE:
+        path = ROOT / (pure.replace('.', '/') + '.py')
+        assert not {n for n in _imports(path) if ROS_MODULE.match(n)}, pure
+
+
+def test_the_protocol_package_stands_alone() -> None:
     assert _python_files('cobot_hybrid_protocol'), 'the protocol package is missing'
-    assert not offenders, f'the protocol package must stand alone: {offenders}'
     errors = importlib.import_module('cobot_hybrid_protocol.errors')
     assert errors.ProtocolError.__bases__ == (Exception,)
+    # A cloud client with only the protocol package: it imports without rclpy or paho.
+    code = ('import sys, builtins\n'
+            'real = builtins.__import__\n'
+            'def guard(name, *a, **k):\n'
+            '    if name.split(".")[0] in ("rclpy", "paho") or (name.startswith("cobot_hybrid_")'
+            ' and not name.startswith("cobot_hybrid_protocol")):\n'
+            '        raise ImportError("the protocol needs " + name)\n'
+            '    return real(name, *a, **k)\n'
+            'builtins.__import__ = guard\n'
+            'import pkgutil, importlib, cobot_hybrid_protocol\n'
+            'for m in pkgutil.iter_modules(cobot_hybrid_protocol.__path__):\n'
+            '    importlib.import_module("cobot_hybrid_protocol." + m.name)\n'
+            'print("ok")\n')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    assert result.stdout.strip() == 'ok', result.stderr
 
 
 def test_the_check_above_would_catch_an_rclpy_import(tmp_path: Path) -> None:
     sample = tmp_path / 'core.py'
     sample.write_text('import numpy\nfrom rclpy.node import Node\nimport vision_msgs.msg\n')
-    assert {n for n in _imports(sample) if ROS_MODULE.match(n)} == {'rclpy.node',
+    assert {n for n in _imports(sample) if ROS_MODULE.match(n)} >= {'rclpy.node',
                                                                     'vision_msgs.msg'}
 
 

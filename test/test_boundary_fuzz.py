@@ -21,13 +21,13 @@ from hypothesis import strategies as st
 
 from cobot_hybrid_bridge.bridge import EdgeBridge
 from cobot_hybrid_bridge.bridge_config import BridgeConfig
-from cobot_hybrid_bridge.codecs import json_envelope
-from cobot_hybrid_bridge.command_security import sign_command
-from cobot_hybrid_bridge.mission_schema import MISSION_SCHEMA
 from cobot_hybrid_bridge.routes import RouteError, parse_routes
 from cobot_hybrid_planner.fleet_state import FleetStore
 from cobot_hybrid_planner.orders import ORDERS_SCHEMA, OrderError, validate_orders
 from cobot_hybrid_planner.site import SiteError, parse_site
+from cobot_hybrid_protocol.envelope import build_envelope
+from cobot_hybrid_protocol.mission import MISSION_SCHEMA
+from cobot_hybrid_protocol.signing import sign_command
 
 KEY = Ed25519PrivateKey.generate()
 FUZZ = settings(max_examples=120, deadline=None,
@@ -62,20 +62,23 @@ def _good_state() -> dict[str, Any]:
             'values': {'k': [[1000, 0, 'cobot-a'], 1]}, 'alarms': {'adds': {}, 'removed': []}}
 
 
+ENVELOPE = {'robot_id': 'cobot-a', 'stamp': 1000.0, 'topic': 'x', 'type': 'x'}
 KINDS = {
     'status': (lambda: {'state': 'online'}, [['state']]),
-    'state': (lambda: {'seq': 1, 'data': _good_state()},
+    'state': (lambda: {**ENVELOPE, 'seq': 1, 'data': _good_state()},
               [['seq'], ['data'], ['data', 'counters'], ['data', 'values'],
                ['data', 'alarms']]),
-    'events/mission_ack': (lambda: {'seq': 1, 'data': {'mission_id': 'm', 'version': 1,
-                                                       'status': 'accepted', 'reason': ''}},
-                           [['seq'], ['data', 'version'], ['data', 'mission_id'],
-                            ['data', 'reason']]),
-    'events/task_progress': (lambda: {'seq': 1, 'data': {
+    'events/mission_ack': (lambda: {**ENVELOPE, 'seq': 1, 'data': {
+        'schema': 'cobot_hybrid/mission_ack/v1', 'mission_id': 'm', 'version': 1,
+        'status': 'accepted', 'reason': ''}},
+        [['seq'], ['data', 'version'], ['data', 'mission_id'], ['data', 'reason'],
+         ['robot_id'], ['stamp']]),
+    'events/task_progress': (lambda: {**ENVELOPE, 'seq': 1, 'data': {
         'schema': 'cobot_hybrid/task_progress/v1', 'mission_id': 'm', 'version': 1,
         'task_id': 't', 'status': 'done', 'stamp': 1000.0}},
         [['seq'], ['data', 'stamp'], ['data', 'version'], ['data', 'task_id']]),
-    'telemetry/x': (lambda: {'seq': 1, 'data': {'v': 1}}, [['seq'], ['data']]),
+    'telemetry/x': (lambda: {**ENVELOPE, 'seq': 1, 'data': {'v': 1}},
+                    [['seq'], ['data'], ['topic'], ['type']]),
 }
 
 
@@ -102,7 +105,7 @@ def test_hostile_telemetry_is_a_reason_never_an_exception(
     assert outcome.split(':')[0] in ('rejected', 'ignored', 'duplicate', 'accepted',
                                      'status', 'state merged', 'ack', 'progress'), outcome
     # Still healthy: the next valid message is stored.
-    good = json_envelope('cobot-a', data.draw(st.integers(10**6, 10**12)), 2000.0, 'x', 'x',
+    good = build_envelope('cobot-a', data.draw(st.integers(10**6, 10**12)), 2000.0, 'x', 'x',
                          {'v': 1})
     assert store.ingest('cobot/v1/cobot-a/telemetry/x', good, {}, now_s=2000.0) \
         in ('accepted', 'duplicate')

@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cobot_hybrid_bridge.bridge import EdgeBridge
 from cobot_hybrid_bridge.bridge_config import BridgeConfig
-from cobot_hybrid_bridge.command_security import sign_command
-from cobot_hybrid_bridge.mission_schema import MISSION_SCHEMA
 from cobot_hybrid_bridge.routes import parse_routes
 from cobot_hybrid_protocol.clock import SteppableClock
+from cobot_hybrid_protocol.mission import MISSION_SCHEMA
+from cobot_hybrid_protocol.signing import sign_command
 
 KEY = Ed25519PrivateKey.generate()
 DAY = 86_400.0

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cobot_hybrid_bridge.codecs import json_envelope, message_to_dict
+from cobot_hybrid_bridge.codecs import message_to_dict
 from cobot_hybrid_bridge.filters import (
     Aggregate,
     EventTrigger,
@@ -19,6 +19,7 @@ from cobot_hybrid_bridge.filters import (
     resolve_path,
 )
 from cobot_hybrid_bridge.routes import RouteError, load_routes, parse_routes
+from cobot_hybrid_protocol.envelope import build_envelope
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,7 +152,7 @@ def test_message_to_dict_and_envelope() -> None:
     data = message_to_dict(_Msg())
     assert data == {'name': 'n', 'points': [{'x': 1.0, 'y': 2.0}], 'data': 'AAH/',
                     'values': [0.5, 'nan'], 'score': 'inf', 'matrix': [1.0, 0.0, 0.0, 1.0]}
-    envelope = json.loads(json_envelope('cobot-a', 7, 12.5, 'detections',
+    envelope = json.loads(build_envelope('cobot-a', 7, 12.5, 'detections',
                                         'x/msg/Y', data))
     assert (envelope['robot_id'], envelope['seq'], envelope['data']['name']) == \
         ('cobot-a', 7, 'n')

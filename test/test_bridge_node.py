@@ -13,8 +13,8 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from cobot_hybrid_bridge.command_security import sign_command
-from cobot_hybrid_bridge.mission_schema import MISSION_SCHEMA
+from cobot_hybrid_protocol.mission import MISSION_SCHEMA
+from cobot_hybrid_protocol.signing import sign_command
 
 pytestmark = [pytest.mark.ros, pytest.mark.broker]
 
@@ -83,7 +83,7 @@ def test_only_exceptions_and_summaries_go_up(make_node: Any, ros_process: Any, t
     from sensor_msgs.msg import Image
     from std_msgs.msg import Bool, Float64
 
-    from cobot_hybrid_perception.nodes.conversions import numpy_to_image
+    from cobot_hybrid_ros.images import numpy_to_image
 
     cloud = Cloud(mosquitto_broker.port)
     bridge = start_bridge(ros_process, tmp_path, mosquitto_broker.port)

@@ -16,19 +16,16 @@ from cryptography.hazmat.primitives.serialization import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cobot_hybrid_bridge.command_security import (
-    CommandRejected,
-    CommandVerifier,
-    load_public_keys,
-    sign_command,
-)
+from cobot_hybrid_bridge.command_security import CommandRejected, CommandVerifier
 from cobot_hybrid_bridge.errors import BridgeError
-from cobot_hybrid_bridge.mission_schema import (
+from cobot_hybrid_protocol.errors import KeyFileError
+from cobot_hybrid_protocol.mission import (
     MISSION_SCHEMA,
     Mission,
     mission_to_json,
     validate_mission,
 )
+from cobot_hybrid_protocol.signing import load_public_keys, sign_command
 
 NOW = 1_795_790_000.0
 KEY = Ed25519PrivateKey.generate()
@@ -156,8 +153,11 @@ def test_public_keys_load_from_pem_files(tmp_path: Path) -> None:
     pem.write_bytes(KEY.public_key().public_bytes(Encoding.PEM,
                                                   PublicFormat.SubjectPublicKeyInfo))
     assert 'planner' in load_public_keys({'planner': pem})
-    with pytest.raises(BridgeError, match='cannot be read'):
+    with pytest.raises(KeyFileError, match='cannot be read'):
         load_public_keys({'x': tmp_path / 'missing.pub'})
+    (tmp_path / 'rsa.pub').write_text('not a key')
+    with pytest.raises(KeyFileError, match='rsa.pub cannot be read'):
+        load_public_keys({'x': tmp_path / 'rsa.pub'})
     with pytest.raises(BridgeError, match='no cloud public key'):
         CommandVerifier('cobot-a', {}, tmp_path / 'r.db')
 

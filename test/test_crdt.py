@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cobot_hybrid_bridge.crdt import (
+from cobot_hybrid_protocol.crdt import (
     HLC,
     CrdtError,
     GCounter,

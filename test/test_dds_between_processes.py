@@ -29,7 +29,7 @@ def test_bgr8_image_crosses_processes_bit_exact(make_node: Any, ros_process: Any
                                                 width: int) -> None:
     from sensor_msgs.msg import Image
 
-    from cobot_hybrid_perception.nodes.conversions import image_to_numpy
+    from cobot_hybrid_ros.images import image_to_numpy
 
     pixels = np.random.default_rng(height).integers(0, 256, (height, width, 3), np.uint8)
     np.save(tmp_path / 'frame.npy', pixels)
@@ -50,7 +50,7 @@ def test_compressed_png_crosses_processes_lossless(make_node: Any, ros_process: 
                                                    tmp_path: Path) -> None:
     from sensor_msgs.msg import CompressedImage
 
-    from cobot_hybrid_perception.nodes.conversions import compressed_to_numpy
+    from cobot_hybrid_ros.images import compressed_to_numpy
 
     pixels = load_image(sample_photo_path('astronaut'), 'rgb8')
     np.save(tmp_path / 'frame.npy', pixels)
@@ -68,7 +68,7 @@ def test_compressed_png_crosses_processes_lossless(make_node: Any, ros_process: 
 def test_image_source_node_publishes_real_photo(make_node: Any, ros_process: Any) -> None:
     from sensor_msgs.msg import Image
 
-    from cobot_hybrid_perception.nodes.conversions import image_to_numpy
+    from cobot_hybrid_ros.images import image_to_numpy
 
     expected = load_image(sample_photo_path('camera'), 'bgr8')
     harness = make_node('receiver')

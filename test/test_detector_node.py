@@ -146,7 +146,7 @@ def test_unsupported_image_is_skipped_counted_and_reported(make_node: Any,
     from sensor_msgs.msg import Image
 
     from cobot_hybrid_perception.media import load_image, sample_photo_path
-    from cobot_hybrid_perception.nodes.conversions import numpy_to_image
+    from cobot_hybrid_ros.images import numpy_to_image
 
     harness = make_node('detector_feeder')
     seen = Collector(harness)

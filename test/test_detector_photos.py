@@ -100,7 +100,7 @@ def test_missing_model_file_is_a_clear_error() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, '-m', 'cobot_hybrid_perception.cli', *args],
+    return subprocess.run([sys.executable, '-m', 'cobot_hybrid_cli', *args],
                           capture_output=True, text=True, timeout=300, check=False)
 
 

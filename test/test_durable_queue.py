@@ -308,14 +308,14 @@ def test_cli_queue_stats(tmp_path: Path) -> None:
     queue.commit()
     queue.ack(seqs[:1])
     queue.close()
-    result = subprocess.run([sys.executable, '-m', 'cobot_hybrid_perception.cli', 'queue',
+    result = subprocess.run([sys.executable, '-m', 'cobot_hybrid_cli', 'queue',
                              'stats', str(tmp_path / 'q.db'), '--json'], capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     stats = json_module.loads(result.stdout)
     assert (stats['committed'], stats['delivered'], stats['queued'], stats['balanced']) == \
         (3, 1, 2, True)
-    missing = subprocess.run([sys.executable, '-m', 'cobot_hybrid_perception.cli', 'queue',
+    missing = subprocess.run([sys.executable, '-m', 'cobot_hybrid_cli', 'queue',
                               'stats', str(tmp_path / 'nope.db')], capture_output=True,
                              text=True, timeout=60, check=False)
     assert missing.returncode == 2 and 'does not exist' in missing.stderr

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cobot_hybrid_bridge.codecs import json_envelope
-from cobot_hybrid_bridge.crdt import HLC, PNCounter, TelemetryState
 from cobot_hybrid_planner.fleet_state import FleetStore
+from cobot_hybrid_protocol.crdt import HLC, PNCounter, TelemetryState
+from cobot_hybrid_protocol.envelope import build_envelope
+from cobot_hybrid_protocol.mission import MissionAck, ack_to_json
 
 
 def snapshot(stops: int, speed: float, stamp_ms: int) -> dict:
@@ -22,8 +23,12 @@ def snapshot(stops: int, speed: float, stamp_ms: int) -> dict:
     return state.to_json()
 
 
+#: The start of an uplink envelope, for payloads written out byte by byte.
+ENV = b'{"robot_id": "cobot-a", "stamp": 1.0, "topic": "x", "type": "x", '
+
+
 def send(store: FleetStore, kind: str, seq: int, data: object, now: float = 100.0) -> str:
-    payload = json_envelope('cobot-a', seq, now, kind, 'x', data)  # type: ignore[arg-type]
+    payload = build_envelope('cobot-a', seq, now, kind, 'x', data)  # type: ignore[arg-type]
     return store.ingest(f'cobot/v1/cobot-a/{kind}', payload, {'seq': str(seq)}, now)
 
 
@@ -55,8 +60,7 @@ def test_liveness_from_status_will_and_silence(tmp_path: Path) -> None:
 def test_a_restart_resumes_from_the_store(tmp_path: Path) -> None:
     store = FleetStore(tmp_path / 'fleet.db')
     send(store, 'state', 1, snapshot(2, 0.5, 10))
-    send(store, 'events/mission_ack', 2, {'mission_id': 'm-1', 'version': 3,
-                                          'status': 'accepted', 'reason': ''})
+    send(store, 'events/mission_ack', 2, ack_to_json(MissionAck('accepted', 'm-1', 3)))
     store.close()
     again = FleetStore(tmp_path / 'fleet.db')
     assert send(again, 'state', 1, snapshot(2, 0.5, 10)) == 'duplicate'  # seen survives
@@ -69,26 +73,37 @@ def test_a_restart_resumes_from_the_store(tmp_path: Path) -> None:
 @pytest.mark.parametrize(('topic', 'payload', 'props', 'reason'), [
     ('elsewhere/x', b'{}', {}, 'is not cobot/v1'),
     ('cobot/v1/cobot-a/status', b'{"state": "asleep"}', {}, 'status must be'),
-    ('cobot/v1/cobot-a/telemetry/x', b'{}', {}, 'no (robot_id, seq)'),
+    ('cobot/v1/cobot-a/telemetry/x', b'{}', {}, 'must have exactly the fields'),
+    ('cobot/v1/cobot-a/telemetry/x', b'\xff\xd8 a JPEG', {}, 'no (robot_id, seq)'),
+    ('cobot/v1/cobot-a/telemetry/x', ENV + b'"seq": 3, "data": {}, "extra": 1}', {},
+     "unknown ['extra']"),
+    ('cobot/v1/cobot-a/events/x', ENV + b'"seq": 3, "data": {}}', {'seq': '4'},
+     "seq in the user properties is not the envelope's"),
+    ('cobot/v1/cobot-a/events/x', b'{"robot_id": "cobot-a", "stamp": -5, "topic": "x", '
+     b'"type": "x", "seq": 3, "data": {}}', {}, 'stamp must be unix seconds'),
     ('cobot/v1/cobot-a/telemetry/x', b'{}', {'seq': str(2**70)}, '1..2^63-1'),
-    ('cobot/v1/cobot-a/state', b'{"seq": 9, "data": {"counters": 1}}', {}, 'state snapshot'),
-    ('cobot/v1/cobot-a/events/mission_ack', b'{"seq": 10, "data": {"status": "maybe"}}', {},
+    ('cobot/v1/cobot-a/state', ENV + b'"seq": 9, "data": {"counters": 1}}', {},
+     'state snapshot'),
+    ('cobot/v1/cobot-a/events/mission_ack', ENV + b'"seq": 10, "data": {"status": "maybe"}}',
+     {},
      'mission ack'),
-    ('cobot/v1/cobot-a/events/mission_ack', b'{"seq": 11, "data": {"mission_id": "m", '
+    ('cobot/v1/cobot-a/events/mission_ack', ENV + b'"seq": 11, "data": {"mission_id": "m", '
      b'"version": 99999999999999999999999, "status": "accepted"}}', {}, 'big_integer'),
     # the crashes of the hardening issue, each one a regression test
-    ('cobot/v1/cobot-a/telemetry/x', b'{"seq": Infinity}', {}, 'non_finite'),
-    ('cobot/v1/cobot-a/telemetry/x', b'{"seq": 1e400}', {}, 'non_finite'),
-    ('cobot/v1/cobot-a/telemetry/x', b'{"seq": 1, "data": ' + b'[' * 3000 + b']' * 3000
+    ('cobot/v1/cobot-a/telemetry/x', ENV + b'"seq": Infinity}', {}, 'non_finite'),
+    ('cobot/v1/cobot-a/telemetry/x', ENV + b'"seq": 1e400}', {}, 'non_finite'),
+    ('cobot/v1/cobot-a/telemetry/x', ENV + b'"seq": 1, "data": ' + b'[' * 3000 + b']' * 3000
      + b'}', {}, 'too_deep'),
-    ('cobot/v1/cobot-a/status', b'{"state": ' + b'[' * 3000 + b']' * 3000 + b'}', {},
+    ('cobot/v1/cobot-a/status', b'{"state": ' + b'[' * 300 + b']' * 300 + b'}', {},
      'too_deep'),
-    ('cobot/v1/cobot-a/telemetry/x', b'{"seq": 12}', {'seq': '\u00b2'}, '1..2^63-1'),
-    ('cobot/v1/cobot-a/telemetry/x', b'{"seq": true}', {}, '1..2^63-1'),
-    ('cobot/v1/cobot-a/state', b'{"seq": 13, "data": {"counters": {"c": {"p": {"r": '
+    ('cobot/v1/cobot-a/status', b'{"state": "online", "pad": "' + b'x' * 2000 + b'"}', {},
+     'too_large'),
+    ('cobot/v1/cobot-a/telemetry/x', ENV + b'"seq": 12}', {'seq': '\u00b2'}, '1..2^63-1'),
+    ('cobot/v1/cobot-a/telemetry/x', ENV + b'"seq": true, "data": {}}', {}, '1..2**63-1'),
+    ('cobot/v1/cobot-a/state', ENV + b'"seq": 13, "data": {"counters": {"c": {"p": {"r": '
      + str(10**30).encode() + b'}, "n": {}}}, "values": {}, "alarms": {"adds": {}, '
      b'"removed": []}}}', {}, 'big_integer'),
-    ('cobot/v1/cobot-a/state', b'{"seq": 14, "data": {"counters": {"c": {"p": {"r": '
+    ('cobot/v1/cobot-a/state', ENV + b'"seq": 14, "data": {"counters": {"c": {"p": {"r": '
      + str(2**60).encode() + b'}, "n": {}}}, "values": {}, "alarms": {"adds": {}, '
      b'"removed": []}}}', {}, '2**53'),
 ])
@@ -117,7 +132,7 @@ def test_fuzzed_messages_never_raise(tmp_path_factory: pytest.TempPathFactory, t
 def _state_payload(seq: int, values: dict, counters: int = 0) -> bytes:
     data = {'counters': {f'c{i}': {'p': {'r': 1}, 'n': {}} for i in range(counters)},
             'values': values, 'alarms': {'adds': {}, 'removed': []}}
-    return json.dumps({'seq': seq, 'data': data}).encode()
+    return build_envelope('cobot-a', seq, 1.0, 'state', 'x', data)
 
 
 def test_future_stamps_cannot_freeze_a_value(tmp_path: Path) -> None:
@@ -158,8 +173,8 @@ def test_only_robots_of_the_site_are_stored(tmp_path: Path) -> None:
 
 def test_retained_events_are_ignored_and_retained_status_still_counts(tmp_path: Path) -> None:
     store = FleetStore(tmp_path / 'fleet.db')
-    ack = json_envelope('cobot-a', 1, 1.0, 'mission_ack', 'x', {
-        'mission_id': 'm', 'version': 1, 'status': 'accepted', 'reason': ''})
+    ack = build_envelope('cobot-a', 1, 1.0, 'mission_ack', 'x',
+                         ack_to_json(MissionAck('accepted', 'm', 1)))
     assert store.ingest('cobot/v1/cobot-a/events/mission_ack', ack, {'seq': '1'}, 1.0,
                         retained=True).startswith('ignored')
     assert store.ack_of('cobot-a', 'm', 1) is None
@@ -195,12 +210,12 @@ def test_one_failing_message_does_not_lose_the_rest_of_its_batch(tmp_path: Path,
 
 def test_a_wiped_outbox_starting_its_seqs_again_loses_nothing(tmp_path: Path) -> None:
     store = FleetStore(tmp_path / 'fleet.db')
-    first = json_envelope('cobot-a', 1, 10.0, 'x', 'x', {'n': 'before the wipe'})
+    first = build_envelope('cobot-a', 1, 10.0, 'x', 'x', {'n': 'before the wipe'})
     assert store.ingest('cobot/v1/cobot-a/telemetry/x', first, {'seq': '1'}, 10.0) \
         == 'accepted'
     assert store.ingest('cobot/v1/cobot-a/telemetry/x', first, {'seq': '1'}, 11.0) \
         == 'duplicate'                      # the same bytes again: a resend
-    again = json_envelope('cobot-a', 1, 20.0, 'x', 'x', {'n': 'after the wipe'})
+    again = build_envelope('cobot-a', 1, 20.0, 'x', 'x', {'n': 'after the wipe'})
     assert store.ingest('cobot/v1/cobot-a/telemetry/x', again, {'seq': '1'}, 20.0) \
         == 'accepted'                       # another message under seq 1: not a duplicate
     assert store.seq_reused == 1
@@ -212,11 +227,11 @@ def test_a_wiped_outbox_starting_its_seqs_again_loses_nothing(tmp_path: Path) ->
 def test_the_robot_id_of_the_properties_and_envelope_must_be_the_topics(tmp_path: Path) -> None:
     store = FleetStore(tmp_path / 'fleet.db')
     # A certificate named "cobot-a/events" may write under cobot/v1/cobot-a/events/...
-    spoof = json_envelope('cobot-a/events', 5, 1.0, 'x', 'x', {})
+    spoof = build_envelope('cobot-a/events', 5, 1.0, 'x', 'x', {})
     outcome = store.ingest('cobot/v1/cobot-a/events/telemetry/x', spoof,
                            {'robot_id': 'cobot-a/events', 'seq': '5'}, 1.0)
     assert outcome.startswith('rejected') and 'robot_id' in outcome
-    outcome = store.ingest('cobot/v1/cobot-a/state', json_envelope('cobot-b', 6, 1.0, 's', 's',
+    outcome = store.ingest('cobot/v1/cobot-a/state', build_envelope('cobot-b', 6, 1.0, 's', 's',
                                                                    {}), {}, 1.0)
     assert outcome.startswith('rejected') and 'envelope' in outcome
     store.close()
@@ -227,8 +242,8 @@ def test_telemetry_payloads_are_not_parsed_when_the_seq_is_in_the_properties(
     import cobot_hybrid_planner.fleet_state as fleet_state
 
     parsed: list[int] = []
-    real = fleet_state.parse_json
-    monkeypatch.setattr(fleet_state, 'parse_json',
+    real = fleet_state.parse_envelope
+    monkeypatch.setattr(fleet_state, 'parse_envelope',
                         lambda raw, *a, **k: parsed.append(len(raw)) or real(raw, *a, **k))
     store = FleetStore(tmp_path / 'fleet.db')
     huge = b'{"data": "' + b'x' * 500_000 + b'"}'

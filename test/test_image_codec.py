@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cobot_hybrid_perception import image_codec as codec
-from cobot_hybrid_perception.errors import ImageConversionError, PerceptionError
 from cobot_hybrid_perception.media import load_image, sample_photo_path
+from cobot_hybrid_ros import image_codec as codec
+from cobot_hybrid_ros.errors import ImageCodecError, RosHelperError
 
 ISSUE_ENCODINGS = ['bgr8', 'rgb8', 'bgra8', 'rgba8', 'mono8', 'mono16', '8UC1', '8UC2', '8UC3',
                    '8UC4', '16UC1', '32FC1']
@@ -113,9 +113,9 @@ def test_malformed_messages_raise_one_clear_error(kwargs: dict, needle: str) -> 
     args = {'data': b'\x00' * 18, 'height': 3, 'width': 2, 'encoding': 'bgr8', 'step': 6}
     args.update(kwargs)
     data = args.pop('data')
-    with pytest.raises(ImageConversionError, match=needle) as info:
+    with pytest.raises(ImageCodecError, match=needle) as info:
         codec.image_view(data, **args)
-    assert isinstance(info.value, PerceptionError)
+    assert isinstance(info.value, RosHelperError) and isinstance(info.value, ValueError)
 
 
 @pytest.mark.parametrize(('pixels', 'encoding', 'needle'), [
@@ -125,12 +125,12 @@ def test_malformed_messages_raise_one_clear_error(kwargs: dict, needle: str) -> 
     (np.zeros((0, 4, 3), np.uint8), 'bgr8', 'empty array'),
 ])
 def test_bad_arrays_raise_clear_errors(pixels: np.ndarray, encoding: str, needle: str) -> None:
-    with pytest.raises(ImageConversionError, match=needle):
+    with pytest.raises(ImageCodecError, match=needle):
         codec.image_fields(pixels, encoding)
 
 
 def test_unsupported_encoding_error_lists_supported_ones() -> None:
-    with pytest.raises(ImageConversionError) as info:
+    with pytest.raises(ImageCodecError) as info:
         codec.encoding_info('nv12')
     assert 'bgr8' in str(info.value) and '32FC1' in str(info.value)
 
@@ -163,9 +163,9 @@ def test_sixteen_bit_colour_conversion_and_mismatched_depths() -> None:
     rgb16 = np.full((2, 3, 3), 1000, np.uint16)
     rgb16[..., 0] = 60000
     assert codec.convert_color(rgb16, 'rgb16', 'bgr16')[0, 0].tolist() == [1000, 1000, 60000]
-    with pytest.raises(ImageConversionError, match='bit depth differs'):
+    with pytest.raises(ImageCodecError, match='bit depth differs'):
         codec.convert_color(rgb16, 'rgb16', 'mono8')
-    with pytest.raises(ImageConversionError, match='colour meaning'):
+    with pytest.raises(ImageCodecError, match='colour meaning'):
         codec.convert_color(np.zeros((2, 2), np.float32), '32FC1', 'mono8')
 
 
@@ -203,7 +203,7 @@ def test_compressed_depth_16uc1() -> None:
     decoded, encoding = codec.decode_compressed(payload, '16UC1; compressedDepth png')
     assert encoding == '16UC1'
     np.testing.assert_array_equal(decoded, depth)
-    with pytest.raises(ImageConversionError, match='compressedDepth of 32FC1'):
+    with pytest.raises(ImageCodecError, match='compressedDepth of 32FC1'):
         codec.decode_compressed(payload, '32FC1; compressedDepth png')
 
 
@@ -214,16 +214,16 @@ def test_compressed_depth_16uc1() -> None:
     (b'\x89PNG\r\n\x1a\n' + b'\x00' * 20, 'corrupt png'),
 ])
 def test_corrupt_compressed_payloads(payload: bytes, needle: str) -> None:
-    with pytest.raises(ImageConversionError, match=needle):
+    with pytest.raises(ImageCodecError, match=needle):
         codec.decode_compressed(payload, 'jpeg')
 
 
 def test_encode_refuses_what_the_codec_cannot_hold() -> None:
-    with pytest.raises(ImageConversionError, match='8-bit pixels only'):
+    with pytest.raises(ImageCodecError, match='8-bit pixels only'):
         codec.encode_compressed(np.zeros((2, 2), np.uint16), 'mono16', 'jpeg')
-    with pytest.raises(ImageConversionError, match='cannot be stored'):
+    with pytest.raises(ImageCodecError, match='cannot be stored'):
         codec.encode_compressed(np.zeros((2, 2), np.float32), '32FC1', 'png')
-    with pytest.raises(ImageConversionError, match='unsupported compression'):
+    with pytest.raises(ImageCodecError, match='unsupported compression'):
         codec.encode_compressed(np.zeros((2, 2), np.uint8), 'mono8', 'webp')
 
 

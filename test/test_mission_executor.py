@@ -6,7 +6,7 @@ import pytest
 
 from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_bridge.mission_executor import ExecutorConfig, MissionExecutor
-from cobot_hybrid_bridge.mission_schema import (
+from cobot_hybrid_protocol.mission import (
     Mission,
     Pose,
     SchemaError,

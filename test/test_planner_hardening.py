@@ -16,13 +16,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cobot_hybrid_bridge.codecs import json_envelope
-from cobot_hybrid_bridge.mission_schema import TaskProgress, progress_to_json
 from cobot_hybrid_planner.orders import ORDERS_SCHEMA, OrderError, validate_orders
 from cobot_hybrid_planner.planning import FleetRobot, plan
 from cobot_hybrid_planner.service import PlannerConfig, PlannerService, load_orders_file
 from cobot_hybrid_planner.site import SiteError, load_site, parse_site
 from cobot_hybrid_protocol.clock import SteppableClock
+from cobot_hybrid_protocol.envelope import build_envelope
+from cobot_hybrid_protocol.mission import TaskProgress, progress_to_json
 
 SITE = parse_site({
     'stations': {'a': {'x': 0, 'y': 0}, 'b': {'x': 9999, 'y': -9999}, 'c': {'x': 3, 'y': 4}},
@@ -134,7 +134,9 @@ def planner(tmp_path: Path) -> PlannerService:
 
 
 def say(planner: PlannerService, topic: str, payload: bytes, retained: bool = False) -> None:
-    planner.receive(topic, payload, {'seq': str(next(_seq))}, retained)
+    # an uplink envelope carries its own seq; anything else gets one in the user properties
+    props = {} if payload.startswith(b'{"robot_id"') else {'seq': str(next(_seq))}
+    planner.receive(topic, payload, props, retained)
 
 
 def test_poison_messages_are_counted_and_the_planner_goes_on(planner: PlannerService) -> None:
@@ -173,7 +175,7 @@ def progress(planner: PlannerService, robot: str, task_id: str, status: str,
              mission: dict) -> bytes:
     body = progress_to_json(TaskProgress(mission['mission_id'], mission['version'], task_id,
                                          status, 1000.0))
-    return json_envelope(robot, 0, 1000.0, 'task_progress', 'x', body)
+    return build_envelope(robot, next(_seq), 1000.0, 'task_progress', 'x', body)
 
 
 def test_only_the_assigned_robot_can_report_a_task(planner: PlannerService) -> None:
@@ -353,7 +355,7 @@ def test_a_bad_ledger_snapshot_keeps_the_local_ledger_whole(planner: PlannerServ
     from cobot_hybrid_planner.replica import FleetReplica
 
     planner.add_orders(order(task('local')), now_s=1000.0)
-    replica = FleetReplica('f', 'p1', '127.0.0.1', 1, 'cobot/v1/orders')
+    replica = FleetReplica('f', 'p1', '127.0.0.1', 1)
     columns = ('task_id', 'body', 'status', 'received_at', 'robot_id', 'started_at',
                'ended_at', 'failures', 'reason')
     row = dict(zip(columns, ('dup', '{}', 'open', 0, None, None, None, 0, ''), strict=True))

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cobot_hybrid_bridge.codecs import json_envelope
-from cobot_hybrid_bridge.mission_schema import TaskProgress, progress_to_json
 from cobot_hybrid_planner.orders import ORDERS_SCHEMA
 from cobot_hybrid_planner.service import PlannerConfig, PlannerService
 from cobot_hybrid_planner.site import parse_site
+from cobot_hybrid_protocol.envelope import build_envelope
+from cobot_hybrid_protocol.mission import TaskProgress, progress_to_json
 
 SITE = parse_site({
     'stations': {'a': {'x': 0, 'y': 0}, 'b': {'x': 10, 'y': 0}, 'c': {'x': 0, 'y': 10},
@@ -42,8 +42,9 @@ class Fleet:
         self.now = 1000.0
 
     def say(self, robot: str, kind: str, payload: bytes) -> None:
-        seq = next(_seq)
-        self.planner.receive(f'cobot/v1/{robot}/{kind}', payload, {'seq': str(seq)})
+        # an uplink envelope carries its own seq; anything else gets one in the user properties
+        props = {} if payload.startswith(b'{"robot_id"') else {'seq': str(next(_seq))}
+        self.planner.receive(f'cobot/v1/{robot}/{kind}', payload, props)
 
     def alive(self, *robots: str) -> None:
         for robot in robots:
@@ -53,8 +54,8 @@ class Fleet:
         mission = self.planner.missions()[robot]
         body = progress_to_json(TaskProgress(mission['mission_id'], mission['version'], task,
                                              status, self.now, reason))
-        self.say(robot, 'events/task_progress', json_envelope(
-            robot, 0, self.now, 'task_progress', 'cobot_hybrid/TaskProgress', body))
+        self.say(robot, 'events/task_progress', build_envelope(
+            robot, next(_seq), self.now, 'task_progress', 'cobot_hybrid/TaskProgress', body))
 
     def step(self, seconds: float = 1.0) -> None:
         self.now += seconds

@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives.serialization import (
 
 from cobot_hybrid_bridge.bridge import EdgeBridge
 from cobot_hybrid_bridge.bridge_config import BridgeConfig
-from cobot_hybrid_bridge.mission_schema import Mission, TaskProgress, progress_to_json
 from cobot_hybrid_planner.orders import ORDERS_SCHEMA
 from cobot_hybrid_planner.service import EPOCH_STRIDE
+from cobot_hybrid_protocol.mission import Mission, TaskProgress, progress_to_json
 
 pytestmark = [pytest.mark.broker]
 
@@ -104,7 +104,7 @@ def test_a_killed_owner_is_replaced_and_nothing_is_lost(tmp_path: Path,
     def replica(name: str) -> subprocess.Popen[bytes]:
         log = (tmp_path / f'{name}.log').open('wb')
         return subprocess.Popen(
-            [sys.executable, '-m', 'cobot_hybrid_perception.cli', 'serve', '--site',
+            [sys.executable, '-m', 'cobot_hybrid_cli', 'serve', '--site',
              str(tmp_path / 'site.yaml'), '--key', str(tmp_path / 'planner.pem'), '--port',
              str(port), '--replica-id', name, '--fleet', 'cell-a', '--lease-s', '2',
              '--data-dir', str(tmp_path / name), '--time-limit', '0.3'],

@@ -190,7 +190,7 @@ def test_cli_plan_prints_missions_and_rejections(tmp_path: Path) -> None:
                             'capability': 'weld', 'duration_s': 10})
     path = tmp_path / 'orders.yaml'
     path.write_text(yaml.safe_dump(orders))
-    result = subprocess.run([sys.executable, '-m', 'cobot_hybrid_perception.cli', 'plan',
+    result = subprocess.run([sys.executable, '-m', 'cobot_hybrid_cli', 'plan',
                              str(path), '--site', str(root / 'config' / 'examples' / 'site.yaml'),
                              '--time-limit', '0.5', '--json'], capture_output=True, text=True,
                             timeout=120, check=False)
@@ -204,7 +204,7 @@ def test_cli_plan_prints_missions_and_rejections(tmp_path: Path) -> None:
     checks = [i for items in report['missions'].values() for i in items
               if i['task_id'] in ('check-1', 'check-2')]
     assert stack['start_s'] >= max(c['end_s'] for c in checks)
-    bad = subprocess.run([sys.executable, '-m', 'cobot_hybrid_perception.cli', 'plan',
+    bad = subprocess.run([sys.executable, '-m', 'cobot_hybrid_cli', 'plan',
                           str(path), '--site', str(tmp_path / 'nope.yaml')],
                          capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 2 and 'cannot be read' in bad.stderr

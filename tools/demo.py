@@ -36,6 +36,8 @@ from fault_proxy import FaultProxy  # noqa: E402
 from local_broker import start_mosquitto  # noqa: E402
 from loopback_env import configure_ros_environment  # noqa: E402
 
+from cobot_hybrid_protocol.topics import DELIVERED, STATUS, parse_topic, robot_filter  # noqa: E402
+
 ROBOT = 'cobot-1'
 CAMERA_HZ = 10.0   # the safety monitor stops on detections older than 0.2 s
 # The demo's work order: short tasks, so some finish within a minute at the speed allowed.
@@ -102,13 +104,14 @@ class Cloud:
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id='demo-cloud',
                                   protocol=mqtt.MQTTv5)
-        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(f'cobot/v1/{ROBOT}/#', 1)
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(robot_filter(ROBOT), 1)
         self.client.on_message = self._on_message
         self.client.connect('127.0.0.1', port)
         self.client.loop_start()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        if '/cmd/' in message.topic or message.topic.endswith(('/status', '/delivered')):
+        where = parse_topic(message.topic)
+        if where.is_command or where.kind in (STATUS, DELIVERED):
             return
         props = dict(getattr(message.properties, 'UserProperty', []) or [])
         with self.lock:

@@ -28,6 +28,6 @@ PY
 python3 -m pytest -q -p no:cacheprovider -rs test/test_backends.py test/test_yolo_decode.py \
   2>&1 | tee "$OUT/pytest.txt"
 for size in 640 320; do
-  python3 -m cobot_hybrid_perception.cli bench --imgsz $size --runs 200 \
+  python3 -m cobot_hybrid_cli bench --imgsz $size --runs 200 \
     --backends ort-cpu ultralytics tensorrt ort-tensorrt ort-cuda 2>&1 | tee "$OUT/bench$size.txt"
 done

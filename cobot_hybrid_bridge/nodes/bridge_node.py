@@ -31,10 +31,10 @@ from cobot_hybrid_bridge.bridge import EdgeBridge, routes_path
 from cobot_hybrid_bridge.bridge_config import BridgeConfig
 from cobot_hybrid_bridge.codecs import message_to_dict
 from cobot_hybrid_bridge.errors import BridgeError
-from cobot_hybrid_bridge.mission_schema import Mission, mission_to_json
 from cobot_hybrid_bridge.routes import Route, load_routes
-from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
-from cobot_hybrid_perception.nodes.runner import run_node
+from cobot_hybrid_protocol.mission import Mission, mission_to_json
+from cobot_hybrid_ros.params import ParameterBinding, ParamSpec
+from cobot_hybrid_ros.runner import run_node
 
 PARAMS = (
     ParamSpec('robot_id', 'this robot: MQTT client id and topic level', read_only=True),
@@ -202,8 +202,8 @@ class BridgeNode(Node):
                 self.bridge.set_value('speed_scale', round(value, 3))
 
     def _send_snapshot(self, index: int) -> None:
-        from cobot_hybrid_perception.image_codec import encode_compressed
-        from cobot_hybrid_perception.nodes.conversions import compressed_to_numpy, image_to_numpy
+        from cobot_hybrid_ros.image_codec import encode_compressed
+        from cobot_hybrid_ros.images import compressed_to_numpy, image_to_numpy
 
         msg = self._latest_images.get(index)
         if msg is None:

@@ -21,11 +21,11 @@ from std_msgs.msg import Float64, String
 
 from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_bridge.mission_executor import ExecutorConfig, MissionExecutor
-from cobot_hybrid_bridge.mission_schema import SchemaError, progress_to_json, validate_mission
-from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
-from cobot_hybrid_perception.nodes.runner import run_node
 from cobot_hybrid_protocol.errors import PayloadError
 from cobot_hybrid_protocol.limits import COMMAND_LIMITS, parse_json
+from cobot_hybrid_protocol.mission import SchemaError, progress_to_json, validate_mission
+from cobot_hybrid_ros.params import ParameterBinding, ParamSpec
+from cobot_hybrid_ros.runner import run_node
 
 PARAMS = (
     ParamSpec('stall_timeout_s', 'a task held at speed scale 0 this long fails [s]',

@@ -40,16 +40,17 @@ from cobot_hybrid_perception.annotate import draw_detections
 from cobot_hybrid_perception.detector import Detector, DetectorConfig
 from cobot_hybrid_perception.detector_stats import DetectorStats
 from cobot_hybrid_perception.errors import PerceptionError
-from cobot_hybrid_perception.image_codec import convert_color
 from cobot_hybrid_perception.model_info import COCO_KEYPOINTS
-from cobot_hybrid_perception.nodes.conversions import (
+from cobot_hybrid_perception.yolo_decode import Detections
+from cobot_hybrid_ros.errors import ImageCodecError
+from cobot_hybrid_ros.image_codec import convert_color
+from cobot_hybrid_ros.images import (
     compressed_to_numpy,
     image_to_numpy,
     numpy_to_image,
 )
-from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
-from cobot_hybrid_perception.nodes.runner import run_node
-from cobot_hybrid_perception.yolo_decode import Detections
+from cobot_hybrid_ros.params import ParameterBinding, ParamSpec
+from cobot_hybrid_ros.runner import run_node
 
 PARAMS = (
     ParamSpec('model', 'default (YOLO11n-pose from the model cache) or a .onnx/.engine/.pt path',
@@ -227,7 +228,7 @@ class DetectorNode(LifecycleNode):
                 encoding = 'bgr8'
             convert_ms = 1e3 * (time.perf_counter() - t0)
             detections, times = detector.detect(pixels, encoding)
-        except PerceptionError as exc:
+        except (PerceptionError, ImageCodecError) as exc:
             self._stats.fail(str(exc))
             self.get_logger().error(f'frame skipped: {exc}', throttle_duration_sec=2.0)
             self._publish_diagnostics(force=True)

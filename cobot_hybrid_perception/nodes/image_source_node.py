@@ -19,9 +19,9 @@ from std_msgs.msg import Header
 
 from cobot_hybrid_perception.errors import PerceptionError
 from cobot_hybrid_perception.media import ImageSourceConfig, iter_frames
-from cobot_hybrid_perception.nodes.conversions import numpy_to_image
-from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
-from cobot_hybrid_perception.nodes.runner import run_node
+from cobot_hybrid_ros.images import numpy_to_image
+from cobot_hybrid_ros.params import ParameterBinding, ParamSpec
+from cobot_hybrid_ros.runner import run_node
 
 PARAMS = (
     ParamSpec('source', 'samples | sample:<name> | image file | folder | video file',

@@ -51,9 +51,6 @@ from vision_msgs.msg import Detection2D, Detection2DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
 from cobot_hybrid_perception.errors import PerceptionError
-from cobot_hybrid_perception.nodes.conversions import image_to_numpy
-from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
-from cobot_hybrid_perception.nodes.runner import run_node
 from cobot_hybrid_perception.safety_pipeline import (
     PersonDetection,
     SafetyConfig,
@@ -62,6 +59,9 @@ from cobot_hybrid_perception.safety_pipeline import (
     speed_from_twist,
 )
 from cobot_hybrid_perception.ssm import SafetyState, protective_separation
+from cobot_hybrid_ros.images import image_to_numpy
+from cobot_hybrid_ros.params import ParameterBinding, ParamSpec
+from cobot_hybrid_ros.runner import run_node
 
 PARAMS = (
     ParamSpec('reaction_time_s', 'T_R: sensing + controller reaction [s]', min_value=1e-3,

@@ -18,8 +18,6 @@ from rclpy.node import Node
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
-from cobot_hybrid_perception.nodes.params import ParameterBinding, ParamSpec
-from cobot_hybrid_perception.nodes.runner import run_node
 from cobot_hybrid_planner.errors import PlannerError
 from cobot_hybrid_planner.service import (
     TASK_STATUSES,
@@ -29,6 +27,8 @@ from cobot_hybrid_planner.service import (
     load_private_key,
 )
 from cobot_hybrid_planner.site import load_site
+from cobot_hybrid_ros.params import ParameterBinding, ParamSpec
+from cobot_hybrid_ros.runner import run_node
 
 PARAMS = (
     ParamSpec('site_file', 'site YAML: stations, robots, travel', read_only=True),

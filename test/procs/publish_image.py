@@ -12,7 +12,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from cobot_hybrid_perception.nodes.conversions import numpy_to_compressed, numpy_to_image
+from cobot_hybrid_ros.images import numpy_to_compressed, numpy_to_image
 
 parser = argparse.ArgumentParser()
 parser.add_argument('--npy', required=True)

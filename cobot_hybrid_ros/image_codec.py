@@ -2,7 +2,7 @@
 
 The functions here take and return the *fields* of ``sensor_msgs/Image`` and
 ``sensor_msgs/CompressedImage`` (height, width, encoding, step, endianness, bytes), so they are
-tested without ROS; ``nodes/conversions.py`` maps messages onto them.
+tested without ROS; :mod:`cobot_hybrid_ros.images` maps messages onto them.
 
 Receive path: :func:`image_view` returns a zero-copy view of the message buffer that honours
 row padding (``step`` larger than a row) and big-endian data. Send path: :func:`image_fields`
@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from cobot_hybrid_perception.errors import ImageConversionError
+from cobot_hybrid_ros.errors import ImageCodecError
 
 __all__ = [
     'ENCODINGS',
@@ -82,11 +82,11 @@ ENCODINGS: dict[str, EncodingInfo] = _build_encodings()
 
 
 def encoding_info(encoding: str) -> EncodingInfo:
-    """Look up an encoding; raise :class:`ImageConversionError` naming the supported ones."""
+    """Look up an encoding; raise :class:`ImageCodecError` naming the supported ones."""
     try:
         return ENCODINGS[encoding]
     except KeyError:
-        raise ImageConversionError(
+        raise ImageCodecError(
             f'unsupported image encoding {encoding!r}; supported: {", ".join(sorted(ENCODINGS))}'
             '. Publish one of these (bayer and YUV formats must be debayered/converted first).'
         ) from None
@@ -116,17 +116,17 @@ def image_view(data: Any, *, height: int, width: int, encoding: str, step: int,
     """
     info = encoding_info(encoding)
     if height <= 0 or width <= 0:
-        raise ImageConversionError(
+        raise ImageCodecError(
             f'empty image ({width}x{height}, encoding {encoding}): nothing to convert; '
             'check the camera driver or drop the message')
     row_bytes = width * info.pixel_bytes
     if step < row_bytes:
-        raise ImageConversionError(
+        raise ImageCodecError(
             f'step {step} is smaller than one row of {width} {encoding} pixels '
             f'({row_bytes} bytes); the message is malformed (fix step at the publisher)')
     buf = memoryview(data).cast('B') if not isinstance(data, (bytes, bytearray)) else data
     if len(buf) != step * height:
-        raise ImageConversionError(
+        raise ImageCodecError(
             f'image data has {len(buf)} bytes but step*height = {step}*{height} = '
             f'{step * height}; the message is truncated or its step/height are wrong')
     dtype = info.dtype.newbyteorder('>' if is_bigendian else '<')
@@ -153,17 +153,17 @@ def image_fields(array: npt.NDArray[Any], encoding: str) -> ImageFields:
     if info.channels == 1 and array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim != expected_ndim or (expected_ndim == 3 and array.shape[2] != info.channels):
-        raise ImageConversionError(
+        raise ImageCodecError(
             f'array of shape {array.shape} does not fit encoding {encoding} '
             f'({info.channels} channel(s)); expected (height, width'
             f'{f", {info.channels}" if info.channels > 1 else ""})')
     if array.dtype.kind != info.dtype.kind or array.dtype.itemsize != info.dtype.itemsize:
-        raise ImageConversionError(
+        raise ImageCodecError(
             f'array dtype {array.dtype} does not fit encoding {encoding} ({info.dtype}); '
             f'convert with array.astype(np.{info.dtype.name}) or pick another encoding')
     height, width = int(array.shape[0]), int(array.shape[1])
     if height == 0 or width == 0:
-        raise ImageConversionError(f'empty array of shape {array.shape}: nothing to publish')
+        raise ImageCodecError(f'empty array of shape {array.shape}: nothing to publish')
     byteorder = array.dtype.byteorder
     bigendian = (byteorder == '>') or (byteorder == '=' and _HOST_BIGENDIAN)
     if info.dtype.itemsize == 1:
@@ -201,16 +201,16 @@ def convert_color(array: npt.NDArray[Any], src_encoding: str,
         return array
     src, dst = encoding_info(src_encoding), encoding_info(dst_encoding)
     if not src.order or not dst.order:
-        raise ImageConversionError(
+        raise ImageCodecError(
             f'cannot convert {src_encoding} to {dst_encoding}: only bgr/rgb/bgra/rgba/mono '
             'encodings carry colour meaning; convert generic nCm buffers yourself')
     if src.dtype != dst.dtype:
-        raise ImageConversionError(
+        raise ImageCodecError(
             f'cannot convert {src_encoding} to {dst_encoding}: bit depth differs '
             f'({src.dtype} vs {dst.dtype}); scale the values explicitly first')
     code = _CV_CODES.get((src.order, dst.order))
     if code is None:
-        raise ImageConversionError(f'no conversion from {src_encoding} to {dst_encoding}')
+        raise ImageCodecError(f'no conversion from {src_encoding} to {dst_encoding}')
     if array.dtype.byteorder == '>' and not _HOST_BIGENDIAN:
         array = array.astype(array.dtype.newbyteorder('='))
     result: npt.NDArray[Any] = cv2.cvtColor(np.ascontiguousarray(array), code)
@@ -245,15 +245,15 @@ def decode_compressed(data: Any, fmt: str) -> tuple[npt.NDArray[Any], str]:
     """
     payload = bytes(data)
     if not payload:
-        raise ImageConversionError('compressed image has no data; nothing to decode')
+        raise ImageCodecError('compressed image has no data; nothing to decode')
     original, rest = _parse_format(fmt)
     if 'compresseddepth' in rest:
         if original not in (None, '16UC1', 'mono16'):
-            raise ImageConversionError(
+            raise ImageCodecError(
                 f'compressedDepth of {original} is not supported (only 16UC1 depth in mm); '
                 'publish depth as raw 16UC1/32FC1 or as 16UC1 compressedDepth')
         if len(payload) < _DEPTH_HEADER.size or payload[_DEPTH_HEADER.size:][:8] != _PNG_MAGIC:
-            raise ImageConversionError(
+            raise ImageCodecError(
                 'compressedDepth payload does not hold a 12-byte header followed by PNG data')
         payload = payload[_DEPTH_HEADER.size:]
     if payload.startswith(_JPEG_MAGIC):
@@ -261,12 +261,12 @@ def decode_compressed(data: Any, fmt: str) -> tuple[npt.NDArray[Any], str]:
     elif payload.startswith(_PNG_MAGIC):
         codec = 'png'
     else:
-        raise ImageConversionError(
+        raise ImageCodecError(
             f'compressed image (format {fmt!r}) is neither JPEG nor PNG '
             f'(starts with {payload[:8]!r}); only jpeg and png payloads are supported')
     decoded = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
     if decoded is None:
-        raise ImageConversionError(f'corrupt {codec} payload ({len(payload)} bytes): '
+        raise ImageCodecError(f'corrupt {codec} payload ({len(payload)} bytes): '
                                    'OpenCV could not decode it')
     encoding = _decoded_encoding(decoded)
     if original is not None and original in ENCODINGS and original != encoding:
@@ -285,7 +285,7 @@ def _decoded_encoding(decoded: npt.NDArray[Any]) -> str:
     depth = '8' if decoded.dtype == np.uint8 else '16'
     names = {1: f'mono{depth}', 3: f'bgr{depth}', 4: f'bgra{depth}'}
     if channels not in names or decoded.dtype not in (np.uint8, np.uint16):
-        raise ImageConversionError(
+        raise ImageCodecError(
             f'decoded image has {channels} channels of {decoded.dtype}; not representable')
     return names[channels]
 
@@ -296,9 +296,9 @@ def encode_compressed(array: npt.NDArray[Any], encoding: str, fmt: str = 'jpeg',
     info = encoding_info(encoding)
     fmt = fmt.lower()
     if fmt not in ('jpeg', 'png'):
-        raise ImageConversionError(f'unsupported compression {fmt!r}; use jpeg or png')
+        raise ImageCodecError(f'unsupported compression {fmt!r}; use jpeg or png')
     if not 1 <= quality <= 100:
-        raise ImageConversionError(f'quality {quality} outside 1..100')
+        raise ImageCodecError(f'quality {quality} outside 1..100')
     depth = 8 if info.dtype.itemsize == 1 else 16
     if info.order in ('rgb', 'bgr'):
         target = f'bgr{depth}'
@@ -309,18 +309,18 @@ def encode_compressed(array: npt.NDArray[Any], encoding: str, fmt: str = 'jpeg',
     elif info.channels == 1 and info.dtype in (np.dtype('u1'), np.dtype('u2')):
         target = ''  # generic 8UC1/16UC1: stored as mono of the same depth
     else:
-        raise ImageConversionError(
+        raise ImageCodecError(
             f'{encoding} cannot be stored as {fmt}; compress only 8/16-bit colour or mono')
     if target:
         pixels, coded_as = convert_color(array, encoding, target), target
     else:
         pixels, coded_as = array, f'mono{depth}'
     if fmt == 'jpeg' and pixels.dtype != np.uint8:
-        raise ImageConversionError(f'JPEG holds 8-bit pixels only; {encoding} needs png')
+        raise ImageCodecError(f'JPEG holds 8-bit pixels only; {encoding} needs png')
     params = ([cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == 'jpeg'
               else [cv2.IMWRITE_PNG_COMPRESSION, 1])
     ok, buf = cv2.imencode('.jpg' if fmt == 'jpeg' else '.png', np.ascontiguousarray(pixels),
                            params)
     if not ok:
-        raise ImageConversionError(f'OpenCV failed to encode {encoding} as {fmt}')
+        raise ImageCodecError(f'OpenCV failed to encode {encoding} as {fmt}')
     return buf.tobytes(), f'{encoding}; {fmt} compressed {coded_as}'

@@ -30,6 +30,15 @@ inside the uplink envelope)::
      "task_id": "t1", "status": "started",     # started | done | failed
      "reason": "", "stamp": 1795790100.0}     # reason says why a task failed
 
+The robot answers every mission command, mission ack version 1 (MQTT
+``cobot/v1/<robot_id>/events/mission_ack`` inside the uplink envelope)::
+
+    {"schema": "cobot_hybrid/mission_ack/v1", "mission_id": "m-42", "version": 3,
+     "status": "accepted", "reason": ""}      # accepted | rejected; reason: "<code>: <why>"
+
+A rejection of a command that could not be read at all (bad signature, malformed) has
+``mission_id`` and ``version`` null; an accepted ack always names both.
+
 A task that has started runs to its end or fails; a newer mission version replaces only the
 tasks that have not started.
 
@@ -45,16 +54,19 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cobot_hybrid_bridge.errors import BridgeError
+from cobot_hybrid_protocol.errors import SchemaError
 from cobot_hybrid_protocol.limits import ID_MAX, is_name, is_number_in
 
-__all__ = ['MAX_COORD_M', 'MAX_DURATION_S', 'MAX_VERSION', 'MISSION_SCHEMA', 'PROGRESS_SCHEMA',
+__all__ = ['ACK_SCHEMA', 'ACK_STATUSES', 'MissionAck', 'ack_to_json', 'validate_ack',
+           'MAX_COORD_M', 'MAX_DURATION_S', 'MAX_VERSION', 'MISSION_SCHEMA', 'PROGRESS_SCHEMA',
            'PROGRESS_STATUSES', 'TASK_TYPES', 'Mission',
            'Pose', 'SchemaError', 'Task', 'TaskProgress', 'mission_to_json', 'progress_to_json',
            'validate_mission', 'validate_progress']
 
 MISSION_SCHEMA = 'cobot_hybrid/mission/v1'
 PROGRESS_SCHEMA = 'cobot_hybrid/task_progress/v1'
+ACK_SCHEMA = 'cobot_hybrid/mission_ack/v1'
+ACK_STATUSES = ('accepted', 'rejected')
 PROGRESS_STATUSES = ('started', 'done', 'failed')
 TASK_TYPES = ('pick', 'place', 'inspect', 'move', 'wait', 'charge')
 MAX_TASKS = 500
@@ -65,9 +77,6 @@ MIN_UNIX_S, MAX_UNIX_S = 0.0, 4_102_444_800.0   # up to 2100-01-01
 MAX_REASON = 1000
 _ID_MAX = ID_MAX
 
-
-class SchemaError(BridgeError, ValueError):
-    """A command does not follow its schema; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,35 @@ class TaskProgress:
     status: str
     stamp: float
     reason: str = ''
+
+
+@dataclass(frozen=True)
+class MissionAck:
+    """The robot's answer to one mission command."""
+
+    status: str                       # 'accepted' | 'rejected'
+    mission_id: str | None = None     # None only for a rejected command that was unreadable
+    version: int | None = None
+    reason: str = ''                  # '<reject code>: <detail>' of a rejection
+
+    def __post_init__(self) -> None:   # one rule for what is built and what is read
+        if self.status not in ACK_STATUSES:
+            raise SchemaError(f'status {str(self.status)[:40]!r} is not one of {ACK_STATUSES}')
+        if not isinstance(self.reason, str) or len(self.reason) > MAX_REASON \
+                or '\0' in self.reason:
+            raise SchemaError(f'reason must be a string of at most {MAX_REASON} chars')
+        if (self.mission_id is None) != (self.version is None):
+            raise SchemaError('mission_id and version are both set or both null')
+        if self.mission_id is None and self.status == 'accepted':
+            raise SchemaError('an accepted ack names the mission_id and version')
+        if self.mission_id is not None:
+            _text(self.mission_id, 'mission_id')
+            _version(self.version)
+
+    @property
+    def code(self) -> str:
+        """The rejection code before the first colon (``superseded``, ``expired``...)."""
+        return self.reason.split(':', 1)[0].strip()
 
 
 def _fields(obj: Any, where: str, required: set[str],
@@ -237,3 +275,17 @@ def progress_to_json(progress: TaskProgress) -> dict[str, Any]:
     return {'schema': PROGRESS_SCHEMA, 'mission_id': progress.mission_id,
             'version': progress.version, 'task_id': progress.task_id,
             'status': progress.status, 'reason': progress.reason, 'stamp': progress.stamp}
+
+
+def validate_ack(data: Any) -> MissionAck:
+    """Check a decoded mission ack JSON object against the v1 schema."""
+    obj = _fields(data, 'mission ack', {'schema', 'mission_id', 'version', 'status', 'reason'})
+    if obj['schema'] != ACK_SCHEMA:
+        raise SchemaError(f'schema {str(obj["schema"])[:80]!r} is not {ACK_SCHEMA!r}')
+    return MissionAck(obj['status'], obj['mission_id'], obj['version'], obj['reason'])
+
+
+def ack_to_json(ack: MissionAck) -> dict[str, Any]:
+    """Return the v1 JSON object of a mission ack."""
+    return {'schema': ACK_SCHEMA, 'mission_id': ack.mission_id, 'version': ack.version,
+            'status': ack.status, 'reason': ack.reason}

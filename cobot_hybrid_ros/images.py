@@ -1,4 +1,4 @@
-"""sensor_msgs images <-> numpy, on top of the pure :mod:`cobot_hybrid_perception.image_codec`.
+"""sensor_msgs images <-> numpy, on top of the pure :mod:`cobot_hybrid_ros.image_codec`.
 
 Receiving is zero-copy: :func:`image_to_numpy` returns a view of the message's buffer, valid
 as long as the message lives. Sending copies the pixels once into the message.
@@ -12,11 +12,11 @@ import numpy.typing as npt
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from cobot_hybrid_perception import image_codec
+from cobot_hybrid_ros import image_codec
 
 
 def image_to_numpy(msg: Image, *, native: bool = False) -> npt.NDArray[Any]:
-    """View the pixels of a ``sensor_msgs/Image`` (raises ImageConversionError if malformed)."""
+    """View the pixels of a ``sensor_msgs/Image`` (raises ImageCodecError if malformed)."""
     return image_codec.image_view(msg.data, height=msg.height, width=msg.width,
                                   encoding=msg.encoding, step=msg.step,
                                   is_bigendian=msg.is_bigendian, native=native)

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from cobot_hybrid_bridge.errors import BridgeError
+from cobot_hybrid_protocol.errors import CrdtError
 
 __all__ = ['CrdtError', 'GCounter', 'HLC', 'HlcTimestamp', 'LWWMap', 'MAX_COUNT', 'MAX_ENTRIES',
            'MAX_TAGS', 'ORSet', 'PNCounter', 'TelemetryState']
@@ -46,9 +46,6 @@ def _bounded(data: Any, where: str, limit: int = MAX_ENTRIES) -> None:
     if len(data) > limit:
         raise CrdtError(f'{where} has {len(data)} entries, more than {limit}')
 
-
-class CrdtError(BridgeError, ValueError):
-    """A CRDT snapshot is malformed."""
 
 
 def _json_key(value: Any) -> str:

@@ -1,0 +1,16 @@
+"""Errors raised by the shared node helpers.
+
+Hierarchy::
+
+    RosHelperError        base of every error of cobot_hybrid_ros
+      ImageCodecError     an image message, buffer or compressed payload cannot be converted
+                          as asked (also a ValueError)
+"""
+
+
+class RosHelperError(Exception):
+    """Base class of every error raised by cobot_hybrid_ros."""
+
+
+class ImageCodecError(RosHelperError, ValueError):
+    """An image message, buffer or compressed payload cannot be converted as asked."""
