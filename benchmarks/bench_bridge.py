@@ -151,8 +151,8 @@ def durable(port: int, count: int, workdir: Path, delivery: str = 'broker') -> f
     """
     queue = DurableQueue(workdir / f'throughput-{delivery}.db', QueueConfig(synchronous='FULL'))
     lock = threading.Lock()
-    link = MqttLink(LinkConfig(robot_id=f'bench-{delivery}', port=port, inflight_window=WINDOW,
-                               delivery=delivery), queue, lock)
+    link = MqttLink(LinkConfig(robot_id=f'bench-{delivery}', broker_port=port,
+                               inflight_window=WINDOW, delivery=delivery), queue, lock)
     link.start()
     while not link.stats.connected:
         time.sleep(0.01)
@@ -186,7 +186,8 @@ def backlog_child(port: int, count: int, workdir: str) -> None:
         for _ in range(min(1000, count - start)):
             queue.put('bench/backlog', PAYLOAD)
         queue.commit()
-    link = MqttLink(LinkConfig(robot_id='bench-backlog', port=port), queue, lock)
+    link = MqttLink(LinkConfig(robot_id='bench-backlog', broker_port=port, delivery='broker'),
+                    queue, lock)
     rss_filled = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     begin = time.perf_counter()
     link.start()

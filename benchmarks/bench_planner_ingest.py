@@ -123,7 +123,7 @@ def main() -> None:
     site = Site({'a': Station('a', 0, 0), 'b': Station('b', 5, 0)},
                 {f'robot-{i:03d}': Robot(f'robot-{i:03d}', frozenset({'pick'}), 'a')
                  for i in range(ROBOTS)})
-    service = PlannerService(PlannerConfig(work / 'cloud', broker_port=port,
+    service = PlannerService(PlannerConfig(data_dir=work / 'cloud', broker_port=port,
                                            plan_time_limit_s=0.2, resend_after_s=30.0,
                                            offline_after_s=60.0), site,
                              Ed25519PrivateKey.generate())

@@ -9,6 +9,7 @@ from cobot_hybrid_bridge.durable_queue import QueueConfig
 from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_bridge.mqtt_link import LinkConfig, topic_prefix
 from cobot_hybrid_protocol.paths import robot_data_dir
+from cobot_hybrid_protocol.settings import check_settings, project, same_as, setting
 
 __all__ = ['BridgeConfig']
 
@@ -17,44 +18,49 @@ __all__ = ['BridgeConfig']
 class BridgeConfig:
     """Everything ``bridge_node`` needs; files default to the data dir, per robot."""
 
-    robot_id: str = 'cobot-1'
-    broker_host: str = '127.0.0.1'
-    broker_port: int = 1883
-    protocol: str = 'mqtt5'
-    routes_file: str = ''                 # '' = the package's config/bridge_routes.yaml
-    data_dir: str = ''                    # '' = default_data_dir()
-    max_queue_bytes: int = 256 * 2**20
-    message_ttl_s: float = 24 * 3600.0
-    synchronous: str = 'FULL'
-    commit_interval_s: float = 0.02       # group commit
-    inflight_window: int = 20
-    drain_rate_hz: float = 0.0
-    retry_no_subscribers: bool = True
-    session_expiry_s: int = 3600
-    reconnect_max_s: float = 30.0         # cap of the exponential reconnect backoff
-    delivery: str = 'cloud'               # cloud: until the consumer stored it | broker: PUBACK
-    cloud_window: int = 1000
-    cloud_ack_timeout_s: float = 30.0
-    tls_ca: str = ''
-    tls_cert: str = ''
-    tls_key: str = ''
-    username: str = ''
-    password_file: str = ''
-    password_env: str = ''
-    cloud_public_keys: tuple[str, ...] = ()   # 'key_id=/path/to/key.pem'
-    max_command_bytes: int = 256 * 1024
-    max_clock_skew_s: float = 30.0
-    state_period_s: float = 5.0
-    stats_period_s: float = 2.0
+    robot_id: str = setting('cobot-1', 'this robot: MQTT client id and topic level '
+                            '(cobot/v1/<robot_id>/...)')
+    broker_host: str = same_as(LinkConfig, 'broker_host')
+    broker_port: int = same_as(LinkConfig, 'broker_port')
+    protocol: str = same_as(LinkConfig, 'protocol')
+    routes_file: str = setting('', 'uplink routes YAML ("" = config/bridge_routes.yaml of this '
+                               'package)')
+    data_dir: str = setting('', 'outbox and replay store folder ("" = '
+                            '~/.local/state/cobot_hybrid/<robot_id>/)')
+    max_queue_bytes: int = same_as(QueueConfig, 'max_bytes')
+    message_ttl_s: float = same_as(QueueConfig, 'ttl_s')
+    synchronous: str = same_as(QueueConfig, 'synchronous')
+    commit_interval_s: float = setting(0.02, 'group commit period', unit='s', low=0.001,
+                                       high=10.0)
+    inflight_window: int = same_as(LinkConfig, 'inflight_window')
+    drain_rate_hz: float = same_as(LinkConfig, 'drain_rate_hz')
+    retry_no_subscribers: bool = same_as(LinkConfig, 'retry_no_subscribers')
+    session_expiry_s: int = same_as(LinkConfig, 'session_expiry_s')
+    reconnect_max_s: float = same_as(LinkConfig, 'reconnect_max_s')
+    delivery: str = same_as(LinkConfig, 'delivery')
+    cloud_window: int = same_as(LinkConfig, 'cloud_window')
+    cloud_ack_timeout_s: float = same_as(LinkConfig, 'cloud_ack_timeout_s')
+    tls_ca: str = same_as(LinkConfig, 'tls_ca')
+    tls_cert: str = same_as(LinkConfig, 'tls_cert')
+    tls_key: str = same_as(LinkConfig, 'tls_key')
+    username: str = same_as(LinkConfig, 'username')
+    password_file: str = same_as(LinkConfig, 'password_file')
+    password_env: str = same_as(LinkConfig, 'password_env')
+    cloud_public_keys: tuple[str, ...] = setting(
+        (), 'key_id=path of the cloud Ed25519 public keys (none: every command is refused)',
+        array_type='string')
+    max_command_bytes: int = setting(256 * 1024, 'larger commands are rejected', unit='bytes',
+                                     low=64, high=2**26)
+    max_clock_skew_s: float = setting(30.0, 'tolerated difference between robot and cloud '
+                                      'clocks', unit='s', low=0.0, high=3600.0)
+    state_period_s: float = setting(5.0, 'CRDT telemetry state snapshot period', unit='s',
+                                    low=0.1, high=3600.0)
+    stats_period_s: float = setting(2.0, 'diagnostics and link telemetry period', unit='s',
+                                    low=0.1, high=3600.0)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, 'cloud_public_keys', tuple(self.cloud_public_keys))
+        check_settings(self, BridgeError)
         topic_prefix(self.robot_id)
-        if not 0 < self.broker_port < 65536:
-            raise BridgeError(f'broker_port {self.broker_port} is not a TCP port')
-        for name in ('commit_interval_s', 'state_period_s', 'stats_period_s'):
-            if not getattr(self, name) > 0:
-                raise BridgeError(f'{name} must be > 0')
         for entry in self.cloud_public_keys:
             if '=' not in entry:
                 raise BridgeError(f'cloud_public_keys entry {entry!r} must be key_id=path')
@@ -67,22 +73,14 @@ class BridgeConfig:
         return robot_data_dir(self.data_dir, self.robot_id)
 
     def queue_config(self) -> QueueConfig:
-        """Return the durable queue's bounds."""
-        return QueueConfig(max_bytes=self.max_queue_bytes, ttl_s=self.message_ttl_s,
-                           synchronous=self.synchronous)
+        """Return the durable queue's bounds (the queue fields this config re-exposes)."""
+        config: QueueConfig = project(self, QueueConfig)
+        return config
 
     def link_config(self) -> LinkConfig:
-        """Return the MQTT link's settings."""
-        return LinkConfig(robot_id=self.robot_id, host=self.broker_host, port=self.broker_port,
-                          protocol=self.protocol, inflight_window=self.inflight_window,
-                          drain_rate_hz=self.drain_rate_hz,
-                          retry_no_subscribers=self.retry_no_subscribers,
-                          session_expiry_s=self.session_expiry_s,
-                          reconnect_max_s=self.reconnect_max_s, delivery=self.delivery,
-                          cloud_window=self.cloud_window,
-                          cloud_ack_timeout_s=self.cloud_ack_timeout_s, tls_ca=self.tls_ca,
-                          tls_cert=self.tls_cert, tls_key=self.tls_key, username=self.username,
-                          password_file=self.password_file, password_env=self.password_env)
+        """Return the MQTT link's settings (the link fields this config re-exposes)."""
+        config: LinkConfig = project(self, LinkConfig, robot_id=self.robot_id)
+        return config
 
     def key_paths(self) -> dict[str, Path]:
         """Cloud public keys by id."""

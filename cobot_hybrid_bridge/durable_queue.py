@@ -90,6 +90,7 @@ from typing import Any, NamedTuple
 
 from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock, WallStepDetector
+from cobot_hybrid_protocol.settings import check_settings, setting
 
 __all__ = ['DROP_REASONS', 'DiskFullError', 'DurableQueue', 'QueueConfig', 'QueueError',
            'QueueStats', 'QueuedMessage', 'read_boot_id']
@@ -152,14 +153,18 @@ class DiskFullError(QueueError):
 class QueueConfig:
     """Bounds and durability of the queue."""
 
-    max_bytes: int = 256 * 2**20          # payload bytes kept at most
-    ttl_s: float = 24 * 3600.0            # older messages are dropped
-    synchronous: str = 'FULL'             # FULL (survives power loss) | NORMAL (process crash)
+    max_bytes: int = setting(256 * 2**20, 'payload bytes kept while offline (then the oldest '
+                             'of the lowest priority go)', low=1, high=2**40)
+    ttl_s: float = setting(24 * 3600.0, 'queued messages older than this are dropped', unit='s',
+                           low=1.0, high=3.2e7)
+    synchronous: str = setting('FULL', 'FULL: survives power loss | NORMAL: a process crash',
+                               choices=_SYNC_MODES)
     max_pending: int = 100_000            # messages held in memory between commits
     ballast_bytes: int = 8 * 2**20        # released when the disk fills up
     wal_limit_bytes: int = 64 * 2**20     # journal_size_limit
 
     def __post_init__(self) -> None:
+        check_settings(self, QueueError)
         if self.max_bytes <= 0 or self.max_pending <= 0:
             raise QueueError('max_bytes and max_pending must be > 0')
         if not self.ttl_s > 0:

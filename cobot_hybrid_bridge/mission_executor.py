@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_protocol.mission import Mission, Task, TaskProgress
+from cobot_hybrid_protocol.settings import check_settings, setting
 
 __all__ = ['ActiveTask', 'ExecutorConfig', 'MissionExecutor']
 
@@ -32,12 +33,16 @@ __all__ = ['ActiveTask', 'ExecutorConfig', 'MissionExecutor']
 class ExecutorConfig:
     """How the reference executor runs tasks."""
 
-    stall_timeout_s: float = 60.0
-    max_remembered: int = 10_000       # finished task ids kept to never run one twice
-    step_period_s: float = 0.1         # how often the node steps it
-    speed_timeout_s: float = 1.0       # an older speed scale counts as none (stopped)
+    stall_timeout_s: float = setting(60.0, 'a task held at speed scale 0 this long fails',
+                                     unit='s', low=0.1, high=86400.0)
+    max_remembered: int = setting(10_000, 'finished task ids kept so none runs twice', low=1,
+                                  high=10000000)
+    step_period_s: float = setting(0.1, 'executor step period', unit='s', low=0.001, high=10.0)
+    speed_timeout_s: float = setting(1.0, 'an older speed scale counts as stopped', unit='s',
+                                     low=0.01, high=60.0)
 
     def __post_init__(self) -> None:
+        check_settings(self, BridgeError)
         for name in ('stall_timeout_s', 'step_period_s', 'speed_timeout_s'):
             if not getattr(self, name) > 0:
                 raise BridgeError(f'{name} {getattr(self, name)} must be > 0')

@@ -70,6 +70,7 @@ from cobot_hybrid_bridge.durable_queue import DurableQueue, QueuedMessage
 from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_protocol.delivery import delivered_topic, parse_delivered
 from cobot_hybrid_protocol.errors import PayloadError
+from cobot_hybrid_protocol.settings import check_settings, setting
 from cobot_hybrid_protocol.status import status_payload
 from cobot_hybrid_protocol.topics import (
     RobotIdError,
@@ -136,35 +137,44 @@ class LinkConfig:
     """Where and how to connect, and how fast to drain."""
 
     robot_id: str
-    host: str = '127.0.0.1'
-    port: int = 1883
-    protocol: str = 'mqtt5'               # mqtt5 | mqtt311
+    broker_host: str = setting('127.0.0.1', 'MQTT broker host')
+    broker_port: int = setting(1883, 'MQTT broker port (8883 with TLS)', low=1, high=65535)
+    protocol: str = setting('mqtt5', 'MQTT version (mqtt311: no user properties, no 0x10 '
+                            'detection)', choices=('mqtt5', 'mqtt311'))
     keepalive_s: int = 30
-    session_expiry_s: int = 3600
-    inflight_window: int = 20             # published, not acknowledged: duplicates after a crash
+    session_expiry_s: int = setting(3600, 'MQTT 5 session kept by the broker while offline',
+                                    unit='s', low=0, high=2**31 - 1)
+    inflight_window: int = setting(20, 'published, not yet acknowledged messages at most (the '
+                                   'duplicates after a crash)', low=1, high=65535)
     send_ahead: int = 128                 # read from the queue beyond the window, not sent
     delete_every_s: float = 0.05          # delivered messages are deleted in bulk this often
-    drain_rate_hz: float = 0.0            # 0: as fast as acknowledgements come
-    retry_no_subscribers: bool = True
+    drain_rate_hz: float = setting(0.0, 'cap on the send rate (0: as fast as acks come)',
+                                   unit='Hz', low=0.0, high=1e6)
+    retry_no_subscribers: bool = setting(True, 'keep and retry a message the broker answered '
+                                         '0x10 (no matching subscribers)')
     retry_delay_s: float = 1.0
     max_attempts: int = 10
     inflight_timeout_s: float = 30.0
     reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 30.0
-    delivery: str = 'broker'              # broker: PUBACK | cloud: the consumer's acknowledgement
-    cloud_window: int = 1000              # awaiting the cloud at most (mosquitto queues 1000)
-    cloud_ack_timeout_s: float = 30.0     # then sent again (doubling, at most 10 min)
-    tls_ca: str = ''
-    tls_cert: str = ''
-    tls_key: str = ''
-    username: str = ''
-    password_file: str = ''
-    password_env: str = ''
+    reconnect_max_s: float = setting(30.0, 'cap of the exponential reconnect backoff',
+                                     unit='s', low=1.0, high=3600.0)
+    delivery: str = setting('cloud', 'cloud: kept until the planner stored it | broker: until '
+                            'the PUBACK', choices=DELIVERY_MODES)
+    cloud_window: int = setting(1000, 'messages awaiting the cloud acknowledgement at most '
+                                '(mosquitto queues 1000 per client)', low=1, high=100_000)
+    cloud_ack_timeout_s: float = setting(30.0, 'not acknowledged by the cloud by then: sent '
+                                         'again (doubling, at most 10 min)', unit='s',
+                                         low=0.1, high=3600.0)
+    tls_ca: str = setting('', 'CA certificate file (enables TLS)')
+    tls_cert: str = setting('', 'client certificate file (mTLS), with tls_key')
+    tls_key: str = setting('', 'client key file (mTLS)')
+    username: str = setting('', 'MQTT username')
+    password_file: str = setting('', 'file holding the MQTT password')
+    password_env: str = setting('', 'environment variable holding the MQTT password')
 
     def __post_init__(self) -> None:
         topic_prefix(self.robot_id)
-        if self.protocol not in ('mqtt5', 'mqtt311'):
-            raise BridgeError(f'protocol {self.protocol!r}: use mqtt5 or mqtt311')
+        check_settings(self, BridgeError)
         if self.inflight_window < 1 or self.send_ahead < 0:
             raise BridgeError('inflight_window must be >= 1 and send_ahead >= 0')
         if self.delivery not in DELIVERY_MODES:
@@ -299,7 +309,7 @@ class MqttLink:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = self.cfg.session_expiry_s
         # Only records where to connect; the link's thread connects.
-        self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s,
+        self.client.connect_async(self.cfg.broker_host, self.cfg.broker_port, self.cfg.keepalive_s,
                                   clean_start=False if self._v5 else
                                   mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=properties)
         self._thread = threading.Thread(target=self._run, name='mqtt-link', daemon=True)
@@ -368,8 +378,9 @@ class MqttLink:
         except (OSError, ValueError) as exc:   # refused, unreachable, TLS handshake failed
             if self._attempt == 1 or not self.stats.last_error.startswith('cannot reach'):
                 _LOG.warning('cannot reach the broker at %s:%d (%s); retrying with backoff',
-                             self.cfg.host, self.cfg.port, exc)
-            self.stats.last_error = f'cannot reach {self.cfg.host}:{self.cfg.port}: {exc}'
+                             self.cfg.broker_host, self.cfg.broker_port, exc)
+            self.stats.last_error = (f'cannot reach {self.cfg.broker_host}:'
+                                     f'{self.cfg.broker_port}: {exc}')
 
     def _turn(self) -> None:
         now = time.monotonic()

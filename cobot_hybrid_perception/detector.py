@@ -22,6 +22,7 @@ from cobot_hybrid_perception.letterbox import Letterbox
 from cobot_hybrid_perception.model_info import TASKS, ModelInfo
 from cobot_hybrid_perception.models import model_cache_dir, resolve_model
 from cobot_hybrid_perception.yolo_decode import Detections, decode
+from cobot_hybrid_protocol.settings import check_settings, setting
 
 __all__ = ['DetectorConfig', 'Detector', 'StageTimes', 'PRECISIONS']
 
@@ -32,22 +33,29 @@ PRECISIONS = ('fp32', 'fp16', 'int8')
 class DetectorConfig:
     """What to run and how (also the detector node's parameters)."""
 
-    model: str = 'default'            # default | path to .onnx / .engine / .pt
-    backend: str = 'auto'
-    imgsz: int = 640                  # default model size, or size of a dynamic-shape model
-    precision: str = 'fp16'           # GPU backends; CPU backends run fp32
-    conf: float = 0.25
-    iou: float = 0.45
-    max_det: int = 100
-    device: int = 0
-    threads: int = 0                  # CPU threads (0: runtime default)
-    cache_dir: str = ''               # engines, timing/calibration caches ('' = model cache)
-    calib_dir: str = ''               # images for INT8 calibration
-    class_names: tuple[str, ...] = () # override / supply class names
-    task: str = ''                    # override: detect | pose
-    kpt_shape: tuple[int, ...] = ()   # override, e.g. (17, 3)
+    model: str = setting('default',
+                         'default (YOLO11n-pose from the model cache) or a .onnx/.engine/.pt path')
+    backend: str = setting('auto', 'inference runtime (auto: by the model file and what is '
+                           'installed)', choices=BACKENDS)
+    imgsz: int = setting(640, 'network input size of the default model (320 or 640)', low=32,
+                         high=4096)
+    precision: str = setting('fp16', 'GPU backends (CPU backends run fp32)',
+                             choices=PRECISIONS)
+    conf: float = setting(0.25, 'minimum score', low=0.0, high=1.0, live=True)
+    iou: float = setting(0.45, 'NMS IoU threshold', low=0.0, high=1.0, live=True)
+    max_det: int = setting(100, 'most detections per frame', low=1, high=10000, live=True)
+    device: int = setting(0, 'CUDA device index', low=0, high=64)
+    threads: int = setting(0, 'CPU inference threads (0: runtime default)', low=0, high=256)
+    cache_dir: str = setting('', 'engines and calibration caches (empty: the model cache)')
+    calib_dir: str = setting('', 'folder of images for INT8 calibration')
+    class_names: tuple[str, ...] = setting((), 'class names when the model has no metadata',
+                                           array_type='string')
+    task: str = setting('', 'detect | pose when the model has no metadata')
+    kpt_shape: tuple[int, ...] = setting((), '[K, 2|3] when the model has no metadata',
+                                         array_type='integer')
 
     def __post_init__(self) -> None:
+        check_settings(self, ConfigError)
         object.__setattr__(self, 'class_names', tuple(str(v) for v in self.class_names))
         object.__setattr__(self, 'kpt_shape', tuple(int(v) for v in self.kpt_shape))
         if self.backend not in BACKENDS:

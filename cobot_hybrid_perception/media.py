@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cobot_hybrid_perception.errors import ConfigError, PerceptionError
+from cobot_hybrid_protocol.settings import check_settings, setting
 from cobot_hybrid_ros.image_codec import convert_color
 
 __all__ = [
@@ -189,15 +190,19 @@ def _generate(entries: list[tuple[str, Path]], encoding: str, loop: bool,
 class ImageSourceConfig:
     """Validated parameters of ``image_source_node``."""
 
-    source: str = 'samples'
-    rate_hz: float = 10.0
-    encoding: str = 'bgr8'
-    frame_id: str = 'camera_optical_frame'
-    loop: bool = True
-    max_frames: int = 0
-    wait_for_subscribers: bool = False
+    source: str = setting('samples', 'samples | sample:<name> | image file | folder | video file')
+    rate_hz: float = setting(10.0, 'publish rate', unit='Hz', low=0.1, high=240.0, live=True)
+    encoding: str = setting('bgr8', 'published encoding', choices=FRAME_ENCODINGS)
+    frame_id: str = setting('camera_optical_frame', 'header.frame_id of the published images',
+                            live=True)
+    loop: bool = setting(True, 'restart the source when it ends')
+    max_frames: int = setting(0, 'stop after this many frames (0 = never)', low=0, high=2**31 - 1)
+    wait_for_subscribers: bool = setting(
+        False, 'hold the first frame until a subscriber matched (demos and benchmarks; a '
+        'camera does not wait)', live=True)
 
     def __post_init__(self) -> None:
+        check_settings(self, ConfigError)
         if not self.source:
             raise ConfigError('source is empty; use "samples", "sample:<name>" or a path')
         if not 0.1 <= self.rate_hz <= 240.0:

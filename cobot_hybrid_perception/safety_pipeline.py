@@ -45,6 +45,7 @@ from cobot_hybrid_perception.ssm import (
     SafetyMonitor,
     SsmConfig,
 )
+from cobot_hybrid_protocol.settings import setting
 
 __all__ = ['LOCALIZATION_MODES', 'PersonDetection', 'SafetyConfig', 'SafetyPipeline',
            'SafetyReport', 'speed_from_twist']
@@ -60,15 +61,27 @@ _DEFAULT_CAMERA_TO_BASE = (0.0, 0.0, 2.0, -0.627211, 0.627211, -0.326506, 0.3265
 class SafetyConfig(SsmConfig):
     """SSM parameters plus how the node turns its inputs into people and a robot state."""
 
-    person_class_ids: tuple[str, ...] = ('person',)
-    min_score: float = 0.3
-    localization: str = 'auto'
-    camera_to_base: tuple[float, ...] = _DEFAULT_CAMERA_TO_BASE
-    floor_z: float = 0.0
-    depth_sync_tolerance_s: float = 0.05
-    tcp_xyz: tuple[float, ...] = (0.0, 0.0, 0.0)
-    robot_speed_timeout_s: float = 0.5
-    evaluation_period_s: float = 0.05
+    person_class_ids: tuple[str, ...] = setting(('person',), 'detection class ids that are '
+                                                'people', array_type='string', live=True)
+    min_score: float = setting(0.3, 'ignore person detections scoring below this', low=0.0,
+                               high=1.0, live=True)
+    localization: str = setting('auto', 'where people are placed in 3D (auto: depth when '
+                                'fresh, else the floor plane)', choices=LOCALIZATION_MODES,
+                                live=True)
+    camera_to_base: tuple[float, ...] = setting(
+        _DEFAULT_CAMERA_TO_BASE, 'camera optical frame pose in the robot base frame [x, y, z, '
+        'qx, qy, qz, qw] (floats)', array_type='double', live=True)
+    floor_z: float = setting(0.0, 'floor height in the robot base frame', unit='m', low=-10.0,
+                             high=10.0, live=True)
+    depth_sync_tolerance_s: float = setting(0.05, 'max stamp difference of depth and detections',
+                                            unit='s', low=0.001, high=1.0, live=True)
+    tcp_xyz: tuple[float, ...] = setting(
+        (0.0, 0.0, 0.0), 'point separations are measured to, in the base frame [m] (floats)',
+        array_type='double', live=True)
+    robot_speed_timeout_s: float = setting(0.5, 'older robot speed: assume robot_max_speed_mps',
+                                           unit='s', low=0.001, high=10.0, live=True)
+    evaluation_period_s: float = setting(0.05, 'watchdog timer period', unit='s', low=0.001,
+                                         high=1.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()

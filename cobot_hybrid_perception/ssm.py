@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from cobot_hybrid_perception.errors import ConfigError, PerceptionError
+from cobot_hybrid_protocol.settings import check_settings, setting
 
 __all__ = [
     'Decision',
@@ -69,23 +70,42 @@ class SafetyState(str, Enum):
 class SsmConfig:
     """SSM parameters (SI units). Defaults suit a small cobot and a 30 Hz camera."""
 
-    reaction_time_s: float = 0.1           # T_R: sensing + controller reaction
-    stopping_time_s: float = 0.3           # T_S: time to stop from speed
-    stopping_distance_m: float = -1.0      # S_s fixed (>= 0), or < 0: v_r * T_S / 2
-    intrusion_distance_m: float = 0.2      # C: reach beyond the detected point
-    detection_uncertainty_m: float = 0.1   # Z_d (raised by a person's own uncertainty)
-    robot_uncertainty_m: float = 0.02      # Z_r
-    human_speed_near_mps: float = 2.0      # ISO 13855, within near_distance_m
-    human_speed_far_mps: float = 1.6       # ISO 13855, beyond near_distance_m
-    near_distance_m: float = 0.5
-    robot_max_speed_mps: float = 1.0       # TCP speed at speed scale 1.0
-    hysteresis_m: float = 0.1              # separation margin required before speeding up
-    hold_time_s: float = 0.5               # a raise must hold this long
-    max_perception_age_s: float = 0.2      # older detections: protective stop
-    fault_recovery_s: float = 1.0          # fresh healthy perception needed after a fault
-    max_clock_step_s: float = 1.0          # larger forward jumps between evaluations: a fault
+    reaction_time_s: float = setting(0.1, 'T_R: sensing + controller reaction', unit='s',
+                                     low=0.001, high=5.0, live=True)
+    stopping_time_s: float = setting(0.3, 'T_S: robot stopping time from speed', unit='s',
+                                     low=0.001, high=5.0, live=True)
+    stopping_distance_m: float = setting(-1.0,
+                                         'S_s from the data sheet [m]; < 0 derives v_r*T_S/2',
+                                         low=-1.0, high=5.0, live=True)
+    intrusion_distance_m: float = setting(0.2, 'C: reach beyond the detected point', unit='m',
+                                          low=0.0, high=2.0, live=True)
+    detection_uncertainty_m: float = setting(0.1, 'Z_d: minimum position uncertainty', unit='m',
+                                             low=0.0, high=2.0, live=True)
+    robot_uncertainty_m: float = setting(0.02, 'Z_r: robot position uncertainty', unit='m',
+                                         low=0.0, high=1.0, live=True)
+    human_speed_near_mps: float = setting(2.0,
+                                          'human speed within near_distance_m (ISO 13855: 2.0)',
+                                          low=0.1, high=5.0, live=True)
+    human_speed_far_mps: float = setting(1.6,
+                                         'human speed beyond near_distance_m (ISO 13855: 1.6)',
+                                         low=0.1, high=5.0, live=True)
+    near_distance_m: float = setting(0.5, 'separation below which the near human speed applies',
+                                     unit='m', low=0.0, high=5.0, live=True)
+    robot_max_speed_mps: float = setting(1.0, 'TCP speed at speed scale 1.0', unit='m/s', low=0.01,
+                                         high=10.0, live=True)
+    hysteresis_m: float = setting(0.1, 'separation margin required before speeding up', unit='m',
+                                  low=0.0, high=2.0, live=True)
+    hold_time_s: float = setting(0.5, 'a speed-up must hold this long', unit='s', low=0.0,
+                                 high=10.0, live=True)
+    max_perception_age_s: float = setting(0.2, 'older detections: protective stop', unit='s',
+                                          low=0.01, high=5.0, live=True)
+    fault_recovery_s: float = setting(1.0, 'fresh healthy perception needed after a fault',
+                                      unit='s', low=0.0, high=60.0, live=True)
+    max_clock_step_s: float = setting(1.0, 'larger clock jumps between evaluations: a fault',
+                                      unit='s', low=0.01, high=60.0, live=True)
 
     def __post_init__(self) -> None:
+        check_settings(self, ConfigError)
         positive = ('reaction_time_s', 'stopping_time_s', 'human_speed_near_mps',
                     'human_speed_far_mps', 'robot_max_speed_mps', 'max_perception_age_s',
                     'max_clock_step_s')

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from cobot_hybrid_planner.errors import PlannerError
+from cobot_hybrid_planner.service import PlannerConfig
+from cobot_hybrid_protocol.settings import specs
 
 __all__ = ['ERRORS', 'register']
 
@@ -74,21 +76,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import threading
 
     from cobot_hybrid_planner.service import (
-        PlannerParams,
+        PlannerConfig,
         PlannerService,
         load_orders_file,
         load_private_key,
     )
     from cobot_hybrid_planner.site import load_site
 
-    params = PlannerParams(site_file=args.site, private_key_file=args.key, key_id=args.key_id,
+    params = PlannerConfig(site_file=args.site, private_key_file=args.key, key_id=args.key_id,
                            broker_host=args.host, broker_port=args.port,
                            client_id=args.replica_id, data_dir=args.data_dir,
                            plan_time_limit_s=args.time_limit, fleet_id=args.fleet,
                            lease_s=args.lease_s)
     params.require_files()
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
-    service = PlannerService(params.config(), load_site(Path(args.site)),
+    service = PlannerService(params, load_site(Path(args.site)),
                              load_private_key(Path(args.key)))
     if args.orders:
         service.add_orders(load_orders_file(Path(args.orders)))
@@ -106,24 +108,30 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flag(parser: Any, flag: str, name: str, **kwargs: Any) -> None:
+    """Add ``flag`` for the setting ``name`` of PlannerConfig: its default and its text."""
+    default, spec = specs(PlannerConfig)[name]
+    parser.add_argument(flag, type=type(default), default=default, help=spec.text(), **kwargs)
+
+
 def register(subparsers: Any) -> None:
     """Add ``plan`` and ``serve``."""
     plan_cmd = subparsers.add_parser('plan', help='plan a work order offline')
     plan_cmd.add_argument('orders', help='work order YAML/JSON (schema cobot_hybrid/orders/v1)')
     plan_cmd.add_argument('--site', required=True, help='site YAML (stations, robots)')
-    plan_cmd.add_argument('--time-limit', type=float, default=2.0)
+    _flag(plan_cmd, '--time-limit', 'plan_time_limit_s')
     plan_cmd.add_argument('--json', action='store_true')
     plan_cmd.set_defaults(func=_cmd_plan)
     serve = subparsers.add_parser('serve', help='run the cloud planner (no ROS needed)')
     serve.add_argument('--site', required=True, help='site YAML (stations, robots)')
     serve.add_argument('--key', required=True, help="planner's Ed25519 private key (PEM)")
-    serve.add_argument('--key-id', default='planner', help='the id robots know the key by')
-    serve.add_argument('--host', default='127.0.0.1')
-    serve.add_argument('--port', type=int, default=1883)
-    serve.add_argument('--replica-id', default='planner', help='MQTT client id of this process')
-    serve.add_argument('--fleet', default='', help='run as one replica of this fleet')
-    serve.add_argument('--lease-s', type=float, default=6.0, help='fleet lease [s]')
-    serve.add_argument('--data-dir', default='', help='ledger and fleet store folder')
-    serve.add_argument('--orders', default='', help='work order file to load at start')
-    serve.add_argument('--time-limit', type=float, default=2.0, help='planning limit [s]')
+    _flag(serve, '--key-id', 'key_id')
+    _flag(serve, '--host', 'broker_host')
+    _flag(serve, '--port', 'broker_port')
+    _flag(serve, '--replica-id', 'client_id')
+    _flag(serve, '--fleet', 'fleet_id')
+    _flag(serve, '--lease-s', 'lease_s')
+    _flag(serve, '--data-dir', 'data_dir')
+    _flag(serve, '--orders', 'orders_file')
+    _flag(serve, '--time-limit', 'plan_time_limit_s')
     serve.set_defaults(func=_cmd_serve)

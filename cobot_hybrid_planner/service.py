@@ -68,6 +68,7 @@ from cobot_hybrid_protocol.mission import (
     mission_to_json,
 )
 from cobot_hybrid_protocol.paths import planner_data_dir
+from cobot_hybrid_protocol.settings import check_settings, setting, specs
 from cobot_hybrid_protocol.signing import sign_command
 from cobot_hybrid_protocol.topics import (
     MISSION_ACK,
@@ -81,7 +82,7 @@ from cobot_hybrid_protocol.topics import (
     robot_filter,
 )
 
-__all__ = ['EPOCH_STRIDE', 'TASK_STATUSES', 'PlannerConfig', 'PlannerParams', 'PlannerService',
+__all__ = ['EPOCH_STRIDE', 'TASK_STATUSES', 'PlannerConfig', 'PlannerService',
            'load_orders_file', 'load_private_key']
 
 _LOG = logging.getLogger(__name__)
@@ -109,33 +110,56 @@ CREATE TABLE IF NOT EXISTS missions (robot_id TEXT PRIMARY KEY, mission_id TEXT 
 
 
 @dataclass(frozen=True)
-class PlannerParams:
-    """Parameters of ``planner_node`` (paths as text, validated)."""
+class PlannerConfig:
+    """Everything the planner needs: where the broker is, what it signs with, how it plans.
 
-    site_file: str = ''
-    private_key_file: str = ''
-    key_id: str = 'planner'
-    orders_file: str = ''                 # optional: orders loaded at start
-    broker_host: str = '127.0.0.1'
-    broker_port: int = 1883
-    client_id: str = 'planner'
-    data_dir: str = ''                    # '' = ~/.local/state/cobot_hybrid/planner
-    plan_time_limit_s: float = 2.0
-    mission_validity_s: float = 3600.0
-    resend_after_s: float = 10.0
-    offline_after_s: float = 10.0
-    step_period_s: float = 0.1
-    max_task_failures: int = 3
-    fleet_id: str = ''                    # '' = the only planner; else one of its replicas
-    lease_s: float = 6.0
-    delivery_ack_period_s: float = 0.5    # robots hear what was stored at most this often
+    The one source of ``planner_node``'s parameters, ``planner.yaml`` and the ``serve``
+    command line. The ``live`` settings are applied by :meth:`PlannerService.reconfigure`.
+    """
+
+    site_file: str = setting('', 'site YAML: stations, robots, travel (see '
+                             'config/examples/site.yaml)')
+    private_key_file: str = setting('', 'PEM Ed25519 key the missions are signed with')
+    key_id: str = setting('planner', 'the id robots know the public key by')
+    orders_file: str = setting('', 'work order loaded at start ("" = none)')
+    broker_host: str = setting('127.0.0.1', 'MQTT broker host')
+    broker_port: int = setting(1883, 'MQTT broker port', low=1, high=65535)
+    client_id: str = setting('planner', 'MQTT client id of this replica (one per replica)')
+    data_dir: str = setting('', 'fleet store and mission ledger folder ("" = '
+                            '~/.local/state/cobot_hybrid/planner)')
+    plan_time_limit_s: float = setting(2.0, 'planning time limit', unit='s', low=0.05,
+                                       high=600.0, live=True)
+    mission_validity_s: float = setting(3600.0, 'missions expire after (MQTT 5 message expiry '
+                                        'too)', unit='s', low=1.0, high=86400.0, live=True)
+    resend_after_s: float = setting(10.0, 're-send unacknowledged missions after', unit='s',
+                                    low=0.1, high=3600.0, live=True)
+    offline_after_s: float = setting(10.0, 'a robot silent this long is offline', unit='s',
+                                     low=0.1, high=3600.0, live=True)
+    step_period_s: float = setting(0.1, 'how often the planner takes what arrived', unit='s',
+                                   low=0.01, high=10.0)
+    max_task_failures: int = setting(3, 'a task failing this often is given up (and its '
+                                     'successors)', low=1, high=1000, live=True)
+    fleet_id: str = setting('', '"" = the only planner; set it on every replica of a fleet')
+    lease_s: float = setting(6.0, 'replicas: an owner silent this long is replaced', unit='s',
+                             low=1.0, high=600.0)
+    delivery_ack_period_s: float = setting(0.5, 'robots (delivery: cloud) hear what was stored '
+                                           'at most this often', unit='s', low=0.01,
+                                           high=60.0)
 
     def __post_init__(self) -> None:
-        for name in ('plan_time_limit_s', 'mission_validity_s', 'resend_after_s',
-                     'offline_after_s', 'step_period_s', 'max_task_failures', 'lease_s',
-                     'delivery_ack_period_s'):
-            if not getattr(self, name) > 0:
-                raise PlannerError(f'{name} must be > 0')
+        if isinstance(self.data_dir, Path):   # from code and tests: a folder as a Path
+            object.__setattr__(self, 'data_dir', str(self.data_dir))
+        check_settings(self, PlannerError)
+        if self.fleet_id:
+            try:
+                check_fleet_id(self.fleet_id)
+            except TopicError as exc:
+                raise PlannerError(str(exc)) from None
+
+    @property
+    def data_path(self) -> Path:
+        """The folder of the fleet store and the ledger."""
+        return planner_data_dir(self.data_dir)
 
     def require_files(self) -> None:
         """Check the site and key files exist (not at declaration: defaults have none)."""
@@ -145,15 +169,6 @@ class PlannerParams:
                 raise PlannerError(f'{name} {path!r} does not exist; set it (see '
                                    'config/examples/site.yaml, and an Ed25519 private key)')
 
-    def config(self) -> PlannerConfig:
-        """Build the service's configuration."""
-        data = planner_data_dir(self.data_dir)
-        return PlannerConfig(data, self.broker_host, self.broker_port, self.client_id,
-                             self.key_id, self.plan_time_limit_s, self.mission_validity_s,
-                             self.resend_after_s, self.offline_after_s,
-                             self.max_task_failures, self.fleet_id, self.lease_s,
-                             self.delivery_ack_period_s)
-
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """Read the planner's PEM Ed25519 private key (raises PlannerError naming the file)."""
@@ -161,25 +176,6 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         return signing.load_private_key(path)
     except KeyFileError as exc:
         raise PlannerError(str(exc)) from None
-
-
-@dataclass(frozen=True)
-class PlannerConfig:
-    """Where the broker is, what the planner signs with, how it plans."""
-
-    data_dir: Path
-    broker_host: str = '127.0.0.1'
-    broker_port: int = 1883
-    client_id: str = 'planner'
-    key_id: str = 'planner'
-    plan_time_limit_s: float = 2.0
-    mission_validity_s: float = 3600.0
-    resend_after_s: float = 10.0
-    offline_after_s: float = 10.0
-    max_task_failures: int = 3
-    fleet_id: str = ''
-    lease_s: float = 6.0
-    delivery_ack_period_s: float = 0.5
 
 
 @dataclass
@@ -198,10 +194,10 @@ class PlannerService:
     _online: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.fleet = FleetStore(self.cfg.data_dir / 'fleet.db', self.cfg.offline_after_s,
+        self.cfg.data_path.mkdir(parents=True, exist_ok=True)
+        self.fleet = FleetStore(self.cfg.data_path / 'fleet.db', self.cfg.offline_after_s,
                                 robots_allowed=frozenset(self.site.robots))
-        self._db = sqlite3.connect(self.cfg.data_dir / 'ledger.db', isolation_level=None,
+        self._db = sqlite3.connect(self.cfg.data_path / 'ledger.db', isolation_level=None,
                                    check_same_thread=False)
         self._db.execute('PRAGMA journal_mode=WAL')
         self._db.executescript(_LEDGER)
@@ -227,10 +223,6 @@ class PlannerService:
         self._snapshot_at = 0.0
         fleet = self.cfg.fleet_id
         if fleet:
-            try:
-                check_fleet_id(fleet)
-            except TopicError as exc:
-                raise PlannerError(str(exc)) from None
             self.replica = FleetReplica(fleet, self.cfg.client_id, self.cfg.broker_host,
                                         self.cfg.broker_port, self.cfg.lease_s)
             # The fleet's session: its robots and its forwarded orders, queued by the broker
@@ -244,6 +236,16 @@ class PlannerService:
                                   protocol=mqtt.MQTTv5)
         self.client.on_connect = lambda c, u, f, r, p: c.subscribe(topics)
         self.client.on_message = self._on_message
+
+    def reconfigure(self, cfg: PlannerConfig) -> None:
+        """Apply new values of the live settings (from the next step on); refuse any other."""
+        fixed = sorted(name for name, (_, spec) in specs(PlannerConfig).items()
+                       if not spec.live and getattr(cfg, name) != getattr(self.cfg, name))
+        if fixed:
+            raise PlannerError(f'{", ".join(fixed)} cannot change while the planner runs')
+        self.cfg = cfg
+        self.fleet.offline_after_s = cfg.offline_after_s
+        self._dirty = True   # plan again with the new limits
 
     def start(self) -> None:
         """Connect (retried in the background); a replica joins the fleet's lease first."""

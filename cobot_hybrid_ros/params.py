@@ -1,15 +1,19 @@
-"""Declare ROS parameters from a validated frozen dataclass, and re-validate on every change.
+"""ROS parameters declared from a config dataclass's settings, re-validated on every change.
 
-A node lists :class:`ParamSpec` entries (name, description, range, read-only); the dataclass
-named as ``config_type`` holds the defaults and validates in ``__post_init__``. The same
-validator answers live ``ros2 param set`` calls, so a bad value is refused with its reason.
+The config dataclass is the one source (:mod:`cobot_hybrid_protocol.settings`): each of its
+settings becomes a parameter with the setting's description (unit and range included), its
+range as a ``ParameterDescriptor`` range and ``read_only`` unless the setting is ``live``.
+``ros2 param set`` builds a new config with the same validator, so a bad value is refused
+with its reason and nothing changes; a good one goes to ``on_change`` (which applies it to the
+core, or refuses it by raising) and then into :attr:`ParameterBinding.config`, where a shell
+that reads a live setting at each use finds it. Either way a live parameter changes what the
+node does; ``test_node_parameters`` checks every node.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from rcl_interfaces.msg import (
@@ -21,63 +25,61 @@ from rcl_interfaces.msg import (
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from cobot_hybrid_protocol.settings import Spec, specs
+
+__all__ = ['ParameterBinding', 'descriptor']
+
 ConfigT = TypeVar('ConfigT')
 _ARRAY_TYPES = {'string': Parameter.Type.STRING_ARRAY, 'integer': Parameter.Type.INTEGER_ARRAY,
                 'double': Parameter.Type.DOUBLE_ARRAY}
 
 
-@dataclass(frozen=True)
-class ParamSpec:
-    """One ROS parameter backed by a field of the node's config dataclass."""
-
-    name: str
-    description: str
-    read_only: bool = False
-    min_value: float | None = None
-    max_value: float | None = None
-    array_type: str | None = None   # 'string' | 'integer' | 'double': type of an empty default
+def descriptor(spec: Spec, default: Any) -> ParameterDescriptor:
+    """Return the ROS descriptor of one setting: text, read-only unless live, range."""
+    desc = ParameterDescriptor(description=spec.text(), read_only=not spec.live)
+    if spec.low is not None or spec.high is not None:
+        if isinstance(default, bool):
+            pass
+        elif isinstance(default, int):
+            desc.integer_range = [IntegerRange(
+                from_value=int(spec.low if spec.low is not None else -2**63),
+                to_value=int(spec.high if spec.high is not None else 2**63 - 1), step=0)]
+        elif isinstance(default, float):
+            desc.floating_point_range = [FloatingPointRange(
+                from_value=float(spec.low if spec.low is not None else -1e308),
+                to_value=float(spec.high if spec.high is not None else 1e308), step=0.0)]
+    return desc
 
 
 class ParameterBinding(Generic[ConfigT]):
     """Keeps a node's parameters and its frozen config dataclass in step."""
 
     def __init__(self, node: Node, config_type: Callable[..., ConfigT],
-                 specs: Sequence[ParamSpec],
                  on_change: Callable[[ConfigT], None] | None = None) -> None:
         self._node = node
         self._config_type = config_type
-        self._specs = {spec.name: spec for spec in specs}
+        self._specs = specs(config_type)   # type: ignore[arg-type]
+        if not self._specs:
+            raise TypeError(f'{config_type!r} has no settings to declare')
         self._on_change = on_change
-        defaults = config_type()
         values: dict[str, Any] = {}
-        for spec in specs:
-            default = getattr(defaults, spec.name)
-            descriptor = self._descriptor(spec, default)
+        for name, (default, spec) in self._specs.items():
+            desc = descriptor(spec, default)
             if isinstance(default, tuple) and not default:
                 # ROS cannot infer an array's type from an empty default: declare it typed;
                 # it stays unset (and the dataclass default applies) unless YAML sets it.
-                typed = _ARRAY_TYPES[spec.array_type or 'string']
-                param = node.declare_parameter(spec.name, typed, descriptor)
-                values[spec.name] = default if param.value is None else param.value
+                param = node.declare_parameter(name, _ARRAY_TYPES[spec.array_type], desc)
+                values[name] = default if param.value is None else param.value
                 continue
-            param = node.declare_parameter(spec.name, default, descriptor)
-            values[spec.name] = param.value
+            param = node.declare_parameter(name, default, desc)
+            values[name] = param.value
         self.config: ConfigT = config_type(**values)
         node.add_on_set_parameters_callback(self._validate)
 
-    @staticmethod
-    def _descriptor(spec: ParamSpec, default: Any) -> ParameterDescriptor:
-        descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
-        if spec.min_value is not None and spec.max_value is not None:
-            if isinstance(default, bool):
-                pass
-            elif isinstance(default, int):
-                descriptor.integer_range = [IntegerRange(
-                    from_value=int(spec.min_value), to_value=int(spec.max_value), step=0)]
-            elif isinstance(default, float):
-                descriptor.floating_point_range = [FloatingPointRange(
-                    from_value=float(spec.min_value), to_value=float(spec.max_value), step=0.0)]
-        return descriptor
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The parameters this binding declared."""
+        return tuple(self._specs)
 
     def _validate(self, params: list[Parameter]) -> SetParametersResult:
         changes = {p.name: p.value for p in params if p.name in self._specs}
@@ -85,9 +87,13 @@ class ParameterBinding(Generic[ConfigT]):
             return SetParametersResult(successful=True)
         try:
             candidate = dataclasses.replace(self.config, **changes)  # type: ignore[type-var]
-        except (ValueError, TypeError) as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
-        self.config = candidate
+        except Exception as exc:  # noqa: BLE001 - the parameter boundary: refuse, never raise
+            return SetParametersResult(successful=False, reason=f'{type(exc).__name__}: {exc}')
         if self._on_change is not None:
-            self._on_change(candidate)
+            try:
+                self._on_change(candidate)
+            except Exception as exc:  # noqa: BLE001 - the new value could not be applied
+                return SetParametersResult(successful=False,
+                                           reason=f'not applied: {type(exc).__name__}: {exc}')
+        self.config = candidate
         return SetParametersResult(successful=True)

@@ -13,9 +13,10 @@ from typing import TypeVar
 import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 
-__all__ = ['run_node']
+__all__ = ['autostart', 'run_node']
 
 NodeT = TypeVar('NodeT', bound=Node)
 
@@ -45,3 +46,17 @@ def run_node(name: str, make: Callable[[], NodeT], errors: tuple[type[Exception]
                 cleanup(node)
             node.destroy_node()
         rclpy.try_shutdown()
+
+
+def autostart(node: LifecycleNode) -> None:
+    """Configure, then activate a lifecycle node; a refused step ends the process (status 2).
+
+    Without a lifecycle manager nothing else would notice a node that failed to configure
+    (a model that did not load): it would sit there inactive and look alive.
+    """
+    for step, trigger in (('configure', node.trigger_configure),
+                          ('activate', node.trigger_activate)):
+        if trigger() != TransitionCallbackReturn.SUCCESS:
+            node.get_logger().fatal(f'{step} failed (the reason is logged above); exiting '
+                                    'rather than running half-configured')
+            raise SystemExit(2)

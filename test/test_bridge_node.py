@@ -302,36 +302,3 @@ def test_bad_routes_or_keys_exit_with_the_reason(ros_process: Any, tmp_path: Pat
                        f'cloud_public_keys:=[planner={tmp_path}/missing.pub]')
     assert keys.wait(30.0) == 2
     assert 'cannot be read' in keys.log()
-
-
-def test_bridge_yaml_declares_exactly_the_node_parameters(ros_context: Any, tmp_path: Path,
-                                                          mosquitto_broker: Any) -> None:
-    from conftest import ROOT
-    from rclpy.parameter import Parameter
-
-    from cobot_hybrid_bridge.nodes.bridge_node import BridgeNode
-    from cobot_hybrid_bridge.nodes.mission_executor_node import MissionExecutorNode
-
-    values = yaml.safe_load((ROOT / 'config' / 'bridge.yaml').read_text())['bridge_node'][
-        'ros__parameters']
-    overrides = [Parameter(n, value=v) for n, v in values.items()] + [
-        Parameter('data_dir', value=str(tmp_path)),
-        Parameter('broker_port', value=mosquitto_broker.port)]
-    node = BridgeNode(context=ros_context, parameter_overrides=overrides)
-    try:
-        declared = set(node._parameters) - {'use_sim_time', 'start_type_description_service'}
-        assert declared == set(values) | {'cloud_public_keys'}  # commented: no default key
-        assert node.get_parameter('synchronous').value == 'FULL'
-    finally:
-        node.bridge.stop()
-        node.destroy_node()
-    executor_values = yaml.safe_load((ROOT / 'config' / 'bridge.yaml').read_text())[
-        'mission_executor_node']['ros__parameters']
-    executor = MissionExecutorNode(context=ros_context, parameter_overrides=[
-        Parameter(n, value=v) for n, v in executor_values.items()])
-    try:
-        declared = set(executor._parameters) - {'use_sim_time',
-                                                'start_type_description_service'}
-        assert declared == set(executor_values)
-    finally:
-        executor.destroy_node()

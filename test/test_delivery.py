@@ -165,8 +165,9 @@ def test_unacknowledged_messages_are_sent_again_after_the_timeout(
 
 def robot(folder: Path, port: int, robot_id: str, **cfg: Any) -> MqttLink:
     queue = DurableQueue(folder / 'outbox.db')
-    return MqttLink(LinkConfig(robot_id=robot_id, port=port, retry_delay_s=0.3, **cfg), queue,
-                    threading.Lock())
+    cfg.setdefault('delivery', 'broker')
+    return MqttLink(LinkConfig(robot_id=robot_id, broker_port=port, retry_delay_s=0.3, **cfg),
+                    queue, threading.Lock())
 
 
 @pytest.mark.parametrize('persistence', [False, True])

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from conftest import ROOT
 
 from cobot_hybrid_perception.model_info import COCO_KEYPOINTS
@@ -178,21 +177,3 @@ def test_missing_model_fails_configure_with_the_reason(ros_process: Any) -> None
     detector = start_detector(ros_process, 'model:=/nonexistent/model.onnx')
     assert detector.wait(60.0) == 2
     assert 'does not exist' in detector.log()
-
-
-def test_perception_yaml_declares_exactly_the_node_parameters(ros_context: Any) -> None:
-    from rclpy.parameter import Parameter
-
-    from cobot_hybrid_perception.nodes.detector_node import DetectorNode
-
-    values = yaml.safe_load(PERCEPTION_YAML.read_text())['detector_node']['ros__parameters']
-    overrides = [Parameter(name, value=value) for name, value in values.items()]
-    node = DetectorNode(context=ros_context, parameter_overrides=overrides)
-    try:
-        declared = set(node._parameters) - {'use_sim_time', 'start_type_description_service'}
-        commented = {'class_names', 'kpt_shape'}  # typed arrays, unset unless a model needs them
-        assert declared == set(values) | commented
-        for name, value in values.items():
-            assert node.get_parameter(name).value == value, name
-    finally:
-        node.destroy_node()

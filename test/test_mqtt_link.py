@@ -103,7 +103,8 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
 
 def make_link(tmp_path: Path, port: int, **cfg: Any) -> MqttLink:
     queue = DurableQueue(tmp_path / 'outbox.db')
-    return MqttLink(LinkConfig(robot_id='cobot-a', port=port, retry_delay_s=0.3, **cfg),
+    cfg.setdefault('delivery', 'broker')   # the PUBACK rule; cloud delivery: test_delivery
+    return MqttLink(LinkConfig(robot_id='cobot-a', broker_port=port, retry_delay_s=0.3, **cfg),
                     queue, threading.Lock())
 
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
 from conftest import ROOT
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
@@ -69,11 +68,3 @@ def test_missing_key_exits_with_the_reason(ros_process: Any, tmp_path: Path) -> 
                        '-p', f'private_key_file:={tmp_path / "none.pem"}')
     assert node.wait(30.0) == 2
     assert 'private_key_file' in node.log()
-
-
-def test_planner_yaml_declares_exactly_the_node_parameters() -> None:
-    from cobot_hybrid_planner.nodes.planner_node import PARAMS
-
-    values = yaml.safe_load((ROOT / 'config' / 'planner.yaml').read_text())['planner_node'][
-        'ros__parameters']
-    assert set(values) == {spec.name for spec in PARAMS}

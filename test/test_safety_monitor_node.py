@@ -176,24 +176,6 @@ def test_lifecycle_transitions_and_stop_on_deactivate(make_node: Any, ros_proces
     assert heard.last_scale() == 0.0
 
 
-def test_yaml_declares_exactly_the_node_parameters(ros_context: Any) -> None:
-    from rclpy.parameter import Parameter
-
-    from cobot_hybrid_perception.nodes.safety_monitor_node import SafetyMonitorNode
-
-    values = yaml.safe_load(SAFETY_YAML.read_text())['safety_monitor_node']['ros__parameters']
-    overrides = [Parameter(name, value=value) for name, value in values.items()]
-    node = SafetyMonitorNode(context=ros_context, parameter_overrides=overrides)
-    try:
-        declared = set(node._parameters) - {'use_sim_time', 'start_type_description_service'}
-        assert declared == set(values)
-        for name, value in values.items():
-            got = node.get_parameter(name).value
-            assert (list(got) if isinstance(value, list) else got) == value, name
-    finally:
-        node.destroy_node()
-
-
 @pytest.mark.parametrize(('name', 'value', 'message'), [
     ('localization', 'lidar', 'localization'),
     ('evaluation_period_s', 0.5, 'evaluation_period_s'),

@@ -61,9 +61,10 @@ def client(name: str, port: int, certs: Path, with_cert: bool = True,
 
 def robot_link(name: str, port: int, certs: Path, tmp_path: Path) -> tuple[MqttLink, list[str]]:
     queue = DurableQueue(tmp_path / f'{name}.db')
-    link = MqttLink(LinkConfig(robot_id=name, port=port, tls_ca=str(certs / 'ca.crt'),
+    link = MqttLink(LinkConfig(robot_id=name, broker_port=port, tls_ca=str(certs / 'ca.crt'),
                                tls_cert=str(certs / f'{name}.crt'),
-                               tls_key=str(certs / f'{name}.key')), queue, threading.Lock())
+                               tls_key=str(certs / f'{name}.key'), delivery='broker'), queue,
+                    threading.Lock())
     commands: list[str] = []
     link.on_command = lambda topic, payload, retained: commands.append(topic)
     return link, commands

@@ -33,60 +33,9 @@ from cobot_hybrid_bridge.codecs import message_to_dict
 from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_bridge.routes import Route, load_routes
 from cobot_hybrid_protocol.mission import Mission, mission_to_json
-from cobot_hybrid_ros.params import ParameterBinding, ParamSpec
+from cobot_hybrid_ros.params import ParameterBinding
 from cobot_hybrid_ros.runner import run_node
 
-PARAMS = (
-    ParamSpec('robot_id', 'this robot: MQTT client id and topic level', read_only=True),
-    ParamSpec('broker_host', 'MQTT broker host', read_only=True),
-    ParamSpec('broker_port', 'MQTT broker port', read_only=True, min_value=1,
-              max_value=65535),
-    ParamSpec('protocol', 'mqtt5 | mqtt311', read_only=True),
-    ParamSpec('routes_file', 'uplink routes YAML ("" = the package default)', read_only=True),
-    ParamSpec('data_dir', 'queue and replay database folder ("" = ~/.local/state/cobot_hybrid)',
-              read_only=True),
-    ParamSpec('max_queue_bytes', 'payload bytes kept while offline', read_only=True,
-              min_value=1024, max_value=2**40),
-    ParamSpec('message_ttl_s', 'older queued messages are dropped [s]', read_only=True,
-              min_value=1.0, max_value=3.2e7),
-    ParamSpec('synchronous', 'FULL (survives power loss) | NORMAL (process crash)',
-              read_only=True),
-    ParamSpec('commit_interval_s', 'group commit period [s]', read_only=True, min_value=0.001,
-              max_value=10.0),
-    ParamSpec('inflight_window', 'unacknowledged messages at most', read_only=True,
-              min_value=1, max_value=65535),
-    ParamSpec('drain_rate_hz', 'upper bound of the send rate (0: none)', read_only=True,
-              min_value=0.0, max_value=1e6),
-    ParamSpec('retry_no_subscribers', 'keep and retry messages the broker answered 0x10',
-              read_only=True),
-    ParamSpec('session_expiry_s', 'MQTT 5 session expiry [s]', read_only=True, min_value=0,
-              max_value=2**31 - 1),
-    ParamSpec('reconnect_max_s', 'cap of the exponential reconnect backoff [s]',
-              read_only=True, min_value=1.0, max_value=3600.0),
-    ParamSpec('delivery', 'cloud (kept until the planner stored it) | broker (PUBACK)',
-              read_only=True),
-    ParamSpec('cloud_window', 'messages awaiting the cloud acknowledgement at most',
-              read_only=True, min_value=1, max_value=100_000),
-    ParamSpec('cloud_ack_timeout_s', 'resend what the cloud has not acknowledged after [s]',
-              read_only=True, min_value=0.1, max_value=3600.0),
-    ParamSpec('tls_ca', 'CA certificate file (enables TLS)', read_only=True),
-    ParamSpec('tls_cert', 'client certificate file (mTLS)', read_only=True),
-    ParamSpec('tls_key', 'client key file (mTLS)', read_only=True),
-    ParamSpec('username', 'MQTT username', read_only=True),
-    ParamSpec('password_file', 'file holding the MQTT password', read_only=True),
-    ParamSpec('password_env', 'environment variable holding the MQTT password',
-              read_only=True),
-    ParamSpec('cloud_public_keys', 'key_id=path of the cloud Ed25519 public keys',
-              read_only=True, array_type='string'),
-    ParamSpec('max_command_bytes', 'largest command accepted', read_only=True, min_value=64,
-              max_value=2**26),
-    ParamSpec('max_clock_skew_s', 'tolerated clock difference with the cloud [s]',
-              read_only=True, min_value=0.0, max_value=3600.0),
-    ParamSpec('state_period_s', 'CRDT telemetry state period [s]', read_only=True,
-              min_value=0.1, max_value=3600.0),
-    ParamSpec('stats_period_s', 'diagnostics and link telemetry period [s]', read_only=True,
-              min_value=0.1, max_value=3600.0),
-)
 _TICK_S = 0.01
 
 
@@ -108,12 +57,16 @@ def _share() -> Path:
         return Path(__file__).resolve().parents[2] / 'config'
 
 
+#: Every config whose settings this node declares (checked against config/*.yaml).
+CONFIGS = (BridgeConfig,)
+
+
 class BridgeNode(Node):
     """Thin shell around :class:`EdgeBridge`."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__('bridge_node', **kwargs)
-        self._params = ParameterBinding(self, BridgeConfig, PARAMS)
+        self._params = ParameterBinding(self, BridgeConfig)
         cfg = self._params.config
         routes = load_routes(routes_path(cfg.routes_file, _share()))
         types = [resolve_type(route) for route in routes]

@@ -24,19 +24,11 @@ from cobot_hybrid_bridge.mission_executor import ExecutorConfig, MissionExecutor
 from cobot_hybrid_protocol.errors import PayloadError
 from cobot_hybrid_protocol.limits import COMMAND_LIMITS, parse_json
 from cobot_hybrid_protocol.mission import SchemaError, progress_to_json, validate_mission
-from cobot_hybrid_ros.params import ParameterBinding, ParamSpec
+from cobot_hybrid_ros.params import ParameterBinding
 from cobot_hybrid_ros.runner import run_node
 
-PARAMS = (
-    ParamSpec('stall_timeout_s', 'a task held at speed scale 0 this long fails [s]',
-              read_only=True, min_value=0.1, max_value=86400.0),
-    ParamSpec('max_remembered', 'finished task ids kept so none runs twice', read_only=True,
-              min_value=1, max_value=10**7),
-    ParamSpec('step_period_s', 'executor step period [s]', read_only=True, min_value=0.001,
-              max_value=10.0),
-    ParamSpec('speed_timeout_s', 'an older speed scale counts as stopped [s]',
-              read_only=True, min_value=0.01, max_value=60.0),
-)
+#: Every config whose settings this node declares (checked against config/*.yaml).
+CONFIGS = (ExecutorConfig,)
 
 
 class MissionExecutorNode(Node):
@@ -44,7 +36,7 @@ class MissionExecutorNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__('mission_executor_node', **kwargs)
-        self._params = ParameterBinding(self, ExecutorConfig, PARAMS)
+        self._params = ParameterBinding(self, ExecutorConfig)
         cfg = self._params.config
         self.executor_core = MissionExecutor(cfg)
         self._scale: tuple[float, float] | None = None   # (value, monotonic time)

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -39,9 +39,10 @@ from visualization_msgs.msg import Marker, MarkerArray
 from cobot_hybrid_perception.annotate import draw_detections
 from cobot_hybrid_perception.detector import Detector, DetectorConfig
 from cobot_hybrid_perception.detector_stats import DetectorStats
-from cobot_hybrid_perception.errors import PerceptionError
+from cobot_hybrid_perception.errors import ConfigError, PerceptionError
 from cobot_hybrid_perception.model_info import COCO_KEYPOINTS
 from cobot_hybrid_perception.yolo_decode import Detections
+from cobot_hybrid_protocol.settings import check_settings, setting
 from cobot_hybrid_ros.errors import ImageCodecError
 from cobot_hybrid_ros.image_codec import convert_color
 from cobot_hybrid_ros.images import (
@@ -49,35 +50,33 @@ from cobot_hybrid_ros.images import (
     image_to_numpy,
     numpy_to_image,
 )
-from cobot_hybrid_ros.params import ParameterBinding, ParamSpec
-from cobot_hybrid_ros.runner import run_node
+from cobot_hybrid_ros.params import ParameterBinding
+from cobot_hybrid_ros.runner import autostart, run_node
 
-PARAMS = (
-    ParamSpec('model', 'default (YOLO11n-pose from the model cache) or a .onnx/.engine/.pt path',
-              read_only=True),
-    ParamSpec('backend', 'auto | tensorrt | ort-tensorrt | ort-cuda | ort-cpu | ultralytics',
-              read_only=True),
-    ParamSpec('imgsz', 'network input size of the default model (320 or 640)', read_only=True,
-              min_value=32, max_value=4096),
-    ParamSpec('precision', 'fp32 | fp16 | int8 (GPU backends)', read_only=True),
-    ParamSpec('conf', 'minimum score', min_value=0.0, max_value=1.0),
-    ParamSpec('iou', 'NMS IoU threshold', min_value=0.0, max_value=1.0),
-    ParamSpec('max_det', 'most detections per frame', min_value=1, max_value=10000),
-    ParamSpec('device', 'CUDA device index', read_only=True, min_value=0, max_value=64),
-    ParamSpec('threads', 'CPU inference threads (0: runtime default)', read_only=True,
-              min_value=0, max_value=256),
-    ParamSpec('cache_dir', 'engines and calibration caches (empty: the model cache)',
-              read_only=True),
-    ParamSpec('calib_dir', 'folder of images for INT8 calibration', read_only=True),
-    ParamSpec('class_names', 'class names when the model has no metadata', read_only=True,
-              array_type='string'),
-    ParamSpec('task', 'detect | pose when the model has no metadata', read_only=True),
-    ParamSpec('kpt_shape', '[K, 2|3] when the model has no metadata', read_only=True,
-              array_type='integer'),
-)
 _STATUS_NAME = 'detector_node: inference'
 _DIAG_PERIOD_S = 1.0
 _FAILURES_FOR_ERROR = 3
+
+
+@dataclass(frozen=True)
+class DetectorNodeConfig:
+    """The shell's own parameters (the detector's are :class:`DetectorConfig`)."""
+
+    input: str = setting('raw', 'raw: sensor_msgs/Image on image | compressed: '
+                         'sensor_msgs/CompressedImage on image/compressed',
+                         choices=('raw', 'compressed'))
+    publish_annotated: bool = setting(False, 'publish annotated_image for rviz', live=True)
+    marker_depth_m: float = setting(2.0, 'distance of the marker plane from the camera',
+                                    unit='m', low=0.05, high=100.0, live=True)
+    autostart: bool = setting(True, 'configure and activate at start (without a lifecycle '
+                              'manager)')
+
+    def __post_init__(self) -> None:
+        check_settings(self, ConfigError)
+
+
+#: Every config whose settings this node declares (checked against config/*.yaml).
+CONFIGS = (DetectorConfig, DetectorNodeConfig)
 
 
 class DetectorNode(LifecycleNode):
@@ -85,16 +84,9 @@ class DetectorNode(LifecycleNode):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__('detector_node', **kwargs)
-        self._params = ParameterBinding(self, DetectorConfig, PARAMS,
+        self._params = ParameterBinding(self, DetectorConfig,
                                         on_change=self._reconfigure)
-        for name, default, description in (
-                ('input', 'raw', 'raw (sensor_msgs/Image on image) | compressed '
-                 '(sensor_msgs/CompressedImage on image/compressed)'),
-                ('publish_annotated', False, 'publish annotated_image for rviz'),
-                ('marker_depth_m', 2.0, 'distance of the marker plane from the camera [m]'),
-                ('autostart', True, 'configure and activate at start')):
-            self.declare_parameter(name, default, ParameterDescriptor(
-                description=description, read_only=name in ('input', 'autostart')))
+        self._shell = ParameterBinding(self, DetectorNodeConfig)   # read where used
         self._detector: Detector | None = None
         self._stats = DetectorStats()
         self._lock = threading.Condition()
@@ -130,7 +122,7 @@ class DetectorNode(LifecycleNode):
         """Subscribe and start the worker."""
         result = super().on_activate(state)
         qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
-        if self.get_parameter('input').value == 'compressed':
+        if self._shell.config.input == 'compressed':
             image_sub = self.create_subscription(CompressedImage, 'image/compressed',
                                                  self._on_image, qos)
         else:
@@ -262,7 +254,7 @@ class DetectorNode(LifecycleNode):
         self._det_pub.publish(array)
         if self._camera_info is not None:
             self._marker_pub.publish(self._markers(header, detections))
-        if self.get_parameter('publish_annotated').value:
+        if self._shell.config.publish_annotated:
             annotated = draw_detections(pixels, encoding, detections)
             self._annotated_pub.publish(numpy_to_image(annotated, 'bgr8', header))
 
@@ -283,7 +275,7 @@ class DetectorNode(LifecycleNode):
         info = self._camera_info
         assert info is not None
         fx, fy, cx, cy = info.k[0], info.k[4], info.k[2], info.k[5]
-        depth = float(self.get_parameter('marker_depth_m').value)
+        depth = self._shell.config.marker_depth_m
         markers = [Marker(header=header, action=Marker.DELETEALL)]
         if fx <= 0 or fy <= 0:
             return MarkerArray(markers=markers)
@@ -336,10 +328,8 @@ class DetectorNode(LifecycleNode):
 
 
 def _spin(node: DetectorNode) -> None:
-    if node.get_parameter('autostart').value:
-        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            raise SystemExit(2)
-        node.trigger_activate()
+    if node._shell.config.autostart:
+        autostart(node)
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     executor.spin()

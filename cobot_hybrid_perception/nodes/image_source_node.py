@@ -9,6 +9,8 @@ published into the void.
 
 from __future__ import annotations
 
+from typing import Any
+
 import rclpy
 from rclpy.duration import Duration
 from rclpy.node import Node
@@ -20,29 +22,19 @@ from std_msgs.msg import Header
 from cobot_hybrid_perception.errors import PerceptionError
 from cobot_hybrid_perception.media import ImageSourceConfig, iter_frames
 from cobot_hybrid_ros.images import numpy_to_image
-from cobot_hybrid_ros.params import ParameterBinding, ParamSpec
+from cobot_hybrid_ros.params import ParameterBinding
 from cobot_hybrid_ros.runner import run_node
 
-PARAMS = (
-    ParamSpec('source', 'samples | sample:<name> | image file | folder | video file',
-              read_only=True),
-    ParamSpec('rate_hz', 'publish rate [Hz]', min_value=0.1, max_value=240.0),
-    ParamSpec('encoding', 'published encoding: bgr8, rgb8 or mono8', read_only=True),
-    ParamSpec('frame_id', 'header.frame_id of the published images'),
-    ParamSpec('loop', 'restart the source when it ends', read_only=True),
-    ParamSpec('max_frames', 'stop after this many frames (0 = never)', read_only=True,
-              min_value=0, max_value=2**31 - 1),
-    ParamSpec('wait_for_subscribers', 'hold the first frame until a subscriber matched '
-              '(demos and benchmarks; a camera does not wait)'),
-)
+#: Every config whose settings this node declares (checked against config/*.yaml).
+CONFIGS = (ImageSourceConfig,)
 
 
 class ImageSourceNode(Node):
     """Publishes frames of a media source at a fixed rate."""
 
-    def __init__(self) -> None:
-        super().__init__('image_source_node')
-        self._params = ParameterBinding(self, ImageSourceConfig, PARAMS,
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__('image_source_node', **kwargs)
+        self._params = ParameterBinding(self, ImageSourceConfig,
                                         on_change=self._reconfigure)
         cfg = self._params.config
         self.finished = Future()

@@ -30,6 +30,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,6 @@ import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TwistStamped
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
@@ -50,7 +50,7 @@ from std_msgs.msg import Bool, ColorRGBA, Float64
 from vision_msgs.msg import Detection2D, Detection2DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
-from cobot_hybrid_perception.errors import PerceptionError
+from cobot_hybrid_perception.errors import ConfigError, PerceptionError
 from cobot_hybrid_perception.safety_pipeline import (
     PersonDetection,
     SafetyConfig,
@@ -59,57 +59,10 @@ from cobot_hybrid_perception.safety_pipeline import (
     speed_from_twist,
 )
 from cobot_hybrid_perception.ssm import SafetyState, protective_separation
+from cobot_hybrid_protocol.settings import check_settings, setting
 from cobot_hybrid_ros.images import image_to_numpy
-from cobot_hybrid_ros.params import ParameterBinding, ParamSpec
-from cobot_hybrid_ros.runner import run_node
-
-PARAMS = (
-    ParamSpec('reaction_time_s', 'T_R: sensing + controller reaction [s]', min_value=1e-3,
-              max_value=5.0),
-    ParamSpec('stopping_time_s', 'T_S: robot stopping time from speed [s]', min_value=1e-3,
-              max_value=5.0),
-    ParamSpec('stopping_distance_m', 'S_s from the data sheet [m]; < 0 derives v_r*T_S/2',
-              min_value=-1.0, max_value=5.0),
-    ParamSpec('intrusion_distance_m', 'C: reach beyond the detected point [m]', min_value=0.0,
-              max_value=2.0),
-    ParamSpec('detection_uncertainty_m', 'Z_d: minimum position uncertainty [m]',
-              min_value=0.0, max_value=2.0),
-    ParamSpec('robot_uncertainty_m', 'Z_r: robot position uncertainty [m]', min_value=0.0,
-              max_value=1.0),
-    ParamSpec('human_speed_near_mps', 'human speed within near_distance_m (ISO 13855: 2.0)',
-              min_value=0.1, max_value=5.0),
-    ParamSpec('human_speed_far_mps', 'human speed beyond near_distance_m (ISO 13855: 1.6)',
-              min_value=0.1, max_value=5.0),
-    ParamSpec('near_distance_m', 'separation below which the near human speed applies [m]',
-              min_value=0.0, max_value=5.0),
-    ParamSpec('robot_max_speed_mps', 'TCP speed at speed scale 1.0 [m/s]', min_value=0.01,
-              max_value=10.0),
-    ParamSpec('hysteresis_m', 'separation margin required before speeding up [m]',
-              min_value=0.0, max_value=2.0),
-    ParamSpec('hold_time_s', 'a speed-up must hold this long [s]', min_value=0.0,
-              max_value=10.0),
-    ParamSpec('max_perception_age_s', 'older detections: protective stop [s]', min_value=0.01,
-              max_value=5.0),
-    ParamSpec('fault_recovery_s', 'fresh healthy perception needed after a fault [s]',
-              min_value=0.0, max_value=60.0),
-    ParamSpec('max_clock_step_s', 'larger clock jumps between evaluations: a fault [s]',
-              min_value=0.01, max_value=60.0),
-    ParamSpec('person_class_ids', 'detection class ids that are people'),
-    ParamSpec('min_score', 'ignore person detections scoring below this', min_value=0.0,
-              max_value=1.0),
-    ParamSpec('localization', 'auto (depth when fresh, else floor) | depth | floor'),
-    ParamSpec('camera_to_base', 'camera optical frame pose in the robot base frame '
-              '[x, y, z, qx, qy, qz, qw] (floats)'),
-    ParamSpec('floor_z', 'floor height in the robot base frame [m]', min_value=-10.0,
-              max_value=10.0),
-    ParamSpec('depth_sync_tolerance_s', 'max stamp difference of depth and detections [s]',
-              min_value=1e-3, max_value=1.0),
-    ParamSpec('tcp_xyz', 'point separations are measured to, in the base frame [m] (floats)'),
-    ParamSpec('robot_speed_timeout_s', 'older robot speed: assume robot_max_speed_mps [s]',
-              min_value=1e-3, max_value=10.0),
-    ParamSpec('evaluation_period_s', 'watchdog timer period [s]', read_only=True,
-              min_value=1e-3, max_value=1.0),
-)
+from cobot_hybrid_ros.params import ParameterBinding
+from cobot_hybrid_ros.runner import autostart, run_node
 
 _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -145,22 +98,34 @@ def _keypoint_table(msg: Detection2DArray) -> dict[str, np.ndarray]:
             for det in msg.detections}
 
 
+@dataclass(frozen=True)
+class SafetyNodeConfig:
+    """The shell's own parameters (the monitor's are :class:`SafetyConfig`)."""
+
+    robot_speed_type: str = setting('twist', 'twist: geometry_msgs/TwistStamped | scalar: '
+                                    'std_msgs/Float64 [m/s]', choices=('twist', 'scalar'))
+    base_frame: str = setting('base_link', 'frame_id of the markers (the robot base frame)',
+                              live=True)
+    detector_status_prefix: str = setting('detector_node', 'diagnostic status names of the '
+                                          'detector start with this', live=True)
+    autostart: bool = setting(True, 'configure and activate at start (without a lifecycle '
+                              'manager)')
+
+    def __post_init__(self) -> None:
+        check_settings(self, ConfigError)
+
+
+#: Every config whose settings this node declares (checked against config/*.yaml).
+CONFIGS = (SafetyConfig, SafetyNodeConfig)
+
+
 class SafetyMonitorNode(LifecycleNode):
     """Lifecycle shell around :class:`SafetyPipeline`."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__('safety_monitor_node', **kwargs)
-        self._params = ParameterBinding(self, SafetyConfig, PARAMS, on_change=self._reconfigure)
-        self.declare_parameter('robot_speed_type', 'twist', ParameterDescriptor(
-            description='twist (geometry_msgs/TwistStamped) | scalar (std_msgs/Float64 m/s)',
-            read_only=True))
-        self.declare_parameter('base_frame', 'base_link', ParameterDescriptor(
-            description='frame_id of the markers (the robot base frame)'))
-        self.declare_parameter('detector_status_prefix', 'detector_node', ParameterDescriptor(
-            description='diagnostic status names of the detector start with this'))
-        self.declare_parameter('autostart', True, ParameterDescriptor(
-            description='configure and activate at start (without a lifecycle manager)',
-            read_only=True))
+        self._params = ParameterBinding(self, SafetyConfig, on_change=self._reconfigure)
+        self._shell = ParameterBinding(self, SafetyNodeConfig)   # read where used
         self._pipeline: SafetyPipeline | None = None
         self._active = False
         self._entities: list[Any] = []
@@ -180,7 +145,7 @@ class SafetyMonitorNode(LifecycleNode):
         self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, 'diagnostics', 10)
         self._marker_pub = self.create_lifecycle_publisher(MarkerArray, 'safety_markers', 1)
         sensor = qos_profile_sensor_data
-        speed_type = self.get_parameter('robot_speed_type').value
+        speed_type = self._shell.config.robot_speed_type
         if speed_type == 'twist':
             speed_sub = self.create_subscription(TwistStamped, 'robot_speed',
                                                  self._guard(self._on_twist), 10)
@@ -308,7 +273,7 @@ class SafetyMonitorNode(LifecycleNode):
         self._pipeline.on_robot_speed(self._now_s(), abs(float(msg.data)))
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
-        prefix = self.get_parameter('detector_status_prefix').value
+        prefix = self._shell.config.detector_status_prefix
         levels = [_level(s.level) for s in msg.status if s.name.startswith(prefix)]
         if levels and self._pipeline is not None:
             self._pipeline.on_detector_health(max(levels) < _level(DiagnosticStatus.ERROR))
@@ -364,7 +329,7 @@ class SafetyMonitorNode(LifecycleNode):
     def _markers(self, report: SafetyReport) -> MarkerArray:
         assert self._pipeline is not None
         cfg = self._pipeline.cfg
-        frame = self.get_parameter('base_frame').value
+        frame = self._shell.config.base_frame
         stamp = self.get_clock().now().to_msg()
         far = cfg.near_distance_m + 10.0
         zones = (('protective', protective_separation(far, report.robot.speed_mps, cfg),
@@ -410,9 +375,8 @@ class SafetyMonitorNode(LifecycleNode):
 
 
 def _spin(node: SafetyMonitorNode) -> None:
-    if node.get_parameter('autostart').value:
-        node.trigger_configure()
-        node.trigger_activate()
+    if node._shell.config.autostart:
+        autostart(node)
     rclpy.spin(node)
 
 

@@ -21,43 +21,17 @@ from visualization_msgs.msg import Marker, MarkerArray
 from cobot_hybrid_planner.errors import PlannerError
 from cobot_hybrid_planner.service import (
     TASK_STATUSES,
-    PlannerParams,
+    PlannerConfig,
     PlannerService,
     load_orders_file,
     load_private_key,
 )
 from cobot_hybrid_planner.site import load_site
-from cobot_hybrid_ros.params import ParameterBinding, ParamSpec
+from cobot_hybrid_ros.params import ParameterBinding
 from cobot_hybrid_ros.runner import run_node
 
-PARAMS = (
-    ParamSpec('site_file', 'site YAML: stations, robots, travel', read_only=True),
-    ParamSpec('private_key_file', 'PEM Ed25519 key the missions are signed with',
-              read_only=True),
-    ParamSpec('key_id', 'key id robots know the public key by', read_only=True),
-    ParamSpec('orders_file', 'work order loaded at start ("" = none)', read_only=True),
-    ParamSpec('broker_host', 'MQTT broker host', read_only=True),
-    ParamSpec('broker_port', 'MQTT broker port', read_only=True, min_value=1, max_value=65535),
-    ParamSpec('client_id', 'MQTT client id of this replica', read_only=True),
-    ParamSpec('data_dir', 'fleet store and mission ledger folder', read_only=True),
-    ParamSpec('plan_time_limit_s', 'planning time limit [s]', min_value=0.05, max_value=600.0),
-    ParamSpec('mission_validity_s', 'missions expire after [s]', min_value=1.0,
-              max_value=86400.0),
-    ParamSpec('resend_after_s', 're-send unacknowledged missions after [s]', min_value=0.1,
-              max_value=3600.0),
-    ParamSpec('offline_after_s', 'a silent robot is offline after [s]', min_value=0.1,
-              max_value=3600.0),
-    ParamSpec('step_period_s', 'how often the planner takes what arrived [s]',
-              read_only=True, min_value=0.01, max_value=10.0),
-    ParamSpec('max_task_failures', 'a task failing this often is given up', min_value=1,
-              max_value=1000),
-    ParamSpec('fleet_id', '"" = the only planner; else this node is one replica of the fleet',
-              read_only=True),
-    ParamSpec('delivery_ack_period_s', 'robots hear what was stored at most this often [s]',
-              read_only=True, min_value=0.01, max_value=60.0),
-    ParamSpec('lease_s', 'fleet lease between replicas [s]', read_only=True, min_value=1.0,
-              max_value=600.0),
-)
+#: Every config whose settings this node declares (checked against config/*.yaml).
+CONFIGS = (PlannerConfig,)
 
 
 class PlannerNode(Node):
@@ -65,11 +39,12 @@ class PlannerNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__('planner_node', **kwargs)
-        self._params = ParameterBinding(self, PlannerParams, PARAMS)
+        self.service: PlannerService | None = None
+        self._params = ParameterBinding(self, PlannerConfig, on_change=self._reconfigure)
         params = self._params.config
         params.require_files()
         self.site = load_site(Path(params.site_file).expanduser())
-        self.service = PlannerService(params.config(), self.site,
+        self.service = PlannerService(params, self.site,
                                       load_private_key(Path(params.private_key_file)))
         if params.orders_file:
             accepted = self.service.add_orders(load_orders_file(Path(params.orders_file)))
@@ -81,6 +56,10 @@ class PlannerNode(Node):
         self.service.start()
         self.get_logger().info(f'planning {len(self.site.robots)} robots, broker '
                                f'{params.broker_host}:{params.broker_port}')
+
+    def _reconfigure(self, cfg: PlannerConfig) -> None:
+        if self.service is not None:   # the live settings apply from the next step
+            self.service.reconfigure(cfg)
 
     def _step(self) -> None:
         self.service.step()
