@@ -1,15 +1,8 @@
-"""Work orders, version 1: tasks to plan, checked one by one against the site.
+"""Work orders, version 1, checked task by task against the site (the planner's side).
 
-A work order (JSON on MQTT ``cobot/v1/orders``, or YAML for ``cobot-hybrid plan``)::
-
-    {"schema": "cobot_hybrid/orders/v1", "order_id": "o-17",
-     "tasks": [{"task_id": "t1", "type": "pick", "station": "press-1",
-                "capability": "pick", "duration_s": 30, "priority": 5,
-                "release_s": 0, "deadline_s": 600, "after": []}]}
-
-Times are seconds from the planning epoch (the planner's "now"). A bad task is rejected with
-its reason and the others go on; a task that depends (``after``) on a rejected or unknown
-task is rejected too. :func:`validate_orders` returns both lists.
+The order's shape is the contract's (:mod:`cobot_hybrid_protocol.orders`). A bad task is
+rejected with its reason and the others go on; a task that depends (``after``) on a rejected
+or unknown task is rejected too. :func:`validate_orders` returns both lists.
 
 Every accepted number is one the planner can compute with (:class:`OrderLimits`): durations
 up to ``max_duration_s``, release times and deadlines within ``horizon_s``; ids are printable
@@ -27,25 +20,21 @@ from typing import Any
 from cobot_hybrid_planner.errors import PlannerError
 from cobot_hybrid_planner.site import Site
 from cobot_hybrid_protocol.limits import ID_MAX, is_name, is_number_in
+from cobot_hybrid_protocol.orders import (
+    ORDER_FIELDS,
+    ORDERS_SCHEMA,
+    PRIORITY_RANGE,
+    TASK_FIELDS,
+    TASK_REQUIRED,
+    TASK_TYPES,
+    OrderLimits,
+)
 
 __all__ = ['ORDERS_SCHEMA', 'OrderError', 'OrderLimits', 'PlanTask', 'Rejection',
            'validate_orders']
 
-ORDERS_SCHEMA = 'cobot_hybrid/orders/v1'
-TASK_TYPES = ('pick', 'place', 'inspect', 'move', 'wait', 'charge')
-_TASK_KEYS = {'task_id', 'type', 'station', 'capability', 'duration_s', 'priority',
-              'release_s', 'deadline_s', 'after'}
 _ID_MAX = ID_MAX
-
-
-@dataclass(frozen=True)
-class OrderLimits:
-    """What one order may ask for."""
-
-    max_duration_s: float = 7 * 86_400.0     # one task
-    horizon_s: float = 30 * 86_400.0         # release times and deadlines from now
-    max_tasks: int = 2000                    # per order
-    max_after: int = 64                      # predecessors of one task
+_DEFAULT_LIMITS = OrderLimits()
 
 
 class OrderError(PlannerError, ValueError):
@@ -86,10 +75,10 @@ def _id(value: Any, what: str) -> str:
 def _task(raw: Any, site: Site, order_id: str, limits: OrderLimits) -> PlanTask:
     if not isinstance(raw, Mapping):
         raise ValueError('a task must be an object')
-    unknown = set(raw) - _TASK_KEYS
+    unknown = set(raw) - TASK_FIELDS
     if unknown:
         raise ValueError(f'unknown fields {sorted(unknown)}')
-    for key in ('task_id', 'type', 'station', 'capability', 'duration_s'):
+    for key in TASK_REQUIRED:
         if key not in raw:
             raise ValueError(f'missing {key}')
     task_id = _id(raw['task_id'], 'task_id')
@@ -111,8 +100,10 @@ def _task(raw: Any, site: Site, order_id: str, limits: OrderLimits) -> PlanTask:
             raise ValueError(f'{key} must be a number in [0, {high:g}] s')
         numbers[key] = float(value)
     priority = raw.get('priority', 1)
-    if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 10:
-        raise ValueError('priority must be an integer 1..10')
+    low, high = PRIORITY_RANGE
+    if isinstance(priority, bool) or not isinstance(priority, int) \
+            or not low <= priority <= high:
+        raise ValueError(f'priority must be an integer {low}..{high}')
     release = numbers.get('release_s', 0.0)
     deadline = numbers.get('deadline_s')
     if deadline is not None and deadline < release + numbers['duration_s']:
@@ -130,7 +121,7 @@ def _task(raw: Any, site: Site, order_id: str, limits: OrderLimits) -> PlanTask:
 
 
 def validate_orders(data: Any, site: Site, known_ids: frozenset[str] = frozenset(),
-                    limits: OrderLimits = OrderLimits(),
+                    limits: OrderLimits = _DEFAULT_LIMITS,
                     failed_ids: frozenset[str] = frozenset()
                     ) -> tuple[list[PlanTask], list[Rejection]]:
     """Check an order; return (tasks to plan, rejected tasks with reasons).
@@ -140,7 +131,7 @@ def validate_orders(data: Any, site: Site, known_ids: frozenset[str] = frozenset
     """
     if not isinstance(data, Mapping) or data.get('schema') != ORDERS_SCHEMA:
         raise OrderError(f'an order must be an object with schema {ORDERS_SCHEMA!r}')
-    if set(data) - {'schema', 'order_id', 'tasks'} or not isinstance(data.get('tasks'), list):
+    if set(data) - ORDER_FIELDS or not isinstance(data.get('tasks'), list):
         raise OrderError('an order has exactly schema, order_id and a list of tasks')
     if len(data['tasks']) > limits.max_tasks:
         raise OrderError(f'an order holds at most {limits.max_tasks} tasks, this one '

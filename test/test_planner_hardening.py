@@ -23,6 +23,7 @@ from cobot_hybrid_planner.site import SiteError, load_site, parse_site
 from cobot_hybrid_protocol.clock import SteppableClock
 from cobot_hybrid_protocol.envelope import build_envelope
 from cobot_hybrid_protocol.mission import TaskProgress, progress_to_json
+from cobot_hybrid_protocol.transport import MemoryBroker
 
 SITE = parse_site({
     'stations': {'a': {'x': 0, 'y': 0}, 'b': {'x': 9999, 'y': -9999}, 'c': {'x': 3, 'y': 4}},
@@ -128,7 +129,8 @@ def test_site_and_order_files_are_read_with_limits(tmp_path: Path) -> None:
 @pytest.fixture
 def planner(tmp_path: Path) -> PlannerService:
     service = PlannerService(PlannerConfig(data_dir=tmp_path, plan_time_limit_s=0.2), SITE,
-                             Ed25519PrivateKey.generate())
+                             Ed25519PrivateKey.generate(),
+                             transport=MemoryBroker().transport('planner'))
     yield service
     service.stop()
 
@@ -202,13 +204,13 @@ def test_a_failing_plan_is_retried_later_not_fatal(planner: PlannerService,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def broken(now: float) -> None:
+    def broken(online: frozenset[str], now: float, *limits: float) -> None:
         calls.append(now)
         raise RuntimeError('solver bug')
 
     say(planner, 'cobot/v1/r1/status', b'{"state": "online"}')
     planner.add_orders(order(task('t')), now_s=1000.0)
-    monkeypatch.setattr(planner, '_replan', broken)
+    monkeypatch.setattr(planner.issuer, 'replan', broken)
     planner.step(now_s=1000.0)
     planner.step(now_s=1001.0)            # within the retry delay: not again
     assert calls == [1000.0] and planner.errors['plan'] == 1
@@ -395,8 +397,9 @@ def test_a_replica_acknowledges_storage_only_once_the_next_owner_can_see_it(
         def stop(self) -> None:
             pass
 
-    sent: list[str] = []
-    planner.client.publish = lambda topic, payload, **kw: sent.append(topic)  # type: ignore
+    def sent() -> list[str]:
+        return [m.topic for m in planner.transport.published]   # type: ignore[union-attr]
+
     planner.replica = Replica()  # type: ignore[assignment]
     say(planner, 'cobot/v1/r1/status', b'{"state": "online"}')
     planner.add_orders(order(task('t')), now_s=1000.0)
@@ -407,8 +410,9 @@ def test_a_replica_acknowledges_storage_only_once_the_next_owner_can_see_it(
     planner._acks_at = planner._snapshot_at = 0.0
     planner.step(now_s=1001.0)
     assert planner.task_status()['t']['status'] == 'done'
-    assert 'cobot/v1/r1/delivered' not in sent          # the snapshot is not on the broker yet
+    assert 'cobot/v1/r1/delivered' not in sent()        # the snapshot is not on the broker yet
+    assert 'cobot/v1/r1/cmd/mission' in sent()          # (what was published is visible)
     for info in Replica.infos:
         info.published = True
     planner.step(now_s=1002.0)
-    assert 'cobot/v1/r1/delivered' in sent
+    assert 'cobot/v1/r1/delivered' in sent()

@@ -165,7 +165,7 @@ def test_deadlines_count_from_when_the_order_arrived(planner: PlannerService) ->
     fleet.alive('r1', 'r2')
     fleet.step()
     robot = next(r for r in ('r1', 'r2') if tasks_of(planner, r))
-    envelope = json.loads(planner._db.execute(
+    envelope = json.loads(planner.ledger.db.execute(
         'SELECT envelope FROM missions WHERE robot_id = ?', (robot,)).fetchone()[0])
     mission = json.loads(base64.b64decode(envelope['payload']))   # signed envelope
     deadline = [t for t in mission['tasks'] if t['task_id'] == 'late'][0]['deadline']
@@ -181,8 +181,8 @@ def test_a_new_owner_takes_the_ledger_snapshot_and_keeps_its_own_open_tasks(
                                        client_id='p2'), SITE, key)
     try:
         old.add_orders(ORDER, now_s=1000.0)
-        with old._db:
-            old._db.execute("UPDATE tasks SET status = 'done' WHERE task_id = 't0'")
+        with old.ledger.tx():
+            old.ledger.db.execute("UPDATE tasks SET status = 'done' WHERE task_id = 't0'")
         own = {'schema': ORDERS_SCHEMA, 'order_id': 'local', 'tasks': [
             {'task_id': 'mine', 'type': 'pick', 'station': 'a', 'capability': 'pick',
              'duration_s': 5}]}

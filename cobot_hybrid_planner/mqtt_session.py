@@ -1,0 +1,78 @@
+"""The planner's MQTT session on paho: the production transport of the planner service.
+
+:class:`PahoSession` is the :class:`~cobot_hybrid_protocol.transport.Transport` that
+:class:`~cobot_hybrid_planner.service.PlannerService` uses outside tests.
+
+MQTT 5, a persistent session (``clean_start`` false, one hour of session expiry: the broker
+queues what arrives while the planner restarts), subscriptions renewed on every connect,
+paho's network thread in the background (reconnects with its backoff), user properties handed
+over as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from cobot_hybrid_protocol.transport import Message, Published
+
+__all__ = ['PahoSession']
+
+_MAX_PROPERTIES = 16
+
+
+class PahoSession:
+    """One MQTT 5 client of the planner (the fleet session, or a single planner's)."""
+
+    def __init__(self, client_id: str, host: str, port: int,
+                 session_expiry_s: int = 3600) -> None:
+        self.client_id, self.host, self.port = client_id, host, port
+        self.session_expiry_s = session_expiry_s
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv5)
+        self._subscriptions: list[tuple[str, int]] = []
+        self._on_message: Callable[[Message], None] | None = None
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._deliver
+
+    def connect(self, subscriptions: Sequence[tuple[str, int]],
+                on_message: Callable[[Message], None]) -> None:
+        """Connect in the background; subscribe on every connect."""
+        self._subscriptions, self._on_message = list(subscriptions), on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry_s
+        self.client.connect_async(self.host, self.port, clean_start=False, properties=props)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                expiry_s: int | None = None) -> Published:
+        """Publish; ``expiry_s`` becomes the MQTT 5 message expiry."""
+        props = None
+        if expiry_s is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.MessageExpiryInterval = max(1, int(expiry_s))
+        info: Published = self.client.publish(topic, payload, qos=qos, retain=retain,
+                                              properties=props)
+        return info
+
+    def disconnect(self) -> None:
+        """Disconnect and stop the network thread."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if self._subscriptions:
+            client.subscribe(self._subscriptions)
+
+    def _deliver(self, client: mqtt.Client, userdata: Any, message: Any) -> None:
+        if self._on_message is None:
+            return
+        pairs = getattr(message.properties, 'UserProperty', []) or []
+        self._on_message(Message(message.topic, bytes(message.payload), int(message.qos),
+                                 bool(message.retain),
+                                 {str(k): str(v) for k, v in pairs[:_MAX_PROPERTIES]}))
