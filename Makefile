@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cobot_hybrid_setup
 JOBS ?= 2
+ASYNCAPI_SPECS := 6.11.1   # npm: the AsyncAPI JSON Schemas the MQTT API document is checked with
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: setup test lint typecheck pytest demo soak constraints clean
@@ -20,6 +21,7 @@ $(STAMP): requirements/base.txt requirements/dev.txt requirements/models.txt \
 	$(PIP) --upgrade pip
 	$(PIP) -r requirements/dev.txt -c requirements/constraints.txt
 	$(PY) tools/build_interfaces.py
+	npm install --silent --no-audit --no-fund --prefix build/npm @asyncapi/specs@$(ASYNCAPI_SPECS)
 	$(PIP) --no-build-isolation --no-deps -e .
 	$(PY) -m cobot_hybrid_perception.models >/dev/null
 	touch $@

@@ -29,7 +29,8 @@ from cobot_hybrid_bridge.filters import (
     Snapshot,
     make_filter,
 )
-from cobot_hybrid_bridge.mqtt_link import MqttLink
+from cobot_hybrid_bridge.link import CommandHandler, Link, LinkFactory
+from cobot_hybrid_bridge.mqtt_link import LinkConfig, MqttLink
 from cobot_hybrid_bridge.routes import Route
 from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock
 from cobot_hybrid_protocol.crdt import HLC, PNCounter, TelemetryState
@@ -72,6 +73,11 @@ class RouteState:
     sent: int = 0
 
 
+def _mqtt_link(cfg: LinkConfig, queue: DurableQueue, lock: threading.Lock,
+               on_command: CommandHandler) -> Link:
+    return MqttLink(cfg, queue, lock, on_command=on_command)
+
+
 @dataclass
 class EdgeBridge:
     """Queue, link, routes, commands and telemetry state of one robot."""
@@ -79,8 +85,9 @@ class EdgeBridge:
     cfg: BridgeConfig
     routes: list[Route]
     clock: Clock = SYSTEM_CLOCK
+    link_factory: LinkFactory | None = None     # None: the paho MqttLink
     queue: DurableQueue = field(init=False)
-    link: MqttLink = field(init=False)
+    link: Link = field(init=False)
     lock: threading.Lock = field(default_factory=threading.Lock)
     states: list[RouteState] = field(init=False)
     missions: dict[str, Mission] = field(default_factory=dict)
@@ -106,9 +113,8 @@ class EdgeBridge:
         data = self.cfg.data_path
         data.mkdir(parents=True, exist_ok=True)
         self.queue = DurableQueue(data / 'outbox.db', self.cfg.queue_config(), self.clock)
-        self.link = MqttLink(self.cfg.link_config(), self.queue, self.lock,
-                             on_command=self._on_command)
-        self.prefix = self.link.prefix
+        make_link = self.link_factory or _mqtt_link
+        self.link = make_link(self.cfg.link_config(), self.queue, self.lock, self._on_command)
         self.states = [RouteState(r, make_filter(r.filter_spec), RateLimiter(r.rate_limit_hz))
                        for r in self.routes]
         for state in self.states:

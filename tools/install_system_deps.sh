@@ -2,7 +2,8 @@
 # Install the Debian/Ubuntu packages that `make setup` needs, only those that are missing.
 # cmake + g++: build vision_msgs into the venv; python3-dev: its Python extension;
 # mosquitto: the broker for tests and the demo; iproute2/util-linux: loopback-only isolation;
-# openssl: test certificates for the TLS + ACL test.
+# openssl: test certificates for the TLS + ACL test; npm: the AsyncAPI schemas the MQTT API
+# document is validated with.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
@@ -14,6 +15,7 @@ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosqu
 command -v ip >/dev/null || missing+=(iproute2)
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v npm >/dev/null || missing+=(npm)
 if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
   missing+=("python3-venv")
 fi

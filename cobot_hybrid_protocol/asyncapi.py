@@ -1,0 +1,189 @@
+"""The AsyncAPI 3.0 document of the MQTT contract, built from the code, with real examples.
+
+:func:`document` returns it as a dict: one channel per topic of :mod:`cobot_hybrid_protocol.
+topics`, the payload schemas of :mod:`cobot_hybrid_protocol.schemas`, QoS and retain as MQTT
+operation bindings, the MQTT 5 user properties as message headers, and an example of every
+message made by the contract's own builders (a signed mission with a fixed example key, so
+the document is the same on every run). ``tools/gen_mqtt_api.py`` writes it to
+``docs/asyncapi.yaml`` and renders ``docs/mqtt-api.md``; ``test_mqtt_api`` checks both are
+current, that the document validates against the AsyncAPI 3.0 JSON Schema, and that real
+messages of the bridge and the planner validate against it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+from cobot_hybrid_protocol import delivery, envelope, mission, orders, schemas, signing, topics
+from cobot_hybrid_protocol.crdt import HLC, PNCounter, TelemetryState
+from cobot_hybrid_protocol.status import status_payload
+
+__all__ = ['CHANNELS', 'EXAMPLE_ROBOT', 'document', 'example_key']
+
+EXAMPLE_ROBOT = 'cobot-1'
+_NOW = 1795790000.0
+_ROBOT = {'robot_id': {'description': 'the robot id: one topic level and the MQTT client id '
+                       '(1-64 printable characters without / + # $ or spaces; not '
+                       f'{" or ".join(sorted(topics.RESERVED_ROBOT_IDS))})'}}
+_FLEET = {'fleet_id': {'description': 'the fleet of planner replicas'}}
+_NAME = {'name': {'description': 'the route name of bridge_routes.yaml (mqtt_topic)'}}
+_USER_PROPERTIES = {'type': 'object', 'description': 'MQTT 5 user properties (absent on '
+                    'MQTT 3.1.1, where the envelope carries them)', 'properties': {
+                        'robot_id': {'type': 'string'}, 'seq': {'type': 'string',
+                                                                'pattern': '^[0-9]{1,19}$'},
+                        'stamp': {'type': 'string'}}}
+
+
+def example_key() -> Any:
+    """Return the fixed Ed25519 key the examples are signed with (an example: never deploy)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(
+        hashlib.sha256(b'cobot_hybrid AsyncAPI example key').digest())
+
+
+def _json(payload: bytes) -> Any:
+    return json.loads(payload)
+
+
+def _examples() -> dict[str, Any]:
+    state = TelemetryState()
+    state.counters['protective_stops'] = PNCounter()
+    state.counters['protective_stops'].add(EXAMPLE_ROBOT, 2)
+    state.values.set('speed_scale', 0.5, HLC(EXAMPLE_ROBOT).now(int(_NOW * 1000)))
+    state.alarms.add('protective_stop', 'a1b2')
+    ack = mission.ack_to_json(mission.MissionAck('accepted', 'm-42', 3))
+    progress = mission.progress_to_json(mission.TaskProgress('m-42', 3, 't1', 'done', _NOW))
+    task = mission.Task('t1', 'pick', 'press-1', mission.Pose(1.0, 2.0, 0.0, 1.57), 30.0)
+    command = mission.Mission('m-42-v3', EXAMPLE_ROBOT, 'm-42', 3, _NOW, _NOW + 3600.0,
+                              'map', (task,))
+    signed = signing.sign_command(example_key(), 'planner', mission.mission_to_json(command),
+                                  EXAMPLE_ROBOT)
+    order = orders.work_order('o-17', [{'task_id': 't1', 'type': 'pick', 'station': 'press-1',
+                                        'capability': 'pick', 'duration_s': 30, 'priority': 5,
+                                        'deadline_s': 600, 'after': []}])
+    env = envelope.build_envelope
+    return {
+        'Status': _json(status_payload('online', _NOW)),
+        'StateEnvelope': _json(env(EXAMPLE_ROBOT, 41, _NOW, 'state',
+                                   envelope.CONTRACT_TYPES['state'], state.to_json())),
+        'MissionAckEnvelope': _json(env(EXAMPLE_ROBOT, 42, _NOW, 'mission_ack',
+                                        envelope.CONTRACT_TYPES['mission_ack'], ack)),
+        'TaskProgressEnvelope': _json(env(EXAMPLE_ROBOT, 43, _NOW, 'task_progress',
+                                          envelope.CONTRACT_TYPES['task_progress'], progress)),
+        'BridgeStatsEnvelope': _json(env(EXAMPLE_ROBOT, 44, _NOW, 'bridge',
+                                         envelope.CONTRACT_TYPES['bridge'],
+                                         {'connected': True, 'backlog_messages': 0})),
+        'TelemetryEnvelope': _json(env(EXAMPLE_ROBOT, 45, _NOW, 'protective_stop',
+                                       'std_msgs/msg/Bool', {'data': True})),
+        'SignedCommand': _json(signed),
+        'Mission': json.loads(base64.b64decode(_json(signed)['payload'])),
+        'Delivered': _json(delivery.delivered_payload(EXAMPLE_ROBOT, [(1, 40), (42, 45)])),
+        'WorkOrder': order,
+        'Lease': {'fleet': 'cell-a', 'owner': 'planner-a', 'epoch': 3},
+        'Ledger': {'fleet': 'cell-a', 'epoch': 3, 'tasks': [], 'missions': []},
+    }
+
+
+#: channel id -> (address, parameters, message name, who sends it, QoS, retained, summary)
+CHANNELS: dict[str, tuple[str, dict[str, Any], str, str, int, bool, str]] = {
+    'robotStatus': (f'{topics.TOPIC_ROOT}/{{robot_id}}/{topics.STATUS}', _ROBOT, 'Status',
+                    'robot', 1, True, 'liveness: online on every connect; the last will '
+                    'says offline'),
+    'robotState': (f'{topics.TOPIC_ROOT}/{{robot_id}}/{topics.STATE}', _ROBOT,
+                   'StateEnvelope', 'robot', 1, True, 'CRDT snapshot of counters, values, '
+                   'alarms (every state_period_s)'),
+    'missionAck': (f'{topics.TOPIC_ROOT}/{{robot_id}}/{topics.MISSION_ACK}', _ROBOT,
+                   'MissionAckEnvelope', 'robot', 1, False, 'the answer to every mission '
+                   'command'),
+    'taskProgress': (f'{topics.TOPIC_ROOT}/{{robot_id}}/{topics.TASK_PROGRESS}', _ROBOT,
+                     'TaskProgressEnvelope', 'robot', 1, False, 'started, done or failed, '
+                     'per task'),
+    'bridgeStats': (f'{topics.TOPIC_ROOT}/{{robot_id}}/{topics.BRIDGE_TELEMETRY}', _ROBOT,
+                    'BridgeStatsEnvelope', 'robot', 1, False, 'link and queue statistics '
+                    '(every stats_period_s)'),
+    'robotTelemetry': (f'{topics.TOPIC_ROOT}/{{robot_id}}/telemetry/{{name}}',
+                       _ROBOT | _NAME, 'TelemetryEnvelope', 'robot', 1, False,
+                       'routed ROS topics (bridge_routes.yaml; QoS and retain per route)'),
+    'robotEvents': (f'{topics.TOPIC_ROOT}/{{robot_id}}/events/{{name}}', _ROBOT | _NAME,
+                    'TelemetryEnvelope', 'robot', 1, False, 'routed events (never retained; '
+                    'a JPEG snapshot route sends image/jpeg with its seq in the user '
+                    'properties); mission_ack and task_progress have their own channels'),
+    'missionCommand': (f'{topics.TOPIC_ROOT}/{{robot_id}}/cmd/mission', _ROBOT,
+                       'SignedCommand', 'cloud', 1, False, 'a signed mission (MQTT 5 message '
+                       'expiry = its validity); never retained'),
+    'delivered': (f'{topics.TOPIC_ROOT}/{{robot_id}}/{topics.DELIVERED}', _ROBOT, 'Delivered',
+                  'cloud', 1, False, 'seqs the cloud has stored (robots with delivery: '
+                  'cloud delete them then)'),
+    'workOrders': (topics.ORDERS_TOPIC, {}, 'WorkOrder', 'operator', 1, False,
+                   'tasks to plan (a retained order is refused)'),
+    'fleetLease': (f'{topics.TOPIC_ROOT}/planners/{{fleet_id}}/lease', _FLEET, 'Lease',
+                   'planner replica', 1, True, 'which replica owns the fleet'),
+    'fleetLedger': (f'{topics.TOPIC_ROOT}/planners/{{fleet_id}}/ledger', _FLEET, 'Ledger',
+                    'planner owner', 1, True, "the owner's ledger, for the next owner"),
+    'fleetOrders': (f'{topics.TOPIC_ROOT}/planners/{{fleet_id}}/orders', _FLEET, 'WorkOrder',
+                    'planner replica', 1, False, 'orders a replica took from the shared '
+                    'subscription, forwarded to the owner'),
+}
+_HEADERS = {'StateEnvelope', 'MissionAckEnvelope', 'TaskProgressEnvelope',
+            'BridgeStatsEnvelope', 'TelemetryEnvelope'}
+
+
+def document() -> dict[str, Any]:
+    """Return the AsyncAPI 3.0.0 document of the contract."""
+    examples = _examples()
+    messages: dict[str, Any] = {}
+    for name, body in schemas.SCHEMAS.items():
+        if name == 'Mission':
+            continue   # the signed payload of SignedCommand, not a message of its own
+        message: dict[str, Any] = {
+            'name': name, 'title': name, 'contentType': 'application/json',
+            'summary': body.get('description', name),
+            'payload': {'$ref': f'#/components/schemas/{name}'},
+            'examples': [{'name': f'{name}-example', 'payload': examples[name]}]}
+        if name in _HEADERS:
+            message['headers'] = _USER_PROPERTIES
+        messages[name] = message
+    messages['SignedCommand']['description'] = (
+        'The payload decodes (base64) to a Mission: ' + json.dumps(examples['Mission']))
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    for channel_id, (address, params, kind, sender, qos, retain, summary) in \
+            CHANNELS.items():
+        channels[channel_id] = {
+            'address': address, 'description': f'{summary} (sent by the {sender})',
+            'messages': {kind: {'$ref': f'#/components/messages/{kind}'}}}
+        if params:
+            channels[channel_id]['parameters'] = params
+        operations[f'{channel_id}Send'] = {
+            'action': 'send', 'summary': f'the {sender} publishes',
+            'channel': {'$ref': f'#/channels/{channel_id}'},
+            'messages': [{'$ref': f'#/channels/{channel_id}/messages/{kind}'}],
+            'bindings': {'mqtt': {'qos': qos, 'retain': retain, 'bindingVersion': '0.2.0'}}}
+    return {
+        'asyncapi': '3.0.0',
+        'info': {'title': 'cobot_hybrid robot-cloud MQTT contract', 'version': '1.0.0',
+                 'description': 'Every topic under cobot/v1 between the edge bridges, the '
+                 'cloud planner and its replicas. Generated by tools/gen_mqtt_api.py from '
+                 'cobot_hybrid_protocol; do not edit by hand.'},
+        'defaultContentType': 'application/json',
+        'servers': {
+            'robots': {'host': 'broker.example.invalid:8883', 'protocol': 'secure-mqtt',
+                       'protocolVersion': '5', 'description': 'robots: mutual TLS, the '
+                       'certificate CN is the client id and the ACL allows only its own '
+                       'prefix', 'security': [{'$ref': '#/components/securitySchemes/mtls'}]},
+            'cloud': {'host': 'broker.example.invalid:8884', 'protocol': 'secure-mqtt',
+                      'protocolVersion': '5', 'description': 'cloud clients (planner '
+                      'replicas, operators) with their own CA and ACL',
+                      'security': [{'$ref': '#/components/securitySchemes/mtls'}]}},
+        'channels': channels,
+        'operations': operations,
+        'components': {
+            'schemas': schemas.SCHEMAS,
+            'messages': messages,
+            'securitySchemes': {'mtls': {'type': 'X509', 'description': 'client '
+                                         'certificates (config/mosquitto/)'}}},
+    }

@@ -1,0 +1,192 @@
+"""JSON Schemas (draft-07) of every payload of the contract, built from the contract's constants.
+
+Each schema is made here from the same constants the validators use (field names, bounds,
+enumerations), so a change of a bound changes both. ``test_mqtt_api`` checks that real
+messages produced by the bridge and the planner validate, and that payloads the validators
+refuse are refused by the schemas too. The AsyncAPI document (:mod:`cobot_hybrid_protocol.
+asyncapi`) refers to them. The validators stay the authority where a schema cannot say it
+(a version strictly after another, a deadline after its release, unique task ids).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cobot_hybrid_protocol import crdt, delivery, envelope, mission, orders, signing, status
+from cobot_hybrid_protocol.limits import ID_MAX
+
+__all__ = ['SCHEMAS', 'schema']
+
+_MAX_SEQ = envelope.MAX_SEQ
+_PRINTABLE = '^[^\\u0000-\\u001f\\u007f]+$'    # no control characters (validators: isprintable)
+
+
+def _id(max_chars: int = ID_MAX, description: str = '') -> dict[str, Any]:
+    out: dict[str, Any] = {'type': 'string', 'minLength': 1, 'maxLength': max_chars,
+                           'pattern': _PRINTABLE}
+    if description:
+        out['description'] = description
+    return out
+
+
+def _number(low: float, high: float, description: str = '') -> dict[str, Any]:
+    out: dict[str, Any] = {'type': 'number', 'minimum': low, 'maximum': high}
+    if description:
+        out['description'] = description
+    return out
+
+
+def _integer(low: int, high: int, description: str = '') -> dict[str, Any]:
+    out: dict[str, Any] = {'type': 'integer', 'minimum': low, 'maximum': high}
+    if description:
+        out['description'] = description
+    return out
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None,
+            description: str = '') -> dict[str, Any]:
+    out: dict[str, Any] = {'type': 'object', 'additionalProperties': False,
+                           'required': sorted(properties) if required is None else required,
+                           'properties': properties}
+    if description:
+        out['description'] = description
+    return out
+
+
+_UNIX = _number(mission.MIN_UNIX_S, mission.MAX_UNIX_S, 'unix time [s]')
+_VERSION = _integer(1, mission.MAX_VERSION, 'mission version: a newer one supersedes')
+
+
+def _envelope(data: dict[str, Any], description: str) -> dict[str, Any]:
+    return _object({
+        'robot_id': _id(64, 'the robot that sent it (equals the topic level)'),
+        'seq': _integer(1, _MAX_SEQ, "the robot's outbox sequence number (de-duplication)"),
+        'stamp': _number(0.0, mission.MAX_UNIX_S, 'robot wall clock when it was made [unix s]'),
+        'topic': _id(256, 'the ROS topic, or the contract name (state, mission_ack, ...)'),
+        'type': _id(256, 'the ROS type, or the contract type (cobot_hybrid/MissionAck ...)'),
+        'data': data,
+    }, description=description)
+
+
+_GCOUNTER = {'type': 'object', 'maxProperties': crdt.MAX_ENTRIES,
+             'additionalProperties': _integer(0, crdt.MAX_COUNT)}
+_HLC = {'type': 'array', 'minItems': 3, 'maxItems': 3, 'items': [
+    _integer(0, crdt.MAX_COUNT, 'wall clock [ms]'), _integer(0, crdt.MAX_LOGICAL, 'logical'),
+    {'type': 'string', 'description': 'replica (robot id)'}],
+    'description': 'hybrid logical clock stamp [wall_ms, logical, replica]'}
+TELEMETRY_STATE = _object({
+    'counters': {'type': 'object', 'maxProperties': crdt.MAX_ENTRIES,
+                 'additionalProperties': _object({'p': _GCOUNTER, 'n': _GCOUNTER}),
+                 'description': 'PN counters by name (per replica increments, decrements)'},
+    'values': {'type': 'object', 'maxProperties': crdt.MAX_ENTRIES,
+               'additionalProperties': {'type': 'array', 'minItems': 2, 'maxItems': 2,
+                                        'items': [_HLC, {}]},
+               'description': 'last-writer-wins values by key: [stamp, value]'},
+    'alarms': _object({
+        'adds': {'type': 'object', 'maxProperties': crdt.MAX_ENTRIES,
+                 'additionalProperties': {'type': 'array', 'items': {'type': 'string'}}},
+        'removed': {'type': 'array', 'items': {'type': 'string'}}},
+        description='observed-remove set of active alarms: add tags, tombstones'),
+}, description='CRDT snapshot of a robot: any order, any duplicates, the same merge')
+
+MISSION_ACK = _object({
+    'schema': {'const': mission.ACK_SCHEMA},
+    'mission_id': {'oneOf': [_id(), {'type': 'null'}]},
+    'version': {'oneOf': [_VERSION, {'type': 'null'}]},
+    'status': {'enum': list(mission.ACK_STATUSES)},
+    'reason': {'type': 'string', 'maxLength': mission.MAX_REASON,
+               'description': '"<reject code>: <detail>" of a rejection'},
+}, description='the robot answers every mission command; null ids: an unreadable command')
+
+TASK_PROGRESS = _object({
+    'schema': {'const': mission.PROGRESS_SCHEMA},
+    'mission_id': _id(), 'version': _VERSION, 'task_id': _id(),
+    'status': {'enum': list(mission.PROGRESS_STATUSES)},
+    'reason': {'type': 'string', 'maxLength': mission.MAX_REASON},
+    'stamp': _UNIX,
+}, required=['mission_id', 'schema', 'stamp', 'status', 'task_id', 'version'],
+    description='what the robot did with one task of a mission version')
+
+_POSE = _object({k: _number(-mission.MAX_COORD_M, mission.MAX_COORD_M, f'{k} [m]')
+                 for k in ('x', 'y', 'z')} | {'yaw': _number(-6.283185307179586,
+                                                             6.283185307179586, '[rad]')})
+MISSION = _object({
+    'schema': {'const': mission.MISSION_SCHEMA}, 'kind': {'const': 'mission'},
+    'command_id': _id(description='unique per command (replay protection)'),
+    'robot_id': _id(), 'mission_id': _id(), 'version': _VERSION,
+    'issued_at': _UNIX, 'valid_until': _UNIX, 'frame_id': _id(),
+    'tasks': {'type': 'array', 'maxItems': mission.MAX_TASKS, 'items': _object({
+        'task_id': _id(), 'type': {'enum': list(mission.TASK_TYPES)}, 'station': _id(),
+        'pose': _POSE, 'duration_s': _number(0.0, mission.MAX_DURATION_S, '[s]'),
+        'deadline': _UNIX}, required=['duration_s', 'pose', 'station', 'task_id', 'type'])},
+}, description='a mission for one robot (the signed payload of cmd/mission)')
+
+SIGNED_COMMAND = _object({
+    'key_id': {'type': 'string', 'description': 'which cloud key signed it'},
+    'payload': {'type': 'string', 'contentEncoding': 'base64',
+                'contentMediaType': 'application/json',
+                'description': 'the command JSON (a Mission), base64'},
+    'signature': {'type': 'string', 'contentEncoding': 'base64',
+                  'description': 'Ed25519 over: payload bytes, a newline, the robot id'},
+}, description=f'a signed command, at most {signing.MAX_COMMAND_BYTES} bytes')
+
+STATUS = _object({'state': {'enum': list(status.STATES)},
+                  'stamp': _number(0.0, mission.MAX_UNIX_S, 'robot clock [unix s]')},
+                 required=['state'], description='liveness (retained; the last will: offline)')
+
+DELIVERED = _object({
+    'schema': {'const': delivery.DELIVERED_SCHEMA}, 'robot_id': _id(64),
+    'ranges': {'type': 'array', 'maxItems': delivery.MAX_RANGES, 'items': {
+        'type': 'array', 'minItems': 2, 'maxItems': 2, 'items': _integer(1, _MAX_SEQ)},
+        'description': 'inclusive [first, last] seq ranges the cloud has stored'},
+}, description='what the cloud has durably stored of this robot (delivery: cloud)')
+
+_LIMITS = orders.OrderLimits()
+WORK_ORDER = _object({
+    'schema': {'const': orders.ORDERS_SCHEMA},
+    'order_id': {'type': 'string', 'maxLength': ID_MAX},
+    'tasks': {'type': 'array', 'maxItems': _LIMITS.max_tasks, 'items': _object({
+        'task_id': _id(), 'type': {'enum': list(orders.TASK_TYPES)}, 'station': _id(),
+        'capability': _id(), 'duration_s': _number(0.0, _LIMITS.max_duration_s, '[s]'),
+        'priority': _integer(*orders.PRIORITY_RANGE),
+        'release_s': {'oneOf': [_number(0.0, _LIMITS.horizon_s, 'from the planning epoch [s]'),
+                                {'type': 'null'}]},
+        'deadline_s': {'oneOf': [_number(0.0, _LIMITS.horizon_s), {'type': 'null'}]},
+        'after': {'type': 'array', 'maxItems': _LIMITS.max_after, 'items': _id()},
+    }, required=list(orders.TASK_REQUIRED))},
+}, required=['schema', 'tasks'], description='tasks to plan; a bad task is rejected alone')
+
+LEASE = _object({'fleet': {'type': 'string'}, 'owner': _id(),
+                 'epoch': _integer(1, _MAX_SEQ, 'grows with every owner change')},
+                description='who owns the fleet (retained; between planner replicas)')
+
+LEDGER = {'type': 'object', 'required': ['fleet', 'epoch', 'tasks', 'missions'],
+          'properties': {'fleet': {'type': 'string'}, 'epoch': _integer(0, _MAX_SEQ),
+                         'tasks': {'type': 'array', 'items': {'type': 'object'}},
+                         'missions': {'type': 'array', 'items': {'type': 'object'}}},
+          'description': "the owner's mission ledger, for the next owner (retained)"}
+
+BRIDGE_STATS = {'type': 'object', 'description': 'link and queue statistics of the bridge'}
+ROS_MESSAGE = {'type': 'object', 'description': 'a ROS message as JSON (fields by name; '
+               'byte arrays base64; non-finite floats as text)'}
+
+#: name -> JSON Schema; the uplink ones wrapped in the envelope.
+SCHEMAS: dict[str, dict[str, Any]] = {
+    'Status': STATUS,
+    'StateEnvelope': _envelope(TELEMETRY_STATE, 'a CRDT state snapshot'),
+    'MissionAckEnvelope': _envelope(MISSION_ACK, 'a mission ack'),
+    'TaskProgressEnvelope': _envelope(TASK_PROGRESS, 'a task progress report'),
+    'BridgeStatsEnvelope': _envelope(BRIDGE_STATS, "the bridge's statistics"),
+    'TelemetryEnvelope': _envelope(ROS_MESSAGE, 'a routed ROS message'),
+    'SignedCommand': SIGNED_COMMAND,
+    'Mission': MISSION,
+    'Delivered': DELIVERED,
+    'WorkOrder': WORK_ORDER,
+    'Lease': LEASE,
+    'Ledger': LEDGER,
+}
+
+
+def schema(name: str) -> dict[str, Any]:
+    """Return one schema by name (see :data:`SCHEMAS`)."""
+    return SCHEMAS[name]
