@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import MultiThreadedExecutor
@@ -38,13 +38,14 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from cobot_hybrid_perception.annotate import draw_detections
 from cobot_hybrid_perception.detector import Detector, DetectorConfig
-from cobot_hybrid_perception.detector_stats import DetectorStats
+from cobot_hybrid_perception.detector_stats import DIAG_PERIOD_S, DetectorStats, diagnostics_due
 from cobot_hybrid_perception.errors import ConfigError, PerceptionError
+from cobot_hybrid_perception.frame_policy import for_inference
 from cobot_hybrid_perception.model_info import COCO_KEYPOINTS
 from cobot_hybrid_perception.yolo_decode import Detections
 from cobot_hybrid_protocol.settings import check_settings, setting
+from cobot_hybrid_ros.diagnostics import diagnostic_array
 from cobot_hybrid_ros.errors import ImageCodecError
-from cobot_hybrid_ros.image_codec import convert_color
 from cobot_hybrid_ros.images import (
     compressed_to_numpy,
     image_to_numpy,
@@ -54,8 +55,6 @@ from cobot_hybrid_ros.params import ParameterBinding
 from cobot_hybrid_ros.runner import autostart, run_node
 
 _STATUS_NAME = 'detector_node: inference'
-_DIAG_PERIOD_S = 1.0
-_FAILURES_FOR_ERROR = 3
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,7 @@ class DetectorNode(LifecycleNode):
         self._running = True
         self._worker = threading.Thread(target=self._work, name='detector', daemon=True)
         self._worker.start()
-        self._diag_timer = self.create_timer(_DIAG_PERIOD_S, self._publish_diagnostics)
+        self._diag_timer = self.create_timer(DIAG_PERIOD_S, self._publish_diagnostics)
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -215,9 +214,7 @@ class DetectorNode(LifecycleNode):
                 pixels, encoding = compressed_to_numpy(msg)
             else:
                 pixels, encoding = image_to_numpy(msg), msg.encoding
-            if encoding not in ('bgr8', 'rgb8', 'mono8'):
-                pixels = convert_color(pixels, encoding, 'bgr8')
-                encoding = 'bgr8'
+            pixels, encoding = for_inference(pixels, encoding)
             convert_ms = 1e3 * (time.perf_counter() - t0)
             detections, times = detector.detect(pixels, encoding)
         except (PerceptionError, ImageCodecError) as exc:
@@ -307,24 +304,15 @@ class DetectorNode(LifecycleNode):
         if detector is None or pub is None:
             return
         now = time.monotonic()
-        if not force and now - self._last_diag < _DIAG_PERIOD_S * 0.5:
+        if not diagnostics_due(now, self._last_diag, force):
             return
         self._last_diag = now
-        summary = self._stats.summary()
-        level = (DiagnosticStatus.ERROR if self._stats.consecutive_failures >= _FAILURES_FOR_ERROR
-                 else DiagnosticStatus.WARN if self._stats.consecutive_failures
-                 else DiagnosticStatus.OK)
-        values = {**{k: f'{v:.2f}' if isinstance(v, float) else str(v)
-                     for k, v in summary.items()},
-                  'backend': detector.backend.name, 'precision': detector.backend.precision,
-                  'model': detector.model_path.name, 'model_hash': detector.model_hash}
-        message = 'ok' if level == DiagnosticStatus.OK else self._stats.last_error
-        status = DiagnosticStatus(level=level, name=_STATUS_NAME, message=message,
-                                  hardware_id=detector.backend.name,
-                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        pub.publish(msg)
+        stats = self._stats
+        values = stats.diagnostic_values({
+            'backend': detector.backend.name, 'precision': detector.backend.precision,
+            'model': detector.model_path.name, 'model_hash': detector.model_hash})
+        pub.publish(diagnostic_array(self.get_clock(), _STATUS_NAME, stats.level(),
+                                     stats.message(), values, detector.backend.name))
 
 
 def _spin(node: DetectorNode) -> None:

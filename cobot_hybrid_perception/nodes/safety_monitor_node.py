@@ -26,7 +26,6 @@ Any exception while handling an input stops the robot with the exception as the 
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TwistStamped
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
@@ -50,7 +49,9 @@ from std_msgs.msg import Bool, ColorRGBA, Float64
 from vision_msgs.msg import Detection2D, Detection2DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
+from cobot_hybrid_perception import safety_view
 from cobot_hybrid_perception.errors import ConfigError, PerceptionError
+from cobot_hybrid_perception.frame_policy import depth_scale_m
 from cobot_hybrid_perception.safety_pipeline import (
     PersonDetection,
     SafetyConfig,
@@ -58,24 +59,16 @@ from cobot_hybrid_perception.safety_pipeline import (
     SafetyReport,
     speed_from_twist,
 )
-from cobot_hybrid_perception.ssm import SafetyState, protective_separation
+from cobot_hybrid_perception.ssm import SafetyState
 from cobot_hybrid_protocol.settings import check_settings, setting
+from cobot_hybrid_ros.diagnostics import diagnostic_array, level_name
 from cobot_hybrid_ros.images import image_to_numpy
 from cobot_hybrid_ros.params import ParameterBinding
 from cobot_hybrid_ros.runner import autostart, run_node
 
 _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
-_DIAG_PERIOD_S = 0.5
-_LEVELS = {SafetyState.RUN: DiagnosticStatus.OK, SafetyState.SLOW: DiagnosticStatus.WARN,
-           SafetyState.PROTECTIVE_STOP: DiagnosticStatus.ERROR}
-_COLORS = {SafetyState.RUN: (0.1, 0.8, 0.1), SafetyState.SLOW: (1.0, 0.8, 0.0),
-           SafetyState.PROTECTIVE_STOP: (0.9, 0.1, 0.1)}
-
-
-def _level(level: bytes | int) -> int:
-    """DiagnosticStatus levels are one byte in rclpy; compare them as integers."""
-    return level[0] if isinstance(level, bytes) else int(level)
+_MARKER_KINDS = {'cylinder': Marker.CYLINDER, 'text': Marker.TEXT_VIEW_FACING}
 
 
 def _seconds(stamp: Time) -> float:
@@ -254,13 +247,9 @@ class SafetyMonitorNode(LifecycleNode):
         self._pipeline.on_camera_info(list(msg.k), msg.height)
 
     def _on_depth(self, msg: Image) -> None:
-        units = {'16UC1': 1e-3, 'mono16': 1e-3, '32FC1': 1.0}
-        if msg.encoding not in units:
-            raise PerceptionError(f'depth encoding {msg.encoding!r}: publish 16UC1 (mm) or '
-                                  '32FC1 (m) aligned to the detection image')
+        unit_m = depth_scale_m(msg.encoding)
         assert self._pipeline is not None
-        self._pipeline.on_depth(_seconds(msg.header.stamp), image_to_numpy(msg),
-                                units[msg.encoding])
+        self._pipeline.on_depth(_seconds(msg.header.stamp), image_to_numpy(msg), unit_m)
 
     def _on_twist(self, msg: TwistStamped) -> None:
         assert self._pipeline is not None
@@ -273,10 +262,11 @@ class SafetyMonitorNode(LifecycleNode):
         self._pipeline.on_robot_speed(self._now_s(), abs(float(msg.data)))
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
-        prefix = self._shell.config.detector_status_prefix
-        levels = [_level(s.level) for s in msg.status if s.name.startswith(prefix)]
-        if levels and self._pipeline is not None:
-            self._pipeline.on_detector_health(max(levels) < _level(DiagnosticStatus.ERROR))
+        healthy = safety_view.detector_healthy(
+            ((s.name, level_name(s.level)) for s in msg.status),
+            self._shell.config.detector_status_prefix)
+        if healthy is not None and self._pipeline is not None:
+            self._pipeline.on_detector_health(healthy)
 
     # --- outputs -----------------------------------------------------------------------------
 
@@ -292,10 +282,11 @@ class SafetyMonitorNode(LifecycleNode):
             return
         decision = report.decision
         self._scale_pub.publish(Float64(data=float(decision.speed_scale)))
-        self._stop_pub.publish(Bool(data=decision.state is SafetyState.PROTECTIVE_STOP))
+        self._stop_pub.publish(Bool(data=safety_view.stop_requested(decision.state)))
         self._published += 1
         now = time.monotonic()
-        if decision.state != self._last_state or now - self._last_diag_s >= _DIAG_PERIOD_S:
+        if safety_view.diagnostics_due(decision.state, self._last_state, now,
+                                       self._last_diag_s):
             if decision.state != self._last_state:
                 self.get_logger().info(f'{decision.state.value}: {decision.reason}')
             self._last_state = decision.state
@@ -305,73 +296,28 @@ class SafetyMonitorNode(LifecycleNode):
 
     def _diagnostics(self, report: SafetyReport) -> DiagnosticArray:
         d = report.decision
-        values = {
-            'state': d.state.value,
-            'speed_scale': f'{d.speed_scale:.3f}',
-            'closest_distance_m': f'{d.closest_distance_m:.3f}',
-            'required_separation_m': f'{d.required_separation_m:.3f}',
-            'allowed_speed_mps': f'{d.allowed_speed_mps:.3f}',
-            'robot_speed_mps': f'{report.robot.speed_mps:.3f}',
-            'robot_speed_source': 'measured' if report.robot_speed_measured
-            else 'assumed robot_max_speed_mps (no fresh robot_speed)',
-            'perception_age_s': f'{report.perception_age_s:.3f}',
-            'people': str(len(report.people)),
-            'localization': ','.join(report.methods),
-            'evaluations_published': str(self._published),
-        }
-        status = DiagnosticStatus(level=_LEVELS[d.state], name=f'{self.get_name()}: ssm',
-                                  message=d.reason, hardware_id='',
-                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        return msg
+        return diagnostic_array(self.get_clock(), f'{self.get_name()}: ssm',
+                                safety_view.level(d.state), d.reason,
+                                safety_view.diagnostic_values(report, self._published))
 
     def _markers(self, report: SafetyReport) -> MarkerArray:
         assert self._pipeline is not None
-        cfg = self._pipeline.cfg
         frame = self._shell.config.base_frame
         stamp = self.get_clock().now().to_msg()
-        far = cfg.near_distance_m + 10.0
-        zones = (('protective', protective_separation(far, report.robot.speed_mps, cfg),
-                  (0.9, 0.1, 0.1, 0.25)),
-                 ('slow', protective_separation(far, cfg.robot_max_speed_mps, cfg),
-                  (1.0, 0.8, 0.0, 0.12)))
         markers = [Marker(action=Marker.DELETEALL)]
-        tcp = cfg.tcp_xyz
-        for index, (name, radius, rgba) in enumerate(zones):
-            marker = self._marker(frame, stamp, 'zones', index, Marker.CYLINDER, rgba)
-            marker.pose.position.x, marker.pose.position.y = tcp[0], tcp[1]
-            marker.pose.position.z = cfg.floor_z + 0.01
-            marker.scale.x = marker.scale.y = 2.0 * radius
-            marker.scale.z = 0.02
-            marker.text = name
+        for shape in safety_view.markers(report, self._pipeline.cfg):
+            marker = Marker(ns=shape.ns, id=shape.id, type=_MARKER_KINDS[shape.kind],
+                            action=Marker.ADD, text=shape.text)
+            marker.header.frame_id = frame
+            marker.header.stamp = stamp
+            marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = \
+                shape.position
+            marker.pose.orientation.w = 1.0
+            marker.scale.x, marker.scale.y, marker.scale.z = shape.scale
+            r, g, b, a = shape.rgba
+            marker.color = ColorRGBA(r=r, g=g, b=b, a=a)
             markers.append(marker)
-        color = _COLORS[report.decision.state]
-        for index, person in enumerate(report.people):
-            body = self._marker(frame, stamp, 'people', index, Marker.CYLINDER, (*color, 0.8))
-            body.pose.position.x, body.pose.position.y = person.x, person.y
-            body.pose.position.z = cfg.floor_z + 0.85
-            body.scale.x = body.scale.y = 0.5 + 2.0 * person.uncertainty_m
-            body.scale.z = 1.7
-            label = self._marker(frame, stamp, 'labels', index, Marker.TEXT_VIEW_FACING,
-                                 (1.0, 1.0, 1.0, 1.0))
-            label.pose.position.x, label.pose.position.y = person.x, person.y
-            label.pose.position.z = cfg.floor_z + 1.9
-            label.scale.z = 0.15
-            distance = math.hypot(person.x - tcp[0], person.y - tcp[1])
-            label.text = f'{person.label} {distance:.2f} m'
-            markers.extend((body, label))
         return MarkerArray(markers=markers)
-
-    @staticmethod
-    def _marker(frame: str, stamp: Time, ns: str, marker_id: int, kind: int,
-                rgba: tuple[float, float, float, float]) -> Marker:
-        marker = Marker(ns=ns, id=marker_id, type=kind, action=Marker.ADD)
-        marker.header.frame_id = frame
-        marker.header.stamp = stamp
-        marker.pose.orientation.w = 1.0
-        marker.color = ColorRGBA(r=rgba[0], g=rgba[1], b=rgba[2], a=rgba[3])
-        return marker
 
 
 def _spin(node: SafetyMonitorNode) -> None:

@@ -1,0 +1,145 @@
+"""What the safety monitor shows of a decision, and what it reads of the detector's health.
+
+Pure data, no ROS: ``safety_monitor_node`` turns these into messages.
+
+* outputs: ``protective_stop`` is true exactly in ``PROTECTIVE_STOP`` (:func:`stop_requested`);
+* diagnostics: level per state (:data:`LEVELS`: RUN OK, SLOW WARN, PROTECTIVE_STOP ERROR),
+  the values (:func:`diagnostic_values`), published on every state change and at least every
+  :data:`DIAG_PERIOD_S` (:func:`diagnostics_due`);
+* markers (:func:`markers`): the protective zone at the robot's speed, the slow zone at its
+  maximum speed, each person as a cylinder in the colour of the state with a label giving
+  its distance to the TCP;
+* detector health (:func:`detector_healthy`): the detector is unhealthy while any of its
+  statuses is ERROR or STALE (anything but OK and WARN).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from cobot_hybrid_perception.safety_pipeline import SafetyConfig, SafetyReport
+from cobot_hybrid_perception.ssm import Person, SafetyState, protective_separation
+
+__all__ = ['COLOURS', 'DIAG_PERIOD_S', 'HEALTHY_LEVELS', 'LEVELS', 'Rgba', 'Shape',
+           'detector_healthy', 'diagnostic_values', 'diagnostics_due', 'level', 'markers',
+           'person_colour', 'stop_requested']
+
+Rgba = tuple[float, float, float, float]
+Xyz = tuple[float, float, float]
+
+#: Diagnostic level of each safety state.
+LEVELS: dict[SafetyState, str] = {SafetyState.RUN: 'OK', SafetyState.SLOW: 'WARN',
+                                  SafetyState.PROTECTIVE_STOP: 'ERROR'}
+#: Marker colour (r, g, b) of each safety state: green, amber, red.
+COLOURS: dict[SafetyState, tuple[float, float, float]] = {
+    SafetyState.RUN: (0.1, 0.8, 0.1), SafetyState.SLOW: (1.0, 0.8, 0.0),
+    SafetyState.PROTECTIVE_STOP: (0.9, 0.1, 0.1)}
+#: Detector status levels that count as healthy.
+HEALTHY_LEVELS = frozenset({'OK', 'WARN'})
+#: Diagnostics (and markers) are published at least this often [s].
+DIAG_PERIOD_S = 0.5
+
+PERSON_ALPHA = 0.8
+PROTECTIVE_ZONE_RGBA: Rgba = (0.9, 0.1, 0.1, 0.25)
+SLOW_ZONE_RGBA: Rgba = (1.0, 0.8, 0.0, 0.12)
+LABEL_RGBA: Rgba = (1.0, 1.0, 1.0, 1.0)
+#: Zones are drawn for a person this far beyond ``near_distance_m`` (the far human speed).
+_ZONE_FAR_M = 10.0
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One marker as plain data: ``kind`` is a cylinder or a text facing the viewer."""
+
+    ns: str
+    id: int
+    kind: Literal['cylinder', 'text']
+    position: Xyz
+    scale: Xyz
+    rgba: Rgba
+    text: str = ''
+
+
+def level(state: SafetyState) -> str:
+    """Return the diagnostic level name of a safety state."""
+    return LEVELS[state]
+
+
+def person_colour(state: SafetyState) -> Rgba:
+    """Return the colour of the people markers in a safety state."""
+    return (*COLOURS[state], PERSON_ALPHA)
+
+
+def stop_requested(state: SafetyState) -> bool:
+    """Return whether ``protective_stop`` is true in this state."""
+    return state is SafetyState.PROTECTIVE_STOP
+
+
+def diagnostics_due(state: SafetyState, last_state: SafetyState | None, now_s: float,
+                    last_s: float) -> bool:
+    """Return whether to publish diagnostics and markers (state change, DIAG_PERIOD_S)."""
+    return state != last_state or now_s - last_s >= DIAG_PERIOD_S
+
+
+def diagnostic_values(report: SafetyReport, published: int) -> dict[str, str]:
+    """Return what the monitor reports of a decision (``published``: evaluations so far)."""
+    d = report.decision
+    return {
+        'state': d.state.value,
+        'speed_scale': f'{d.speed_scale:.3f}',
+        'closest_distance_m': f'{d.closest_distance_m:.3f}',
+        'required_separation_m': f'{d.required_separation_m:.3f}',
+        'allowed_speed_mps': f'{d.allowed_speed_mps:.3f}',
+        'robot_speed_mps': f'{report.robot.speed_mps:.3f}',
+        'robot_speed_source': 'measured' if report.robot_speed_measured
+        else 'assumed robot_max_speed_mps (no fresh robot_speed)',
+        'perception_age_s': f'{report.perception_age_s:.3f}',
+        'people': str(len(report.people)),
+        'localization': ','.join(report.methods),
+        'evaluations_published': str(published),
+    }
+
+
+def _zones(robot_speed_mps: float, cfg: SafetyConfig) -> list[Shape]:
+    far = cfg.near_distance_m + _ZONE_FAR_M
+    zones = (('protective', protective_separation(far, robot_speed_mps, cfg),
+              PROTECTIVE_ZONE_RGBA),
+             ('slow', protective_separation(far, cfg.robot_max_speed_mps, cfg),
+              SLOW_ZONE_RGBA))
+    tcp = cfg.tcp_xyz
+    return [Shape('zones', index, 'cylinder', (tcp[0], tcp[1], cfg.floor_z + 0.01),
+                  (2.0 * radius, 2.0 * radius, 0.02), rgba, name)
+            for index, (name, radius, rgba) in enumerate(zones)]
+
+
+def _person(index: int, person: Person, state: SafetyState, cfg: SafetyConfig) -> list[Shape]:
+    tcp = cfg.tcp_xyz
+    diameter = 0.5 + 2.0 * person.uncertainty_m
+    distance = math.hypot(person.x - tcp[0], person.y - tcp[1])
+    return [Shape('people', index, 'cylinder', (person.x, person.y, cfg.floor_z + 0.85),
+                  (diameter, diameter, 1.7), person_colour(state)),
+            Shape('labels', index, 'text', (person.x, person.y, cfg.floor_z + 1.9),
+                  (0.0, 0.0, 0.15), LABEL_RGBA, f'{person.label} {distance:.2f} m')]
+
+
+def markers(report: SafetyReport, cfg: SafetyConfig) -> list[Shape]:
+    """Return the zones, then a body and a label per person (in the robot base frame)."""
+    shapes = _zones(report.robot.speed_mps, cfg)
+    for index, person in enumerate(report.people):
+        shapes.extend(_person(index, person, report.decision.state, cfg))
+    return shapes
+
+
+def detector_healthy(statuses: Iterable[tuple[str, str]], prefix: str) -> bool | None:
+    """Return the detector's health from (status name, level name) pairs; None: no status.
+
+    Only statuses whose name starts with ``prefix`` count; one that is not OK or WARN (ERROR,
+    STALE, a level outside the standard four) makes the detector unhealthy.
+    """
+    levels = [lvl for name, lvl in statuses if name.startswith(prefix)]
+    if not levels:
+        return None
+    return all(lvl in HEALTHY_LEVELS for lvl in levels)
