@@ -15,6 +15,10 @@ program) takes its place and publishes the same ``task_progress`` reports.
   executing its last valid mission while offline, and no longer than that.
 
 Every change is returned as a :class:`TaskProgress` (``started``, ``done``, ``failed``).
+
+The node's rules live here too: a speed scale older than ``speed_timeout_s`` counts as none
+(:func:`fresh_speed_scale`); the health (:meth:`MissionExecutor.health`) is WARN once a
+remembered task failed or a mission was rejected, else OK.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_protocol.mission import Mission, Task, TaskProgress
 from cobot_hybrid_protocol.settings import check_settings, setting
 
-__all__ = ['ActiveTask', 'ExecutorConfig', 'MissionExecutor']
+__all__ = ['ActiveTask', 'ExecutorConfig', 'MissionExecutor', 'fresh_speed_scale']
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,14 @@ class ExecutorConfig:
                 raise BridgeError(f'{name} {getattr(self, name)} must be > 0')
         if self.max_remembered < 1:
             raise BridgeError('max_remembered must be >= 1')
+
+
+def fresh_speed_scale(sample: tuple[float, float] | None, now_s: float,
+                      timeout_s: float) -> float | None:
+    """Return the value of a (value, received at) sample; None if none or older than timeout."""
+    if sample is None or now_s - sample[1] > timeout_s:
+        return None
+    return sample[0]
 
 
 @dataclass
@@ -154,3 +166,13 @@ class MissionExecutor:
             'pending': len(self._pending), 'done': counts.get('done', 0),
             'failed': counts.get('failed', 0)}
 
+    def health(self, rejected: int) -> tuple[str, str]:
+        """Return (level name, message): WARN once a remembered task failed or ``rejected`` > 0."""
+        summary = self.summary()
+        level = 'WARN' if summary['failed'] or rejected else 'OK'
+        return level, f'running {summary["active"]}' if summary['active'] else 'idle'
+
+    def diagnostic_values(self, rejected: int) -> dict[str, str]:
+        """Return :meth:`summary` as text, then ``missions_rejected`` (refused by the node)."""
+        return {**{key: str(value) for key, value in self.summary().items()},
+                'missions_rejected': str(rejected)}

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Path as PathMsg
 from rclpy.node import Node
@@ -31,8 +31,10 @@ from cobot_hybrid_bridge.bridge import EdgeBridge, routes_path
 from cobot_hybrid_bridge.bridge_config import BridgeConfig
 from cobot_hybrid_bridge.codecs import message_to_dict
 from cobot_hybrid_bridge.errors import BridgeError
+from cobot_hybrid_bridge.robot_state import link_health, state_update
 from cobot_hybrid_bridge.routes import Route, load_routes
 from cobot_hybrid_protocol.mission import Mission, mission_to_json
+from cobot_hybrid_ros.diagnostics import diagnostic_array
 from cobot_hybrid_ros.params import ParameterBinding
 from cobot_hybrid_ros.runner import run_node
 
@@ -143,16 +145,11 @@ class BridgeNode(Node):
         self._track_state(self.bridge.states[indices[0]].route, data)  # same topic and type
 
     def _track_state(self, route: Route, data: dict[str, Any] | None) -> None:
-        if data is None:
-            return
-        if route.type_name == 'std_msgs/msg/Bool' and route.ros_topic.endswith('protective_stop'):
-            stopped = bool(data.get('data'))
-            self.bridge.set_alarm('protective_stop', stopped)
-            self.bridge.set_value('protective_stop', stopped)
-        elif route.type_name == 'std_msgs/msg/Float64' and route.ros_topic.endswith('speed_scale'):
-            value = data.get('data')
-            if isinstance(value, float) and math.isfinite(value):
-                self.bridge.set_value('speed_scale', round(value, 3))
+        update = state_update(route.type_name, route.ros_topic, data)
+        for name, active in update.alarms.items():
+            self.bridge.set_alarm(name, active)
+        for key, value in update.values.items():
+            self.bridge.set_value(key, value)
 
     def _send_snapshot(self, index: int) -> None:
         from cobot_hybrid_ros.image_codec import encode_compressed
@@ -196,19 +193,9 @@ class BridgeNode(Node):
 
     def _stats(self) -> None:
         stats = self.bridge.send_stats()
-        level = DiagnosticStatus.OK if stats['connected'] else DiagnosticStatus.WARN
-        if stats['disk_full_errors'] or not stats['balanced']:
-            level = DiagnosticStatus.ERROR
-        message = 'connected' if stats['connected'] else f'offline, queueing: ' \
-            f'{stats["backlog_messages"]} messages ({stats["last_error"]})'
-        status = DiagnosticStatus(
-            level=level, name='bridge_node: link', message=message,
-            hardware_id=self._params.config.robot_id,
-            values=[KeyValue(key=k, value=json.dumps(v) if isinstance(v, dict) else str(v))
-                    for k, v in stats.items()])
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(msg)
+        level, message = link_health(stats)
+        self._diag_pub.publish(diagnostic_array(self.get_clock(), 'bridge_node: link', level,
+                                                message, stats, self._params.config.robot_id))
 
 
 def main(args: list[str] | None = None) -> None:

@@ -14,16 +14,21 @@ import json
 import time
 from typing import Any
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64, String
 
 from cobot_hybrid_bridge.errors import BridgeError
-from cobot_hybrid_bridge.mission_executor import ExecutorConfig, MissionExecutor
+from cobot_hybrid_bridge.mission_executor import (
+    ExecutorConfig,
+    MissionExecutor,
+    fresh_speed_scale,
+)
 from cobot_hybrid_protocol.errors import PayloadError
 from cobot_hybrid_protocol.limits import COMMAND_LIMITS, parse_json
 from cobot_hybrid_protocol.mission import SchemaError, progress_to_json, validate_mission
+from cobot_hybrid_ros.diagnostics import diagnostic_array
 from cobot_hybrid_ros.params import ParameterBinding
 from cobot_hybrid_ros.runner import run_node
 
@@ -65,10 +70,8 @@ class MissionExecutorNode(Node):
         self._scale = (float(msg.data), time.monotonic())
 
     def _step(self) -> None:
-        scale = None
-        if self._scale is not None and \
-                time.monotonic() - self._scale[1] <= self._params.config.speed_timeout_s:
-            scale = self._scale[0]
+        scale = fresh_speed_scale(self._scale, time.monotonic(),
+                                  self._params.config.speed_timeout_s)
         for report in self.executor_core.step(time.time(), scale):
             self._progress_pub.publish(String(data=json.dumps(progress_to_json(report))))
             if report.status == 'failed':  # rclpy: one severity per call site
@@ -77,18 +80,10 @@ class MissionExecutorNode(Node):
                 self.get_logger().info(f'task {report.task_id}: {report.status}')
 
     def _diagnostics(self) -> None:
-        summary = self.executor_core.summary()
-        level = DiagnosticStatus.WARN if summary['failed'] or self.rejected \
-            else DiagnosticStatus.OK
-        message = f'running {summary["active"]}' if summary['active'] else 'idle'
-        status = DiagnosticStatus(level=level, name='mission_executor_node: tasks',
-                                  message=message,
-                                  values=[KeyValue(key=k, value=str(v))
-                                          for k, v in summary.items()]
-                                  + [KeyValue(key='missions_rejected', value=str(self.rejected))])
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(msg)
+        level, message = self.executor_core.health(self.rejected)
+        self._diag_pub.publish(diagnostic_array(
+            self.get_clock(), 'mission_executor_node: tasks', level, message,
+            self.executor_core.diagnostic_values(self.rejected)))
 
 
 def main(args: list[str] | None = None) -> None:
