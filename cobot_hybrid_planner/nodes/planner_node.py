@@ -12,21 +12,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point
 from rclpy.node import Node
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
+from cobot_hybrid_planner import fleet_view
 from cobot_hybrid_planner.errors import PlannerError
 from cobot_hybrid_planner.service import (
-    TASK_STATUSES,
     PlannerConfig,
     PlannerService,
     load_orders_file,
     load_private_key,
 )
 from cobot_hybrid_planner.site import load_site
+from cobot_hybrid_ros.diagnostics import diagnostic_array
 from cobot_hybrid_ros.params import ParameterBinding
 from cobot_hybrid_ros.runner import run_node
 
@@ -65,45 +66,48 @@ class PlannerNode(Node):
         self.service.step()
 
     def _report(self) -> None:
-        missions = self.service.missions()
+        service = self.service
+        assert service is not None
+        missions = service.missions()
+        site = self.site
+        stations = {robot_id: [(s.x, s.y) for s in (
+            [site.stations[site.robots[robot_id].start]]
+            + [site.stations[service.task_station(t)] for t in mission['tasks']])]
+            for robot_id, mission in missions.items()}
+        lines = fleet_view.mission_lines(missions, stations)
+        self._markers.publish(MarkerArray(markers=[Marker(action=Marker.DELETEALL)] + [
+            marker for line in lines for marker in self._line_markers(line)]))
+        level, message = fleet_view.fleet_health(missions)
+        values = fleet_view.diagnostic_values(
+            missions, service.online(), service.sent, len(service.rejected_tasks),
+            service.is_owner, service.epoch,
+            [t['status'] for t in service.task_status().values()])
+        self._diag.publish(diagnostic_array(self.get_clock(), 'planner_node: fleet', level,
+                                            message, values))
+
+    def _line_markers(self, line: fleet_view.MissionLine) -> tuple[Marker, Marker]:
         frame = self.site.frame_id
-        markers = [Marker(action=Marker.DELETEALL)]
-        for index, (robot_id, mission) in enumerate(sorted(missions.items())):
-            line = Marker(ns='missions', id=index, type=Marker.LINE_STRIP, action=Marker.ADD)
-            line.header.frame_id = frame
-            line.scale.x = 0.05
-            line.pose.orientation.w = 1.0
-            acked = mission['acked'] == 'accepted'
-            line.color = ColorRGBA(r=0.1 if acked else 1.0, g=0.8 if acked else 0.6, b=0.2,
-                                   a=1.0)
-            start = self.site.stations[self.site.robots[robot_id].start]
-            stations = [start] + [self.site.stations[self.service.task_station(t)]
-                                  for t in mission['tasks']]
-            line.points = [Point(x=s.x, y=s.y, z=0.05) for s in stations]
-            label = Marker(ns='labels', id=index, type=Marker.TEXT_VIEW_FACING,
-                           action=Marker.ADD, text=f'{robot_id} v{mission["version"]} '
-                           f'{mission["acked"] or "sent"}')
-            label.header.frame_id = frame
-            label.pose.position = Point(x=start.x, y=start.y, z=0.5)
-            label.pose.orientation.w = 1.0
-            label.scale.z = 0.2
-            label.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
-            markers.extend((line, label))
-        self._markers.publish(MarkerArray(markers=markers))
-        values = {'robots_online': ','.join(sorted(self.service.online())),
-                  'missions': str(len(missions)),
-                  'acknowledged': str(sum(m['acked'] == 'accepted' for m in missions.values())),
-                  'missions_sent': str(self.service.sent),
-                  'tasks_rejected': str(len(self.service.rejected_tasks)),
-                  'owner': str(self.service.is_owner), 'epoch': str(self.service.epoch)}
-        statuses = [t['status'] for t in self.service.task_status().values()]
-        values.update({f'tasks_{s}': str(statuses.count(s)) for s in TASK_STATUSES})
-        status = DiagnosticStatus(level=DiagnosticStatus.OK, name='planner_node: fleet',
-                                  message=f'{len(missions)} missions',
-                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._diag.publish(msg)
+        marker = Marker(ns='missions', id=line.index, type=Marker.LINE_STRIP,
+                        action=Marker.ADD)
+        marker.header.frame_id = frame
+        marker.scale.x = fleet_view.LINE_WIDTH_M
+        marker.pose.orientation.w = 1.0
+        marker.color = _colour(line.rgba)
+        marker.points = [Point(x=x, y=y, z=z) for x, y, z in line.points]
+        label = Marker(ns='labels', id=line.index, type=Marker.TEXT_VIEW_FACING,
+                       action=Marker.ADD, text=line.label)
+        label.header.frame_id = frame
+        x, y, z = line.label_at
+        label.pose.position = Point(x=x, y=y, z=z)
+        label.pose.orientation.w = 1.0
+        label.scale.z = fleet_view.LABEL_HEIGHT_M
+        label.color = _colour(fleet_view.LABEL_RGBA)
+        return marker, label
+
+
+def _colour(rgba: tuple[float, float, float, float]) -> ColorRGBA:
+    r, g, b, a = rgba
+    return ColorRGBA(r=r, g=g, b=b, a=a)
 
 
 def main(args: list[str] | None = None) -> None:
