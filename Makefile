@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cobot_hybrid_setup
 JOBS ?= 2
-ASYNCAPI_SPECS := 6.11.1   # npm: the AsyncAPI JSON Schemas the MQTT API document is checked with
+# npm: the AsyncAPI JSON Schemas the MQTT API document is checked with (test_mqtt_api)
+ASYNCAPI_SPECS := 6.11.1
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: setup test lint typecheck pytest demo soak constraints clean

@@ -147,6 +147,47 @@ def test_the_protocol_package_stands_alone() -> None:
     assert result.stdout.strip() == 'ok', result.stderr
 
 
+_TOPIC_LITERAL = re.compile(r'^(\$share/[^/]*/)?cobot/v1(/|$)')
+
+
+def _topic_literals(path: Path) -> list[str]:
+    """String literals (and f-string heads) spelling a topic of the tree, docstrings aside."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                       ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    docstrings |= {id(part) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr)
+                   for part in node.values}   # f-string pieces: judged as the f-string
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and id(node) not in docstrings and _TOPIC_LITERAL.match(node.value):
+            found.append(f'{path.name}:{node.lineno}: {node.value[:60]!r}')
+        elif isinstance(node, ast.JoinedStr) and node.values \
+                and isinstance(node.values[0], ast.Constant) \
+                and _TOPIC_LITERAL.match(str(node.values[0].value)):
+            found.append(f'{path.name}:{node.lineno}: f{str(node.values[0].value)[:60]!r}')
+    return found
+
+
+def test_no_topic_is_spelled_outside_the_protocol_package() -> None:
+    sources = [p for package in _our_packages() if package != 'cobot_hybrid_protocol'
+               for p in _python_files(package)]
+    sources += sorted((ROOT / 'tools').glob('*.py')) + sorted((ROOT / 'benchmarks').glob('*.py'))
+    offenders = [hit for path in sources for hit in _topic_literals(path)]
+    assert not offenders, f'topics are built with cobot_hybrid_protocol.topics: {offenders}'
+
+
+def test_the_topic_check_would_catch_a_spelled_topic(tmp_path: Path) -> None:
+    sample = tmp_path / 'x.py'
+    sample.write_text('"""cobot/v1/<robot>/status in a docstring is fine."""\n'
+                      "a = f'cobot/v1/{robot}/cmd/mission'\nb = 'cobot/v1/orders'\n"
+                      "c = f'$share/g/cobot/v1/orders'\nd = 'telemetry/x'\n")
+    assert len(_topic_literals(sample)) == 3
+
+
 def test_the_check_above_would_catch_an_rclpy_import(tmp_path: Path) -> None:
     sample = tmp_path / 'core.py'
     sample.write_text('import numpy\nfrom rclpy.node import Node\nimport vision_msgs.msg\n')
