@@ -214,41 +214,62 @@ def read_boot_id() -> str | None:
         return None
 
 
-@dataclass
 class DurableQueue:
     """The outbox of one robot, in one SQLite file."""
 
     path: Path
-    cfg: QueueConfig = field(default_factory=QueueConfig)
-    clock: Clock = SYSTEM_CLOCK
-    boot_id_reader: Callable[[], str | None] = read_boot_id   # same boot: same monotonic clock
-    _db: sqlite3.Connection = field(init=False)
-    _reader: sqlite3.Connection = field(init=False)
-    _pending: deque[QueuedMessage] = field(default_factory=deque)  # put, not committed
-    _next_seq: int = 1
-    _bytes: int = 0
-    _dropped_uncommitted: int = 0
-    disk_full: bool = False
+    cfg: QueueConfig
+    clock: Clock
+    boot_id_reader: Callable[[], str | None]   # same boot: same monotonic clock
+    _db: sqlite3.Connection
+    _reader: sqlite3.Connection
+    _pending: deque[QueuedMessage]   # put, not committed
+    _next_seq: int
+    _bytes: int
+    _dropped_uncommitted: int
+    disk_full: bool
     # Delivered (acknowledged), not yet deleted: in the ack log on disk and here.
-    _delivered: list[int] = field(default_factory=list)
-    _ack_lock: threading.Lock = field(default_factory=threading.Lock)
-    _ack_fd: int = -1
-    _ack_gen: int = 0
-    _priorities: frozenset[int] = frozenset()   # of anything ever queued here
+    _delivered: list[int]
+    _ack_lock: threading.Lock
+    _ack_fd: int
+    _ack_gen: int
+    _priorities: frozenset[int]   # of anything ever queued here
     # The counters as last committed, mirrored into the books sidecar after each write.
-    _books: dict[str, int] = field(default_factory=dict)
-    _books_fd: int = -1
-    _books_failed: bool = False
-    _detector: WallStepDetector = field(init=False)
+    _books: dict[str, int]
+    _books_fd: int
+    _books_failed: bool
+    _detector: WallStepDetector
     # Wall-clock steps already applied to held messages, not yet to the rows: (step, seqs
     # below which it applies), written with the next transaction.
-    _row_steps: list[tuple[float, int]] = field(default_factory=list)
-    _unreported_step: float = 0.0          # found by put(), returned by check_clock()
-    _stored_clock: tuple[int, int | None] = (0, None)   # boot key, offset [us] in the file
-    _stored_offset_us: int | None = None
+    _row_steps: list[tuple[float, int]]
+    _unreported_step: float   # found by put(), returned by check_clock()
+    _stored_clock: tuple[int, int | None]   # boot key, offset [us] in the file
+    _stored_offset_us: int | None
 
-    def __post_init__(self) -> None:
-        self.path = Path(self.path)
+    def __init__(self, path: Path | str, cfg: QueueConfig | None = None,
+                 clock: Clock = SYSTEM_CLOCK,
+                 boot_id_reader: Callable[[], str | None] = read_boot_id) -> None:
+        self.cfg = QueueConfig() if cfg is None else cfg
+        self.clock = clock
+        self.boot_id_reader = boot_id_reader
+        self._pending = deque()
+        self._next_seq = 1
+        self._bytes = 0
+        self._dropped_uncommitted = 0
+        self.disk_full = False
+        self._delivered = []
+        self._ack_lock = threading.Lock()
+        self._ack_fd = -1
+        self._ack_gen = 0
+        self._priorities = frozenset()
+        self._books = {}
+        self._books_fd = -1
+        self._books_failed = False
+        self._row_steps = []
+        self._unreported_step = 0.0
+        self._stored_clock = (0, None)
+        self._stored_offset_us = None
+        self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._detector = WallStepDetector(self.clock)
         self._detector.check()   # the reference offset

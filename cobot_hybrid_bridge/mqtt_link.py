@@ -58,7 +58,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -68,6 +68,12 @@ from paho.mqtt.properties import Properties
 
 from cobot_hybrid_bridge.durable_queue import DurableQueue, QueuedMessage
 from cobot_hybrid_bridge.errors import BridgeError
+from cobot_hybrid_bridge.mqtt_properties import UserProperties, pack_pair
+from cobot_hybrid_bridge.publish_policy import (
+    Settle,
+    cloud_timeout,
+    settle,
+)
 from cobot_hybrid_protocol.delivery import delivered_topic, parse_delivered
 from cobot_hybrid_protocol.errors import PayloadError
 from cobot_hybrid_protocol.settings import check_settings, setting
@@ -82,46 +88,8 @@ from cobot_hybrid_protocol.topics import (
 __all__ = ['LinkConfig', 'LinkStats', 'MqttLink', 'topic_prefix']
 
 _LOG = logging.getLogger(__name__)
-NO_MATCHING_SUBSCRIBERS = 0x10
 DELIVERY_MODES = ('broker', 'cloud')
-_MAX_CLOUD_TIMEOUT_S = 600.0
 _TCP_CORK: int | None = getattr(socket, 'TCP_CORK', None)   # Linux
-
-
-class _UserProperties:
-    """MQTT 5 PUBLISH properties holding only user properties, packed once, cheaply.
-
-    paho only calls ``pack()`` on publish properties; its own Properties object costs ~30 us
-    per message to build and pack, a sixth of the uplink's per-message time.
-    """
-
-    __slots__ = ('_packed',)
-
-    def __init__(self, pairs: tuple[tuple[str, str], ...] = (), body: bytes = b'') -> None:
-        body += b''.join(_pair(k, v) for k, v in pairs)
-        length, prefix = len(body), b''
-        while True:  # MQTT variable byte integer
-            byte, length = length % 128, length // 128
-            prefix += bytes([byte | (0x80 if length else 0)])
-            if not length:
-                break
-        self._packed = prefix + body
-
-    def pack(self) -> bytes:
-        """Return the wire form (what paho writes)."""
-        return self._packed
-
-    @classmethod
-    def for_message(cls, robot_id_pair: bytes, seq: int) -> _UserProperties:
-        """``robot_id`` (packed once by the caller), ``seq`` and ``stamp`` of one message."""
-        return cls(body=robot_id_pair + _pair('seq', str(seq))
-                   + _pair('stamp', f'{time.time():.6f}'))
-
-
-def _pair(key: str, value: str) -> bytes:
-    """One packed MQTT 5 user property."""
-    k, v = key.encode(), value.encode()
-    return b'\x26' + len(k).to_bytes(2, 'big') + k + len(v).to_bytes(2, 'big') + v
 
 
 def topic_prefix(robot_id: str) -> str:
@@ -231,45 +199,74 @@ class _Inflight(NamedTuple):
     retain: bool
 
 
-@dataclass
 class MqttLink:
     """Uplink and command downlink over one paho client, run by one thread of ours."""
 
     cfg: LinkConfig
     queue: DurableQueue
     queue_lock: threading.Lock
-    on_command: Callable[[str, bytes, bool], None] | None = None
-    stats: LinkStats = field(default_factory=LinkStats)
+    on_command: Callable[[str, bytes, bool], None] | None
+    stats: LinkStats
     # All below belong to the link's thread, except _dirty, _stop and the wake socket.
-    _inflight: dict[int, _Inflight] = field(default_factory=dict)   # handed to paho, by mid
-    _ready: list[tuple[int, int, QueuedMessage]] = field(default_factory=list)  # read ahead
-    _read_upto: dict[int, int] = field(default_factory=dict)   # priority -> last seq read
-    _retry: list[tuple[float, int]] = field(default_factory=list)   # (not before, seq)
-    _acked: list[int] = field(default_factory=list)     # acknowledged, not logged yet
+    _inflight: dict[int, _Inflight]   # handed to paho, by mid
+    _ready: list[tuple[int, int, QueuedMessage]]   # read ahead
+    _read_upto: dict[int, int]   # priority -> last seq read
+    _retry: list[tuple[float, int]]   # (not before, seq)
+    _acked: list[int]   # acknowledged, not logged yet
     # delivery 'cloud': seq -> (resend at, resends so far), taken by the broker, not stored yet
-    _awaiting: dict[int, tuple[float, int]] = field(default_factory=dict)
-    _resends: dict[int, int] = field(default_factory=dict)   # seq -> resends, while resent
-    _refused: list[int] = field(default_factory=list)   # refused by the broker
-    _unsendable: list[int] = field(default_factory=list)   # paho would not take them
-    _publishing: bool = False      # inside client.publish(): a QoS 0 settles right there
-    _early: int | None = None      # ... with this reason code
-    _dirty: bool = True            # something was committed since the last read
-    _attempt: int = 0              # connection attempts since the last CONNACK
-    _next_send: float = 0.0
-    _housekeep_at: float = 0.0
-    _misc_at: float = 0.0
-    _connected_at: float = 0.0
-    _stop_timeout_s: float = 5.0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    _cleaner: threading.Thread | None = None
-    _rate_samples: deque[tuple[float, int]] = field(default_factory=deque)  # (t, acked)
-    _rate_at: float = 0.0
+    _awaiting: dict[int, tuple[float, int]]
+    _resends: dict[int, int]   # seq -> resends, while resent
+    _refused: list[int]   # refused by the broker
+    _unsendable: list[int]   # paho would not take them
+    _publishing: bool   # inside client.publish(): a QoS 0 settles right there
+    _early: int | None   # ... with this reason code
+    _dirty: bool   # something was committed since the last read
+    _attempt: int   # connection attempts since the last CONNACK
+    _next_send: float
+    _housekeep_at: float
+    _misc_at: float
+    _connected_at: float
+    _stop_timeout_s: float
+    _stop: threading.Event
+    _thread: threading.Thread | None
+    _cleaner: threading.Thread | None
+    _rate_samples: deque[tuple[float, int]]   # (t, acked)
+    _rate_at: float
 
-    def __post_init__(self) -> None:
+    def __init__(self, cfg: LinkConfig, queue: DurableQueue, queue_lock: threading.Lock,
+                 on_command: Callable[[str, bytes, bool], None] | None = None,
+                 stats: LinkStats | None = None) -> None:
+        self.cfg = cfg
+        self.queue = queue
+        self.queue_lock = queue_lock
+        self.on_command = on_command
+        self.stats = LinkStats() if stats is None else stats
+        self._inflight = {}
+        self._ready = []
+        self._read_upto = {}
+        self._retry = []
+        self._acked = []
+        self._awaiting = {}
+        self._resends = {}
+        self._refused = []
+        self._unsendable = []
+        self._publishing = False
+        self._early = None
+        self._dirty = True
+        self._attempt = 0
+        self._next_send = 0.0
+        self._housekeep_at = 0.0
+        self._misc_at = 0.0
+        self._connected_at = 0.0
+        self._stop_timeout_s = 5.0
+        self._stop = threading.Event()
+        self._thread = None
+        self._cleaner = None
+        self._rate_samples = deque()
+        self._rate_at = 0.0
         cfg = self.cfg
         self.prefix = topic_prefix(cfg.robot_id)
-        self._robot_id_pair = _pair('robot_id', cfg.robot_id)
+        self._robot_id_pair = pack_pair('robot_id', cfg.robot_id)
         self._v5 = cfg.protocol == 'mqtt5'
         self._cloud = cfg.delivery == 'cloud'
         self._delivered_topic = delivered_topic(cfg.robot_id)
@@ -487,7 +484,7 @@ class MqttLink:
     def _publish(self, message: QueuedMessage, now: float) -> None:
         properties = None
         if self._v5:
-            properties = _UserProperties.for_message(self._robot_id_pair, message.seq)
+            properties = UserProperties.for_message(self._robot_id_pair, message.seq)
         self._publishing, self._early = True, None
         try:
             info = self.client.publish(message.topic, message.payload, qos=message.qos,
@@ -665,17 +662,18 @@ class MqttLink:
             rtt = 1e3 * (now - item.sent_at)
             self.stats.rtt_ms = rtt if not self.stats.rtt_ms else \
                 0.9 * self.stats.rtt_ms + 0.1 * rtt
-        if code == NO_MATCHING_SUBSCRIBERS and self.cfg.retry_no_subscribers \
-                and not item.retain:  # a retained message is kept by the broker anyway
+        verdict = settle(code, qos=item.qos, retain=item.retain,
+                         retry_no_subscribers=self.cfg.retry_no_subscribers, cloud=self._cloud)
+        if verdict is Settle.RETRY:
             self.stats.no_subscribers += 1
             heapq.heappush(self._retry, (now + self.cfg.retry_delay_s, item.seq))
-        elif code >= 0x80:
+        elif verdict is Settle.REFUSED:
             self.stats.refused += 1
             self._refused.append(item.seq)
-        elif self._cloud and item.qos > 0:   # the broker has it; delivered once stored
+        elif verdict is Settle.AWAIT_CLOUD:   # the broker has it; delivered once stored
             resends = self._resends.get(item.seq, 0)
-            timeout = min(_MAX_CLOUD_TIMEOUT_S, self.cfg.cloud_ack_timeout_s * 2 ** resends)
-            self._awaiting[item.seq] = (now + timeout, resends)
+            self._awaiting[item.seq] = (now + cloud_timeout(self.cfg.cloud_ack_timeout_s,
+                                                            resends), resends)
             self.stats.awaiting_cloud = len(self._awaiting)
         else:
             self._acked.append(item.seq)
