@@ -42,14 +42,19 @@ class StateUpdate:
         return bool(self.alarms or self.values)
 
 
+def _named(ros_topic: str, name: str) -> bool:
+    """Whether the topic's last level is ``name`` (not ``/cell/door_protective_stop``)."""
+    return ros_topic == name or ros_topic.endswith('/' + name)
+
+
 def state_update(type_name: str, ros_topic: str, data: Mapping[str, Any] | None) -> StateUpdate:
     """Return what one routed message changes in the telemetry state (empty: nothing)."""
     if data is None:
         return StateUpdate()
-    if type_name == BOOL_TYPE and ros_topic.endswith(PROTECTIVE_STOP):
+    if type_name == BOOL_TYPE and _named(ros_topic, PROTECTIVE_STOP):
         stopped = bool(data.get('data'))
         return StateUpdate(alarms={PROTECTIVE_STOP: stopped}, values={PROTECTIVE_STOP: stopped})
-    if type_name == FLOAT64_TYPE and ros_topic.endswith(SPEED_SCALE):
+    if type_name == FLOAT64_TYPE and _named(ros_topic, SPEED_SCALE):
         value = data.get('data')
         if isinstance(value, float) and math.isfinite(value):
             return StateUpdate(values={SPEED_SCALE: round(value, SPEED_SCALE_DECIMALS)})

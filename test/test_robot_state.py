@@ -44,6 +44,8 @@ def test_a_speed_scale_that_is_not_a_finite_float_is_ignored(value: Any) -> None
     (FLOAT, 'protective_stop'),               # the wrong type on the right topic
     (BOOL, 'speed_scale'),
     (BOOL, 'protective_stop/status'),         # the topic must end with the name
+    (BOOL, 'door_protective_stop'),           # ... as its whole last level
+    (FLOAT, '/arm/max_speed_scale'),
     ('std_msgs/msg/String', 'protective_stop'),
     (BOOL, 'gripper_closed'),
     ('vision_msgs/msg/Detection2DArray', 'detections'),
