@@ -213,7 +213,7 @@ def main() -> None:
         backlog_child(int(args.child[0]), int(args.child[1]), args.child[2])
         return
     workdir = Path(tempfile.mkdtemp(prefix='cobot_hybrid_bench_bridge_'))
-    broker, port = start_mosquitto(workdir, 'max_queued_messages 200000\n')
+    broker, port = start_mosquitto(workdir, max_queued_messages=200_000)
     sink = Sink(port)
     try:
         raw: list[float] = []

@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument('--orders', type=int, default=20)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix='cobot_hybrid_bench_planner_'))
-    broker, port = start_mosquitto(work, 'max_queued_messages 100000\n')
+    broker, port = start_mosquitto(work, max_queued_messages=100_000)
     site = Site({'a': Station('a', 0, 0), 'b': Station('b', 5, 0)},
                 {f'robot-{i:03d}': Robot(f'robot-{i:03d}', frozenset({'pick'}), 'a')
                  for i in range(ROBOTS)})

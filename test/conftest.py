@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -24,7 +23,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / 'tools'))
-from local_broker import free_port, mosquitto_binary, wait_for_port  # noqa: E402, F401
+from local_broker import (  # noqa: E402, F401
+    free_port,
+    mosquitto_binary,
+    wait_for_port,
+    write_mosquitto_config,
+    write_tls_mosquitto_config,
+)
 from loopback_env import configure_ros_environment  # noqa: E402
 
 PROCS = Path(__file__).resolve().parent / 'procs'
@@ -61,6 +66,16 @@ def ros_context(ros_domain_id: int) -> Iterator[Any]:
         yield context
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.02) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout_s`` passes; return its last value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll_s)
+    return bool(predicate())
 
 
 @dataclass
@@ -228,28 +243,52 @@ def _mosquitto_available() -> bool:
     return bool(shutil.which('mosquitto') or Path('/usr/sbin/mosquitto').exists())
 
 
-def start_broker(data_dir: Path, persistence: str = 'autosave_interval 1') -> MosquittoBroker:
-    """Start mosquitto on a free loopback port with its files in ``data_dir``.
+def start_broker(data_dir: Path, persistence: str = 'autosave_interval 1',
+                 port: int | None = None) -> MosquittoBroker:
+    """Start mosquitto on 127.0.0.1 with its files in ``data_dir``.
 
     ``persistence``: ``autosave_interval N`` (persistence on, saved every N s) or ``off``.
+    ``port``: a port chosen before (nothing listening there yet); else a free one.
+    """
+    if not _mosquitto_available():
+        pytest.fail('mosquitto is not installed: run `make setup` (apt-get install mosquitto)')
+    words = persistence.split()
+    if persistence != 'off' and (len(words) != 2 or words[0] != 'autosave_interval'
+                                 or not words[1].isdigit()):
+        raise ValueError(f'persistence {persistence!r}: use "autosave_interval N" or "off"')
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port() if port is None else port
+    config_path = write_mosquitto_config(
+        data_dir / 'mosquitto.conf', port,
+        persistence_dir=None if persistence == 'off' else data_dir,
+        autosave_interval_s=None if persistence == 'off' else int(words[1]),
+        log_file=data_dir / 'mosquitto.log')
+    broker = MosquittoBroker(port=port, data_dir=data_dir, config_path=config_path)
+    broker.start()
+    return broker
+
+
+def start_tls_broker(data_dir: Path, certs_dir: Path) -> tuple[MosquittoBroker, int]:
+    """Start the shipped TLS config (``config/mosquitto/``) on two free loopback ports.
+
+    Returns the broker (its ``port``: the robots' listener) and the cloud services' port.
     """
     if not _mosquitto_available():
         pytest.fail('mosquitto is not installed: run `make setup` (apt-get install mosquitto)')
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config_path = data_dir / 'mosquitto.conf'
-    config_path.write_text(
-        f'listener {port} 127.0.0.1\n'
-        'allow_anonymous true\n'
-        + ('persistence false\n' if persistence == 'off' else
-           f'persistence true\npersistence_location {data_dir}/\n{persistence}\n')
-        # Started as root, mosquitto drops to user "mosquitto", which cannot write our temp dir.
-        + f'user {pwd.getpwuid(os.getuid()).pw_name}\n'
-        f'log_dest file {data_dir}/mosquitto.log\n'
-        'log_type error\nlog_type warning\nlog_type notice\n')
-    broker = MosquittoBroker(port=port, data_dir=data_dir, config_path=config_path)
+    robots = free_port()
+    cloud = free_port()
+    while cloud == robots:
+        cloud = free_port()
+    config_path = write_tls_mosquitto_config(data_dir / 'mosquitto.conf', robots, cloud,
+                                             certs_dir, persistence_dir=data_dir,
+                                             log_file=data_dir / 'mosquitto.log')
+    broker = MosquittoBroker(port=robots, data_dir=data_dir, config_path=config_path)
     broker.start()
-    return broker
+    if not wait_for_port(cloud):
+        broker.stop()
+        raise RuntimeError(f'mosquitto did not listen on the cloud port {cloud}')
+    return broker, cloud
 
 
 @pytest.fixture

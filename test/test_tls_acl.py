@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import pwd
 import ssl
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import ROOT, MosquittoBroker, free_port, wait_for_port
-from test_mqtt_link import wait_for
+from conftest import ROOT, start_tls_broker, wait_for
 
 from cobot_hybrid_bridge.durable_queue import DurableQueue
 from cobot_hybrid_bridge.mqtt_link import LinkConfig, MqttLink
@@ -29,21 +25,7 @@ def tls_broker(tmp_path: Path) -> Any:
     subprocess.run([str(ROOT / 'tools' / 'make_test_certs.sh'), str(certs), 'cobot-a',
                     'cobot-b', '--cloud', 'planner'], check=True, capture_output=True,
                    timeout=60)
-    robots, cloud = free_port(), free_port()
-    conf = (ROOT / 'config' / 'mosquitto' / 'cobot_hybrid_tls.conf').read_text()
-    conf = conf.replace('/etc/cobot_hybrid/certs', str(certs))
-    conf = conf.replace('/etc/cobot_hybrid/mosquitto', str(ROOT / 'config' / 'mosquitto'))
-    conf = conf.replace('listener 8883 127.0.0.1', f'listener {robots} 127.0.0.1')
-    conf = conf.replace('listener 8884 127.0.0.1', f'listener {cloud} 127.0.0.1')
-    conf = conf.replace('persistence_location /var/lib/mosquitto/',
-                        f'persistence_location {tmp_path}/')
-    conf += (f'user {pwd.getpwuid(os.getuid()).pw_name}\n'
-             f'log_dest file {tmp_path}/mosquitto.log\n')
-    config_path = tmp_path / 'mosquitto.conf'
-    config_path.write_text(conf)
-    broker = MosquittoBroker(port=robots, data_dir=tmp_path, config_path=config_path)
-    broker.start()
-    assert wait_for_port(cloud)
+    broker, cloud = start_tls_broker(tmp_path, certs)
     yield broker, cloud, certs
     broker.stop()
 
@@ -184,9 +166,17 @@ def test_robot_certificates_are_refused_on_the_cloud_listener(tls_broker: Any) -
 def test_a_client_without_a_certificate_is_refused(tls_broker: Any) -> None:
     broker, _, certs = tls_broker
     anonymous = client('cobot-a', broker.port, certs, with_cert=False)
+    connected, closed = threading.Event(), threading.Event()
+    anonymous.on_connect = lambda c, u, f, reason, p: (closed if reason.is_failure
+                                                       else connected).set()
+    anonymous.on_disconnect = lambda *args: closed.set()
     with pytest.raises((ssl.SSLError, OSError, ConnectionError)):
-        anonymous.connect('127.0.0.1', broker.port)
-        anonymous.loop_start()
-        time.sleep(0.5)
-        if not anonymous.is_connected():
+        anonymous.connect('127.0.0.1', broker.port)   # TLS 1.2: refused in the handshake
+        anonymous.loop_start()   # TLS 1.3: the broker checks the certificate after it
+        try:
+            assert wait_for(lambda: connected.is_set() or closed.is_set(), 10.0), \
+                'the broker neither accepted, refused nor closed the connection'
+        finally:
+            anonymous.loop_stop()
+        if not connected.is_set():
             raise ConnectionError('refused')

@@ -333,8 +333,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix='cobot_hybrid_demo_'))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    broker, port = start_mosquitto(work, f'persistence true\npersistence_location {work}/\n'
-                                         'autosave_interval 1\n')
+    broker, port = start_mosquitto(work, persistence_dir=work, autosave_interval_s=1)
     proxy = FaultProxy(target=port)
     private, public = make_keys(work)
     cloud = Cloud(port)
