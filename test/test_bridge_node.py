@@ -67,6 +67,36 @@ def mission_listener(harness: Any) -> list[Any]:
     return missions
 
 
+PROBE = 'probe'   # a command kind the bridge has no handler for: it answers "unsupported"
+
+
+def is_probe_ack(payload: bytes) -> bool:
+    return f"kind '{PROBE}'" in json.loads(payload)['data']['reason']
+
+
+def mission_acks(cloud: Cloud) -> list[bytes]:
+    """The bridge's mission acks, without those of the probes."""
+    return [p for p in cloud.on('events/mission_ack') if not is_probe_ack(p)]
+
+
+def wait_until_commands_get_through(harness: Any, cloud: Cloud, bridge: Any) -> None:
+    """Send a probe command every 0.5 s until the bridge answers one.
+
+    Seeing the bridge online does not mean its command subscription is in place yet; an
+    answered probe does.
+    """
+    sent_at = [0.0]
+
+    def answered() -> bool:
+        if any(is_probe_ack(p) for p in cloud.on('events/mission_ack')):
+            return True
+        if time.monotonic() - sent_at[0] >= 0.5:
+            sent_at[0] = time.monotonic()
+            cloud.client.publish(f'cobot/v1/cobot-a/cmd/{PROBE}', b'{}', qos=1)
+        return False
+    assert harness.spin_until(answered, 30.0), bridge.log()
+
+
 def mission(version: int, now: float) -> dict[str, Any]:
     return {'schema': MISSION_SCHEMA, 'kind': 'mission', 'command_id': f'm-1-v{version}',
             'robot_id': 'cobot-a', 'mission_id': 'm-1', 'version': version,
@@ -93,7 +123,11 @@ def test_only_exceptions_and_summaries_go_up(make_node: Any, ros_process: Any, t
     scale_pub = harness.node.create_publisher(Float64, 'speed_scale', 10)
     image_pub = harness.node.create_publisher(Image, 'image', 10)
     assert harness.spin_until(lambda: stop_pub.get_subscription_count() > 0, 30.0), bridge.log()
+    assert harness.spin_until(lambda: image_pub.get_subscription_count() > 0
+                              and scale_pub.get_subscription_count() > 0, 30.0), bridge.log()
     frame = numpy_to_image(np.full((48, 64, 3), 120, np.uint8), 'bgr8')
+    # The stimulus, paced like a robot: an image, then the stop state 50 ms later (so the
+    # snapshot has a frame), a new state every 0.35 s (a stop of about a second).
     for state in (False, False, True, True, True, False):
         image_pub.publish(frame)
         harness.spin_for(0.05)
@@ -105,7 +139,7 @@ def test_only_exceptions_and_summaries_go_up(make_node: Any, ros_process: Any, t
                                   and cloud.on('events/stop_snapshot')
                                   and cloud.on('/state'), 20.0), (bridge.log(),
                                                                    cloud.messages[-3:])
-        harness.spin_for(0.5)
+        harness.spin_for(0.5)   # the subject: time for a repeated state to go up (it must not)
         stops = [json.loads(p)['data']['data'] for p in cloud.on('events/protective_stop')]
         assert stops == [False, True, False]  # changes only
         (snapshot,) = cloud.on('events/stop_snapshot')
@@ -142,7 +176,7 @@ def test_signed_missions_come_down_and_bad_ones_do_not(make_node: Any, ros_proce
     harness.node.create_subscription(String, 'mission', missions.append, latched)
     harness.node.create_subscription(PathMsg, 'mission_path', paths.append, latched)
     assert harness.spin_until(lambda: cloud.on('cobot-a/status'), 30.0), bridge.log()
-    harness.spin_for(0.5)
+    wait_until_commands_get_through(harness, cloud, bridge)
     now = time.time()
     topic = 'cobot/v1/cobot-a/cmd/mission'
     other = Ed25519PrivateKey.generate()
@@ -154,14 +188,14 @@ def test_signed_missions_come_down_and_bad_ones_do_not(make_node: Any, ros_proce
                     b'{"garbage": true'):
         cloud.client.publish(topic, payload, qos=1).wait_for_publish(5)
     assert harness.spin_until(lambda: missions and paths and len(
-        cloud.on('events/mission_ack')) >= 5, 20.0), (bridge.log(), cloud.on('mission_ack'))
-    harness.spin_for(0.5)
+        mission_acks(cloud)) >= 5, 20.0), (bridge.log(), cloud.on('mission_ack'))
+    harness.spin_for(0.5)   # the subject: time for a second mission that must not come
     assert len(missions) == 1
     received = json.loads(missions[0].data)
     assert (received['mission_id'], received['version']) == ('m-1', 2)
     assert [(p.pose.position.x, p.pose.position.y) for p in paths[0].poses] == \
         [(1.0, 2.0), (3.0, 1.0)]
-    acks = [json.loads(p)['data'] for p in cloud.on('events/mission_ack')]
+    acks = [json.loads(p)['data'] for p in mission_acks(cloud)]
     assert sorted(a['status'] for a in acks) == ['accepted'] + ['rejected'] * 4
     reasons = ' '.join(a['reason'] for a in acks)
     for reason in ('bad_signature', 'replayed', 'superseded', 'malformed'):
@@ -235,12 +269,12 @@ def test_corrupt_replay_store_and_outbox_are_rebuilt_and_the_bridge_runs(
     harness = make_node('robot_side')
     missions = mission_listener(harness)
     assert harness.spin_until(lambda: cloud.on('cobot-a/status'), 30.0), bridge.log()
-    harness.spin_for(0.5)
+    wait_until_commands_get_through(harness, cloud, bridge)
     topic = 'cobot/v1/cobot-a/cmd/mission'
     old = sign_command(KEY, 'planner', mission(1, issued_before), 'cobot-a')
     cloud.client.publish(topic, old, qos=1).wait_for_publish(5)
-    assert harness.spin_until(lambda: cloud.on('events/mission_ack'), 20.0), bridge.log()
-    ack = json.loads(cloud.on('events/mission_ack')[0])['data']
+    assert harness.spin_until(lambda: mission_acks(cloud), 20.0), bridge.log()
+    ack = json.loads(mission_acks(cloud)[0])['data']
     assert ack['status'] == 'rejected' and ack['reason'].startswith('store_rebuilt'), ack
     fresh = sign_command(KEY, 'planner', {**mission(2, time.time() + 1),
                                           'command_id': 'fresh'}, 'cobot-a')
@@ -271,7 +305,12 @@ def test_the_executor_runs_a_mission_and_its_progress_goes_up(
     junk_pub = harness.node.create_publisher(String, 'task_progress', 10)
     harness.node.create_timer(0.1, lambda: scale_pub.publish(Float64(data=1.0)))
     assert harness.spin_until(lambda: cloud.on('cobot-a/status'), 30.0), bridge.log()
-    harness.spin_for(1.0)
+    wait_until_commands_get_through(harness, cloud, bridge)
+    # The executor hears the missions and the speed scale; the bridge hears the reports.
+    assert harness.spin_until(lambda: harness.node.count_subscribers('/mission') > 0
+                              and scale_pub.get_subscription_count() >= 2   # and bridge
+                              and junk_pub.get_subscription_count() > 0, 30.0), \
+        (bridge.log(), executor.log())
     junk_pub.publish(String(data='{"schema": "nope"}'))   # a bad report is not sent up
     body = mission(1, time.time())
     for task in body['tasks']:
@@ -280,7 +319,7 @@ def test_the_executor_runs_a_mission_and_its_progress_goes_up(
         KEY, 'planner', body, 'cobot-a'), qos=1).wait_for_publish(5)
     assert harness.spin_until(lambda: len(cloud.on('events/task_progress')) >= 4, 30.0), \
         (bridge.log(), executor.log())
-    harness.spin_for(0.5)
+    harness.spin_for(0.5)   # the subject: time for a report that must not go up
     reports = [json.loads(p)['data'] for p in cloud.on('events/task_progress')]
     assert [(r['task_id'], r['status']) for r in reports] == [
         ('t1', 'started'), ('t1', 'done'), ('t2', 'started'), ('t2', 'done')]

@@ -111,20 +111,26 @@ def test_detection2darray_crosses_processes(make_node: Any, ros_process: Any) ->
 
 def test_finite_source_waits_for_a_subscriber_and_loses_no_frame(make_node: Any,
                                                                  ros_process: Any) -> None:
-    import time
-
     from sensor_msgs.msg import Image
 
     node = ros_process('cobot_hybrid_perception.nodes.image_source_node', '--ros-args',
                        '-p', 'source:=samples', '-p', 'rate_hz:=50.0', '-p', 'max_frames:=4',
                        '-p', 'wait_for_subscribers:=true')
-    time.sleep(1.0)  # the source is up and ticking with nobody listening yet
-    assert node.popen.poll() is None, node.log()
     harness = make_node('late_receiver')
-    received = _collect(harness, Image, 'image')
-    assert harness.spin_until(lambda: node.popen.poll() is not None, 30.0), node.log()
+    graph = harness.node
+
+    def source_up() -> bool:
+        return graph.count_publishers('/image') > 0 and 'publishing samples' in node.log()
+    # Its publisher is in the graph and its 50 Hz timer runs, with nobody subscribed.
+    assert harness.spin_until(source_up, 30.0), node.log()
+    # The subject: 25 ticks with nobody listening (a source that did not wait would have
+    # sent its 4 frames into the void and left in 80 ms). Still there, nothing ended.
     harness.spin_for(0.5)
-    assert node.popen.returncode == 0, node.log()
+    assert graph.count_publishers('/image') > 0, node.log()
+    assert node.popen.poll() is None and 'source ended' not in node.log(), node.log()
+    received = _collect(harness, Image, 'image')
+    assert harness.spin_until(lambda: len(received) >= 4, 30.0), node.log()
+    assert node.wait(10.0) == 0, node.log()   # it leaves once its 4 frames are out
     assert len(received) == 4
     assert [m.width for m in received[:3]] == [512, 512, 600]  # astronaut, camera, coffee
 

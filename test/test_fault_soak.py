@@ -74,20 +74,22 @@ def run_soak(ros_process: Any, broker: Any, tmp_path: Path, duration_s: float, k
     log: list[str] = []
     cut_kinds = ['blackhole', 'reset']  # alternate: both kinds in every run
     start = time.monotonic()
+    # The sleeps below are the subject, not synchronisation: the schedule of the faults
+    # under a steady load, and how long each outage lasts.
     for index, fault in enumerate(faults):
-        time.sleep(max(0.0, start + gap * (index + 1) - time.monotonic()))
+        time.sleep(max(0.0, start + gap * (index + 1) - time.monotonic()))   # the schedule
         if fault == 'kill':
             bridge.kill()  # SIGKILL: no goodbye
-            time.sleep(rng.uniform(0.5, 2.0))
+            time.sleep(rng.uniform(0.5, 2.0))   # the bridge is down this long
             bridge = start_bridge()
         elif fault == 'restart':
             broker.restart()
         elif fault == 'broker_kill':   # consumer offline: the broker holds its queue
             consumer.stop()
-            time.sleep(rng.uniform(1.0, 2.0))
+            time.sleep(rng.uniform(1.0, 2.0))   # the broker queues for the offline consumer
             broker.stop(sig=signal.SIGKILL)
             broker.start()
-            time.sleep(rng.uniform(0.5, 1.5))
+            time.sleep(rng.uniform(0.5, 1.5))   # the consumer stays away a while longer
             consumer.start()
             fault = 'broker SIGKILL, consumer offline'
 
@@ -95,22 +97,24 @@ def run_soak(ros_process: Any, broker: Any, tmp_path: Path, duration_s: float, k
             length = rng.uniform(*cut_range_s)
             kind = cut_kinds[sum(1 for line in log if 'cut' in line) % 2]
             proxy.cut(kind)
-            time.sleep(length)
+            time.sleep(length)   # the cut lasts this long
             proxy.restore()
             fault = f'cut ({kind}) {length:.1f}s'
         log.append(f'{time.monotonic() - start:6.1f}s {fault}')
-    time.sleep(max(0.0, start + duration_s - time.monotonic()))
+    time.sleep(max(0.0, start + duration_s - time.monotonic()))   # the load runs its time
     # Stop the load, let the backlog drain, then stop the bridge cleanly.
     load.stop()
     queue_file = tmp_path / 'data' / 'soak-robot' / 'outbox.db'
     drained = wait_for(lambda: open_readonly_stats(queue_file).queued == 0, 180.0)
     bridge.stop()
     stats = open_readonly_stats(queue_file)
-    time.sleep(1.0)
+    committed = set(range(1, stats.next_seq))
+    # What is on its way to the consumer (QoS 0, written and deleted at once) arrives; a
+    # loss shows below, after this deadline.
+    wait_for(lambda: committed <= set(consumer.seqs()), 10.0)
     consumer.stop()
     proxy.close()
     received = consumer.seqs()
-    committed = set(range(1, stats.next_seq))
     unique = set(received)
     report = {'committed': stats.committed, 'delivered': stats.delivered,
               'queued': stats.queued, 'dropped': stats.dropped, 'balanced': stats.balanced,

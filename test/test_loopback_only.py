@@ -17,11 +17,11 @@ import ipaddress
 import os
 import socket
 import struct
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -124,7 +124,9 @@ def test_ros_processes_bind_only_loopback(make_node: Any, ros_process: Any) -> N
 def test_child_ros_processes_get_the_loopback_environment(ros_process: Any,
                                                           ros_domain_id: int) -> None:
     child = ros_process('publish_detections.py')
-    time.sleep(0.5)
+    # Its DDS sockets are open: this is the final process image (the venv's Python may
+    # re-execute itself once at start) and rclpy has started with this environment.
+    assert wait_for(lambda: bool(sockets_of(child.pid)), 30.0), child.log()
     environ = dict(
         entry.split('=', 1) for entry in
         Path(f'/proc/{child.pid}/environ').read_bytes().decode().split('\0') if '=' in entry)
@@ -135,14 +137,18 @@ def test_child_ros_processes_get_the_loopback_environment(ros_process: Any,
     assert 'ROS_LOCALHOST_ONLY' not in environ
 
 
-def test_profile_alone_keeps_every_socket_on_127_0_0_1(ros_process: Any) -> None:
+def test_profile_alone_keeps_every_socket_on_127_0_0_1(make_node: Any,
+                                                      ros_process: Any) -> None:
     """Our XML profile by itself (no rmw LOCALHOST extras) binds nothing but 127.0.0.1."""
+    from vision_msgs.msg import Detection2DArray
+
+    harness = make_node('listener')
+    received: list[Any] = []
+    harness.node.create_subscription(Detection2DArray, 'detections', received.append, 10)
     child = ros_process('publish_detections.py',
                         env={'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET'})
-    deadline = time.monotonic() + 10.0
-    while not sockets_of(child.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)
+    # Discovery and data have flowed, so every transport of the child has opened its sockets.
+    assert harness.spin_until(lambda: len(received) >= 1, 30.0), child.log()
     found = sockets_of(child.pid)
     assert found
     # Multicast discovery group membership is bound to 239.255.0.1 on the allowed interface.
