@@ -86,7 +86,7 @@ class CommandVerifier:
                               'verified; set cloud_public_keys')
         try:
             self._db = self._open()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:   # damaged text too
             self._db = self._rebuild(exc)
         row = self._db.execute("SELECT value FROM meta WHERE name = 'rebuilt_at'").fetchone()
         self.rebuilt_at = None if row is None else float(row[0])
@@ -100,7 +100,7 @@ class CommandVerifier:
             if check != 'ok':
                 raise sqlite3.DatabaseError(f'quick_check: {check}')
             db.executescript(_STORE_SCHEMA)
-        except sqlite3.DatabaseError:
+        except (sqlite3.DatabaseError, UnicodeDecodeError):
             db.close()
             raise
         return db

@@ -98,6 +98,9 @@ __all__ = ['DROP_REASONS', 'DiskFullError', 'DurableQueue', 'QueueConfig', 'Queu
 _LOG = logging.getLogger(__name__)
 DROP_REASONS = ('ttl', 'max_bytes', 'rejected', 'corrupt')
 _SYNC_MODES = ('FULL', 'NORMAL')
+# What a damaged file raises: SQLite's errors, and text that is no longer UTF-8 (a flipped byte
+# in the schema makes SQLite quote it in its error message).
+_CORRUPT = (sqlite3.DatabaseError, UnicodeDecodeError)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY,
@@ -359,7 +362,7 @@ class DurableQueue:
             try:
                 db = self._connect()
                 problem = self._check(db, sidecar if existed else None)
-            except sqlite3.DatabaseError as exc:
+            except _CORRUPT as exc:
                 problem = str(exc)
         if problem is not None:
             if db is not None:
@@ -1201,7 +1204,7 @@ def _salvage_rows(aside: Path, into: sqlite3.Connection) -> _Salvage:
         # Lenient where a file is shorter than its header says (cut short): SQLite would
         # refuse it whole. Nothing is written through this read-only connection.
         source.execute('PRAGMA writable_schema = ON')
-        with contextlib.suppress(sqlite3.DatabaseError):
+        with contextlib.suppress(*_CORRUPT):
             counters = _valid_counters(source.execute('SELECT name, value FROM counters'))
         unreadable = _read_ranges(source, _known_seqs(source), restore)
     finally:
@@ -1220,7 +1223,7 @@ def _known_seqs(source: sqlite3.Connection) -> list[int]:
     for sql in ('SELECT seq FROM messages INDEXED BY messages_by_rank',
                 'SELECT seq FROM messages NOT INDEXED ORDER BY seq',
                 'SELECT seq FROM messages NOT INDEXED ORDER BY seq DESC'):
-        with contextlib.suppress(sqlite3.DatabaseError):
+        with contextlib.suppress(*_CORRUPT):
             for (seq,) in source.execute(sql):
                 if type(seq) is int:
                     seqs.add(seq)
@@ -1244,7 +1247,7 @@ def _read_ranges(source: sqlite3.Connection, known: Sequence[int], restore: _Res
             ).fetchall() if lo == hi else source.execute(
                 f'SELECT {_SALVAGE_COLUMNS} FROM messages WHERE seq BETWEEN ? AND ? ORDER BY seq',
                 (lo, hi)).fetchall()
-        except sqlite3.DatabaseError:
+        except _CORRUPT:
             inner = known[bisect.bisect_right(known, lo):bisect.bisect_right(known, hi)]
             if inner:   # halve by the known seqs in it
                 middle = inner[len(inner) // 2]
@@ -1280,7 +1283,7 @@ def open_readonly_stats(path: Path) -> QueueStats:
             logged = _count_present(db, sorted(set(_logged_seqs(_ack_logs(Path(path))))))
         finally:
             db.close()
-    except sqlite3.DatabaseError as exc:
+    except _CORRUPT as exc:
         raise QueueError(f'{path} is not a readable queue database: {exc}') from None
     return QueueStats(
         committed=counters.get('committed', 0),

@@ -19,7 +19,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cobot_hybrid_bridge import durable_queue
@@ -490,6 +490,7 @@ corruptible_ops = st.lists(st.one_of(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=corruptible_ops, where=st.floats(0.0, 1.0, exclude_max=True),
        mask=st.integers(1, 255))
+@example(ops=[], where=0.18359375, mask=128)   # SQLite quoted non-UTF-8 schema text
 def test_any_flipped_byte_at_rest_keeps_the_books(
         tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int, int]],
         where: float, mask: int) -> None:
