@@ -14,7 +14,7 @@ import logging
 import threading
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,32 +78,48 @@ def _mqtt_link(cfg: LinkConfig, queue: DurableQueue, lock: threading.Lock,
     return MqttLink(cfg, queue, lock, on_command=on_command)
 
 
-@dataclass
 class EdgeBridge:
     """Queue, link, routes, commands and telemetry state of one robot."""
 
     cfg: BridgeConfig
     routes: list[Route]
-    clock: Clock = SYSTEM_CLOCK
-    link_factory: LinkFactory | None = None     # None: the paho MqttLink
-    queue: DurableQueue = field(init=False)
-    link: Link = field(init=False)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    states: list[RouteState] = field(init=False)
-    missions: dict[str, Mission] = field(default_factory=dict)
-    rejected: Counter[str] = field(default_factory=Counter)
-    disk_full_errors: int = 0
-    internal_errors: int = 0
-    clock_steps: int = 0
-    _inbox: deque[tuple[str, bytes, bool]] = field(default_factory=deque)
-    _verifier: CommandVerifier | None = None
-    _state: TelemetryState = field(default_factory=TelemetryState)
-    _clock: HLC = field(init=False)
-    _next_commit: float = 0.0
-    _next_state: float = 0.0
-    _next_expire: float = 0.0
+    clock: Clock
+    link_factory: LinkFactory | None   # None: the paho MqttLink
+    queue: DurableQueue
+    link: Link
+    lock: threading.Lock
+    states: list[RouteState]
+    missions: dict[str, Mission]
+    rejected: Counter[str]
+    disk_full_errors: int
+    internal_errors: int
+    clock_steps: int
+    _inbox: deque[tuple[str, bytes, bool]]
+    _verifier: CommandVerifier | None
+    _state: TelemetryState
+    _clock: HLC
+    _next_commit: float
+    _next_state: float
+    _next_expire: float
 
-    def __post_init__(self) -> None:
+    def __init__(self, cfg: BridgeConfig, routes: list[Route], clock: Clock = SYSTEM_CLOCK,
+                 link_factory: LinkFactory | None = None) -> None:
+        self.cfg = cfg
+        self.routes = routes
+        self.clock = clock
+        self.link_factory = link_factory
+        self.lock = threading.Lock()
+        self.missions = {}
+        self.rejected = Counter()
+        self.disk_full_errors = 0
+        self.internal_errors = 0
+        self.clock_steps = 0
+        self._inbox = deque()
+        self._verifier = None
+        self._state = TelemetryState()
+        self._next_commit = 0.0
+        self._next_state = 0.0
+        self._next_expire = 0.0
         opaque = [r.ros_topic for r in self.routes if r.encoding in ('jpeg', 'cdr')]
         if self.cfg.delivery == 'cloud' and self.cfg.protocol == 'mqtt311' and opaque:
             raise BridgeError(f'routes {opaque} send JPEG/CDR payloads, which carry their seq '

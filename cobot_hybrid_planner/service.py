@@ -28,7 +28,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,23 +141,33 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         raise PlannerError(str(exc)) from None
 
 
-@dataclass
 class PlannerService:
     """Fleet state, ledger, planning and mission dispatch."""
 
     cfg: PlannerConfig
     site: Site
     private_key: Ed25519PrivateKey
-    clock: Clock = SYSTEM_CLOCK
-    transport: Transport | None = None     # None: a paho session to cfg's broker
-    rejected_tasks: dict[str, str] = field(default_factory=dict)   # the latest, bounded
-    errors: Counter[str] = field(default_factory=Counter)   # caught at a message boundary
-    clock_steps: int = 0
-    _inbox: deque[_Item] = field(default_factory=deque)
-    _dirty: bool = True
-    _online: frozenset[str] = frozenset()
+    clock: Clock
+    transport: Transport            # given, or a paho session to cfg's broker
+    rejected_tasks: dict[str, str]   # the latest, bounded
+    errors: Counter[str]   # caught at a message boundary
+    clock_steps: int
+    _inbox: deque[_Item]
+    _dirty: bool
+    _online: frozenset[str]
 
-    def __post_init__(self) -> None:
+    def __init__(self, cfg: PlannerConfig, site: Site, private_key: Ed25519PrivateKey,
+                 clock: Clock = SYSTEM_CLOCK, transport: Transport | None = None) -> None:
+        self.cfg = cfg
+        self.site = site
+        self.private_key = private_key
+        self.clock = clock
+        self.rejected_tasks = {}
+        self.errors = Counter()
+        self.clock_steps = 0
+        self._inbox = deque()
+        self._dirty = True
+        self._online = frozenset()
         self.cfg.data_path.mkdir(parents=True, exist_ok=True)
         self.fleet = FleetStore(self.cfg.data_path / 'fleet.db', self.cfg.offline_after_s,
                                 robots_allowed=frozenset(self.site.robots))
@@ -186,8 +196,8 @@ class PlannerService:
         else:
             self._subscriptions, client_id = [(fleet_filter(), 1)], self.cfg.client_id
             self._orders_topics = (ORDERS_TOPIC,)
-        if self.transport is None:
-            self.transport = PahoSession(client_id, self.cfg.broker_host, self.cfg.broker_port)
+        self.transport = transport if transport is not None else PahoSession(
+            client_id, self.cfg.broker_host, self.cfg.broker_port)
         self.issuer = MissionIssuer(self.ledger, self.fleet, self.site, self.private_key,
                                     self.cfg.key_id, self.transport)
 
@@ -258,12 +268,10 @@ class PlannerService:
             self._connect_session()
 
     def _connect_session(self) -> None:
-        assert self.transport is not None
         self.transport.connect(self._subscriptions, self._on_message)
 
     def stop(self) -> None:
         """Disconnect and close the stores."""
-        assert self.transport is not None
         self.transport.disconnect()
         if self.replica is not None:
             self.replica.stop()
@@ -286,7 +294,7 @@ class PlannerService:
     # --- replicas ----------------------------------------------------------------------------
 
     def _follow_lease(self) -> None:
-        assert self.replica is not None and self.transport is not None
+        assert self.replica is not None
         became, lost = self.replica.tick(time.monotonic())
         if became:
             epoch = self.replica.lease.epoch
@@ -457,7 +465,6 @@ class PlannerService:
 
     def _release_acks(self, covered: int) -> None:
         """Send the delivery acknowledgements whose ledger effects are ``covered``."""
-        assert self.transport is not None
         while self._held_acks and self._held_acks[0][0] <= covered:
             for topic, payload in self._held_acks.pop(0)[1]:
                 self.transport.publish(topic, payload, qos=1)
