@@ -34,7 +34,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from cobot_hybrid_bridge.durable_queue import DurableQueue, QueueConfig
-from cobot_hybrid_bridge.mqtt_link import LinkConfig, MqttLink, _pair, _UserProperties
+from cobot_hybrid_bridge.mqtt_link import LinkConfig, MqttLink
+from cobot_hybrid_bridge.mqtt_properties import UserProperties, pack_pair
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tools'))
 from local_broker import start_mosquitto  # noqa: E402
@@ -132,9 +133,9 @@ def raw_paho(port: int, count: int, same_wire: bool = False) -> float:
     client.connect('127.0.0.1', port)
     client.loop_start()
     start = time.perf_counter()
-    robot_id_pair = _pair('robot_id', 'raw')
+    robot_id_pair = pack_pair('robot_id', 'raw')
     for seq in range(1, count + 1):
-        properties = _UserProperties.for_message(robot_id_pair, seq) if same_wire else None
+        properties = UserProperties.for_message(robot_id_pair, seq) if same_wire else None
         client.publish('bench/raw', PAYLOAD, qos=1,
                        properties=properties)  # type: ignore[arg-type]
     done.wait(300)

@@ -188,6 +188,21 @@ def test_the_topic_check_would_catch_a_spelled_topic(tmp_path: Path) -> None:
     assert len(_topic_literals(sample)) == 3
 
 
+@pytest.mark.parametrize('script', sorted(str(p.relative_to(ROOT)) for folder in
+                                          ('benchmarks', 'tools')
+                                          for p in (ROOT / folder).glob('*.py')))
+def test_every_benchmark_and_tool_still_imports(script: str) -> None:
+    """Nothing in the suite runs them: at least what they import from us must still exist."""
+    code = ('import importlib.util, sys\n'
+            f'spec = importlib.util.spec_from_file_location("probe", {str(ROOT / script)!r})\n'
+            'module = importlib.util.module_from_spec(spec)\n'
+            'sys.modules["probe"] = module\n'
+            'spec.loader.exec_module(module)\n')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_the_check_above_would_catch_an_rclpy_import(tmp_path: Path) -> None:
     sample = tmp_path / 'core.py'
     sample.write_text('import numpy\nfrom rclpy.node import Node\nimport vision_msgs.msg\n')
