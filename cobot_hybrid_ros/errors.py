@@ -5,6 +5,7 @@ Hierarchy::
     RosHelperError        base of every error of cobot_hybrid_ros
       ImageCodecError     an image message, buffer or compressed payload cannot be converted
                           as asked (also a ValueError)
+      UnknownParameterError  a params file or ``-p`` names a parameter the node does not have
 """
 
 
@@ -14,3 +15,7 @@ class RosHelperError(Exception):
 
 class ImageCodecError(RosHelperError, ValueError):
     """An image message, buffer or compressed payload cannot be converted as asked."""
+
+
+class UnknownParameterError(RosHelperError, ValueError):
+    """A parameter given to a node (params file, ``-p``) that it does not declare."""

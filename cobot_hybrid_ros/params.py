@@ -13,6 +13,7 @@ node does; ``test_node_parameters`` checks every node.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -26,8 +27,9 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from cobot_hybrid_protocol.settings import Spec, specs
+from cobot_hybrid_ros.errors import UnknownParameterError
 
-__all__ = ['ParameterBinding', 'descriptor']
+__all__ = ['ParameterBinding', 'descriptor', 'refuse_unknown_parameters']
 
 ConfigT = TypeVar('ConfigT')
 _ARRAY_TYPES = {'string': Parameter.Type.STRING_ARRAY, 'integer': Parameter.Type.INTEGER_ARRAY,
@@ -97,3 +99,30 @@ class ParameterBinding(Generic[ConfigT]):
                                            reason=f'not applied: {type(exc).__name__}: {exc}')
         self.config = candidate
         return SetParametersResult(successful=True)
+
+
+#: Parameters rclpy itself declares or reads from overrides.
+_ROS_OWN = frozenset({'use_sim_time', 'start_type_description_service'})
+
+
+def refuse_unknown_parameters(node: Node) -> None:
+    """Raise UnknownParameterError if the node was given a parameter it never declared.
+
+    Call it once every binding of the node is made. ROS silently ignores a value for an
+    undeclared name: a misspelt ``max_perception_age`` would leave a safety monitor on its
+    default. The error names the key and the nearest parameter the node has.
+    """
+    declared = set(node._parameters)
+    given = set(node._parameter_overrides) - _ROS_OWN
+    unknown = sorted(name for name in given - declared if not name.startswith('qos_overrides.'))
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        names = sorted(declared - _ROS_OWN)
+        close = [d for d in names if name.startswith(d) or d.startswith(name)] \
+            or difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        hints.append(f'{name!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+    raise UnknownParameterError(
+        f'{node.get_fully_qualified_name()} has no parameter {", ".join(hints)}: fix the key in '
+        'the params file (or the -p override); it would be ignored and the default used')

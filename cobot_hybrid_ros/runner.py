@@ -16,6 +16,8 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 
+from cobot_hybrid_ros.errors import RosHelperError
+
 __all__ = ['autostart', 'run_node']
 
 NodeT = TypeVar('NodeT', bound=Node)
@@ -26,7 +28,7 @@ def run_node(name: str, make: Callable[[], NodeT], errors: tuple[type[Exception]
              spin: Callable[[NodeT], None] = rclpy.spin,
              cleanup: Callable[[NodeT], None] | None = None) -> None:
     """Run the node ``make()`` builds until ``spin`` returns or the process is interrupted."""
-    expected: tuple[type[Exception], ...] = (*errors, ParameterException)
+    expected: tuple[type[Exception], ...] = (*errors, ParameterException, RosHelperError)
     rclpy.init(args=args)
     node = None
     try:

@@ -53,8 +53,9 @@ def _settings(node: str) -> dict[str, tuple[Any, Any]]:
 def _yaml_section(node: str) -> tuple[dict[str, Any], str]:
     text = (ROOT / 'config' / NODES[node][2]).read_text()
     data = yaml.safe_load(text)
-    assert node in data, f'config/{NODES[node][2]} has no {node} section'
-    return data[node]['ros__parameters'], text
+    key = f'/**/{node}'   # matches the node in any namespace (a bare name would not)
+    assert key in data, f'config/{NODES[node][2]} has no {key} section'
+    return data[key]['ros__parameters'], text
 
 
 def _same(value: Any, default: Any) -> bool:
@@ -107,12 +108,16 @@ def make_node(ros_context: Any, tmp_path: Path, mosquitto_broker: Any) -> Any:
     }
     built: list[Any] = []
 
-    def make(node: str, **overrides: Any) -> Any:
+    def make(node: str, namespace: str = '', params_file: Path | None = None,
+             **overrides: Any) -> Any:
         module, cls, _ = NODES[node]
         params = {**needs.get(node, {}), **overrides}
+        extra: dict[str, Any] = {'namespace': namespace} if namespace else {}
+        if params_file is not None:
+            extra['cli_args'] = ['--ros-args', '--params-file', str(params_file)]
         instance = getattr(importlib.import_module(module), cls)(
             context=ros_context, parameter_overrides=[Parameter(k, value=v)
-                                                      for k, v in params.items()])
+                                                      for k, v in params.items()], **extra)
         built.append(instance)
         return instance
 
@@ -246,3 +251,55 @@ def test_safety_live_settings_reach_the_pipeline(make_node: Any) -> None:
     bad = monitor.set_parameters([Parameter('human_speed_near_mps', value=1.0)])[0]
     assert not bad.successful and 'human_speed_near_mps' in bad.reason   # < far speed
     assert monitor._pipeline.cfg.human_speed_near_mps == 2.0
+
+
+# --- the params file follows the node; a misspelt key is an error -------------------------------
+
+@pytest.mark.parametrize('namespace', ['', 'cobot7', 'cell_a/cobot7'])
+@pytest.mark.parametrize('node', sorted(NODES))
+def test_the_shipped_yaml_reaches_the_node_in_any_namespace(node: str, namespace: str,
+                                                            make_node: Any,
+                                                            tmp_path: Path) -> None:
+    values, _ = _yaml_section(node)
+    shipped = ROOT / 'config' / NODES[node][2]
+    changed = tmp_path / 'changed.yaml'   # a value that differs from every default
+    text = shipped.read_text()
+    probe = next(name for name, value in values.items()
+                 if isinstance(value, float) and (node, name) not in DEPLOYMENT)
+    _, spec = _settings(node)[probe]
+    new = _changed(values[probe], spec.low, spec.high, spec.choices)
+    changed.write_text(re.sub(rf'^(\s+){probe}: .*$', rf'\g<1>{probe}: {new!r}', text,
+                              count=1, flags=re.M))
+    instance = make_node(node, namespace=namespace, params_file=changed)
+    assert instance.get_namespace() == '/' + namespace if namespace else '/'
+    assert instance.get_parameter(probe).value == pytest.approx(new), \
+        f'{probe} of {instance.get_fully_qualified_name()} did not come from the file'
+    for name, value in values.items():
+        if name == probe or (node, name) in DEPLOYMENT or name in ('broker_port', 'data_dir'):
+            continue   # (the fixture gives those for this machine)
+        assert _same(instance.get_parameter(name).value, value), name
+
+
+@pytest.mark.parametrize(('node', 'typo', 'meant'), [
+    ('safety_monitor_node', 'max_perception_age', 'max_perception_age_s'),
+    ('detector_node', 'confidence', 'conf'),
+    ('bridge_node', 'broker_hots', 'broker_host'),
+    ('planner_node', 'plan_time_limit', 'plan_time_limit_s'),
+    ('mission_executor_node', 'stall_timeout', 'stall_timeout_s'),
+    ('image_source_node', 'rate', 'rate_hz'),
+])
+def test_a_misspelt_key_in_the_params_file_is_refused_with_the_nearest_name(
+        node: str, typo: str, meant: str, make_node: Any, tmp_path: Path) -> None:
+    from cobot_hybrid_ros.errors import UnknownParameterError
+
+    path = tmp_path / 'typo.yaml'
+    path.write_text(yaml.safe_dump({f'/**/{node}': {'ros__parameters': {typo: 0.5}}}))
+    with pytest.raises(UnknownParameterError, match=f"{typo}.*did you mean '{meant}'"):
+        make_node(node, namespace='cobot7', params_file=path)
+
+
+def test_a_misspelt_override_stops_the_node_process_with_the_reason(ros_process: Any) -> None:
+    monitor = ros_process('cobot_hybrid_perception.nodes.safety_monitor_node', '--ros-args',
+                          '-p', 'max_perception_age:=0.5')
+    assert monitor.wait(30.0) == 2, monitor.log()
+    assert "did you mean 'max_perception_age_s'" in monitor.log()

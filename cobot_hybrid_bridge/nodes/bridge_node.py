@@ -35,7 +35,7 @@ from cobot_hybrid_bridge.robot_state import link_health, state_update
 from cobot_hybrid_bridge.routes import Route, load_routes
 from cobot_hybrid_protocol.mission import Mission, mission_to_json
 from cobot_hybrid_ros.diagnostics import diagnostic_array
-from cobot_hybrid_ros.params import ParameterBinding
+from cobot_hybrid_ros.params import ParameterBinding, refuse_unknown_parameters
 from cobot_hybrid_ros.runner import run_node
 
 _TICK_S = 0.01
@@ -69,6 +69,7 @@ class BridgeNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__('bridge_node', **kwargs)
         self._params = ParameterBinding(self, BridgeConfig)
+        refuse_unknown_parameters(self)   # a misspelt key is an error
         cfg = self._params.config
         routes = load_routes(routes_path(cfg.routes_file, _share()))
         types = [resolve_type(route) for route in routes]

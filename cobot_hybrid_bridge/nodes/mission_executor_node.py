@@ -29,7 +29,7 @@ from cobot_hybrid_protocol.errors import PayloadError
 from cobot_hybrid_protocol.limits import COMMAND_LIMITS, parse_json
 from cobot_hybrid_protocol.mission import SchemaError, progress_to_json, validate_mission
 from cobot_hybrid_ros.diagnostics import diagnostic_array
-from cobot_hybrid_ros.params import ParameterBinding
+from cobot_hybrid_ros.params import ParameterBinding, refuse_unknown_parameters
 from cobot_hybrid_ros.runner import run_node
 
 #: Every config whose settings this node declares (checked against config/*.yaml).
@@ -42,6 +42,7 @@ class MissionExecutorNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__('mission_executor_node', **kwargs)
         self._params = ParameterBinding(self, ExecutorConfig)
+        refuse_unknown_parameters(self)   # a misspelt key is an error
         cfg = self._params.config
         self.executor_core = MissionExecutor(cfg)
         self._scale: tuple[float, float] | None = None   # (value, monotonic time)

@@ -51,7 +51,7 @@ from cobot_hybrid_ros.images import (
     image_to_numpy,
     numpy_to_image,
 )
-from cobot_hybrid_ros.params import ParameterBinding
+from cobot_hybrid_ros.params import ParameterBinding, refuse_unknown_parameters
 from cobot_hybrid_ros.runner import autostart, run_node
 
 _STATUS_NAME = 'detector_node: inference'
@@ -86,6 +86,7 @@ class DetectorNode(LifecycleNode):
         self._params = ParameterBinding(self, DetectorConfig,
                                         on_change=self._reconfigure)
         self._shell = ParameterBinding(self, DetectorNodeConfig)   # read where used
+        refuse_unknown_parameters(self)   # a misspelt key is an error
         self._detector: Detector | None = None
         self._stats = DetectorStats()
         self._lock = threading.Condition()

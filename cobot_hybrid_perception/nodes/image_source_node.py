@@ -22,7 +22,7 @@ from std_msgs.msg import Header
 from cobot_hybrid_perception.errors import PerceptionError
 from cobot_hybrid_perception.media import ImageSourceConfig, iter_frames
 from cobot_hybrid_ros.images import numpy_to_image
-from cobot_hybrid_ros.params import ParameterBinding
+from cobot_hybrid_ros.params import ParameterBinding, refuse_unknown_parameters
 from cobot_hybrid_ros.runner import run_node
 
 #: Every config whose settings this node declares (checked against config/*.yaml).
@@ -36,6 +36,7 @@ class ImageSourceNode(Node):
         super().__init__('image_source_node', **kwargs)
         self._params = ParameterBinding(self, ImageSourceConfig,
                                         on_change=self._reconfigure)
+        refuse_unknown_parameters(self)   # a misspelt key is an error
         cfg = self._params.config
         self.finished = Future()
         self._frames = iter_frames(cfg.source, cfg.encoding, loop=cfg.loop,

@@ -63,7 +63,7 @@ from cobot_hybrid_perception.ssm import SafetyState
 from cobot_hybrid_protocol.settings import check_settings, setting
 from cobot_hybrid_ros.diagnostics import diagnostic_array, level_name
 from cobot_hybrid_ros.images import image_to_numpy
-from cobot_hybrid_ros.params import ParameterBinding
+from cobot_hybrid_ros.params import ParameterBinding, refuse_unknown_parameters
 from cobot_hybrid_ros.runner import autostart, run_node
 
 _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -119,6 +119,7 @@ class SafetyMonitorNode(LifecycleNode):
         super().__init__('safety_monitor_node', **kwargs)
         self._params = ParameterBinding(self, SafetyConfig, on_change=self._reconfigure)
         self._shell = ParameterBinding(self, SafetyNodeConfig)   # read where used
+        refuse_unknown_parameters(self)   # a misspelt key is an error
         self._pipeline: SafetyPipeline | None = None
         self._active = False
         self._entities: list[Any] = []

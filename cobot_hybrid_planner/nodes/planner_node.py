@@ -28,7 +28,7 @@ from cobot_hybrid_planner.service import (
 )
 from cobot_hybrid_planner.site import load_site
 from cobot_hybrid_ros.diagnostics import diagnostic_array
-from cobot_hybrid_ros.params import ParameterBinding
+from cobot_hybrid_ros.params import ParameterBinding, refuse_unknown_parameters
 from cobot_hybrid_ros.runner import run_node
 
 #: Every config whose settings this node declares (checked against config/*.yaml).
@@ -42,6 +42,7 @@ class PlannerNode(Node):
         super().__init__('planner_node', **kwargs)
         self.service: PlannerService | None = None
         self._params = ParameterBinding(self, PlannerConfig, on_change=self._reconfigure)
+        refuse_unknown_parameters(self)   # a misspelt key is an error
         params = self._params.config
         params.require_files()
         self.site = load_site(Path(params.site_file).expanduser())
