@@ -36,7 +36,13 @@ from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock
 from cobot_hybrid_protocol.crdt import HLC, PNCounter, TelemetryState
 from cobot_hybrid_protocol.envelope import CONTRACT_TYPES, build_envelope
 from cobot_hybrid_protocol.errors import KeyFileError, PayloadError, SchemaError
-from cobot_hybrid_protocol.limits import COMMAND_LIMITS, FILE_LIMITS, parse_json
+from cobot_hybrid_protocol.limits import (
+    COMMAND_LIMITS,
+    FILE_LIMITS,
+    TELEMETRY_LIMITS,
+    check_tree,
+    parse_json,
+)
 from cobot_hybrid_protocol.mission import (
     MAX_REASON,
     Mission,
@@ -222,6 +228,14 @@ class EdgeBridge:
         if isinstance(output, bytes):
             payload: bytes | Callable[[int], bytes] = output
         else:
+            try:   # what the cloud would refuse for good is refused here, counted
+                check_tree(output, TELEMETRY_LIMITS, f'{route.ros_topic} as JSON')
+            except PayloadError as exc:
+                self.rejected[f'uplink_{exc.reason}'] += 1
+                _LOG.warning('%s not sent: %s (the cloud accepts at most the uplink limits of '
+                             'cobot_hybrid_protocol.limits)', route.ros_topic, exc.detail)
+                return
+
             def payload(seq: int, data: Any = output) -> bytes:
                 return build_envelope(self.cfg.robot_id, seq, now, route.ros_topic,
                                      route.type_name, data)

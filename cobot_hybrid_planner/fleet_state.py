@@ -214,28 +214,44 @@ class FleetStore:
         if props.get('robot_id', robot_id) != robot_id:
             return Outcome(f'rejected: robot_id {str(props["robot_id"])[:64]!r} in the user '
                            f"properties is not the topic's {robot_id!r}")
+        if not where.is_uplink:
+            return Outcome(f'rejected: {kind[:80]!r} is not a topic a robot publishes (status, '
+                           'state, telemetry/..., events/...)')
         if kind == STATUS:
             return self._status(robot_id, payload, now)
+        given = parse_seq(props['seq']) if 'seq' in props else None
+        if 'seq' in props and given is None:
+            return Outcome('rejected: seq in the user properties is not an integer in '
+                           '1..2^63-1')
+
+        def refused(text: str) -> Outcome:
+            # Refused for good: with its seq known, say so, or the robot sends it again until
+            # its TTL, and such messages fill its cloud window and stall everything behind.
+            if given is not None:
+                key.append((robot_id, given))
+            return Outcome(f'rejected: {text}')
+
         seq: int | None = None
         data: Any = None
-        if 'seq' in props and (kind.startswith('telemetry/') or not _is_json(payload)):
+        if given is not None and (kind.startswith('telemetry/') or not _is_json(payload)):
             # (telemetry is only de-duplicated here: with its seq in the user properties its
             # payload is not needed, so a robot sending huge ones costs no parsing; opaque
             # payloads (JPEG, CDR) carry only a seq)
-            seq = parse_seq(props['seq'])
+            seq = given
         elif payload:
             try:
                 envelope = parse_envelope(payload, what=f'{kind} of {robot_id}')
             except PayloadError as exc:
                 if not is_opaque(exc):
-                    return Outcome(f'rejected: {exc}')
+                    return refused(str(exc))
+                seq = given   # opaque (JPEG, CDR): only its seq, from the user properties
             except SchemaError as exc:
-                return Outcome(f'rejected: {exc}')
+                return refused(str(exc))
             else:
                 if envelope.robot_id != robot_id:
                     return Outcome(f"rejected: robot_id in the envelope is not the topic's "
                                    f'{robot_id!r}')
-                if 'seq' in props and parse_seq(props['seq']) != envelope.seq:
+                if 'seq' in props and given != envelope.seq:
                     return Outcome('rejected: seq in the user properties is not the '
                                    "envelope's")
                 seq, data = envelope.seq, envelope.data

@@ -278,9 +278,15 @@ def progress_to_json(progress: TaskProgress) -> dict[str, Any]:
 
 
 def validate_ack(data: Any) -> MissionAck:
-    """Check a decoded mission ack JSON object against the v1 schema."""
-    obj = _fields(data, 'mission ack', {'schema', 'mission_id', 'version', 'status', 'reason'})
-    if obj['schema'] != ACK_SCHEMA:
+    """Check a decoded mission ack JSON object against the v1 schema.
+
+    Bridges from before the schema field was added send the same object without it; for
+    one deprecation period such an ack is still read (``schema`` optional, and if present it
+    must be :data:`ACK_SCHEMA`), so a fleet upgraded planner-first loses no acknowledgement.
+    """
+    obj = _fields(data, 'mission ack', {'mission_id', 'version', 'status', 'reason'},
+                  frozenset({'schema'}))
+    if obj.get('schema', ACK_SCHEMA) != ACK_SCHEMA:
         raise SchemaError(f'schema {str(obj["schema"])[:80]!r} is not {ACK_SCHEMA!r}')
     return MissionAck(obj['status'], obj['mission_id'], obj['version'], obj['reason'])
 

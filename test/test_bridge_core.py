@@ -180,3 +180,18 @@ def test_cloud_delivery_refuses_opaque_routes_over_mqtt311(tmp_path: Path) -> No
                                 protocol='mqtt311'), jpeg)
     EdgeBridge(BridgeConfig(robot_id='cobot-a', data_dir=str(tmp_path), protocol='mqtt311',
                             delivery='broker'), jpeg).queue.close()
+
+
+def test_what_the_cloud_would_refuse_for_good_is_refused_and_counted_at_the_edge(
+        bridge: EdgeBridge, clock: SteppableClock) -> None:
+    bridge.offer(0, {'data': 'x' * 70_000}, None)     # a string over the uplink's 64 KiB
+    bridge.offer(0, {'data': list(range(20_000))}, None)
+    bridge.offer(0, {'data': 10**30}, None)            # a UInt64 that no JSON reader keeps
+    bridge.offer(0, {'data': 'fine'}, None)
+    run(bridge, clock, 0.1)
+    sent = [json.loads(m.payload)['data'] for m in bridge.queue.peek(100)
+            if m.topic.endswith('telemetry/events')]
+    assert sent == [{'data': 'fine'}]
+    assert bridge.rejected['uplink_long_string'] == 1
+    assert bridge.rejected['uplink_too_many_items'] == 1
+    assert bridge.rejected['uplink_big_integer'] == 1

@@ -250,3 +250,41 @@ def test_telemetry_payloads_are_not_parsed_when_the_seq_is_in_the_properties(
     assert store.ingest('cobot/v1/cobot-a/telemetry/x', huge, {'seq': '1'}, 1.0) == 'accepted'
     assert parsed == []
     store.close()
+
+
+def test_a_refused_message_with_a_known_seq_is_acknowledged_so_it_never_blocks_the_robot(
+        tmp_path: Path) -> None:
+    """Refused for good: re-sending it until its TTL would fill the robot's cloud window."""
+    store = FleetStore(tmp_path / 'fleet.db')
+    huge = build_envelope('cobot-a', 5, 1.0, 'x', 'std_msgs/msg/String', {'data': 'x' * 70_000})
+    outcome = store.ingest('cobot/v1/cobot-a/events/log', huge, {'seq': '5'}, 1.0)
+    assert outcome.startswith('rejected') and 'long_string' in outcome
+    deep = build_envelope('cobot-a', 6, 1.0, 'x', 'x', {'data': [[[[[[1]]]]]]}).replace(
+        b'[[[[[[1]]]]]]', b'[' * 40 + b']' * 40)
+    assert 'too_deep' in store.ingest('cobot/v1/cobot-a/events/log', deep, {'seq': '6'}, 1.0)
+    assert store.delivered.pending == {'cobot-a': {5, 6}}
+    # without a seq it cannot be named: nothing is acknowledged
+    store.ingest('cobot/v1/cobot-a/events/log', deep.replace(b'"seq":6', b'"seq":7'), {}, 1.0)
+    assert store.delivered.pending == {'cobot-a': {5, 6}}
+    store.close()
+
+
+@pytest.mark.parametrize('kind', ['foo/bar', 'state/extra', 'status/x', 'cmdx', 'telemetry'])
+def test_topics_a_robot_never_publishes_are_refused(tmp_path: Path, kind: str) -> None:
+    store = FleetStore(tmp_path / 'fleet.db')
+    outcome = store.ingest(f'cobot/v1/cobot-a/{kind}', build_envelope(
+        'cobot-a', 1, 1.0, 'x', 'x', {}), {'seq': '1'}, 1.0)
+    assert outcome.startswith('rejected') and 'not a topic a robot publishes' in outcome
+    assert not store.delivered.pending
+    store.close()
+
+
+def test_an_ack_from_a_bridge_before_the_schema_field_is_still_read(tmp_path: Path) -> None:
+    store = FleetStore(tmp_path / 'fleet.db')
+    old = {'mission_id': 'm-1', 'version': 3, 'status': 'accepted', 'reason': ''}
+    outcome = send(store, 'events/mission_ack', 1, old)
+    assert outcome == 'ack: accepted' and outcome.ack is not None
+    assert store.ack_of('cobot-a', 'm-1', 3) == 'accepted'
+    wrong = {**old, 'schema': 'cobot_hybrid/mission_ack/v9'}
+    assert send(store, 'events/mission_ack', 2, wrong).startswith('rejected')
+    store.close()
