@@ -21,6 +21,7 @@ config (the bridge's node parameters that configure its MQTT link) is made with
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import math
 from collections.abc import Mapping
@@ -114,7 +115,8 @@ def project(config: Any, of: type, **extra: Any) -> Any:
 def check_settings(config: Any, error: type[Exception]) -> None:
     """Check every setting of a config instance; raise ``error`` naming the field and the fix.
 
-    Integers given to a float setting become floats (YAML writes ``2`` for ``2.0``).
+    Integers given to a float setting become floats (a config built in code may say ``2``;
+    ROS itself refuses an integer for a double parameter); arrays become tuples.
     """
     for name, (initial, spec) in specs(type(config)).items():
         value = getattr(config, name)
@@ -134,6 +136,8 @@ def check_settings(config: Any, error: type[Exception]) -> None:
             if not isinstance(value, str):
                 raise error(f'{where}: must be text')
         elif isinstance(initial, tuple):
+            if isinstance(value, array.array):   # what rclpy gives for double/integer arrays
+                value = value.tolist()
             if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
                 raise error(f'{where}: must be a list')
             object.__setattr__(config, name, tuple(value))

@@ -12,6 +12,7 @@ node does; ``test_node_parameters`` checks every node.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import difflib
 from collections.abc import Callable
@@ -53,8 +54,18 @@ def descriptor(spec: Spec, default: Any) -> ParameterDescriptor:
     return desc
 
 
+def _plain(value: Any) -> Any:
+    """ROS hands arrays over as ``array.array`` (double, integer) or lists: make them lists."""
+    return value.tolist() if isinstance(value, array.array) else value
+
+
 class ParameterBinding(Generic[ConfigT]):
-    """Keeps a node's parameters and its frozen config dataclass in step."""
+    """Keeps a node's parameters and its frozen config dataclass in step.
+
+    A node may hold several bindings (its core's config and its shell's); one callback per
+    node checks a change against all of them before any is applied, so a ``ros2 param set``
+    of several parameters at once is applied whole or not at all.
+    """
 
     def __init__(self, node: Node, config_type: Callable[..., ConfigT],
                  on_change: Callable[[ConfigT], None] | None = None) -> None:
@@ -71,34 +82,55 @@ class ParameterBinding(Generic[ConfigT]):
                 # ROS cannot infer an array's type from an empty default: declare it typed;
                 # it stays unset (and the dataclass default applies) unless YAML sets it.
                 param = node.declare_parameter(name, _ARRAY_TYPES[spec.array_type], desc)
-                values[name] = default if param.value is None else param.value
+                values[name] = default if param.value is None else _plain(param.value)
                 continue
             param = node.declare_parameter(name, default, desc)
-            values[name] = param.value
+            values[name] = _plain(param.value)
         self.config: ConfigT = config_type(**values)
-        node.add_on_set_parameters_callback(self._validate)
+        bindings: list[ParameterBinding[Any]] | None = getattr(node, _REGISTRY, None)
+        if bindings is None:
+            bindings = []
+            setattr(node, _REGISTRY, bindings)
+            node.add_on_set_parameters_callback(lambda params: _validate_all(bindings, params))
+        bindings.append(self)
 
     @property
     def names(self) -> tuple[str, ...]:
         """The parameters this binding declared."""
         return tuple(self._specs)
 
-    def _validate(self, params: list[Parameter]) -> SetParametersResult:
-        changes = {p.name: p.value for p in params if p.name in self._specs}
+    def _candidate(self, params: list[Parameter]) -> ConfigT | None:
+        """Return the config with the changes of ``params`` (None: none is ours); raises."""
+        changes = {p.name: _plain(p.value) for p in params if p.name in self._specs}
         if not changes:
-            return SetParametersResult(successful=True)
+            return None
+        return dataclasses.replace(self.config, **changes)  # type: ignore[type-var]
+
+
+_REGISTRY = '_cobot_hybrid_parameter_bindings'
+
+
+def _validate_all(bindings: list[ParameterBinding[Any]],
+                  params: list[Parameter]) -> SetParametersResult:
+    """Check a change against every binding of the node, then apply it to all, or to none."""
+    candidates = []
+    for binding in bindings:
         try:
-            candidate = dataclasses.replace(self.config, **changes)  # type: ignore[type-var]
+            candidate = binding._candidate(params)
         except Exception as exc:  # noqa: BLE001 - the parameter boundary: refuse, never raise
             return SetParametersResult(successful=False, reason=f'{type(exc).__name__}: {exc}')
-        if self._on_change is not None:
+        if candidate is not None:
+            candidates.append((binding, candidate))
+    for binding, candidate in candidates:
+        if binding._on_change is not None:
             try:
-                self._on_change(candidate)
+                binding._on_change(candidate)
             except Exception as exc:  # noqa: BLE001 - the new value could not be applied
                 return SetParametersResult(successful=False,
                                            reason=f'not applied: {type(exc).__name__}: {exc}')
-        self.config = candidate
-        return SetParametersResult(successful=True)
+    for binding, candidate in candidates:
+        binding.config = candidate
+    return SetParametersResult(successful=True)
 
 
 #: Parameters rclpy itself declares or reads from overrides.

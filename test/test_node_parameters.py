@@ -303,3 +303,33 @@ def test_a_misspelt_override_stops_the_node_process_with_the_reason(ros_process:
                           '-p', 'max_perception_age:=0.5')
     assert monitor.wait(30.0) == 2, monitor.log()
     assert "did you mean 'max_perception_age_s'" in monitor.log()
+
+
+def test_a_change_of_several_parameters_is_applied_whole_or_not_at_all(make_node: Any) -> None:
+    from rclpy.parameter import Parameter
+
+    monitor = make_node('safety_monitor_node')
+    result = monitor.set_parameters_atomically([
+        Parameter('base_frame', value='odom'),                 # the shell's: valid
+        Parameter('human_speed_near_mps', value=1.0)])         # the core's: below far speed
+    assert not result.successful
+    assert monitor._shell.config.base_frame == 'base_link'     # nothing of it applied
+    assert monitor.get_parameter('base_frame').value == 'base_link'
+    assert monitor.set_parameters_atomically([
+        Parameter('base_frame', value='odom'), Parameter('min_score', value=0.4)]).successful
+    assert monitor._shell.config.base_frame == 'odom' and monitor._params.config.min_score == 0.4
+
+
+def test_array_parameters_set_through_the_parameter_service_apply(make_node: Any) -> None:
+    """``ros2 param set`` delivers double arrays as array.array, not lists."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    monitor = make_node('safety_monitor_node')
+    assert monitor.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    wire = Parameter.from_parameter_msg(Parameter('tcp_xyz', value=[0.1, 0.2, 0.3])
+                                        .to_parameter_msg())
+    assert type(wire.value).__name__ == 'array'
+    result = monitor.set_parameters([wire])[0]
+    assert result.successful, result.reason
+    assert monitor._pipeline.cfg.tcp_xyz == (0.1, 0.2, 0.3)
