@@ -92,6 +92,8 @@ def parse_envelope(payload: bytes | str, limits: Limits = TELEMETRY_LIMITS,
     for name in ('topic', 'type'):
         if not is_name(body[name], 256):
             raise SchemaError(f'{what}: {name} must be printable text of at most 256 chars')
+    if not isinstance(body['data'], dict):
+        raise SchemaError(f'{what}: data must be a JSON object')
     return Envelope(body['robot_id'], seq, float(body['stamp']), body['topic'], body['type'],
                     body['data'])
 

@@ -18,7 +18,18 @@ from cobot_hybrid_protocol.limits import ID_MAX
 __all__ = ['SCHEMAS', 'schema']
 
 _MAX_SEQ = envelope.MAX_SEQ
-_PRINTABLE = '^[^\\u0000-\\u001f\\u007f]+$'    # no control characters (validators: isprintable)
+
+
+#: The BMP characters ``str.isprintable`` refuses (Cc, Cf, Co, Zl, Zp, Zs but the space; as of
+#: Unicode 15), unassigned code points aside; ``test_mqtt_api`` compares it with this Python.
+NOT_PRINTABLE = ('\\u0000-\\u001f\\u007f-\\u00a0\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f'
+                 '\\u0890-\\u0891\\u08e2\\u1680\\u180e\\u2000-\\u200f\\u2028-\\u202f'
+                 '\\u205f-\\u2064\\u2066-\\u206f\\u3000\\ue000-\\uf8ff\\ufeff\\ufff9-\\ufffb')
+
+#: Printable text as the validators mean it (``str.isprintable``; unassigned code points and
+#: characters beyond the BMP are left to the validators), to the very end of the string.
+_PRINTABLE = f'^[^{NOT_PRINTABLE}]+(?![\\s\\S])'
+_NO_NUL = '^[^\\u0000]*(?![\\s\\S])'
 
 
 def _id(max_chars: int = ID_MAX, description: str = '') -> dict[str, Any]:
@@ -94,15 +105,22 @@ MISSION_ACK = _object({
     'mission_id': {'oneOf': [_id(), {'type': 'null'}]},
     'version': {'oneOf': [_VERSION, {'type': 'null'}]},
     'status': {'enum': list(mission.ACK_STATUSES)},
-    'reason': {'type': 'string', 'maxLength': mission.MAX_REASON,
+    'reason': {'type': 'string', 'maxLength': mission.MAX_REASON, 'pattern': _NO_NUL,
                'description': '"<reject code>: <detail>" of a rejection'},
 }, description='the robot answers every mission command; null ids: an unreadable command')
+MISSION_ACK['allOf'] = [
+    {'if': {'properties': {'status': {'const': 'accepted'}}},
+     'then': {'properties': {'mission_id': _id(), 'version': _VERSION}}},
+    {'if': {'properties': {'mission_id': {'type': 'null'}}},
+     'then': {'properties': {'version': {'type': 'null'}}},
+     'else': {'properties': {'version': _VERSION}}},
+]
 
 TASK_PROGRESS = _object({
     'schema': {'const': mission.PROGRESS_SCHEMA},
     'mission_id': _id(), 'version': _VERSION, 'task_id': _id(),
     'status': {'enum': list(mission.PROGRESS_STATUSES)},
-    'reason': {'type': 'string', 'maxLength': mission.MAX_REASON},
+    'reason': {'type': 'string', 'maxLength': mission.MAX_REASON, 'pattern': _NO_NUL},
     'stamp': _UNIX,
 }, required=['mission_id', 'schema', 'stamp', 'status', 'task_id', 'version'],
     description='what the robot did with one task of a mission version')
@@ -118,7 +136,8 @@ MISSION = _object({
     'tasks': {'type': 'array', 'maxItems': mission.MAX_TASKS, 'items': _object({
         'task_id': _id(), 'type': {'enum': list(mission.TASK_TYPES)}, 'station': _id(),
         'pose': _POSE, 'duration_s': _number(0.0, mission.MAX_DURATION_S, '[s]'),
-        'deadline': _UNIX}, required=['duration_s', 'pose', 'station', 'task_id', 'type'])},
+        'deadline': {'oneOf': [_UNIX, {'type': 'null'}]}},
+        required=['duration_s', 'pose', 'station', 'task_id', 'type'])},
 }, description='a mission for one robot (the signed payload of cmd/mission)')
 
 SIGNED_COMMAND = _object({
@@ -131,7 +150,7 @@ SIGNED_COMMAND = _object({
 }, description=f'a signed command, at most {signing.MAX_COMMAND_BYTES} bytes')
 
 STATUS = _object({'state': {'enum': list(status.STATES)},
-                  'stamp': _number(0.0, mission.MAX_UNIX_S, 'robot clock [unix s]')},
+                  'stamp': _number(0.0, status.MAX_STAMP_S, 'robot clock [unix s]')},
                  required=['state'], description='liveness (retained; the last will: offline)')
 
 DELIVERED = _object({
@@ -168,7 +187,8 @@ LEDGER = {'type': 'object', 'required': ['fleet', 'epoch', 'tasks', 'missions'],
 
 BRIDGE_STATS = {'type': 'object', 'description': 'link and queue statistics of the bridge'}
 ROS_MESSAGE = {'type': 'object', 'description': 'a ROS message as JSON (fields by name; '
-               'byte arrays base64; non-finite floats as text)'}
+               'byte arrays base64; non-finite floats as text). JSON integers are written '
+               'without a fraction everywhere (3, never 3.0), which JSON Schema cannot say'}
 
 #: name -> JSON Schema; the uplink ones wrapped in the envelope.
 SCHEMAS: dict[str, dict[str, Any]] = {

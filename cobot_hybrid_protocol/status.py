@@ -16,9 +16,10 @@ import json
 from cobot_hybrid_protocol.errors import SchemaError
 from cobot_hybrid_protocol.limits import Limits, is_number_in, parse_json
 
-__all__ = ['STATES', 'parse_status', 'status_payload']
+__all__ = ['MAX_STAMP_S', 'STATES', 'parse_status', 'status_payload']
 
 STATES = ('online', 'offline')
+MAX_STAMP_S = 4_102_444_800.0    # 2100-01-01, as every unix time of the contract
 _LIMITS = Limits(max_bytes=1024, max_depth=2, max_string=64, max_items=8, max_values=16)
 
 
@@ -34,7 +35,7 @@ def parse_status(payload: bytes, what: str = 'status') -> str:
     body = parse_json(payload, _LIMITS, what)
     if not isinstance(body, dict) or body.get('state') not in STATES \
             or not set(body) <= {'state', 'stamp'} \
-            or ('stamp' in body and not is_number_in(body['stamp'], 0.0)):
+            or ('stamp' in body and not is_number_in(body['stamp'], 0.0, MAX_STAMP_S)):
         raise SchemaError(f'{what}: status must be {{"state": "online"|"offline", "stamp": '
                           '<unix s>}')
     return str(body['state'])

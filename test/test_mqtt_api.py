@@ -222,7 +222,10 @@ BAD = [
     ('mission ack', _good_ack, mission.validate_ack, schemas.MISSION_ACK, [
         (('status',), 'maybe'), (('version',), 0), (('version',), 2**63), (('schema',), 'x'),
         (('extra',), 1), (('reason',), _DROP), (('mission_id',), ''),
-        (('mission_id',), 'x' * 200), (('reason',), 'x' * 1001)]),
+        (('mission_id',), 'x' * 200), (('reason',), 'x' * 1001),
+        (('mission_id',), None),                       # accepted needs both ids
+        (('reason',), 'bad\x00'), (('mission_id',), 'm\u00a0'), (('mission_id',), 'm\u200b'),
+        (('mission_id',), 'm\n')]),
     ('task progress', _good_progress, mission.validate_progress, schemas.TASK_PROGRESS, [
         (('status',), 'paused'), (('stamp',), -1.0), (('stamp',), 5e9), (('version',), True),
         (('task_id',), 7), (('mission_id',), _DROP)]),
@@ -230,8 +233,32 @@ BAD = [
         (('kind',), 'order'), (('tasks', 0, 'type'), 'dance'),
         (('tasks', 0, 'pose', 'x'), 1e7), (('tasks', 0, 'pose', 'yaw'), 7.0),
         (('tasks', 0, 'duration_s'), -1.0), (('tasks', 0, 'extra'), 1),
-        (('issued_at',), 'now'), (('frame_id',), '')]),
+        (('issued_at',), 'now'), (('frame_id',), ''), (('robot_id',), 'r\n'),
+        (('tasks', 0, 'deadline'), -5.0)]),
 ]
+
+
+def test_what_the_validators_accept_the_schemas_accept() -> None:
+    rejected = mission.ack_to_json(mission.MissionAck('rejected', None, None, 'malformed: x'))
+    jsonschema.Draft7Validator(schemas.MISSION_ACK).validate(rejected)
+    half = {**rejected, 'version': 3}      # one id without the other: both refuse
+    with pytest.raises(SchemaError):
+        mission.validate_ack(half)
+    assert list(jsonschema.Draft7Validator(schemas.MISSION_ACK).iter_errors(half))
+    no_deadline = _set(_good_mission(), ('tasks', 0, 'deadline'), None)
+    mission.validate_mission(no_deadline)
+    jsonschema.Draft7Validator(schemas.MISSION).validate(no_deadline)
+
+
+def test_the_schemas_printable_text_is_what_the_validators_call_printable() -> None:
+    import unicodedata
+
+    pattern = re.compile(schemas._PRINTABLE)
+    differ = [hex(code) for code in range(0x10000)
+              if unicodedata.category(chr(code)) not in ('Cn', 'Cs')
+              and bool(pattern.search(f'a{chr(code)}b')) != f'a{chr(code)}b'.isprintable()]
+    assert not differ, f'schemas.NOT_PRINTABLE is out of date for this Python: {differ[:10]}'
+    assert not pattern.search('abc\n') and not pattern.search('') and pattern.search('a b')
 
 
 @pytest.mark.parametrize(('what', 'good', 'validate', 'schema', 'mutations'), BAD,
