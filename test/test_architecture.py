@@ -25,15 +25,37 @@ def _python_files(package: str) -> list[Path]:
 
 
 def _imports(path: Path) -> set[str]:
-    """Every module a file imports, at any depth (function-level imports included)."""
+    """Every module a file imports, at any depth.
+
+    Function-level imports, relative ones (resolved), and by a literal string
+    (``importlib.import_module('x')``, ``__import__('x')``).
+    """
     tree = ast.parse(path.read_text(), filename=str(path))
+    try:
+        parts = list(path.resolve().relative_to(ROOT).with_suffix('').parts)
+    except ValueError:   # a probe outside the tree: it stands for a module of the package
+        parts = [path.stem]
+    if parts[-1] == '__init__':
+        parts = parts[:-1] + ['__init__']
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f'{node.module}.{alias.name}' for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ''
+            if node.level:   # from . import x / from ..y import z, seen from this file
+                base = parts[:-node.level]
+                module = '.'.join([*base, module] if module else base)
+            if module:
+                names.add(module)
+                names.update(f'{module}.{alias.name}' for alias in node.names)
+        elif isinstance(node, ast.Call) and node.args \
+                and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str) \
+                and ((isinstance(node.func, ast.Attribute) and node.func.attr == 'import_module')
+                     or (isinstance(node.func, ast.Name)
+                         and node.func.id in ('__import__', 'import_module'))):
+            names.add(node.args[0].value)
     return names
 
 
@@ -59,6 +81,8 @@ def _wrong_imports(package: str, path: Path) -> list[str]:
             bad.append(f'{name} (ROS outside nodes/)')
         if name.startswith('paho') and package == 'cobot_hybrid_protocol':
             bad.append(f'{name} (the contract is transport-free)')
+        if target == package and not _in_nodes(path) and '.nodes' in name:
+            bad.append(f'{name} (a core imports its own node shell, and with it rclpy)')
         if target is None or target == package:
             continue
         if package == 'cobot_hybrid_protocol':
@@ -105,6 +129,15 @@ def test_every_import_follows_the_layers() -> None:
     ('cobot_hybrid_ros', 'params.py', 'from cobot_hybrid_perception import x\n',
      'import only the protocol'),
     ('cobot_hybrid_cli', '__init__.py', 'import cobot_hybrid_bridge.cli\n', 'by name'),
+    ('cobot_hybrid_bridge', 'bridge.py', 'from .nodes import bridge_node\n',
+     'its own node shell'),
+    ('cobot_hybrid_bridge', 'bridge.py', 'from cobot_hybrid_bridge.nodes.bridge_node import B\n',
+     'its own node shell'),
+    ('cobot_hybrid_planner', 'service.py', 'from ..cobot_hybrid_bridge import crdt\n',
+     'never import each other'),
+    ('cobot_hybrid_planner', 'service.py', "import importlib\n"
+     "importlib.import_module('cobot_hybrid_bridge.crdt')\n", 'never import each other'),
+    ('cobot_hybrid_bridge', 'bridge.py', "__import__('rclpy')\n", 'ROS outside nodes/'),
 ])
 def test_the_layer_check_catches_a_wrong_import(tmp_path: Path, package: str, relative: str,
                                                 source: str, why: str) -> None:
@@ -115,6 +148,22 @@ def test_the_layer_check_catches_a_wrong_import(tmp_path: Path, package: str, re
     finally:
         sample.unlink()
     assert any(why in item for item in bad), bad
+
+
+@pytest.mark.parametrize('package', PACKAGES + ['cobot_hybrid_protocol'])
+def test_importing_every_core_module_loads_no_ros(package: str) -> None:
+    """What the static check means, checked by running it: no core pulls rclpy in."""
+    modules = [str(p.relative_to(ROOT).with_suffix('')).replace('/', '.')
+               for p in _python_files(package) if not _in_nodes(p)]
+    code = ('import importlib, sys\n'
+            f'for name in {modules!r}:\n'
+            '    importlib.import_module(name.removesuffix(".__init__"))\n'
+            'print(sorted(m for m in sys.modules if m.split(".")[0] in '
+            '("rclpy", "rcl_interfaces") or m.endswith("_msgs")))\n')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == '[]', f'{package} cores load ROS: {result.stdout}'
 
 
 def test_nodes_may_use_the_helpers_and_the_codec_is_pure() -> None:
