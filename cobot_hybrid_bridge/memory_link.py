@@ -5,7 +5,11 @@ is deterministic), publishes with the same topics, payloads, QoS, retain flag an
 properties (``robot_id``, ``seq``, ``stamp``) as the real link, announces ``online``
 (retained) on start and ``offline`` on stop, and acknowledges the queue by the same rule:
 ``delivery: broker`` as soon as the broker routed a QoS 1 message; ``delivery: cloud`` when a
-valid ``cobot/v1/<robot_id>/delivered`` message names its seq.
+valid ``cobot/v1/<robot_id>/delivered`` message names its seq, with at most ``cloud_window``
+messages awaiting that (the rest wait in the outbox, as with the real link). Not modelled:
+re-sending what the cloud has not acknowledged after ``cloud_ack_timeout_s``, the in-flight
+window, refusals by reason code, reconnects: ``test_mqtt_link``/``test_delivery`` cover them
+against mosquitto.
 """
 
 from __future__ import annotations
@@ -61,8 +65,12 @@ class MemoryLink:
         """Publish everything committed and not yet sent, now."""
         if not self.stats.connected:
             return
+        cloud = self.cfg.delivery == 'cloud'
         while True:
-            batch = self.queue.peek(_BATCH, exclude=sorted(self._awaiting))
+            room = self.cfg.cloud_window - len(self._awaiting) if cloud else _BATCH
+            if room <= 0:
+                return
+            batch = self.queue.peek(min(room, _BATCH), exclude=sorted(self._awaiting))
             if not batch:
                 return
             delivered = []
@@ -73,7 +81,7 @@ class MemoryLink:
                 self.transport.publish(message.topic, message.payload, qos=message.qos,
                                        retain=message.retain, properties=properties)
                 self.stats.published += 1
-                if self.cfg.delivery == 'cloud' and message.qos > 0:
+                if cloud and message.qos > 0:
                     self._awaiting.add(message.seq)
                 else:
                     delivered.append(message.seq)
@@ -95,6 +103,7 @@ class MemoryLink:
                 self.queue.mark_delivered(done)
                 self.stats.cloud_acked += len(done)
             self.stats.awaiting_cloud = len(self._awaiting)
+            self.wake()   # room in the window again
             return
         self.on_command(message.topic, message.payload, message.retained)
 

@@ -6,8 +6,12 @@ that is a paho session (the planner's ``mqtt_session``); in core tests it is a
 :class:`MemoryTransport` on a :class:`MemoryBroker`, so a test asserts exactly what was
 published, with no broker, no sockets and no sleeps. The memory broker implements what the
 contract relies on: ``+`` and ``#`` filters, retained messages (delivered on subscribe, cleared
-by an empty retained payload), ``$share/<group>/`` subscriptions (one member per message) and
-QoS as given; delivery is synchronous, on the publisher's thread.
+by an empty retained payload), ``$share/<group>/`` subscriptions (one member per message), a
+second client with the same id taking over (the first is disconnected, as mosquitto does), a
+client's QoS 1 messages held while it is disconnected; delivery is synchronous, on the
+publisher's thread. It does not model: persistent sessions of subscribers (what arrives while
+a subscriber is away is gone), message expiry, QoS downgrade to the subscription's, in-flight
+limits, or refusals (PUBACK reason codes): the shell tests with the real mosquitto cover those.
 """
 
 from __future__ import annotations
@@ -96,6 +100,9 @@ class MemoryBroker:
     def attach(self, client: MemoryTransport) -> None:
         """Connect a client: it receives the retained messages its filters match."""
         with self._lock:
+            previous = self._clients.get(client.client_id)
+            if previous is not None and previous is not client:
+                previous.connected = False   # taken over: the broker drops the old session
             self._clients[client.client_id] = client
             for topic_filter, _ in client.subscriptions:
                 for topic, message in sorted(self.retained.items()):
@@ -106,7 +113,8 @@ class MemoryBroker:
     def detach(self, client: MemoryTransport) -> None:
         """Disconnect a client."""
         with self._lock:
-            self._clients.pop(client.client_id, None)
+            if self._clients.get(client.client_id) is client:
+                del self._clients[client.client_id]
 
     def route(self, sender: str, message: Message) -> None:
         """Deliver ``message`` to every matching subscriber (one per shared group)."""
