@@ -1,4 +1,4 @@
-"""The in-memory broker and link of the core tests behave as mosquitto does, where they model it."""
+"""The in-memory broker and link of the core tests behave as mosquitto does where they model it."""
 
 from __future__ import annotations
 
