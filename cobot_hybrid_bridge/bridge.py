@@ -251,11 +251,11 @@ class EdgeBridge:
         self._state.values.set(key, value, self._clock.now(int(self.clock.wall() * 1000)))
 
     def set_alarm(self, name: str, active: bool) -> None:
-        """Raise or clear an alarm in the CRDT telemetry state."""
-        if active and name not in self._state.alarms:
-            self._state.alarms.add(name)
-        elif not active and name in self._state.alarms:
-            self._state.alarms.remove(name)
+        """Raise or clear an alarm in the CRDT telemetry state (only a change is stamped)."""
+        current = self._state.alarms.get(name)
+        if current is None and not active or current == active:
+            return
+        self._state.alarms.set(name, bool(active), self._clock.now(int(self.clock.wall() * 1000)))
 
     # --- periodic ----------------------------------------------------------------------------
 

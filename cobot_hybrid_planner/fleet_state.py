@@ -308,15 +308,19 @@ class FleetStore:
         except CrdtError as exc:
             return Outcome(f'rejected: state snapshot: {exc}')
         limit_ms = (now + self.max_skew_s) * 1000.0
-        future = [k for k, (stamp, _) in incoming.values.entries.items()
-                  if stamp.wall_ms > limit_ms]
-        if future:   # a clock far ahead would win every later write: drop those entries
+        future = []
+        for part in ('values', 'alarms'):
+            entries = getattr(incoming, part).entries
+            ahead = [k for k, (stamp, _) in entries.items() if stamp.wall_ms > limit_ms]
+            if ahead:   # a clock far ahead would win every later write: drop those entries
+                future += ahead
+                setattr(incoming, part, LWWMap({k: v for k, v in entries.items()
+                                                if k not in ahead}))
+        if future:
             self.future_stamps += len(future)
             _LOG.warning('state of %s: %d value(s) stamped more than %.0f s ahead of the '
                          'cloud clock dropped (%s)', robot_id, len(future), self.max_skew_s,
                          ', '.join(sorted(future)[:5]))
-            incoming.values = LWWMap({k: v for k, v in incoming.values.entries.items()
-                                      if k not in future})
         merged = self.state(robot_id).merge(incoming)
         text = json.dumps(merged.to_json())
         if len(text) > self.max_state_bytes:

@@ -275,11 +275,24 @@ class ORSet:
 
 @dataclass
 class TelemetryState:
-    """A robot's telemetry state: counters, last-known values, active alarms."""
+    """A robot's telemetry state: counters, last-known values, active alarms.
+
+    Alarms are last-writer-wins flags (``{name: [stamp, true|false]}``), one entry per alarm
+    however often it toggles: an observed-remove set kept a tombstone per clearing, and a
+    robot's state outgrew what the cloud accepts after a few thousand protective stops. The
+    robot is the only writer of its alarms, so its HLC orders every change. A snapshot in the
+    earlier form (``{"adds": ..., "removed": ...}``, robots and stores from before) is still
+    read: an alarm present there becomes a flag set at stamp 0, which any newer change wins.
+    """
 
     counters: dict[str, PNCounter] = field(default_factory=dict)
     values: LWWMap = field(default_factory=LWWMap)
-    alarms: ORSet = field(default_factory=ORSet)
+    alarms: LWWMap = field(default_factory=LWWMap)
+
+    @property
+    def active_alarms(self) -> set[str]:
+        """The alarms raised now."""
+        return {name for name, (_, on) in self.alarms.entries.items() if on is True}
 
     def merge(self, other: TelemetryState) -> TelemetryState:
         """Merge every part."""
@@ -303,4 +316,15 @@ class TelemetryState:
             raise CrdtError('counters must be an object')
         _bounded(data['counters'], 'counters')
         return cls({str(n): PNCounter.from_json(c) for n, c in data['counters'].items()},
-                   LWWMap.from_json(data['values']), ORSet.from_json(data['alarms']))
+                   LWWMap.from_json(data['values']), _alarms_from_json(data['alarms']))
+
+
+def _alarms_from_json(data: Any) -> LWWMap:
+    if isinstance(data, dict) and set(data) == {'adds', 'removed'}:   # the earlier ORSet form
+        legacy = ORSet.from_json(data)
+        return LWWMap({name: (HlcTimestamp(0, 0, ''), True) for name in legacy.elements})
+    alarms = LWWMap.from_json(data)
+    for name, (_, on) in alarms.entries.items():
+        if not isinstance(on, bool):
+            raise CrdtError(f'alarm {name[:40]!r} must be true or false')
+    return alarms

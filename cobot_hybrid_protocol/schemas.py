@@ -93,11 +93,10 @@ TELEMETRY_STATE = _object({
                'additionalProperties': {'type': 'array', 'minItems': 2, 'maxItems': 2,
                                         'items': [_HLC, {}]},
                'description': 'last-writer-wins values by key: [stamp, value]'},
-    'alarms': _object({
-        'adds': {'type': 'object', 'maxProperties': crdt.MAX_ENTRIES,
-                 'additionalProperties': {'type': 'array', 'items': {'type': 'string'}}},
-        'removed': {'type': 'array', 'items': {'type': 'string'}}},
-        description='observed-remove set of active alarms: add tags, tombstones'),
+    'alarms': {'type': 'object', 'maxProperties': crdt.MAX_ENTRIES,
+               'additionalProperties': {'type': 'array', 'minItems': 2, 'maxItems': 2,
+                                        'items': [_HLC, {'type': 'boolean'}]},
+               'description': 'alarms as last-writer-wins flags: [stamp, raised]'},
 }, description='CRDT snapshot of a robot: any order, any duplicates, the same merge')
 
 MISSION_ACK = _object({

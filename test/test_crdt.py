@@ -37,10 +37,9 @@ def states(draw: st.DrawFn) -> TelemetryState:
         elif op == 'set':
             stamp = clock[replica].now(draw(st.integers(0, 50)))
             state.values.set(key, draw(st.integers(0, 9)), stamp)
-        elif op == 'alarm':
-            state.alarms.add(key, draw(st.sampled_from(['t1', 't2', 't3', 't4'])))
-        else:
-            state.alarms.remove(key)
+        else:   # raise or clear an alarm: a stamped flag
+            stamp = clock[replica].now(draw(st.integers(0, 50)))
+            state.alarms.set(key, op == 'alarm', stamp)
     return state
 
 
@@ -125,6 +124,7 @@ def test_or_set_readd_after_remove_and_concurrent_add_win() -> None:
      {'adds': {}, 'removed': []}},
     {'counters': {}, 'values': {'k': [[1, 2], 3]}, 'alarms': {'adds': {}, 'removed': []}},
     {'counters': {}, 'values': {}, 'alarms': {'adds': 5, 'removed': []}},
+    {'counters': {}, 'values': {}, 'alarms': {'stop': [[1, 0, 'r'], 'yes']}},   # not a bool
 ])
 def test_malformed_snapshots_are_rejected(payload: object) -> None:
     with pytest.raises(CrdtError):
@@ -136,3 +136,22 @@ def test_hlc_is_monotone_when_the_wall_clock_stalls() -> None:
     stamps = [clock.now(physical_ms=100) for _ in range(3)]
     assert stamps == sorted(stamps) and len(set(stamps)) == 3
     assert HlcTimestamp.from_json(stamps[0].to_json()) == stamps[0]
+
+
+def test_an_alarm_toggled_ten_thousand_times_is_one_entry() -> None:
+    """The observed-remove set kept a tombstone per clearing: ~4,000 stops outgrew the cloud."""
+    state, clock = TelemetryState(), HLC('r')
+    for index in range(10_000):
+        state.alarms.set('protective_stop', index % 2 == 0, clock.now(index))
+    assert len(state.alarms.entries) == 1 and state.active_alarms == set()
+    assert len(json.dumps(state.to_json())) < 200
+
+
+def test_a_snapshot_in_the_earlier_alarm_form_is_still_read() -> None:
+    legacy = {'counters': {}, 'values': {},
+              'alarms': {'adds': {'stop': ['t1'], 'door': ['t2']}, 'removed': ['t2']}}
+    state = TelemetryState.from_json(legacy)
+    assert state.active_alarms == {'stop'}
+    newer = TelemetryState()
+    newer.alarms.set('stop', False, HLC('r').now(1000))
+    assert state.merge(newer).active_alarms == set()   # any newer change wins
