@@ -117,6 +117,7 @@ class EdgeBridge:
         self.lock = threading.Lock()
         self.missions = {}
         self.rejected = Counter()
+        self.uplink_refused: Counter[str] = Counter()   # routed messages beyond the limits
         self.disk_full_errors = 0
         self.internal_errors = 0
         self.clock_steps = 0
@@ -231,7 +232,7 @@ class EdgeBridge:
             try:   # what the cloud would refuse for good is refused here, counted
                 check_tree(output, TELEMETRY_LIMITS, f'{route.ros_topic} as JSON')
             except PayloadError as exc:
-                self.rejected[f'uplink_{exc.reason}'] += 1
+                self.uplink_refused[exc.reason] += 1
                 _LOG.warning('%s not sent: %s (the cloud accepts at most the uplink limits of '
                              'cobot_hybrid_protocol.limits)', route.ros_topic, exc.detail)
                 return
@@ -412,6 +413,7 @@ class EdgeBridge:
             'no_subscribers_retries': link.no_subscribers, 'refused': link.refused,
             'disk_full_errors': self.disk_full_errors,
             'commands_rejected': dict(self.rejected),
+            'uplink_refused': dict(self.uplink_refused),
             'internal_errors': self.internal_errors, 'clock_steps': self.clock_steps,
             'missions': {k: m.version for k, m in self.missions.items()},
             'last_error': link.last_error}

@@ -192,6 +192,5 @@ def test_what_the_cloud_would_refuse_for_good_is_refused_and_counted_at_the_edge
     sent = [json.loads(m.payload)['data'] for m in bridge.queue.peek(100)
             if m.topic.endswith('telemetry/events')]
     assert sent == [{'data': 'fine'}]
-    assert bridge.rejected['uplink_long_string'] == 1
-    assert bridge.rejected['uplink_too_many_items'] == 1
-    assert bridge.rejected['uplink_big_integer'] == 1
+    assert bridge.uplink_refused == {'long_string': 1, 'too_many_items': 1, 'big_integer': 1}
+    assert bridge.stats()['uplink_refused'] == dict(bridge.uplink_refused)
