@@ -18,7 +18,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Path as PathMsg
@@ -37,6 +36,7 @@ from cobot_hybrid_protocol.mission import Mission, mission_to_json
 from cobot_hybrid_ros.diagnostics import diagnostic_array
 from cobot_hybrid_ros.params import ParameterBinding, refuse_unknown_parameters
 from cobot_hybrid_ros.runner import run_node
+from cobot_hybrid_ros.share import share_dir
 
 _TICK_S = 0.01
 
@@ -53,10 +53,7 @@ def resolve_type(route: Route) -> Any:
 
 
 def _share() -> Path:
-    try:
-        return Path(get_package_share_directory('cobot_hybrid')) / 'config'
-    except PackageNotFoundError:  # editable install in a venv
-        return Path(__file__).resolve().parents[2] / 'config'
+    return share_dir() / 'config'
 
 
 #: Every config whose settings this node declares (checked against config/*.yaml).
