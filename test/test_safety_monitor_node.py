@@ -131,9 +131,11 @@ def test_detector_reporting_an_error_stops_the_robot(make_node: Any, ros_process
     harness = make_node('safety_listener')
     heard = listen(harness)
     start_monitor(ros_process, tmp_path)
-    ros_process('synthetic_detector.py', '--start', '4.0', '--unhealthy-after', '3.0')
+    # healthy for 8 s of its own clock: discovery plus fault_recovery_s (1 s) of fresh healthy
+    # perception must fit before it (3 s did not always, with both cores busy)
+    ros_process('synthetic_detector.py', '--start', '4.0', '--unhealthy-after', '8.0')
     assert harness.spin_until(heard.running, 30.0)
-    assert harness.spin_until(heard.stopped, 10.0)
+    assert harness.spin_until(heard.stopped, 15.0)
     assert harness.spin_until(lambda: any('unhealthy' in r for r in heard.reasons_since(0.0)),
                               5.0), heard.reasons
 
