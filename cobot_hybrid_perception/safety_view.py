@@ -143,3 +143,20 @@ def detector_healthy(statuses: Iterable[tuple[str, str]], prefix: str) -> bool |
     if not levels:
         return None
     return all(lvl in HEALTHY_LEVELS for lvl in levels)
+
+
+@dataclass(frozen=True)
+class StaticTransform:
+    """The camera's pose in the robot base frame, as a TF transform (parent -> child)."""
+
+    parent: str
+    child: str
+    translation: tuple[float, float, float]
+    rotation: tuple[float, float, float, float]   # x, y, z, w
+
+
+def camera_transform(camera_to_base: tuple[float, ...], base_frame: str,
+                     camera_frame: str) -> StaticTransform:
+    """Return the static transform ``camera_to_base`` ([x, y, z, qx, qy, qz, qw]) describes."""
+    x, y, z, qx, qy, qz, qw = (float(v) for v in camera_to_base)
+    return StaticTransform(base_frame, camera_frame, (x, y, z), (qx, qy, qz, qw))

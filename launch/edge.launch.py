@@ -18,6 +18,9 @@ Arguments:
   transition stops the process with the reason). ``false`` leaves them unconfigured for your
   lifecycle manager (Nav2's ``lifecycle_manager`` with ``node_names: [detector_node,
   safety_monitor_node]``);
+* ``camera_tf`` (``false``): the safety monitor publishes ``camera_to_base`` as the static
+  transform ``base_frame -> camera_frame`` on ``/tf_static`` (for rviz; leave it off when your
+  robot description already places the camera);
 * ``image_source`` (``false``): also start ``image_source_node`` publishing ``image``;
 * ``executor`` (``false``): also start ``mission_executor_node``.
 """
@@ -52,6 +55,7 @@ def generate_launch_description() -> LaunchDescription:
                               description='overrides for every node, keyed /**/<node_name>'),
         *[DeclareLaunchArgument(topic, default_value=topic) for topic in TOPICS],
         DeclareLaunchArgument('autostart', default_value='true'),
+        DeclareLaunchArgument('camera_tf', default_value='false'),
         DeclareLaunchArgument('image_source', default_value='false'),
         DeclareLaunchArgument('executor', default_value='false'),
         Node(package='cobot_hybrid', executable='image_source_node', name='image_source_node',
@@ -63,7 +67,8 @@ def generate_launch_description() -> LaunchDescription:
                       remappings=remaps, arguments=log, output='screen'),
         LifecycleNode(package='cobot_hybrid', executable='safety_monitor_node',
                       name='safety_monitor_node', namespace=namespace,
-                      parameters=[*params('safety.yaml'), {'autostart': arg('autostart')}],
+                      parameters=[*params('safety.yaml'), {'autostart': arg('autostart'),
+                                                           'publish_camera_tf': arg('camera_tf')}],
                       remappings=remaps, arguments=log, output='screen'),
         Node(package='cobot_hybrid', executable='bridge_node', name='bridge_node',
              namespace=namespace,

@@ -41,7 +41,7 @@ def test_it_declares_the_arguments_a_robot_integrator_needs() -> None:
     declared = {ast.literal_eval(c.args[0]) for c in _calls(_tree(), 'DeclareLaunchArgument')
                 if isinstance(c.args[0], ast.Constant)}
     assert {'robot_id', 'namespace', 'log_level', 'params_file', 'autostart',
-            'image_source', 'executor'} <= declared
+            'image_source', 'executor', 'camera_tf'} <= declared
     source = LAUNCH.read_text()
     assert "TOPICS = ('image', 'camera_info', 'robot_speed', 'speed_scale', 'protective_stop')" \
         in source   # each declared as an argument by the comprehension over TOPICS
@@ -60,7 +60,9 @@ def test_each_node_gets_namespace_params_and_remaps(node: str) -> None:
     params = ast.unparse(_kw(call, 'parameters'))
     assert f"params('{shipped}')" in params, params
     if kind == 'LifecycleNode':
-        assert "{'autostart': arg('autostart')}" in params
+        assert "'autostart': arg('autostart')" in params
+    if node == 'safety_monitor_node':
+        assert "'publish_camera_tf': arg('camera_tf')" in params
     if node in ('image_source_node', 'mission_executor_node'):
         assert _kw(call, 'condition') is not None, f'{node} is optional'
     assert (ROOT / 'config' / shipped).is_file()

@@ -188,3 +188,25 @@ def test_bad_parameter_at_start_exits_with_the_reason(ros_process: Any, tmp_path
     monitor = start_monitor(ros_process, tmp_path, **{name: value})
     assert monitor.wait(30.0) == 2
     assert message in monitor.log()
+
+
+def test_the_camera_pose_is_published_as_a_static_transform_for_rviz(
+        make_node: Any, ros_process: Any, tmp_path: Path) -> None:
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from tf2_msgs.msg import TFMessage
+
+    harness = make_node('tf_listener')
+    got: list[Any] = []
+    harness.node.create_subscription(
+        TFMessage, '/tf_static', got.append,
+        QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                   durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    monitor = ros_process(NODE, '--ros-args', '--params-file', str(SAFETY_YAML),
+                          '--params-file', params_file(tmp_path, publish_camera_tf=True,
+                                                       camera_frame='cam_optical',
+                                                       base_frame='arm_base'))
+    assert harness.spin_until(lambda: bool(got), 30.0), monitor.log()
+    (transform,) = got[-1].transforms
+    assert (transform.header.frame_id, transform.child_frame_id) == ('arm_base', 'cam_optical')
+    t, r = transform.transform.translation, transform.transform.rotation
+    assert [t.x, t.y, t.z, r.x, r.y, r.z, r.w] == pytest.approx(CAMERA_TO_BASE)

@@ -128,3 +128,10 @@ def test_detector_health_reads_the_configured_prefix() -> None:
     statuses = [('cam1/detector: inference', 'ERROR')]
     assert safety_view.detector_healthy(statuses, 'cam1/detector') is False
     assert safety_view.detector_healthy(statuses, 'detector_node') is None
+
+
+def test_camera_to_base_becomes_the_parent_to_camera_transform() -> None:
+    view = safety_view.camera_transform((1.0, 2.0, 3.0, 0.0, 0.0, 0.7071, 0.7071), 'base_link',
+                                        'camera_optical_frame')
+    assert (view.parent, view.child) == ('base_link', 'camera_optical_frame')
+    assert view.translation == (1.0, 2.0, 3.0) and view.rotation == (0.0, 0.0, 0.7071, 0.7071)

@@ -36,7 +36,7 @@ import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import TwistStamped
+from geometry_msgs.msg import TransformStamped, TwistStamped
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
@@ -46,6 +46,7 @@ from rclpy.qos import (
 )
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Bool, ColorRGBA, Float64
+from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection2D, Detection2DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -101,6 +102,11 @@ class SafetyNodeConfig:
                               live=True)
     detector_status_prefix: str = setting('detector_node', 'diagnostic status names of the '
                                           'detector start with this', live=True)
+    publish_camera_tf: bool = setting(False, 'publish camera_to_base as the static transform '
+                                      'base_frame -> camera_frame on /tf_static (off when '
+                                      'your robot description already does)')
+    camera_frame: str = setting('camera_optical_frame', "the camera's frame_id (its "
+                                'detections and camera_info)')
     autostart: bool = setting(True, 'configure and activate at start (without a lifecycle '
                               'manager)')
 
@@ -162,6 +168,9 @@ class SafetyMonitorNode(LifecycleNode):
         ]
         self._timer = self.create_timer(cfg.evaluation_period_s, self._guard(lambda: None))
         self._timer.cancel()
+        if self._shell.config.publish_camera_tf:
+            self._tf_pub = self.create_publisher(TFMessage, '/tf_static', _LATCHED)
+            self._publish_camera_tf(cfg)
         self.get_logger().info(
             f'configured: localization {cfg.localization}, max perception age '
             f'{cfg.max_perception_age_s} s, evaluation every {cfg.evaluation_period_s} s')
@@ -213,6 +222,20 @@ class SafetyMonitorNode(LifecycleNode):
     def _reconfigure(self, cfg: SafetyConfig) -> None:
         if self._pipeline is not None:
             self._pipeline.reconfigure(cfg)
+            if self._shell.config.publish_camera_tf:
+                self._publish_camera_tf(cfg)   # a recalibrated camera moves in rviz too
+
+    def _publish_camera_tf(self, cfg: SafetyConfig) -> None:
+        shell = self._shell.config
+        view = safety_view.camera_transform(cfg.camera_to_base, shell.base_frame,
+                                            shell.camera_frame)
+        msg = TransformStamped()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id, msg.child_frame_id = view.parent, view.child
+        t, r = msg.transform.translation, msg.transform.rotation
+        t.x, t.y, t.z = view.translation
+        r.x, r.y, r.z, r.w = view.rotation
+        self._tf_pub.publish(TFMessage(transforms=[msg]))
 
     # --- inputs ------------------------------------------------------------------------------
 
