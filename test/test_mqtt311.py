@@ -24,15 +24,15 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import test_mqtt_link as mqtt5_tests
 from conftest import wait_for
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cobot_hybrid_bridge.bridge import EdgeBridge
 from cobot_hybrid_bridge.bridge_config import BridgeConfig
-from cobot_hybrid_bridge.durable_queue import DurableQueue
 from cobot_hybrid_bridge.errors import BridgeError
-from cobot_hybrid_bridge.mqtt_link import LinkConfig, MqttLink
+from cobot_hybrid_bridge.mqtt_link import MqttLink
 from cobot_hybrid_bridge.routes import parse_routes
 from cobot_hybrid_planner.fleet_state import FleetStore
 from cobot_hybrid_protocol.envelope import build_envelope, parse_envelope
@@ -136,22 +136,18 @@ class Subscriber:
 
 
 def make_link(tmp_path: Path, port: int, **cfg: Any) -> MqttLink:
-    cfg.setdefault('delivery', 'broker')
-    return MqttLink(LinkConfig(robot_id=ROBOT, broker_port=port, protocol='mqtt311',
-                               retry_delay_s=0.3, **cfg),
-                    DurableQueue(tmp_path / 'outbox.db'), threading.Lock())
+    return mqtt5_tests.make_link(tmp_path, port, protocol='mqtt311', **cfg)
+
+
+def _envelope(seq: int) -> bytes:
+    """What the bridge commits: the seq inside the envelope (3.1.1 has no user properties)."""
+    return build_envelope(ROBOT, seq, time.time(), 'events', 'std_msgs/msg/String',
+                          {'data': f'message {seq}'})
 
 
 def fill(link: MqttLink, count: int, topic: str = 'telemetry/events') -> list[int]:
-    """Commit ``count`` enveloped messages (their seq inside, as the bridge makes them)."""
-    def envelope(seq: int) -> bytes:
-        return build_envelope(ROBOT, seq, time.time(), 'events', 'std_msgs/msg/String',
-                              {'data': f'message {seq}'})
-    with link.queue_lock:
-        seqs = [link.queue.put(f'{link.prefix}/{topic}', envelope) for _ in range(count)]
-        link.queue.commit()
-    link.wake()
-    return seqs
+    """Commit ``count`` enveloped messages."""
+    return mqtt5_tests.fill(link, count, topic, payload=_envelope)
 
 
 def stop_link(link: MqttLink) -> None:

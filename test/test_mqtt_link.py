@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,10 +97,11 @@ def make_link(tmp_path: Path, port: int, **cfg: Any) -> MqttLink:
                     queue, threading.Lock())
 
 
-def fill(link: MqttLink, count: int, topic: str = 'telemetry/events', **put: Any
-         ) -> list[int]:
+def fill(link: MqttLink, count: int, topic: str = 'telemetry/events',
+         payload: bytes | Callable[[int], bytes] = b'x' * 100, **put: Any) -> list[int]:
+    """Commit ``count`` messages (``payload``: bytes, or made from the seq, as the bridge)."""
     with link.queue_lock:
-        seqs = [link.queue.put(f'{link.prefix}/{topic}', b'x' * 100, **put)
+        seqs = [link.queue.put(f'{link.prefix}/{topic}', payload, **put)
                 for _ in range(count)]
         link.queue.commit()
     link.wake()
