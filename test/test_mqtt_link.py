@@ -45,7 +45,9 @@ class Consumer:
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, u, f, r, p: c.subscribe(
             [(self.topic, 1), ('cobot/v1/+/status', 1)])
+        self.client.on_subscribe = lambda *args: self._subscribed.set()
         self.client.reconnect_delay_set(1, 2)
+        self._subscribed = threading.Event()
         self._to_ack = DeliveredSeqs()
         self._stop = threading.Event()
         self._acker: threading.Thread | None = None
@@ -72,6 +74,8 @@ class Consumer:
         props.SessionExpiryInterval = 3600
         self.client.connect('127.0.0.1', self.port, clean_start=False, properties=props)
         self.client.loop_start()
+        # subscribed before anything is sent: else the first messages meet 0x10 and come late
+        assert self._subscribed.wait(10.0), 'the consumer never subscribed'
         if self.ack and self._acker is None:
             self._stop.clear()
             self._acker = threading.Thread(target=self._acknowledge, daemon=True)
