@@ -33,7 +33,7 @@ from cobot_hybrid_bridge.link import CommandHandler, Link, LinkFactory
 from cobot_hybrid_bridge.mqtt_link import LinkConfig, MqttLink
 from cobot_hybrid_bridge.routes import Route
 from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock
-from cobot_hybrid_protocol.crdt import HLC, PNCounter, TelemetryState
+from cobot_hybrid_protocol.crdt import HLC, HlcTimestamp, PNCounter, TelemetryState
 from cobot_hybrid_protocol.envelope import CONTRACT_TYPES, build_envelope
 from cobot_hybrid_protocol.errors import KeyFileError, PayloadError, SchemaError
 from cobot_hybrid_protocol.limits import (
@@ -249,14 +249,18 @@ class EdgeBridge:
 
     def set_value(self, key: str, value: Any) -> None:
         """Record a last-known value in the CRDT telemetry state."""
-        self._state.values.set(key, value, self._clock.now(int(self.clock.wall() * 1000)))
+        self._state.values.set(key, value, self._stamp())
 
     def set_alarm(self, name: str, active: bool) -> None:
         """Raise or clear an alarm in the CRDT telemetry state (only a change is stamped)."""
         current = self._state.alarms.get(name)
         if current is None and not active or current == active:
             return
-        self._state.alarms.set(name, bool(active), self._clock.now(int(self.clock.wall() * 1000)))
+        self._state.alarms.set(name, bool(active), self._stamp())
+
+    def _stamp(self) -> HlcTimestamp:
+        """Return the next HLC stamp of this robot's state, from the wall clock [ms]."""
+        return self._clock.now(int(self.clock.wall() * 1000))
 
     # --- periodic ----------------------------------------------------------------------------
 

@@ -313,7 +313,7 @@ class PlannerService:
         if self.replica.snapshot is None:
             return
         outcome = handover.adopt(self.ledger, self.replica.snapshot, self.cfg.fleet_id)
-        if outcome.startswith('not stored'):
+        if outcome is handover.Adoption.NOT_STORED:
             self.errors['snapshot'] += 1
 
     def _share_ledger(self) -> None:

@@ -82,8 +82,8 @@ def parse_envelope(payload: bytes | str, limits: Limits = TELEMETRY_LIMITS,
         raise SchemaError(f'{what} must have exactly the fields {sorted(_FIELDS)}; unknown '
                           f'{sorted(set(body) - _FIELDS)[:5]}, missing '
                           f'{sorted(_FIELDS - set(body))}')
-    seq = parse_seq(body['seq'])
-    if seq is None or isinstance(body['seq'], str):
+    seq = body['seq']
+    if type(seq) is not int or not 0 < seq <= MAX_SEQ:   # a JSON integer (text: properties)
         raise SchemaError(f'{what}: seq must be an integer in 1..2**63-1')
     if not is_name(body['robot_id'], 64):
         raise SchemaError(f'{what}: robot_id must be printable text of at most 64 chars')

@@ -13,8 +13,8 @@ A core declares its configuration as a frozen dataclass whose public fields are 
 
 and everything else is derived from it: the ROS node declares its parameters from
 :func:`specs` (description, range, read-only unless ``live``), the YAML files are checked
-against the defaults by a test, command lines take their defaults from :func:`default`, and
-the same :func:`check_settings` answers ``ros2 param set``. A field re-exposed by another
+against the defaults by a test, command lines take their defaults and help from :func:`specs`,
+and the same :func:`check_settings` answers ``ros2 param set``. A field re-exposed by another
 config (the bridge's node parameters that configure its MQTT link) is made with
 :func:`same_as`, which copies the default and the spec instead of repeating them.
 """
@@ -28,8 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ['Spec', 'check_settings', 'default', 'project', 'same_as', 'setting', 'sources',
-           'specs']
+__all__ = ['Spec', 'check_settings', 'project', 'same_as', 'setting', 'sources', 'specs']
 
 _KEY = 'cobot_hybrid.setting'
 
@@ -93,11 +92,6 @@ def specs(config_type: type) -> dict[str, tuple[Any, Spec]]:
     """Every setting of a config dataclass: name -> (default, spec), in field order."""
     return {f.name: (f.default, f.metadata[_KEY]) for f in dataclasses.fields(config_type)
             if _KEY in f.metadata}
-
-
-def default(config_type: type, name: str) -> Any:
-    """Return the default of one setting (for command-line flags)."""
-    return specs(config_type)[name][0]
 
 
 def sources(config_type: type, of: type) -> Mapping[str, str]:

@@ -69,8 +69,6 @@ class ParameterBinding(Generic[ConfigT]):
 
     def __init__(self, node: Node, config_type: Callable[..., ConfigT],
                  on_change: Callable[[ConfigT], None] | None = None) -> None:
-        self._node = node
-        self._config_type = config_type
         self._specs = specs(config_type)   # type: ignore[arg-type]
         if not self._specs:
             raise TypeError(f'{config_type!r} has no settings to declare')
