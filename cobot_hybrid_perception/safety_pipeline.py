@@ -10,8 +10,14 @@ turns them into a :class:`~cobot_hybrid_perception.ssm.SafetyMonitor` evaluation
   off by the bottom of the image, a depth hole under ``localization: depth``) is put *at the
   TCP*, which stops the robot: an unseen distance is never assumed to be large. (A box cut off
   at the bottom edge would place the feet too far away: the real feet are nearer the camera.)
-* without a robot speed, or with one older than ``robot_speed_timeout_s``, the robot is assumed
-  to move at ``robot_max_speed_mps`` (the largest S_p);
+* without a robot speed, or with one older than ``robot_speed_timeout_s`` (by its message
+  stamp when it has one) or stamped that far in the future, the robot is assumed to move at
+  ``robot_max_speed_mps`` (the largest S_p);
+* the robot is its links as capsules (``robot_geometry: arm``: joint states through the DH
+  chain of :mod:`~cobot_hybrid_perception.arm_geometry`) or the fixed point ``tcp_xyz``
+  (``robot_geometry: tcp_point``, said so in diagnostics). With the arm, no joint state yet,
+  one older than ``robot_pose_timeout_s``, stamped in the future or unreadable stops the robot:
+  a stale pose is an unknown pose;
 * malformed detections (non-finite boxes or scores) stop the robot until well-formed ones
   arrive and have stayed healthy for ``fault_recovery_s``; so does a detector reporting an
   error.
@@ -28,6 +34,7 @@ from typing import Any
 
 import numpy.typing as npt
 
+from cobot_hybrid_perception.arm_geometry import ArmChain, ArmPoseError, Capsule
 from cobot_hybrid_perception.errors import ConfigError
 from cobot_hybrid_perception.localization import (
     CameraModel,
@@ -47,14 +54,24 @@ from cobot_hybrid_perception.ssm import (
 )
 from cobot_hybrid_protocol.settings import setting
 
-__all__ = ['LOCALIZATION_MODES', 'PersonDetection', 'SafetyConfig', 'SafetyPipeline',
-           'SafetyReport', 'speed_from_twist']
+__all__ = ['LOCALIZATION_MODES', 'ROBOT_GEOMETRIES', 'PersonDetection', 'SafetyConfig',
+           'SafetyPipeline', 'SafetyReport', 'speed_from_twist']
 
 LOCALIZATION_MODES = ('auto', 'depth', 'floor')
+ROBOT_GEOMETRIES = ('tcp_point', 'arm')
 _BORDER_PX = 2.0   # a box bottom this close to the image bottom edge is cut off
 # A camera 2 m above the base origin, looking along +x, pitched 35 degrees down
 # (optical frame: z forward, x right, y down).
 _DEFAULT_CAMERA_TO_BASE = (0.0, 0.0, 2.0, -0.627211, 0.627211, -0.326506, 0.326506)
+# A UR5e: Universal Robots' published DH parameters, [d, a, alpha, theta_offset] per joint.
+_HALF_PI = math.pi / 2
+_UR5E_JOINTS = ('shoulder_pan_joint', 'shoulder_lift_joint', 'elbow_joint', 'wrist_1_joint',
+                'wrist_2_joint', 'wrist_3_joint')
+_UR5E_DH = (0.1625, 0.0, _HALF_PI, 0.0, 0.0, -0.425, 0.0, 0.0, 0.0, -0.3922, 0.0, 0.0,
+            0.1333, 0.0, _HALF_PI, 0.0, 0.0997, 0.0, -_HALF_PI, 0.0, 0.0996, 0.0, 0.0, 0.0)
+_UR5E_RADII = (0.08, 0.06, 0.05, 0.05, 0.05, 0.05)
+# UR's DH base is its `base` frame: ur_description's base_link turned by pi about z.
+_UR5E_BASE = (0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -78,8 +95,32 @@ class SafetyConfig(SsmConfig):
     tcp_xyz: tuple[float, ...] = setting(
         (0.0, 0.0, 0.0), 'point separations are measured to, in the base frame [m] (floats)',
         array_type='double', live=True)
-    robot_speed_timeout_s: float = setting(0.5, 'older robot speed: assume robot_max_speed_mps',
+    robot_speed_timeout_s: float = setting(0.5, 'older robot speed (by its stamp, or arrival '
+                                           'when unstamped): assume robot_max_speed_mps',
                                            unit='s', low=0.001, high=10.0, live=True)
+    robot_geometry: str = setting('tcp_point', 'what separations are measured to: tcp_point '
+                                  '(the fixed tcp_xyz) | arm (the links, from joint_states '
+                                  'and the arm_* chain)', choices=ROBOT_GEOMETRIES)
+    arm_joint_names: tuple[str, ...] = setting(
+        _UR5E_JOINTS, 'joints of the chain from the base outwards, as in joint_states '
+        '(default: a UR5e)', array_type='string', live=True)
+    arm_dh: tuple[float, ...] = setting(
+        _UR5E_DH, 'standard DH rows [d, a, alpha, theta_offset] per joint, flattened [m, rad] '
+        '(default: a UR5e)', array_type='double', live=True)
+    arm_link_radii: tuple[float, ...] = setting(
+        _UR5E_RADII, 'capsule radius of the link each joint moves [m] (one per joint)',
+        array_type='double', live=True)
+    arm_tool_xyz: tuple[float, ...] = setting(
+        (0.0, 0.0, 0.0), 'TCP in the last joint frame (the flange) [m]; the tool is a capsule '
+        'from the flange to it', array_type='double', live=True)
+    arm_tool_radius_m: float = setting(0.05, 'capsule radius of the tool', unit='m', low=0.0,
+                                       high=2.0, live=True)
+    arm_base_to_base: tuple[float, ...] = setting(
+        _UR5E_BASE, "the chain's base (DH frame 0) in the robot base frame [x, y, z, qx, qy, qz, "
+        'qw] (default: a UR, base_link -> base)', array_type='double', live=True)
+    robot_pose_timeout_s: float = setting(0.2, 'older joint states (by stamp, or arrival when '
+                                          'unstamped): protective stop', unit='s', low=0.001,
+                                          high=10.0, live=True)
     evaluation_period_s: float = setting(0.05, 'watchdog timer period', unit='s', low=0.001,
                                          high=1.0)
 
@@ -87,8 +128,10 @@ class SafetyConfig(SsmConfig):
         super().__post_init__()
         # ROS hands arrays over as lists or array.array; keep the config hashable and frozen.
         object.__setattr__(self, 'person_class_ids', tuple(str(v) for v in self.person_class_ids))
-        for name in ('camera_to_base', 'tcp_xyz'):
+        for name in ('camera_to_base', 'tcp_xyz', 'arm_dh', 'arm_link_radii', 'arm_tool_xyz',
+                     'arm_base_to_base'):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        object.__setattr__(self, 'arm_joint_names', tuple(str(v) for v in self.arm_joint_names))
         if not self.person_class_ids:
             raise ConfigError('person_class_ids is empty; list the class ids of people '
                               '(e.g. ["person"] or ["0"])')
@@ -103,7 +146,13 @@ class SafetyConfig(SsmConfig):
             raise ConfigError(f'camera_to_base: {exc}') from None
         if len(self.tcp_xyz) != 3 or not all(math.isfinite(v) for v in self.tcp_xyz):
             raise ConfigError(f'tcp_xyz {list(self.tcp_xyz)} must be three finite numbers [m]')
-        for name in ('depth_sync_tolerance_s', 'robot_speed_timeout_s', 'evaluation_period_s'):
+        if self.robot_geometry not in ROBOT_GEOMETRIES:
+            raise ConfigError(f'robot_geometry {self.robot_geometry!r}: use one of '
+                              f'{", ".join(ROBOT_GEOMETRIES)}')
+        if self.robot_geometry == 'arm':
+            self.arm_chain()   # the chain's own checks, with the parameter named
+        for name in ('depth_sync_tolerance_s', 'robot_speed_timeout_s', 'evaluation_period_s',
+                     'robot_pose_timeout_s'):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f'{name} = {value} must be a finite number > 0')
@@ -111,6 +160,12 @@ class SafetyConfig(SsmConfig):
             raise ConfigError(f'evaluation_period_s {self.evaluation_period_s} must be shorter '
                               f'than max_perception_age_s {self.max_perception_age_s}, or the '
                               'watchdog fires late')
+
+    def arm_chain(self) -> ArmChain:
+        """Build the arm_* settings into a validated chain (ConfigError names what is wrong)."""
+        return ArmChain.from_settings(self.arm_joint_names, self.arm_dh, self.arm_link_radii,
+                                      self.arm_tool_xyz, self.arm_tool_radius_m,
+                                      self.arm_base_to_base)
 
 
 @dataclass(frozen=True)
@@ -134,6 +189,7 @@ class SafetyReport:
     robot_speed_measured: bool
     perception_age_s: float
     methods: tuple[str, ...]
+    geometry: str = ''   # what separations were measured to, for diagnostics
 
 
 def speed_from_twist(linear_xyz: Sequence[float]) -> float:
@@ -146,6 +202,12 @@ class _Depth:
     stamp_s: float
     image: npt.NDArray[Any]
     unit_m: float
+
+
+@dataclass
+class _Pose:
+    stamp_s: float
+    links: tuple[Capsule, ...]
 
 
 @dataclass
@@ -163,16 +225,25 @@ class SafetyPipeline:
     _speed: tuple[float, float] | None = None     # (stamp_s, m/s)
     _healthy: bool = True
     _input_fault: str | None = None
+    _chain: ArmChain | None = None
+    _pose: _Pose | None = None
+    _pose_fault: str | None = None
+    _joints: tuple[str, ...] = ()                 # the last joint state's names
+    _positions: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         self.monitor = SafetyMonitor(self.cfg)
-        self._camera_to_base = RigidTransform.from_xyz_quat(self.cfg.camera_to_base)
+        self.reconfigure(self.cfg)
 
     def reconfigure(self, cfg: SafetyConfig) -> None:
         """Apply new parameters; the monitor keeps its state (a stop stays a stop)."""
         self.cfg = cfg
         self.monitor.cfg = cfg
         self._camera_to_base = RigidTransform.from_xyz_quat(cfg.camera_to_base)
+        self._chain = cfg.arm_chain() if cfg.robot_geometry == 'arm' else None
+        if self._chain is not None and self._pose is not None:
+            # A recalibrated chain moves the links at once (the joints have not moved).
+            self.on_joint_state(self._pose.stamp_s, self._joints, self._positions)
 
     def on_camera_info(self, k: Sequence[float], height: int) -> None:
         """Take the detection image's intrinsics (LocalizationError when uncalibrated)."""
@@ -184,11 +255,34 @@ class SafetyPipeline:
         self._depth = _Depth(stamp_s, image, unit_m)
 
     def on_robot_speed(self, stamp_s: float, speed_mps: float) -> None:
-        """Take the TCP's measured speed (a negative or non-finite one is malformed input)."""
-        if not math.isfinite(speed_mps) or speed_mps < 0:
-            self._input_fault = f'malformed input: robot speed {speed_mps} m/s'
+        """Take the TCP's measured speed (a negative or non-finite one is malformed input).
+
+        ``stamp_s`` is the message's stamp, or its arrival time when it carries none.
+        """
+        if not math.isfinite(speed_mps) or speed_mps < 0 or not math.isfinite(stamp_s):
+            self._input_fault = f'malformed input: robot speed {speed_mps} m/s at {stamp_s}'
             return
         self._speed = (stamp_s, speed_mps)
+
+    def on_joint_state(self, stamp_s: float, names: Sequence[str],
+                       positions: Sequence[float]) -> None:
+        """Take the arm's joint state (ignored with ``robot_geometry: tcp_point``).
+
+        An unreadable one (a chain joint missing, a non-finite position or stamp) stops the
+        robot until a readable one arrives; ``stamp_s`` is the stamp, or the arrival time.
+        """
+        if self._chain is None:
+            return
+        try:
+            if not math.isfinite(stamp_s):
+                raise ArmPoseError(f'joint state stamp {stamp_s} is not a time')
+            links = self._chain.capsules(self._chain.positions(names, positions))
+        except ArmPoseError as exc:
+            self._pose_fault = f'malformed input: {exc}'
+            return
+        self._pose_fault = None
+        self._pose = _Pose(stamp_s, links)
+        self._joints, self._positions = tuple(names), tuple(float(v) for v in positions)
 
     def on_detector_health(self, healthy: bool) -> None:
         """Take whether the detector reports itself healthy (from its diagnostics)."""
@@ -212,25 +306,59 @@ class SafetyPipeline:
         perception = self._perception
         if perception is not None and not self._healthy:
             perception = Perception(perception.stamp_s, perception.people, healthy=False)
-        if self._input_fault is not None:
-            decision = self.monitor.fault(self._input_fault)
+        fault = self._input_fault or self._pose_problem(now_s)
+        if fault is not None:
+            decision = self.monitor.fault(fault)
         else:
             decision = self.monitor.evaluate(now_s, perception, robot)
         age = math.inf if self._perception is None else now_s - self._perception.stamp_s
         people = tuple(self._perception.people) if self._perception is not None else ()
-        return SafetyReport(decision, people, robot, measured, age, self._methods)
+        return SafetyReport(decision, people, robot, measured, age, self._methods,
+                            self._geometry(now_s))
 
     def fault(self, reason: str) -> SafetyReport:
         """Protective stop for a reason found outside the core (an exception in a callback)."""
+        robot = self._pose_state(self.cfg.robot_max_speed_mps)
+        return SafetyReport(self.monitor.fault(reason), (), robot, False, math.inf, (),
+                            'unknown (fault)')
+
+    def _pose_problem(self, now_s: float) -> str | None:
+        """Why the arm's pose cannot be used now, or None (always None for tcp_point)."""
+        if self._chain is None:
+            return None
+        if self._pose_fault is not None:
+            return self._pose_fault
+        if self._pose is None:
+            return 'no robot pose yet: waiting for joint_states (robot_geometry: arm)'
+        age = now_s - self._pose.stamp_s
+        limit = self.cfg.robot_pose_timeout_s
+        if age > limit:
+            return f'robot pose stale: joint_states {age:.3f} s old (max {limit:.3f} s)'
+        if age < -limit:
+            return f'robot pose stamped {-age:.3f} s in the future (clocks disagree)'
+        return None
+
+    def _geometry(self, now_s: float) -> str:
+        if self._chain is None:
+            return f'tcp_point {list(self.cfg.tcp_xyz)} (configured; no arm geometry)'
+        if self._pose is None:
+            return f'arm, {len(self._chain.joint_names)} joints, no pose yet'
+        return (f'arm, {len(self._pose.links)} capsules, pose age '
+                f'{now_s - self._pose.stamp_s:.3f} s')
+
+    def _pose_state(self, speed_mps: float) -> RobotState:
+        """Return the robot at ``speed_mps``: its links when known, else the TCP point."""
+        if self._chain is not None and self._pose is not None:
+            x, y, z = self._pose.links[-1].b   # the tool capsule ends at the TCP
+            return RobotState(x, y, z, speed_mps, self._pose.links)
         x, y, z = self.cfg.tcp_xyz
-        robot = RobotState(x, y, z, self.cfg.robot_max_speed_mps)
-        return SafetyReport(self.monitor.fault(reason), (), robot, False, math.inf, ())
+        return RobotState(x, y, z, speed_mps)
 
     def _robot_state(self, now_s: float) -> tuple[RobotState, bool]:
-        x, y, z = self.cfg.tcp_xyz
-        if self._speed is not None and now_s - self._speed[0] <= self.cfg.robot_speed_timeout_s:
-            return RobotState(x, y, z, self._speed[1]), True
-        return RobotState(x, y, z, self.cfg.robot_max_speed_mps), False
+        limit = self.cfg.robot_speed_timeout_s
+        if self._speed is not None and -limit <= now_s - self._speed[0] <= limit:
+            return self._pose_state(self._speed[1]), True
+        return self._pose_state(self.cfg.robot_max_speed_mps), False
 
     def _locate_all(self, stamp_s: float, detections: Sequence[PersonDetection]
                     ) -> tuple[tuple[Person, ...], tuple[str, ...]]:
@@ -268,9 +396,10 @@ class SafetyPipeline:
                 located = locate_on_floor(det.bbox_xyxy, self._camera, self._camera_to_base,
                                           cfg.floor_z, det.keypoints)
         except LocalizationError as exc:
-            # Fail safe: a person we cannot place is treated as standing at the TCP.
+            # Fail safe: a person we cannot place is treated as touching the robot.
             x, y, z = cfg.tcp_xyz
-            return Person(x, y, z, 0.0, f'{label} (unlocated: {exc})'), 'unlocated'
+            return Person(x, y, z, 0.0, f'{label} (unlocated: {exc})', unlocated=True), \
+                'unlocated'
         x, y, z = located.xyz
         return Person(x, y, z, located.uncertainty_m, label), located.method
 

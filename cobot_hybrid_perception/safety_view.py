@@ -7,8 +7,9 @@ Pure data, no ROS: ``safety_monitor_node`` turns these into messages.
   the values (:func:`diagnostic_values`), published on every state change and at least every
   :data:`DIAG_PERIOD_S` (:func:`diagnostics_due`);
 * markers (:func:`markers`): the protective zone at the robot's speed, the slow zone at its
-  maximum speed, each person as a cylinder in the colour of the state with a label giving
-  its distance to the TCP;
+  maximum speed (both around the TCP), the arm's links as cylinders when its geometry is known,
+  each person as a cylinder in the colour of the state with a label giving its separation from
+  the robot;
 * detector health (:func:`detector_healthy`): the detector is unhealthy while any of its
   statuses is ERROR or STALE (anything but OK and WARN).
 """
@@ -20,8 +21,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from cobot_hybrid_perception.arm_geometry import Capsule
 from cobot_hybrid_perception.safety_pipeline import SafetyConfig, SafetyReport
-from cobot_hybrid_perception.ssm import Person, SafetyState, protective_separation
+from cobot_hybrid_perception.ssm import Person, RobotState, SafetyState, protective_separation
 
 __all__ = ['COLOURS', 'DIAG_PERIOD_S', 'HEALTHY_LEVELS', 'LEVELS', 'Rgba', 'Shape',
            'detector_healthy', 'diagnostic_values', 'diagnostics_due', 'level', 'markers',
@@ -29,6 +31,7 @@ __all__ = ['COLOURS', 'DIAG_PERIOD_S', 'HEALTHY_LEVELS', 'LEVELS', 'Rgba', 'Shap
 
 Rgba = tuple[float, float, float, float]
 Xyz = tuple[float, float, float]
+Quat = tuple[float, float, float, float]
 
 #: Diagnostic level of each safety state.
 LEVELS: dict[SafetyState, str] = {SafetyState.RUN: 'OK', SafetyState.SLOW: 'WARN',
@@ -46,6 +49,7 @@ PERSON_ALPHA = 0.8
 PROTECTIVE_ZONE_RGBA: Rgba = (0.9, 0.1, 0.1, 0.25)
 SLOW_ZONE_RGBA: Rgba = (1.0, 0.8, 0.0, 0.12)
 LABEL_RGBA: Rgba = (1.0, 1.0, 1.0, 1.0)
+LINK_RGBA: Rgba = (0.6, 0.6, 0.7, 0.6)
 #: Zones are drawn for a person this far beyond ``near_distance_m`` (the far human speed).
 _ZONE_FAR_M = 10.0
 
@@ -61,6 +65,7 @@ class Shape:
     scale: Xyz
     rgba: Rgba
     text: str = ''
+    orientation: Quat = (0.0, 0.0, 0.0, 1.0)
 
 
 def level(state: SafetyState) -> str:
@@ -96,6 +101,8 @@ def diagnostic_values(report: SafetyReport, published: int) -> dict[str, str]:
         'robot_speed_mps': f'{report.robot.speed_mps:.3f}',
         'robot_speed_source': 'measured' if report.robot_speed_measured
         else 'assumed robot_max_speed_mps (no fresh robot_speed)',
+        'robot_geometry': report.geometry,
+        'closest_part': d.closest_part or '-',
         'perception_age_s': f'{report.perception_age_s:.3f}',
         'people': str(len(report.people)),
         'localization': ','.join(report.methods),
@@ -103,22 +110,46 @@ def diagnostic_values(report: SafetyReport, published: int) -> dict[str, str]:
     }
 
 
-def _zones(robot_speed_mps: float, cfg: SafetyConfig) -> list[Shape]:
+def _zones(robot: RobotState, cfg: SafetyConfig) -> list[Shape]:
     far = cfg.near_distance_m + _ZONE_FAR_M
-    zones = (('protective', protective_separation(far, robot_speed_mps, cfg),
+    zones = (('protective', protective_separation(far, robot.speed_mps, cfg),
               PROTECTIVE_ZONE_RGBA),
              ('slow', protective_separation(far, cfg.robot_max_speed_mps, cfg),
               SLOW_ZONE_RGBA))
-    tcp = cfg.tcp_xyz
-    return [Shape('zones', index, 'cylinder', (tcp[0], tcp[1], cfg.floor_z + 0.01),
+    return [Shape('zones', index, 'cylinder', (robot.x, robot.y, cfg.floor_z + 0.01),
                   (2.0 * radius, 2.0 * radius, 0.02), rgba, name)
             for index, (name, radius, rgba) in enumerate(zones)]
 
 
-def _person(index: int, person: Person, state: SafetyState, cfg: SafetyConfig) -> list[Shape]:
-    tcp = cfg.tcp_xyz
+def _z_to(direction: Xyz) -> Quat:
+    """Return the rotation taking +z onto ``direction`` (a cylinder axis) as x, y, z, w."""
+    dx, dy, dz = direction
+    norm = math.sqrt(dx * dx + dy * dy + dz * dz)
+    if norm < 1e-12:
+        return (0.0, 0.0, 0.0, 1.0)
+    dx, dy, dz = dx / norm, dy / norm, dz / norm
+    if dz < -1.0 + 1e-12:
+        return (1.0, 0.0, 0.0, 0.0)          # straight down: half a turn about x
+    # Half-way quaternion between z and d: axis z x d = (-dy, dx, 0), w = 1 + z.d.
+    x, y, z, w = -dy, dx, 0.0, 1.0 + dz
+    n = math.sqrt(x * x + y * y + w * w)
+    return (x / n, y / n, z, w / n)
+
+
+def _link(index: int, capsule: Capsule) -> Shape:
+    a, b = capsule.a, capsule.b
+    axis = (b[0] - a[0], b[1] - a[1], b[2] - a[2])
+    length = math.sqrt(sum(v * v for v in axis))
+    middle = ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2, (a[2] + b[2]) / 2)
+    diameter = 2.0 * capsule.radius_m
+    return Shape('links', index, 'cylinder', middle, (diameter, diameter, length + diameter),
+                 LINK_RGBA, capsule.name, _z_to(axis))
+
+
+def _person(index: int, person: Person, state: SafetyState, robot: RobotState,
+            cfg: SafetyConfig) -> list[Shape]:
     diameter = 0.5 + 2.0 * person.uncertainty_m
-    distance = math.hypot(person.x - tcp[0], person.y - tcp[1])
+    distance, _ = robot.separation(person)
     return [Shape('people', index, 'cylinder', (person.x, person.y, cfg.floor_z + 0.85),
                   (diameter, diameter, 1.7), person_colour(state)),
             Shape('labels', index, 'text', (person.x, person.y, cfg.floor_z + 1.9),
@@ -126,10 +157,11 @@ def _person(index: int, person: Person, state: SafetyState, cfg: SafetyConfig) -
 
 
 def markers(report: SafetyReport, cfg: SafetyConfig) -> list[Shape]:
-    """Return the zones, then a body and a label per person (in the robot base frame)."""
-    shapes = _zones(report.robot.speed_mps, cfg)
+    """Return the zones, the links, then a body and a label per person (robot base frame)."""
+    shapes = _zones(report.robot, cfg)
+    shapes.extend(_link(index, capsule) for index, capsule in enumerate(report.robot.links))
     for index, person in enumerate(report.people):
-        shapes.extend(_person(index, person, report.decision.state, cfg))
+        shapes.extend(_person(index, person, report.decision.state, report.robot, cfg))
     return shapes
 
 

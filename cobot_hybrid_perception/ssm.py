@@ -10,8 +10,10 @@ Protective separation distance (ISO/TS 15066 clause 5.5.4, human speeds from ISO
     v_h = 2.0 m/s within 0.5 m of the robot, 1.6 m/s beyond
 
 People are treated as vertical columns: their separation from the robot is the horizontal
-(x, y) distance in the robot base frame between the person's point and the TCP, less nothing;
-the person's own position uncertainty raises Z_d.
+(x, y) distance in the robot base frame between the person's point and the nearest part of
+the robot: its links as capsules when the arm's pose is known
+(:mod:`~cobot_hybrid_perception.arm_geometry`), else the TCP point. The person's own position
+uncertainty raises Z_d. A person the node could not place (``unlocated``) is at separation 0.
 
 Decision, for the worst person:
 
@@ -37,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from cobot_hybrid_perception.arm_geometry import Capsule, horizontal_separation
 from cobot_hybrid_perception.errors import ConfigError, PerceptionError
 from cobot_hybrid_protocol.settings import check_settings, setting
 
@@ -136,16 +139,30 @@ class Person:
     z: float = 0.0
     uncertainty_m: float = 0.0
     label: str = ''
+    unlocated: bool = False   # seen but not placed: treated as touching the robot
 
 
 @dataclass(frozen=True)
 class RobotState:
-    """TCP position in the base frame [m] and its measured speed [m/s]."""
+    """TCP position in the base frame [m], its measured speed [m/s] and the arm's links.
+
+    With ``links`` empty the robot is the TCP point; else separations are measured to the
+    nearest capsule (the TCP is the end of the last one).
+    """
 
     x: float = 0.0
     y: float = 0.0
     z: float = 0.0
     speed_mps: float = 0.0
+    links: tuple[Capsule, ...] = ()
+
+    def separation(self, person: Person) -> tuple[float, str]:
+        """Horizontal separation [m] of ``person`` from the robot and the part it is nearest."""
+        if person.unlocated:
+            return 0.0, 'unlocated'
+        if not self.links:
+            return math.hypot(person.x - self.x, person.y - self.y), 'tcp'
+        return min((horizontal_separation(person.x, person.y, c), c.name) for c in self.links)
 
 
 @dataclass(frozen=True)
@@ -167,6 +184,7 @@ class Decision:
     closest_distance_m: float = math.inf
     required_separation_m: float = 0.0
     allowed_speed_mps: float = 0.0
+    closest_part: str = ''   # the link (or 'tcp') nearest the closest person
 
 
 def _human_speed(separation_m: float, cfg: SsmConfig) -> float:
@@ -202,6 +220,11 @@ def allowed_speed(separation_m: float, cfg: SsmConfig, uncertainty_m: float = 0.
     else:
         per_mps = cfg.reaction_time_s + cfg.stopping_time_s / 2.0
     return max(0.0, budget / per_mps)
+
+
+def _from(part: str) -> str:
+    """' from <link>' for a reason text; nothing for the TCP point (the classic case)."""
+    return f' from {part}' if part not in ('', 'tcp') else ''
 
 
 def _check_finite(label: str, *values: float) -> None:
@@ -268,6 +291,8 @@ class SafetyMonitor:
         try:
             _check_finite('perception stamp', perception.stamp_s)
             _check_finite('robot state', robot.x, robot.y, robot.z, robot.speed_mps)
+            for link in robot.links:
+                _check_finite(f'link {link.name!r}', *link.a, *link.b, link.radius_m)
             if robot.speed_mps < 0:
                 raise MalformedInputError(f'robot speed {robot.speed_mps} < 0')
             for person in perception.people:
@@ -301,24 +326,26 @@ class SafetyMonitor:
         cfg = self.cfg
         raw = raw_held = 1.0
         closest, required, v_allowed, worst = math.inf, 0.0, cfg.robot_max_speed_mps, ''
-        violation: tuple[float, float, str] | None = None  # (separation, S_p, label)
+        part = ''
+        violation: tuple[float, float, str, str] | None = None  # (separation, S_p, label, part)
         for person in perception.people:
-            d = math.hypot(person.x - robot.x, person.y - robot.y)
+            d, nearest = robot.separation(person)
             s_p = protective_separation(d, robot.speed_mps, cfg, person.uncertainty_m)
             v = allowed_speed(d, cfg, person.uncertainty_m)
             v_held = allowed_speed(max(0.0, d - cfg.hysteresis_m), cfg, person.uncertainty_m)
             if d < s_p and (violation is None or s_p - d > violation[1] - violation[0]):
-                violation = (d, s_p, person.label)
+                violation = (d, s_p, person.label, nearest)
             if v < v_allowed or (v == v_allowed and d < closest):
                 v_allowed, required, worst = v, s_p, person.label
-            closest = min(closest, d)
+            if d < closest:
+                closest, part = d, nearest
             raw = min(raw, v / cfg.robot_max_speed_mps)
             raw_held = min(raw_held, v_held / cfg.robot_max_speed_mps)
         if violation is not None:
             raw = raw_held = 0.0
         self._apply(now_s, raw, raw_held)
         return self._report(closest, required, min(v_allowed, cfg.robot_max_speed_mps), worst,
-                            violation, robot)
+                            violation, robot, part)
 
     def _apply(self, now_s: float, raw: float, raw_held: float) -> None:
         if raw < self._scale:
@@ -335,23 +362,25 @@ class SafetyMonitor:
             self._hold = _Hold()
 
     def _report(self, closest: float, required: float, v_allowed: float, worst: str,
-                violation: tuple[float, float, str] | None,
-                robot: RobotState) -> Decision:
+                violation: tuple[float, float, str, str] | None,
+                robot: RobotState, part: str) -> Decision:
         scale = self._scale
+        where = _from(part)
         if scale <= 0.0:
             state = SafetyState.PROTECTIVE_STOP
             if violation is not None:
-                separation, s_p, label = violation
-                reason = (f'separation {separation:.2f} m < S_p {s_p:.2f} m at robot speed '
-                          f'{robot.speed_mps:.2f} m/s (person {label!r})')
+                separation, s_p, label, near = violation
+                reason = (f'separation {separation:.2f} m{_from(near)} < S_p {s_p:.2f} m at '
+                          f'robot speed {robot.speed_mps:.2f} m/s (person {label!r})')
             else:
-                reason = f'person {worst!r} too close: no robot speed is safe at {closest:.2f} m'
+                reason = (f'person {worst!r} too close: no robot speed is safe at '
+                          f'{closest:.2f} m{where}')
         elif scale < 1.0:
             state = SafetyState.SLOW
-            reason = f'person {worst!r} at {closest:.2f} m allows {v_allowed:.2f} m/s'
+            reason = f'person {worst!r} at {closest:.2f} m{where} allows {v_allowed:.2f} m/s'
         else:
             state = SafetyState.RUN
             reason = 'no person within range' if math.isinf(closest) else 'clear'
         if self._hold.since_s is not None:
             reason += f' (holding before raising to {self._hold.target:.2f})'
-        return Decision(state, scale, reason, closest, required, v_allowed)
+        return Decision(state, scale, reason, closest, required, v_allowed, part)

@@ -14,11 +14,12 @@ RUN, SLOW, STOP = SafetyState.RUN, SafetyState.SLOW, SafetyState.PROTECTIVE_STOP
 
 
 def report(state: SafetyState = SLOW, *people: Person, speed: float = 0.4,
-           measured: bool = True) -> SafetyReport:
+           measured: bool = True, tcp: tuple[float, float, float] = (0.0, 0.0, 0.0)
+           ) -> SafetyReport:
     decision = Decision(state, 0.5 if state is SLOW else float(state is RUN), 'why',
                         closest_distance_m=1.23456, required_separation_m=0.9876,
                         allowed_speed_mps=0.5)
-    return SafetyReport(decision, people, RobotState(speed_mps=speed), measured, 0.0421,
+    return SafetyReport(decision, people, RobotState(*tcp, speed_mps=speed), measured, 0.0421,
                         ('depth', 'ground'))
 
 
@@ -48,6 +49,7 @@ def test_diagnostic_values(measured: bool, source: str) -> None:
         'state': 'SLOW', 'speed_scale': '0.500', 'closest_distance_m': '1.235',
         'required_separation_m': '0.988', 'allowed_speed_mps': '0.500',
         'robot_speed_mps': '0.400', 'robot_speed_source': source,
+        'robot_geometry': '', 'closest_part': '-',
         'perception_age_s': '0.042', 'people': '1', 'localization': 'depth,ground',
         'evaluations_published': '7'}
 
@@ -87,15 +89,15 @@ def test_zones_at_the_robot_speed_and_at_its_maximum() -> None:
 
 
 def test_zones_sit_at_the_tcp_on_the_floor() -> None:
-    cfg = dataclasses.replace(SafetyConfig(), tcp_xyz=(0.5, -0.25, 0.8), floor_z=-0.1)
-    for zone in safety_view.markers(report(), cfg):
+    cfg = dataclasses.replace(SafetyConfig(), floor_z=-0.1)
+    for zone in safety_view.markers(report(tcp=(0.5, -0.25, 0.8)), cfg):
         assert zone.position == pytest.approx((0.5, -0.25, -0.09))
 
 
 def test_people_are_coloured_by_state_and_labelled_with_their_distance() -> None:
-    cfg = dataclasses.replace(SafetyConfig(), tcp_xyz=(1.0, 0.0, 0.5))
+    cfg = SafetyConfig()
     people = (Person(4.0, 4.0, uncertainty_m=0.1, label='person 0.91'), Person(1.0, -2.0))
-    shapes = safety_view.markers(report(STOP, *people), cfg)[2:]
+    shapes = safety_view.markers(report(STOP, *people, tcp=(1.0, 0.0, 0.5)), cfg)[2:]
     assert [(s.ns, s.id, s.kind) for s in shapes] == [
         ('people', 0, 'cylinder'), ('labels', 0, 'text'),
         ('people', 1, 'cylinder'), ('labels', 1, 'text')]
@@ -135,3 +137,26 @@ def test_camera_to_base_becomes_the_parent_to_camera_transform() -> None:
                                         'camera_optical_frame')
     assert (view.parent, view.child) == ('base_link', 'camera_optical_frame')
     assert view.translation == (1.0, 2.0, 3.0) and view.rotation == (0.0, 0.0, 0.7071, 0.7071)
+
+
+def test_links_are_cylinders_along_their_capsules() -> None:
+    import math
+
+    from cobot_hybrid_perception.arm_geometry import Capsule
+
+    links = (Capsule('up', (1.0, 1.0, 0.0), (1.0, 1.0, 0.4), 0.05),
+             Capsule('out', (1.0, 1.0, 0.4), (1.6, 1.0, 0.4), 0.04),
+             Capsule('down', (1.6, 1.0, 0.4), (1.6, 1.0, 0.0), 0.03))
+    robot = RobotState(1.6, 1.0, 0.0, 0.2, links)
+    shown = SafetyReport(Decision(RUN, 1.0, 'clear'), (Person(1.6, 3.0),), robot, True, 0.0, ())
+    shapes = safety_view.markers(shown, SafetyConfig())
+    zones = [s for s in shapes if s.ns == 'zones']
+    assert all(z.position[:2] == (1.6, 1.0) for z in zones)   # around the TCP
+    up, out, down = (s for s in shapes if s.ns == 'links')
+    assert up.position == pytest.approx((1.0, 1.0, 0.2)) and up.orientation == (0, 0, 0, 1)
+    assert up.scale == pytest.approx((0.1, 0.1, 0.5))          # length + both end caps
+    # +z turned onto +x: a quarter turn about y.
+    assert out.orientation == pytest.approx((0.0, math.sqrt(0.5), 0.0, math.sqrt(0.5)))
+    assert down.orientation == pytest.approx((1.0, 0.0, 0.0, 0.0))
+    label = next(s for s in shapes if s.ns == 'labels')
+    assert label.text.endswith('1.96 m')   # 2 m to the 'out' axis less its 0.04 m radius

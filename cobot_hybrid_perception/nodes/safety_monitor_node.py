@@ -9,8 +9,10 @@ Subscribes (relative names):
   pixel), matched to ``detections`` by header stamp and detection ``id``;
 * ``camera_info`` (``sensor_msgs/CameraInfo``), ``depth`` (``sensor_msgs/Image``, ``16UC1`` mm
   or ``32FC1`` m, aligned to the detection image, optional);
-* ``robot_speed`` (``geometry_msgs/TwistStamped`` of the TCP, or ``std_msgs/Float64`` [m/s]
-  when ``robot_speed_type`` is ``scalar``);
+* ``robot_speed`` (``geometry_msgs/TwistStamped`` of the TCP, aged by its header stamp when it
+  has one, or ``std_msgs/Float64`` [m/s] when ``robot_speed_type`` is ``scalar``);
+* ``joint_states`` (``sensor_msgs/JointState``, only with ``robot_geometry: arm``): the arm's
+  pose, aged by its stamp; stale or unreadable stops the robot;
 * ``diagnostics`` (``diagnostic_msgs/DiagnosticArray``): statuses named ``detector_node...``
   at ERROR or STALE mark the detector unhealthy.
 
@@ -44,7 +46,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool, ColorRGBA, Float64
 from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection2D, Detection2DArray
@@ -166,6 +168,9 @@ class SafetyMonitorNode(LifecycleNode):
             self.create_subscription(DiagnosticArray, 'diagnostics',
                                      self._guard(self._on_diagnostics), 10),
         ]
+        if cfg.robot_geometry == 'arm':
+            self._entities.append(self.create_subscription(
+                JointState, 'joint_states', self._guard(self._on_joint_state), sensor))
         self._timer = self.create_timer(cfg.evaluation_period_s, self._guard(lambda: None))
         self._timer.cancel()
         if self._shell.config.publish_camera_tf:
@@ -275,11 +280,20 @@ class SafetyMonitorNode(LifecycleNode):
         assert self._pipeline is not None
         self._pipeline.on_depth(_seconds(msg.header.stamp), image_to_numpy(msg), unit_m)
 
+    def _stamp_or_now(self, stamp: Time) -> float:
+        """Return a message stamp in seconds, or the arrival time when it carries none (zero)."""
+        return _seconds(stamp) if (stamp.sec or stamp.nanosec) else self._now_s()
+
     def _on_twist(self, msg: TwistStamped) -> None:
         assert self._pipeline is not None
         linear = msg.twist.linear
-        self._pipeline.on_robot_speed(self._now_s(), speed_from_twist((linear.x, linear.y,
-                                                                       linear.z)))
+        self._pipeline.on_robot_speed(self._stamp_or_now(msg.header.stamp),
+                                      speed_from_twist((linear.x, linear.y, linear.z)))
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        assert self._pipeline is not None
+        self._pipeline.on_joint_state(self._stamp_or_now(msg.header.stamp), list(msg.name),
+                                      list(msg.position))
 
     def _on_scalar_speed(self, msg: Float64) -> None:
         assert self._pipeline is not None
@@ -336,7 +350,8 @@ class SafetyMonitorNode(LifecycleNode):
             marker.header.stamp = stamp
             marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = \
                 shape.position
-            marker.pose.orientation.w = 1.0
+            o = marker.pose.orientation
+            o.x, o.y, o.z, o.w = shape.orientation
             marker.scale.x, marker.scale.y, marker.scale.z = shape.scale
             r, g, b, a = shape.rgba
             marker.color = ColorRGBA(r=r, g=g, b=b, a=a)

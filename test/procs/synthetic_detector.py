@@ -4,7 +4,9 @@ Publishes at ``--rate`` Hz: ``camera_info``, ``detections`` (the person, plus a 
 a person) whose box stands on the floor point (distance, 0, 0) of the robot base, and the
 robot's TCP ``robot_speed`` (TwistStamped). The person stays at ``--start`` for ``--dwell``
 seconds, walks to ``--end`` in ``--walk`` seconds, then stays there until the process is
-stopped. With ``--unhealthy-after`` it reports an ERROR diagnostic from then on.
+stopped. With ``--unhealthy-after`` it reports an ERROR diagnostic from then on. With
+``--joint-positions`` it also publishes the arm's ``joint_states`` (a UR5e's joint names),
+until ``--joints-until`` seconds have passed.
 """
 
 from __future__ import annotations
@@ -72,7 +74,15 @@ def main() -> None:
     parser.add_argument('--rate', type=float, default=30.0)
     parser.add_argument('--speed', type=float, default=0.25)
     parser.add_argument('--unhealthy-after', type=float, default=-1.0)
+    parser.add_argument('--joint-positions', default='',
+                        help='comma-separated UR5e joint positions [rad]; empty: none')
+    parser.add_argument('--joints-until', type=float, default=float('inf'))
     args = parser.parse_args()
+    from sensor_msgs.msg import JointState
+
+    from cobot_hybrid_perception.safety_pipeline import SafetyConfig
+    joints = JointState(name=list(SafetyConfig().arm_joint_names))
+    joints.position = [float(v) for v in args.joint_positions.split(',') if v]
 
     rclpy.init()
     node = rclpy.create_node('detector_node')
@@ -80,6 +90,7 @@ def main() -> None:
     info_pub = node.create_publisher(CameraInfo, 'camera_info', qos_profile_sensor_data)
     speed_pub = node.create_publisher(TwistStamped, 'robot_speed', 10)
     diag_pub = node.create_publisher(DiagnosticArray, 'diagnostics', 10)
+    joint_pub = node.create_publisher(JointState, 'joint_states', 10)
     info = CameraInfo(width=WIDTH, height=HEIGHT, k=CAMERA_K)
     info.header.frame_id = 'camera_optical_frame'
     t0 = time.monotonic()
@@ -94,6 +105,9 @@ def main() -> None:
             twist.header.stamp = stamp
             twist.twist.linear.x = args.speed
             speed_pub.publish(twist)
+            if joints.position and elapsed < args.joints_until:
+                joints.header.stamp = stamp
+                joint_pub.publish(joints)
             msg = Detection2DArray()
             msg.header.stamp = stamp
             msg.header.frame_id = 'camera_optical_frame'
