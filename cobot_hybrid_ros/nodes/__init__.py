@@ -1,0 +1,1 @@
+"""ROS node shells of the shared helpers (the lifecycle manager)."""
