@@ -47,9 +47,9 @@ class BringupConfig:
     autostart: bool = setting(True, 'bring the nodes up at start')
     service_timeout_s: float = setting(15.0, "wait this long for a node's lifecycle services",
                                        unit='s', low=0.1, high=600.0)
-    transition_timeout_s: float = setting(30.0, 'a transition (a model load in configure) '
-                                          'must answer within this', unit='s', low=0.1,
-                                          high=600.0)
+    transition_timeout_s: float = setting(300.0, 'a transition must answer within this (a '
+                                          'first TensorRT engine build in configure takes '
+                                          'minutes)', unit='s', low=0.1, high=3600.0)
     check_period_s: float = setting(1.0, 'after bring-up, check every node is still active '
                                     'this often (diagnostics)', unit='s', low=0.05, high=60.0)
 

@@ -23,5 +23,8 @@ def test_short_demo_loop_loses_nothing(tmp_path: Path) -> None:
     assert 'missions acknowledged              1' in report
     progress = [line for line in report.splitlines() if 'task progress reports' in line][0]
     assert int(progress.split()[-1]) >= 1   # the executor started a task of the mission
+    # Every frame the stack published reaches rviz's fixed frame: camera, base and site.
+    tf = [line for line in report.splitlines() if line.strip().startswith('TF tree')][0]
+    assert 'complete: base_link, camera_optical_frame, map all reach base_link' in tf, tf
     html = (tmp_path / 'report.html').read_text()
     assert html.count('<img src="data:image/png;base64,') == 4

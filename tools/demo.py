@@ -7,7 +7,11 @@ model, ONNX Runtime) -> ``safety_monitor_node`` -> ``bridge_node`` (durable queu
 link -> mosquitto on 127.0.0.1 -> ``planner_node`` (cloud), which plans a short work order and
 sends a signed mission back down to the robot's ROS ``mission`` topic, where
 ``mission_executor_node`` runs it at the speed the safety monitor allows and reports task
-progress back up, closing the loop. Midway the link is cut for ``--outage`` seconds: the robot
+progress back up, closing the loop. ``static_transform_node`` places the robot in the site
+(``map -> base_link``) and the safety monitor the camera (``base_link ->
+camera_optical_frame``): watch it with ``rviz2 -d share/cobot_hybrid/rviz/cobot_hybrid.rviz``;
+the demo checks that TF connects every frame it hears published to rviz's fixed frame.
+Midway the link is cut for ``--outage`` seconds: the robot
 keeps detecting, keeps its safety loop, keeps working and queues. At the end: a report, and
 ``demo_out/report.html`` with plots (per-stage latency, speed scale with the tasks done, bytes
 up vs raw camera bytes, queue depth, messages committed / delivered / lost, missions issued
@@ -37,6 +41,16 @@ from local_broker import start_mosquitto  # noqa: E402
 from loopback_env import configure_ros_environment  # noqa: E402
 
 from cobot_hybrid_protocol.topics import DELIVERED, STATUS, parse_topic, robot_filter  # noqa: E402
+
+RVIZ_CONFIG = ROOT / 'rviz' / 'cobot_hybrid.rviz'
+
+
+def rviz_fixed_frame() -> str:
+    """Return the fixed frame of the shipped rviz config (every published frame must reach it)."""
+    import yaml
+
+    data = yaml.safe_load(RVIZ_CONFIG.read_text())
+    return str(data['Visualization Manager']['Global Options']['Fixed Frame'])
 
 ROBOT = 'cobot-1'
 CAMERA_HZ = 10.0   # the safety monitor stops on detections older than 0.2 s
@@ -170,8 +184,12 @@ class RobotSide:
         from std_msgs.msg import Bool, Float64, String
         from vision_msgs.msg import Detection2DArray
 
+        from cobot_hybrid_ros.frames import FrameWatcher
+
         rclpy.init()
         self.node = rclpy.create_node('demo_robot_side')
+        self.watcher = FrameWatcher(self.node)
+        self._discovered_at = 0.0
         self.t0 = time.monotonic()
         self.scale: list[tuple[float, float]] = []
         self.stages: dict[str, list[float]] = {}
@@ -240,6 +258,9 @@ class RobotSide:
 
         end = time.monotonic() + seconds
         while time.monotonic() < end:
+            if time.monotonic() - self._discovered_at > 1.0:
+                self.watcher.discover()   # topics that appeared: hear their frames too
+                self._discovered_at = time.monotonic()
             rclpy.spin_once(self.node, timeout_sec=0.02)
 
     def close(self) -> None:
@@ -248,6 +269,17 @@ class RobotSide:
 
         self.node.destroy_node()
         rclpy.try_shutdown()
+
+
+def tf_verdict(watcher: Any) -> str:
+    """'complete: ...' when TF connects every frame heard to rviz's fixed frame, else what not."""
+    root = rviz_fixed_frame()
+    missing = watcher.unconnected(root)
+    if missing:
+        return 'INCOMPLETE: ' + '; '.join(f'{frame} (on {", ".join(sorted(topics))}) has no '
+                                          f'transform to {root}'
+                                          for frame, topics in missing.items())
+    return f'complete: {", ".join(sorted(watcher.frames))} all reach {root}'
 
 
 def start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -353,8 +385,11 @@ def main() -> int:
                                  f'cloud_public_keys:=[planner={public}]',
                                  'state_period_s:=2.0', 'reconnect_max_s:=2.0'),
                          work / 'bridge.log'),
-        'safety': start(ros_node('cobot_hybrid_perception.nodes.safety_monitor_node'),
-                        work / 'safety.log'),
+        'safety': start(ros_node('cobot_hybrid_perception.nodes.safety_monitor_node',
+                                 'publish_camera_tf:=true'), work / 'safety.log'),
+        'frames': start(ros_node('cobot_hybrid_ros.nodes.static_transform_node',
+                                 'parents:=[map]', 'children:=[base_link]'),
+                        work / 'frames.log'),
         'executor': start(ros_node('cobot_hybrid_bridge.nodes.mission_executor_node',
                                    'stall_timeout_s:=30.0'), work / 'executor.log'),
         'detector': start(ros_node('cobot_hybrid_perception.nodes.detector_node',
@@ -400,7 +435,7 @@ def main() -> int:
                 break
         robot.spin_for(2.0)
     finally:
-        for name in ('camera', 'detector', 'safety', 'executor', 'bridge', 'planner'):
+        for name in ('camera', 'detector', 'safety', 'executor', 'bridge', 'planner', 'frames'):
             proc = procs[name]
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
@@ -436,6 +471,9 @@ def main() -> int:
                                        f'{len(tasks)}',
         'task status (planner ledger)': json.dumps(tasks),
         'messages up by topic': json.dumps(cloud.by_topic),
+        'frames published': json.dumps({f: sorted(t) for f, t in robot.watcher.frames.items()}),
+        'TF tree': tf_verdict(robot.watcher),
+        'rviz': f'rviz2 -d {RVIZ_CONFIG.relative_to(ROOT)} (fixed frame {rviz_fixed_frame()})',
     }
     write_html(out / 'report.html', report, robot, depth, outage)
     robot.close()
@@ -443,7 +481,8 @@ def main() -> int:
     for key, value in report.items():
         print(f'  {key:<34} {value if not isinstance(value, float) else f"{value:.1f}"}')
     print(f'  {"HTML report":<34} {out / "report.html"}  (logs: {work})')
-    ok = report['lost'] == 0 and robot.frames > 0 and report['missions acknowledged'] >= 1
+    ok = (report['lost'] == 0 and robot.frames > 0 and report['missions acknowledged'] >= 1
+          and report['TF tree'].startswith('complete'))
     print('demo:', 'OK' if ok else 'FAILED')
     return 0 if ok else 1
 
