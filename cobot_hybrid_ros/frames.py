@@ -14,7 +14,7 @@ TF must connect ``map -> base_link -> camera_optical_frame``.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,13 +111,15 @@ class FrameWatcher:
                 msg_type = message_type(types[0])
             except (ImportError, AttributeError, ValueError):
                 continue   # a type this process cannot import carries no frame we can read
-            if types[0] == 'tf2_msgs/msg/TFMessage':
-                callback = self.tree.add
-            else:
-                def callback(msg: Any, topic: str = topic) -> None:
-                    for frame in frame_ids(msg):
-                        self.frames.setdefault(frame, set()).add(topic)
+            callback = (self.tree.add if types[0] == 'tf2_msgs/msg/TFMessage'
+                        else self._recorder(topic))
             self._subs[topic] = self.node.create_subscription(msg_type, topic, callback, qos)
+
+    def _recorder(self, topic: str) -> Callable[[Any], None]:
+        def record(msg: Any) -> None:
+            for frame in frame_ids(msg):
+                self.frames.setdefault(frame, set()).add(topic)
+        return record
 
     def unconnected(self, root: str) -> dict[str, set[str]]:
         """Return each published frame TF does not connect to ``root``, with its topics."""
