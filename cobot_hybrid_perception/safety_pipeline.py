@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy.typing as npt
 
+from cobot_hybrid_perception.approach_speed import ApproachSpeeds
 from cobot_hybrid_perception.arm_geometry import ArmChain, ArmPoseError, Capsule
 from cobot_hybrid_perception.errors import ConfigError
 from cobot_hybrid_perception.localization import (
@@ -190,6 +191,8 @@ class SafetyReport:
     perception_age_s: float
     methods: tuple[str, ...]
     geometry: str = ''   # what separations were measured to, for diagnostics
+    approach_mps: tuple[tuple[str, float], ...] = ()   # tracked people closing in [m/s]
+    human_speed_mps: float = 1.6   # the ISO speed beyond the near zone it is compared with
 
 
 def speed_from_twist(linear_xyz: Sequence[float]) -> float:
@@ -230,6 +233,9 @@ class SafetyPipeline:
     _pose_fault: str | None = None
     _joints: tuple[str, ...] = ()                 # the last joint state's names
     _positions: tuple[float, ...] = ()
+    _approach: ApproachSpeeds = field(default_factory=ApproachSpeeds)
+    _approach_now: tuple[tuple[str, float], ...] = ()
+    _approach_stamp: float | None = None
 
     def __post_init__(self) -> None:
         self.monitor = SafetyMonitor(self.cfg)
@@ -313,8 +319,21 @@ class SafetyPipeline:
             decision = self.monitor.evaluate(now_s, perception, robot)
         age = math.inf if self._perception is None else now_s - self._perception.stamp_s
         people = tuple(self._perception.people) if self._perception is not None else ()
+        self._update_approach(robot)
         return SafetyReport(decision, people, robot, measured, age, self._methods,
-                            self._geometry(now_s))
+                            self._geometry(now_s), self._approach_now,
+                            self.cfg.human_speed_far_mps)
+
+    def _update_approach(self, robot: RobotState) -> None:
+        """Once per new frame: each tracked person's approach speed (diagnostics only)."""
+        perception = self._perception
+        if perception is None or perception.stamp_s == self._approach_stamp:
+            return
+        self._approach_stamp = perception.stamp_s
+        separations = {p.label: robot.separation(p)[0] for p in perception.people
+                       if not p.unlocated}
+        speeds = self._approach.update(perception.stamp_s, separations)
+        self._approach_now = tuple(sorted(speeds.items(), key=lambda kv: -kv[1]))
 
     def fault(self, reason: str) -> SafetyReport:
         """Protective stop for a reason found outside the core (an exception in a callback)."""

@@ -16,6 +16,7 @@ Pure data, no ROS: ``safety_monitor_node`` turns these into messages.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -107,6 +108,12 @@ def diagnostic_values(report: SafetyReport, published: int) -> dict[str, str]:
         'people': str(len(report.people)),
         'localization': ','.join(report.methods),
         'evaluations_published': str(published),
+        # Tracked people by approach speed (positive: closing in); the decision keeps using
+        # the ISO 13855 human speeds, this shows who moves faster than they assume.
+        'approach_speed_mps': json.dumps({label: round(v, 2)
+                                          for label, v in report.approach_mps[:8]}),
+        'faster_than_iso_human_speed': ','.join(
+            label for label, v in report.approach_mps if v > report.human_speed_mps) or '-',
     }
 
 

@@ -51,7 +51,8 @@ def test_diagnostic_values(measured: bool, source: str) -> None:
         'robot_speed_mps': '0.400', 'robot_speed_source': source,
         'robot_geometry': '', 'closest_part': '-',
         'perception_age_s': '0.042', 'people': '1', 'localization': 'depth,ground',
-        'evaluations_published': '7'}
+        'evaluations_published': '7', 'approach_speed_mps': '{}',
+        'faster_than_iso_human_speed': '-'}
 
 
 def test_nobody_and_no_distance_read_as_inf() -> None:
