@@ -191,3 +191,13 @@ def test_the_launched_edge_stack_comes_up(make_node: Any, ros_process: Any,
     assert watcher.unconnected('base_link') == {}, (watcher.frames, watcher.tree.edges)
     for name, process in started.items():
         assert process.popen.poll() is None, f'{name} exited:\n{process.log()[-2000:]}'
+
+
+@pytest.mark.parametrize('launch', sorted(p.name for p in (ROOT / 'launch').glob('*.launch.py')))
+def test_every_launch_file_resolves_to_installed_executables_and_files(launch: str) -> None:
+    evaluated = evaluate(ROOT / 'launch' / launch)
+    assert evaluated.nodes, f'{launch} starts nothing with its defaults'
+    for node in evaluated.nodes:
+        assert node.executable in console_scripts(), f'{launch}: {node.executable}'
+        for path in node.params_files:
+            assert Path(path).is_file(), f'{launch}: {path}'
