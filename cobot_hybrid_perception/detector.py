@@ -122,15 +122,21 @@ class Detector:
         """Short SHA-256 of the model file."""
         return str(getattr(self.backend, 'model_hash', ''))
 
-    def detect(self, image: npt.NDArray[Any], encoding: str = 'bgr8'
-               ) -> tuple[Detections, StageTimes]:
-        """Detect in one 8-bit image (bgr8, rgb8 or mono8)."""
+    def detect(self, image: npt.NDArray[Any], encoding: str = 'bgr8',
+               conf: float | None = None) -> tuple[Detections, StageTimes]:
+        """Detect in one 8-bit image (bgr8, rgb8 or mono8), down to ``conf`` if given.
+
+        ``conf`` replaces the config's minimum score for this frame: the detector node decodes
+        down to the tracker's low threshold (:func:`~cobot_hybrid_perception.tracking.decode_conf`)
+        and publishes only what scores ``cfg.conf`` or more.
+        """
         t0 = time.perf_counter()
         transform = self.letterbox(image, encoding)
         t1 = time.perf_counter()
         outputs = self.backend.infer(self.letterbox.tensor)
         t2 = time.perf_counter()
-        detections = decode(outputs, self.info, transform, self.cfg.conf, self.cfg.iou,
+        detections = decode(outputs, self.info, transform,
+                            self.cfg.conf if conf is None else conf, self.cfg.iou,
                             self.cfg.max_det)
         t3 = time.perf_counter()
         return detections, StageTimes(1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (t3 - t2))

@@ -123,6 +123,47 @@ def test_real_photos_through_the_node_give_standard_messages(make_node: Any,
     assert float(diag['infer_ms_p50']) > 0 and int(diag['processed']) > 0
 
 
+def test_track_ids_persist_across_frames_and_match_the_keypoints(make_node: Any,
+                                                                 ros_process: Any) -> None:
+    """zidane.jpg again and again: the same two people keep their ids (not the frame index)."""
+    harness = make_node('detector_listener')
+    seen = Collector(harness)
+    detector = start_detector(ros_process, 'imgsz:=320')
+    ros_process(SOURCE, '--ros-args', '-p', 'source:=sample:zidane', '-p', 'rate_hz:=8.0',
+                '-p', 'wait_for_subscribers:=true')
+
+    def confirmed_frames() -> list[tuple[int, int]]:
+        return sorted(k for k, d in seen.detections.items()
+                      if len(d.detections) == 2 and k in seen.keypoints
+                      and all(det.id.startswith('person-') for det in d.detections))
+    assert harness.spin_until(lambda: len(confirmed_frames()) >= 4, 60.0), detector.log()
+    keys = confirmed_frames()
+    ids = [sorted(det.id for det in seen.detections[k].detections) for k in keys]
+    assert all(frame == ids[0] for frame in ids), ids   # the same two ids in every frame
+    assert len(set(ids[0])) == 2
+    for k in keys:   # the safety monitor matches keypoints to detections by stamp and id
+        boxes = {d.id: (d.bbox.center.position.x, d.bbox.size_x)
+                 for d in seen.detections[k].detections}
+        assert {d.id: (d.bbox.center.position.x, d.bbox.size_x)
+                for d in seen.keypoints[k].detections} == boxes
+    # Before they were confirmed (if the listener saw that frame) the same numbers, as new-<n>.
+    numbers = {i.split('-')[1] for i in ids[0]}
+    for msg in seen.detections.values():
+        assert {d.id.split('-')[1] for d in msg.detections} <= numbers
+        assert all(d.id.split('-')[0] in ('new', 'person') for d in msg.detections)
+
+
+def test_tracking_off_gives_the_index_in_the_frame(make_node: Any, ros_process: Any) -> None:
+    harness = make_node('detector_listener')
+    seen = Collector(harness)
+    detector = start_detector(ros_process, 'imgsz:=320', 'tracking:=false')
+    ros_process(SOURCE, '--ros-args', '-p', 'source:=sample:zidane', '-p', 'rate_hz:=8.0',
+                '-p', 'wait_for_subscribers:=true')
+    assert harness.spin_until(lambda: len(seen.detections) >= 3, 60.0), detector.log()
+    for msg in seen.detections.values():
+        assert [d.id for d in msg.detections] == ['0', '1']
+
+
 def test_overload_drops_old_frames_instead_of_queueing(make_node: Any,
                                                        ros_process: Any) -> None:
     harness = make_node('detector_listener')

@@ -7,12 +7,19 @@ takes the newest frame; frames replaced before the worker got to them are counte
 so latency never grows under overload.
 
 Publishes, with the header of the image: ``detections`` (``vision_msgs/Detection2DArray``:
-class id = class name, score, box centre and size in pixels; an empty array for a frame with
-nothing in it), ``keypoints`` (pose models; the keypoint convention in the README),
+class id = class name, score, box centre and size in pixels, ``id`` the track id; an empty
+array for a frame with nothing in it), ``keypoints`` (pose models; the keypoint convention in
+the README; each entry has the ``id`` of its detection),
 ``detection_markers`` (``visualization_msgs/MarkerArray``: boxes on a plane
 ``marker_depth_m`` in front of the camera, needs ``camera_info``), ``annotated_image``
 (``publish_annotated``) and ``diagnostics`` (per-stage latency, fps, dropped frames, backend,
 precision, model hash), once per second and whenever the health changes.
+
+Track ids (``tracking``, :mod:`cobot_hybrid_perception.tracking`): ``<class>-<n>`` for a
+confirmed track, ``new-<n>`` while it is tentative, ``det-<k>`` for a detection without a
+track; with ``tracking: false`` the index in the frame. Every detection scoring ``conf`` or
+more is published either way; the tracker is also fed the ones down to ``track_low_thresh``.
+Time is the image stamp (the arrival time for an image stamped 0).
 
 Lifecycle: the model is loaded in ``on_configure`` (a failure is FAILURE with the reason),
 frames flow while active, ``on_cleanup`` frees the runtime (GPU memory).
@@ -42,6 +49,14 @@ from cobot_hybrid_perception.detector_stats import DIAG_PERIOD_S, DetectorStats,
 from cobot_hybrid_perception.errors import ConfigError, PerceptionError
 from cobot_hybrid_perception.frame_policy import for_inference
 from cobot_hybrid_perception.model_info import COCO_KEYPOINTS
+from cobot_hybrid_perception.tracking import (
+    Tracker,
+    TrackerConfig,
+    TrackingError,
+    decode_conf,
+    track_detections,
+    untracked_ids,
+)
 from cobot_hybrid_perception.yolo_decode import Detections
 from cobot_hybrid_protocol.settings import check_settings, setting
 from cobot_hybrid_ros.diagnostics import diagnostic_array
@@ -75,7 +90,7 @@ class DetectorNodeConfig:
 
 
 #: Every config whose settings this node declares (checked against config/*.yaml).
-CONFIGS = (DetectorConfig, DetectorNodeConfig)
+CONFIGS = (DetectorConfig, DetectorNodeConfig, TrackerConfig)
 
 
 class DetectorNode(LifecycleNode):
@@ -86,7 +101,13 @@ class DetectorNode(LifecycleNode):
         self._params = ParameterBinding(self, DetectorConfig,
                                         on_change=self._reconfigure)
         self._shell = ParameterBinding(self, DetectorNodeConfig)   # read where used
+        self._tracking = ParameterBinding(self, TrackerConfig, on_change=self._retrack)
         refuse_unknown_parameters(self)   # a misspelt key is an error
+        # One tracker for the node's life: its ids are never given twice, across
+        # reconfigurations and tracking switched off and on.
+        self._tracker = Tracker(self._tracking.config)
+        self._track_lock = threading.Lock()   # the worker tracks, parameter changes reset
+        self._track_errors = 0
         self._detector: Detector | None = None
         self._stats = DetectorStats()
         self._lock = threading.Condition()
@@ -116,6 +137,7 @@ class DetectorNode(LifecycleNode):
         self._marker_pub = self.create_lifecycle_publisher(MarkerArray, 'detection_markers', 1)
         self._annotated_pub = self.create_lifecycle_publisher(Image, 'annotated_image', 1)
         self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, 'diagnostics', 10)
+        self._tracker.reset()   # a new model may see other classes
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -169,6 +191,12 @@ class DetectorNode(LifecycleNode):
         if self._detector is not None:  # conf, iou, max_det apply from the next frame
             self._detector.cfg = cfg
 
+    def _retrack(self, cfg: TrackerConfig) -> None:
+        with self._track_lock:
+            if cfg.tracking and not self._tracker.cfg.tracking:
+                self._tracker.reset()   # tracks from before it was off would be stale
+            self._tracker.cfg = cfg     # applies from the next frame
+
     # --- frames ------------------------------------------------------------------------------
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
@@ -217,26 +245,39 @@ class DetectorNode(LifecycleNode):
                 pixels, encoding = image_to_numpy(msg), msg.encoding
             pixels, encoding = for_inference(pixels, encoding)
             convert_ms = 1e3 * (time.perf_counter() - t0)
-            detections, times = detector.detect(pixels, encoding)
+            conf = detector.cfg.conf   # published; the tracker also takes lower scores
+            detections, times = detector.detect(pixels, encoding,
+                                                conf=decode_conf(conf, self._tracker.cfg))
         except (PerceptionError, ImageCodecError) as exc:
             self._stats.fail(str(exc))
             self.get_logger().error(f'frame skipped: {exc}', throttle_duration_sec=2.0)
             self._publish_diagnostics(force=True)
             return
         self._stats.record(convert_ms, times, 1e3 * (time.perf_counter() - received))
-        self._publish(msg.header, detections, pixels, encoding)
+        stamp = msg.header.stamp
+        # The image stamp; an unstamped image (0) is timed by its arrival instead, else the
+        # tracker's time would stand still and lost tracks never expire.
+        now_s = stamp.sec + stamp.nanosec * 1e-9 if stamp.sec or stamp.nanosec else received
+        try:
+            with self._track_lock:
+                detections, ids = track_detections(self._tracker, detections, now_s, conf)
+        except TrackingError as exc:   # publish every person all the same, untracked
+            self._track_errors += 1
+            self.get_logger().error(f'tracking skipped: {exc}', throttle_duration_sec=2.0)
+            detections, ids = untracked_ids(detections, conf, prefix='det-')
+        self._publish(msg.header, detections, ids, pixels, encoding)
         if self._stats.level_changed():
             self._publish_diagnostics(force=True)
 
     # --- outputs -----------------------------------------------------------------------------
 
-    def _publish(self, header: Header, detections: Detections, pixels: Any,
+    def _publish(self, header: Header, detections: Detections, ids: list[str], pixels: Any,
                  encoding: str) -> None:
         array = Detection2DArray(header=header)
         keypoints = Detection2DArray(header=header)
         for i in range(len(detections)):
             x1, y1, x2, y2 = (float(v) for v in detections.boxes[i])
-            det = Detection2D(header=header, id=str(i))
+            det = Detection2D(header=header, id=ids[i])
             det.bbox.center.position.x = (x1 + x2) / 2.0
             det.bbox.center.position.y = (y1 + y2) / 2.0
             det.bbox.size_x, det.bbox.size_y = x2 - x1, y2 - y1
@@ -309,9 +350,15 @@ class DetectorNode(LifecycleNode):
             return
         self._last_diag = now
         stats = self._stats
+        tracker = self._tracker
         values = stats.diagnostic_values({
             'backend': detector.backend.name, 'precision': detector.backend.precision,
-            'model': detector.model_path.name, 'model_hash': detector.model_hash})
+            'model': detector.model_path.name, 'model_hash': detector.model_hash,
+            'tracking': 'on' if tracker.cfg.tracking else 'off',
+            'tracks_confirmed': str(tracker.alive_confirmed),
+            'track_ids_issued': str(tracker.stats.started),
+            'track_time_resets': str(tracker.stats.time_resets),
+            'track_errors': str(self._track_errors)})
         pub.publish(diagnostic_array(self.get_clock(), _STATUS_NAME, stats.level(),
                                      stats.message(), values, detector.backend.name))
 
