@@ -11,7 +11,9 @@ Hierarchy::
     ├── BackendUnavailableError  an inference runtime asked for by name cannot run here
     ├── ModelOutputError       a model's output has an unrecognised shape or NaNs
     ├── LocalizationError      a detection cannot be placed in 3D (localization.py)
-    └── MalformedInputError    a person or robot state handed to the SSM is unusable (ssm.py)
+    ├── MalformedInputError    a person or robot state handed to the SSM is unusable (ssm.py)
+    ├── ArmPoseError           a joint state cannot give the arm's pose (arm_geometry.py)
+    └── TrackingError          boxes, scores or a time the tracker cannot take (tracking.py)
 
 Messages say what was wrong and what to do about it.
 """
