@@ -16,6 +16,7 @@ setup: $(STAMP)
 $(STAMP): requirements/base.txt requirements/dev.txt requirements/models.txt \
           requirements/constraints.txt setup.py \
           tools/build_interfaces.py $(wildcard tools/interfaces/*/msg/*.msg) \
+          $(wildcard tools/interfaces/*/srv/*.srv) \
           $(wildcard cobot_hybrid_*/__init__.py)
 	PYTHON=$(PYTHON) tools/install_system_deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

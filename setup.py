@@ -28,10 +28,12 @@ setup(
         'console_scripts': [
             'image_source_node = cobot_hybrid_perception.nodes.image_source_node:main',
             'safety_monitor_node = cobot_hybrid_perception.nodes.safety_monitor_node:main',
+            'driver_adapter_node = cobot_hybrid_perception.nodes.driver_adapter_node:main',
             'detector_node = cobot_hybrid_perception.nodes.detector_node:main',
             'bridge_node = cobot_hybrid_bridge.nodes.bridge_node:main',
             'mission_executor_node = cobot_hybrid_bridge.nodes.mission_executor_node:main',
             'planner_node = cobot_hybrid_planner.nodes.planner_node:main',
+            'lifecycle_manager_node = cobot_hybrid_ros.nodes.lifecycle_manager_node:main',
             'cobot-hybrid = cobot_hybrid_cli:main',
         ],
     },

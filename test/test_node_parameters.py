@@ -34,6 +34,8 @@ NODES = {
                               'MissionExecutorNode', 'bridge.yaml'),
     'planner_node': ('cobot_hybrid_planner.nodes.planner_node', 'PlannerNode',
                      'planner.yaml'),
+    'driver_adapter_node': ('cobot_hybrid_perception.nodes.driver_adapter_node',
+                            'DriverAdapterNode', 'driver_adapter.yaml'),
 }
 #: Values a YAML file sets for a deployment, deliberately not the dataclass default.
 DEPLOYMENT = {('planner_node', 'site_file'), ('planner_node', 'private_key_file')}
@@ -287,6 +289,7 @@ def test_the_shipped_yaml_reaches_the_node_in_any_namespace(node: str, namespace
     ('planner_node', 'plan_time_limit', 'plan_time_limit_s'),
     ('mission_executor_node', 'stall_timeout', 'stall_timeout_s'),
     ('image_source_node', 'rate', 'rate_hz'),
+    ('driver_adapter_node', 'input_timeout', 'input_timeout_s'),
 ])
 def test_a_misspelt_key_in_the_params_file_is_refused_with_the_nearest_name(
         node: str, typo: str, meant: str, make_node: Any, tmp_path: Path) -> None:
