@@ -1,10 +1,10 @@
-"""The driver interfaces kept in tools/interfaces build into the published types.
+"""The driver interfaces the adapter speaks have the published types (RIHS01 hashes pinned).
 
-std_srvs (Trigger, SetBool, Empty), control_msgs (SpeedScalingFactor only) and ur_msgs
-(SetSpeedSliderFraction only) have no PyPI wheel the project installs; `make setup` builds them
-from their published field definitions. RIHS01 hashes are computed from field names and types,
-so equal hashes mean the driver adapter talks to the real ros2_control, UR and std_srvs peers.
-The std_srvs hashes equal those shipped in the `ros-std-srvs` 5.5.1 wheel (checked by hand).
+control_msgs (SpeedScalingFactor only) and ur_msgs (SetSpeedSliderFraction only) have no PyPI
+wheel; `make setup` builds them from their published field definitions in tools/interfaces.
+std_srvs (Trigger, SetBool, Empty) comes from the `ros-std-srvs` wheel. RIHS01 hashes are
+computed from field names and types, so equal hashes mean the driver adapter talks to the real
+ros2_control, UR and std_srvs peers.
 """
 
 from __future__ import annotations

@@ -36,6 +36,10 @@ NODES = {
                      'planner.yaml'),
     'driver_adapter_node': ('cobot_hybrid_perception.nodes.driver_adapter_node',
                             'DriverAdapterNode', 'driver_adapter.yaml'),
+    'lifecycle_manager_node': ('cobot_hybrid_ros.nodes.lifecycle_manager_node',
+                               'LifecycleManagerNode', 'lifecycle_manager.yaml'),
+    'static_transform_node': ('cobot_hybrid_ros.nodes.static_transform_node',
+                              'StaticTransformNode', 'static_transforms.yaml'),
 }
 #: Values a YAML file sets for a deployment, deliberately not the dataclass default.
 DEPLOYMENT = {('planner_node', 'site_file'), ('planner_node', 'private_key_file')}
@@ -266,15 +270,21 @@ def test_the_shipped_yaml_reaches_the_node_in_any_namespace(node: str, namespace
     shipped = ROOT / 'config' / NODES[node][2]
     changed = tmp_path / 'changed.yaml'   # a value that differs from every default
     text = shipped.read_text()
-    probe = next(name for name, value in values.items()
-                 if isinstance(value, float) and (node, name) not in DEPLOYMENT)
-    _, spec = _settings(node)[probe]
-    new = _changed(values[probe], spec.low, spec.high, spec.choices)
+    probe = next((name for name, value in values.items()
+                  if isinstance(value, float) and (node, name) not in DEPLOYMENT), None)
+    if probe is not None:
+        _, spec = _settings(node)[probe]
+        new: Any = _changed(values[probe], spec.low, spec.high, spec.choices)
+    else:   # a node without a float setting (static_transform_node): rename a frame
+        probe = next(name for name, value in values.items()
+                     if isinstance(value, list) and value and isinstance(value[0], str))
+        new = [f'{v}_moved' for v in values[probe]]
     changed.write_text(re.sub(rf'^(\s+){probe}: .*$', rf'\g<1>{probe}: {new!r}', text,
                               count=1, flags=re.M))
     instance = make_node(node, namespace=namespace, params_file=changed)
     assert instance.get_namespace() == '/' + namespace if namespace else '/'
-    assert instance.get_parameter(probe).value == pytest.approx(new), \
+    got = instance.get_parameter(probe).value
+    assert (list(got) == new if isinstance(new, list) else got == pytest.approx(new)), \
         f'{probe} of {instance.get_fully_qualified_name()} did not come from the file'
     for name, value in values.items():
         if name == probe or (node, name) in DEPLOYMENT or name in ('broker_port', 'data_dir'):
@@ -286,6 +296,7 @@ def test_the_shipped_yaml_reaches_the_node_in_any_namespace(node: str, namespace
     ('safety_monitor_node', 'max_perception_age', 'max_perception_age_s'),
     ('detector_node', 'confidence', 'conf'),
     ('bridge_node', 'broker_hots', 'broker_host'),
+    ('lifecycle_manager_node', 'node_name', 'node_names'),
     ('planner_node', 'plan_time_limit', 'plan_time_limit_s'),
     ('mission_executor_node', 'stall_timeout', 'stall_timeout_s'),
     ('image_source_node', 'rate', 'rate_hz'),
