@@ -23,9 +23,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
-
 from cobot_hybrid_perception.errors import ConfigError, PerceptionError
 
 __all__ = ['ArmChain', 'ArmPoseError', 'Capsule', 'horizontal_separation']
@@ -57,28 +54,51 @@ def horizontal_separation(px: float, py: float, capsule: Capsule) -> float:
     return max(0.0, math.hypot(px - (ax + t * dx), py - (ay + t * dy)) - capsule.radius_m)
 
 
-def _pose_matrix(xyz_quat: Sequence[float]) -> npt.NDArray[np.float64]:
+# A rigid transform as 12 floats: the rotation's rows, each followed by its translation part
+# (r00 r01 r02 tx  r10 r11 r12 ty  r20 r21 r22 tz). Plain floats: for a 6-joint chain at the
+# monitor's rate numpy's per-call overhead on 4x4 arrays costs more than the arithmetic.
+Affine = tuple[float, float, float, float, float, float, float, float, float, float, float,
+               float]
+
+
+def _pose_matrix(xyz_quat: Sequence[float]) -> Affine:
     x, y, z, qx, qy, qz, qw = (float(v) for v in xyz_quat)
     norm = math.sqrt(qx * qx + qy * qy + qz * qz + qw * qw)
     if not math.isfinite(norm) or norm < 1e-9:
         raise ConfigError(f'arm_base_to_base quaternion {[qx, qy, qz, qw]} has no orientation')
     qx, qy, qz, qw = qx / norm, qy / norm, qz / norm, qw / norm
-    return np.array([
-        [1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qz * qw), 2 * (qx * qz + qy * qw), x],
-        [2 * (qx * qy + qz * qw), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qx * qw), y],
-        [2 * (qx * qz - qy * qw), 2 * (qy * qz + qx * qw), 1 - 2 * (qx * qx + qy * qy), z],
-        [0.0, 0.0, 0.0, 1.0],
-    ])
+    return (1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qz * qw), 2 * (qx * qz + qy * qw), x,
+            2 * (qx * qy + qz * qw), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qx * qw), y,
+            2 * (qx * qz - qy * qw), 2 * (qy * qz + qx * qw), 1 - 2 * (qx * qx + qy * qy), z)
 
 
-def _dh_matrix(theta: float, d: float, a: float, alpha: float) -> npt.NDArray[np.float64]:
+def _compose(m: Affine, n: Affine) -> Affine:
+    """Return ``m . n`` (apply n, then m)."""
+    out: list[float] = []
+    for row in range(3):
+        a0, a1, a2, a3 = m[4 * row:4 * row + 4]
+        out += [a0 * n[0] + a1 * n[4] + a2 * n[8],
+                a0 * n[1] + a1 * n[5] + a2 * n[9],
+                a0 * n[2] + a1 * n[6] + a2 * n[10],
+                a0 * n[3] + a1 * n[7] + a2 * n[11] + a3]
+    return tuple(out)   # type: ignore[return-value]
+
+
+def _dh_matrix(theta: float, d: float, a: float, alpha: float) -> Affine:
     ct, st, ca, sa = math.cos(theta), math.sin(theta), math.cos(alpha), math.sin(alpha)
-    return np.array([
-        [ct, -st * ca, st * sa, a * ct],
-        [st, ct * ca, -ct * sa, a * st],
-        [0.0, sa, ca, d],
-        [0.0, 0.0, 0.0, 1.0],
-    ])
+    return (ct, -st * ca, st * sa, a * ct,
+            st, ct * ca, -ct * sa, a * st,
+            0.0, sa, ca, d)
+
+
+def _origin(m: Affine) -> tuple[float, float, float]:
+    return m[3], m[7], m[11]
+
+
+def _apply(m: Affine, p: Sequence[float]) -> tuple[float, float, float]:
+    x, y, z = p
+    return (m[0] * x + m[1] * y + m[2] * z + m[3], m[4] * x + m[5] * y + m[6] * z + m[7],
+            m[8] * x + m[9] * y + m[10] * z + m[11])
 
 
 @dataclass(frozen=True)
@@ -149,17 +169,14 @@ class ArmChain:
         if len(q) != len(self.dh):
             raise ArmPoseError(f'{len(q)} joint positions for a {len(self.dh)}-joint chain')
         transform = _pose_matrix(self.base_pose)
-        origins = [transform[:3, 3].copy()]
+        origins = [_origin(transform)]
         for qi, (d, a, alpha, offset) in zip(q, self.dh, strict=True):
-            transform = transform @ _dh_matrix(qi + offset, d, a, alpha)
-            origins.append(transform[:3, 3].copy())
-        tcp = transform @ np.array([*self.tool_xyz, 1.0])
-        capsules = [Capsule(name, _xyz(origins[i]), _xyz(origins[i + 1]), radius)
+            transform = _compose(transform, _dh_matrix(qi + offset, d, a, alpha))
+            origins.append(_origin(transform))
+        tcp = _apply(transform, self.tool_xyz)
+        capsules = [Capsule(name, origins[i], origins[i + 1], radius)
                     for i, (name, radius) in enumerate(zip(self.joint_names, self.link_radii_m,
                                                             strict=True))]
-        capsules.append(Capsule('tool', _xyz(origins[-1]), _xyz(tcp[:3]), self.tool_radius_m))
+        capsules.append(Capsule('tool', origins[-1], tcp, self.tool_radius_m))
         return tuple(capsules)
 
-
-def _xyz(v: npt.NDArray[np.float64]) -> tuple[float, float, float]:
-    return float(v[0]), float(v[1]), float(v[2])

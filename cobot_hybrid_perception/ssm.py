@@ -291,8 +291,10 @@ class SafetyMonitor:
         try:
             _check_finite('perception stamp', perception.stamp_s)
             _check_finite('robot state', robot.x, robot.y, robot.z, robot.speed_mps)
-            for link in robot.links:
-                _check_finite(f'link {link.name!r}', *link.a, *link.b, link.radius_m)
+            for link in robot.links:   # a sum is non-finite iff a term is (or it overflows)
+                if not math.isfinite(sum(link.a) + sum(link.b) + link.radius_m):
+                    raise MalformedInputError(f'link {link.name!r} has non-finite values '
+                                              f'{link.a} {link.b} {link.radius_m}')
             if robot.speed_mps < 0:
                 raise MalformedInputError(f'robot speed {robot.speed_mps} < 0')
             for person in perception.people:

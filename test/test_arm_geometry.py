@@ -205,3 +205,14 @@ def test_recalibrating_the_chain_moves_the_links_at_once() -> None:
     pipeline.reconfigure(moved)
     report = pipeline.evaluate(1.0)
     assert report.robot.y == pytest.approx(TCP_AT_ZERO[1] + 2.0, abs=1e-3)
+
+
+def test_a_non_finite_link_handed_to_the_monitor_stops_the_robot() -> None:
+    from cobot_hybrid_perception.ssm import Perception, SafetyMonitor
+
+    monitor = SafetyMonitor(SafetyConfig(fault_recovery_s=0.0))
+    bad = RobotState(0.0, 0.0, 0.0, 0.1, (Capsule('elbow', (0.0, 0.0, 0.0),
+                                                    (math.nan, 0.0, 0.0), 0.05),))
+    decision = monitor.evaluate(0.0, Perception(0.0, [Person(5.0, 0.0)]), bad)
+    assert decision.state is SafetyState.PROTECTIVE_STOP
+    assert "link 'elbow' has non-finite" in decision.reason
