@@ -48,8 +48,7 @@ class ApproachSpeeds:
         for label, separation in sorted(tracked.items(), key=lambda kv: kv[1]):
             before = self._seen.get(label)
             if before is None:
-                if len(self._seen) < self.max_people:
-                    self._seen[label] = _Seen(stamp_s, separation)
+                self._seen[label] = _Seen(stamp_s, separation)
                 continue
             dt = stamp_s - before.stamp_s
             if dt <= 0:
@@ -58,5 +57,8 @@ class ApproachSpeeds:
             speed = sample if before.speed_mps is None else (
                 self.smoothing * sample + (1.0 - self.smoothing) * before.speed_mps)
             self._seen[label] = _Seen(stamp_s, separation, speed)
+        if len(self._seen) > self.max_people:   # keep the nearest: they matter most
+            keep = sorted(self._seen.items(), key=lambda kv: kv[1].separation_m)
+            self._seen = dict(keep[:self.max_people])
         return {label: s.speed_mps for label, s in self._seen.items()
                 if s.speed_mps is not None and label in tracked}

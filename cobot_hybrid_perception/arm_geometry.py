@@ -25,9 +25,18 @@ from dataclasses import dataclass
 
 from cobot_hybrid_perception.errors import ConfigError, PerceptionError
 
-__all__ = ['ArmChain', 'ArmPoseError', 'Capsule', 'horizontal_separation']
+__all__ = ['MAX_JOINT_STATE', 'ArmChain', 'ArmPoseError', 'Capsule', 'horizontal_separation',
+           'link_speeds']
 
 _MAX_JOINTS = 16
+#: A joint state naming more joints than this is refused before it is read (a whole robot's
+#: joint_states has a few dozen; a hostile one could hold millions and stall the monitor).
+MAX_JOINT_STATE = 64
+_MAX_LENGTH_M = 5.0       # |d|, |a| of a DH row
+_MAX_ANGLE_RAD = 4 * math.pi
+_MAX_RADIUS_M = 1.0
+_MAX_OFFSET_M = 1.0       # a link's offset from its DH segment, the tool's from the flange
+_MAX_BASE_M = 100.0
 
 
 class ArmPoseError(PerceptionError, ValueError):
@@ -42,6 +51,17 @@ class Capsule:
     a: tuple[float, float, float]
     b: tuple[float, float, float]
     radius_m: float
+    speed_mps: float = 0.0   # the faster end's speed, from the last two poses
+
+
+def link_speeds(now: Sequence[Capsule], before: Sequence[Capsule], dt_s: float
+                ) -> tuple[Capsule, ...]:
+    """Return ``now`` with each capsule's speed: its faster end's travel since ``before``."""
+    if dt_s <= 0 or len(now) != len(before):
+        return tuple(now)
+    return tuple(Capsule(c.name, c.a, c.b, c.radius_m,
+                         max(math.dist(c.a, p.a), math.dist(c.b, p.b)) / dt_s)
+                 for c, p in zip(now, before, strict=True))
 
 
 def horizontal_separation(px: float, py: float, capsule: Capsule) -> float:
@@ -95,6 +115,16 @@ def _origin(m: Affine) -> tuple[float, float, float]:
     return m[3], m[7], m[11]
 
 
+def _rotate(m: Affine, v: Sequence[float]) -> tuple[float, float, float]:
+    x, y, z = v
+    return (m[0] * x + m[1] * y + m[2] * z, m[4] * x + m[5] * y + m[6] * z,
+            m[8] * x + m[9] * y + m[10] * z)
+
+
+def _add(p: Sequence[float], v: Sequence[float]) -> tuple[float, float, float]:
+    return p[0] + v[0], p[1] + v[1], p[2] + v[2]
+
+
 def _apply(m: Affine, p: Sequence[float]) -> tuple[float, float, float]:
     x, y, z = p
     return (m[0] * x + m[1] * y + m[2] * z + m[3], m[4] * x + m[5] * y + m[6] * z + m[7],
@@ -111,11 +141,13 @@ class ArmChain:
     tool_xyz: tuple[float, float, float]
     tool_radius_m: float
     base_pose: tuple[float, ...]
+    link_offsets: tuple[tuple[float, float, float], ...] = ()
 
     @classmethod
     def from_settings(cls, joint_names: Sequence[str], dh_flat: Sequence[float],
                       link_radii_m: Sequence[float], tool_xyz: Sequence[float],
-                      tool_radius_m: float, base_pose: Sequence[float]) -> ArmChain:
+                      tool_radius_m: float, base_pose: Sequence[float],
+                      link_offsets: Sequence[float] = ()) -> ArmChain:
         """Check the flat parameter arrays and build the chain (ConfigError says what is off)."""
         names = tuple(str(n) for n in joint_names)
         if not names:
@@ -139,22 +171,51 @@ class ArmChain:
             raise ConfigError(f'arm_tool_xyz {tool} must be [x, y, z] in the flange frame')
         if len(pose) != 7:
             raise ConfigError(f'arm_base_to_base {pose} must be [x, y, z, qx, qy, qz, qw]')
-        values = [*flat, *radii, *tool, *pose, float(tool_radius_m)]
+        offsets = [float(v) for v in link_offsets] or [0.0] * (3 * len(names))
+        if len(offsets) != 3 * len(names):
+            raise ConfigError(f'arm_link_offsets has {len(offsets)} numbers; give 3 per joint '
+                              f'([x, y, z] x {len(names)} = {3 * len(names)})')
+        values = [*flat, *radii, *tool, *pose, *offsets, float(tool_radius_m)]
         if not all(math.isfinite(v) for v in values):
-            raise ConfigError('arm_dh, arm_link_radii, arm_tool_xyz, arm_tool_radius_m and '
-                              'arm_base_to_base must be finite numbers')
+            raise ConfigError('arm_dh, arm_link_radii, arm_link_offsets, arm_tool_xyz, '
+                              'arm_tool_radius_m and arm_base_to_base must be finite numbers')
         if any(r < 0 for r in (*radii, tool_radius_m)):
             raise ConfigError('link and tool radii must be >= 0 m')
+        limits = (('arm_dh d and a', [v for i, v in enumerate(flat) if i % 4 in (0, 1)],
+                   _MAX_LENGTH_M),
+                  ('arm_dh alpha and theta_offset',
+                   [v for i, v in enumerate(flat) if i % 4 in (2, 3)], _MAX_ANGLE_RAD),
+                  ('arm_link_radii and arm_tool_radius_m', [*radii, float(tool_radius_m)],
+                   _MAX_RADIUS_M),
+                  ('arm_link_offsets and arm_tool_xyz', [*offsets, *tool], _MAX_OFFSET_M),
+                  ('arm_base_to_base x, y, z', pose[:3], _MAX_BASE_M))
+        for what, numbers, bound in limits:
+            if any(abs(v) > bound for v in numbers):
+                raise ConfigError(f'{what} must be within +-{bound:g} (m or rad); got '
+                                  f'{max(numbers, key=abs)}: a cobot is not that large')
         _pose_matrix(pose)   # a zero quaternion is refused here
         rows = tuple((flat[4 * i], flat[4 * i + 1], flat[4 * i + 2], flat[4 * i + 3])
                      for i in range(len(names)))
         return cls(names, rows, tuple(radii), (tool[0], tool[1], tool[2]),
-                   float(tool_radius_m), tuple(pose))
+                   float(tool_radius_m), tuple(pose),
+                   tuple((offsets[3 * i], offsets[3 * i + 1], offsets[3 * i + 2])
+                         for i in range(len(names))))
+
+    def mentions(self, names: Sequence[str]) -> bool:
+        """Return whether a joint state names any joint of the chain (else it is another's)."""
+        if len(names) > MAX_JOINT_STATE:
+            return True   # too big to search: positions() refuses it with the reason
+        return not set(self.joint_names).isdisjoint(names)
 
     def positions(self, names: Sequence[str], values: Sequence[float]) -> list[float]:
         """Pick the chain's joint positions, in chain order, from a joint state."""
+        if len(names) > MAX_JOINT_STATE:
+            raise ArmPoseError(f'joint state names {len(names)} joints (at most '
+                               f'{MAX_JOINT_STATE} are read)')
         if len(names) != len(values):
             raise ArmPoseError(f'joint state has {len(names)} names but {len(values)} positions')
+        if len(set(names)) != len(names):
+            raise ArmPoseError(f'joint state names a joint twice: {list(names)}')
         by_name = dict(zip(names, values, strict=True))
         missing = [n for n in self.joint_names if n not in by_name]
         if missing:
@@ -169,14 +230,20 @@ class ArmChain:
         if len(q) != len(self.dh):
             raise ArmPoseError(f'{len(q)} joint positions for a {len(self.dh)}-joint chain')
         transform = _pose_matrix(self.base_pose)
-        origins = [_origin(transform)]
+        frames = [transform]
         for qi, (d, a, alpha, offset) in zip(q, self.dh, strict=True):
             transform = _compose(transform, _dh_matrix(qi + offset, d, a, alpha))
-            origins.append(_origin(transform))
+            frames.append(transform)
         tcp = _apply(transform, self.tool_xyz)
-        capsules = [Capsule(name, origins[i], origins[i + 1], radius)
-                    for i, (name, radius) in enumerate(zip(self.joint_names, self.link_radii_m,
-                                                            strict=True))]
-        capsules.append(Capsule('tool', origins[-1], tcp, self.tool_radius_m))
+        offsets = self.link_offsets or ((0.0, 0.0, 0.0),) * len(self.dh)
+        capsules = []
+        for i, (name, radius) in enumerate(zip(self.joint_names, self.link_radii_m,
+                                               strict=True)):
+            # The link joint i moves runs from frame i to frame i + 1, shifted by its offset
+            # in frame i (whose z is that joint's axis: a UR's upper arm sits 0.138 m along it).
+            shift = _rotate(frames[i], offsets[i])
+            start, end = _origin(frames[i]), _origin(frames[i + 1])
+            capsules.append(Capsule(name, _add(start, shift), _add(end, shift), radius))
+        capsules.append(Capsule('tool', _origin(frames[-1]), tcp, self.tool_radius_m))
         return tuple(capsules)
 

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy.typing as npt
 
 from cobot_hybrid_perception.approach_speed import ApproachSpeeds
-from cobot_hybrid_perception.arm_geometry import ArmChain, ArmPoseError, Capsule
+from cobot_hybrid_perception.arm_geometry import ArmChain, ArmPoseError, Capsule, link_speeds
 from cobot_hybrid_perception.errors import ConfigError
 from cobot_hybrid_perception.localization import (
     CameraModel,
@@ -56,7 +56,7 @@ from cobot_hybrid_perception.ssm import (
 from cobot_hybrid_protocol.settings import setting
 
 __all__ = ['LOCALIZATION_MODES', 'ROBOT_GEOMETRIES', 'PersonDetection', 'SafetyConfig',
-           'SafetyPipeline', 'SafetyReport', 'speed_from_twist']
+           'SafetyPipeline', 'SafetyReport', 'measured_at', 'speed_from_twist']
 
 LOCALIZATION_MODES = ('auto', 'depth', 'floor')
 ROBOT_GEOMETRIES = ('tcp_point', 'arm')
@@ -70,7 +70,13 @@ _UR5E_JOINTS = ('shoulder_pan_joint', 'shoulder_lift_joint', 'elbow_joint', 'wri
                 'wrist_2_joint', 'wrist_3_joint')
 _UR5E_DH = (0.1625, 0.0, _HALF_PI, 0.0, 0.0, -0.425, 0.0, 0.0, 0.0, -0.3922, 0.0, 0.0,
             0.1333, 0.0, _HALF_PI, 0.0, 0.0997, 0.0, -_HALF_PI, 0.0, 0.0996, 0.0, 0.0, 0.0)
-_UR5E_RADII = (0.08, 0.06, 0.05, 0.05, 0.05, 0.05)
+# Radii cover the joint housings (about 0.15-0.18 m across on a UR5e), not just the tubes.
+_UR5E_RADII = (0.09, 0.08, 0.07, 0.06, 0.06, 0.05)
+# The DH segments run through the joint axes; ur_description puts the upper arm 0.138 m along
+# the shoulder-lift axis (shoulder_offset) and the forearm 0.138 - 0.131 = 0.007 m (less the
+# elbow_offset), each in the frame whose z is the axis of the joint that moves it.
+_UR5E_OFFSETS = (0.0, 0.0, 0.0, 0.0, 0.0, 0.138, 0.0, 0.0, 0.007, 0.0, 0.0, 0.0,
+                 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 # UR's DH base is its `base` frame: ur_description's base_link turned by pi about z.
 _UR5E_BASE = (0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -104,21 +110,24 @@ class SafetyConfig(SsmConfig):
                                   'and the arm_* chain)', choices=ROBOT_GEOMETRIES)
     arm_joint_names: tuple[str, ...] = setting(
         _UR5E_JOINTS, 'joints of the chain from the base outwards, as in joint_states '
-        '(default: a UR5e)', array_type='string', live=True)
+        '(default: a UR5e)', array_type='string')
     arm_dh: tuple[float, ...] = setting(
         _UR5E_DH, 'standard DH rows [d, a, alpha, theta_offset] per joint, flattened [m, rad] '
-        '(default: a UR5e)', array_type='double', live=True)
+        '(default: a UR5e)', array_type='double')
     arm_link_radii: tuple[float, ...] = setting(
         _UR5E_RADII, 'capsule radius of the link each joint moves [m] (one per joint)',
-        array_type='double', live=True)
+        array_type='double')
+    arm_link_offsets: tuple[float, ...] = setting(
+        _UR5E_OFFSETS, 'each link off its DH segment [x, y, z] per joint, in the frame of the '
+        'joint that moves it (z: its axis) [m] (default: a UR5e)', array_type='double')
     arm_tool_xyz: tuple[float, ...] = setting(
         (0.0, 0.0, 0.0), 'TCP in the last joint frame (the flange) [m]; the tool is a capsule '
-        'from the flange to it', array_type='double', live=True)
+        'from the flange to it', array_type='double')
     arm_tool_radius_m: float = setting(0.05, 'capsule radius of the tool', unit='m', low=0.0,
-                                       high=2.0, live=True)
+                                       high=2.0)
     arm_base_to_base: tuple[float, ...] = setting(
         _UR5E_BASE, "the chain's base (DH frame 0) in the robot base frame [x, y, z, qx, qy, qz, "
-        'qw] (default: a UR, base_link -> base)', array_type='double', live=True)
+        'qw] (default: a UR, base_link -> base)', array_type='double')
     robot_pose_timeout_s: float = setting(0.2, 'older joint states (by stamp, or arrival when '
                                           'unstamped): protective stop', unit='s', low=0.001,
                                           high=10.0, live=True)
@@ -130,7 +139,7 @@ class SafetyConfig(SsmConfig):
         # ROS hands arrays over as lists or array.array; keep the config hashable and frozen.
         object.__setattr__(self, 'person_class_ids', tuple(str(v) for v in self.person_class_ids))
         for name in ('camera_to_base', 'tcp_xyz', 'arm_dh', 'arm_link_radii', 'arm_tool_xyz',
-                     'arm_base_to_base'):
+                     'arm_base_to_base', 'arm_link_offsets'):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         object.__setattr__(self, 'arm_joint_names', tuple(str(v) for v in self.arm_joint_names))
         if not self.person_class_ids:
@@ -166,7 +175,7 @@ class SafetyConfig(SsmConfig):
         """Build the arm_* settings into a validated chain (ConfigError names what is wrong)."""
         return ArmChain.from_settings(self.arm_joint_names, self.arm_dh, self.arm_link_radii,
                                       self.arm_tool_xyz, self.arm_tool_radius_m,
-                                      self.arm_base_to_base)
+                                      self.arm_base_to_base, self.arm_link_offsets)
 
 
 @dataclass(frozen=True)
@@ -193,6 +202,15 @@ class SafetyReport:
     geometry: str = ''   # what separations were measured to, for diagnostics
     approach_mps: tuple[tuple[str, float], ...] = ()   # tracked people closing in [m/s]
     human_speed_mps: float = 1.6   # the ISO speed beyond the near zone it is compared with
+
+
+def measured_at(stamp_s: float | None, arrival_s: float) -> float:
+    """When an input was measured: its stamp, never later than its arrival.
+
+    ``None`` (a zero stamp: none given) is the arrival time; a stamp in the future (a robot PC
+    clock ahead of ours) counts as arriving now, so it cannot stretch a freshness window.
+    """
+    return arrival_s if stamp_s is None else min(stamp_s, arrival_s)
 
 
 def speed_from_twist(linear_xyz: Sequence[float]) -> float:
@@ -231,8 +249,7 @@ class SafetyPipeline:
     _chain: ArmChain | None = None
     _pose: _Pose | None = None
     _pose_fault: str | None = None
-    _joints: tuple[str, ...] = ()                 # the last joint state's names
-    _positions: tuple[float, ...] = ()
+    ignored_joint_states: int = 0                 # joint states naming none of the chain
     _approach: ApproachSpeeds = field(default_factory=ApproachSpeeds)
     _approach_now: tuple[tuple[str, float], ...] = ()
     _approach_stamp: float | None = None
@@ -246,10 +263,11 @@ class SafetyPipeline:
         self.cfg = cfg
         self.monitor.cfg = cfg
         self._camera_to_base = RigidTransform.from_xyz_quat(cfg.camera_to_base)
-        self._chain = cfg.arm_chain() if cfg.robot_geometry == 'arm' else None
-        if self._chain is not None and self._pose is not None:
-            # A recalibrated chain moves the links at once (the joints have not moved).
-            self.on_joint_state(self._pose.stamp_s, self._joints, self._positions)
+        chain = cfg.arm_chain() if cfg.robot_geometry == 'arm' else None
+        if chain != self._chain:
+            # The arm_* settings are read-only (a node takes them at configure); a pipeline
+            # handed another chain forgets the old pose rather than mix the two.
+            self._chain, self._pose, self._pose_fault = chain, None, None
 
     def on_camera_info(self, k: Sequence[float], height: int) -> None:
         """Take the detection image's intrinsics (LocalizationError when uncalibrated)."""
@@ -274,21 +292,34 @@ class SafetyPipeline:
                        positions: Sequence[float]) -> None:
         """Take the arm's joint state (ignored with ``robot_geometry: tcp_point``).
 
-        An unreadable one (a chain joint missing, a non-finite position or stamp) stops the
-        robot until a readable one arrives; ``stamp_s`` is the stamp, or the arrival time.
+        One that names none of the chain's joints (a gripper's own ``joint_states``) is
+        ignored and counted. One that names some but cannot give the pose (a chain joint
+        missing, a joint twice, a non-finite position or stamp, more than
+        ``MAX_JOINT_STATE`` names) stops the robot until a readable one arrives. ``stamp_s``
+        is the stamp, or the arrival time. Each link's speed comes from its travel since the
+        previous pose.
         """
-        if self._chain is None:
+        chain = self._chain
+        if chain is None:
+            return
+        if not chain.mentions(names):
+            self.ignored_joint_states += 1
             return
         try:
             if not math.isfinite(stamp_s):
                 raise ArmPoseError(f'joint state stamp {stamp_s} is not a time')
-            links = self._chain.capsules(self._chain.positions(names, positions))
+            links = chain.capsules(chain.positions(names, positions))
         except ArmPoseError as exc:
             self._pose_fault = f'malformed input: {exc}'
             return
+        before = self._pose
+        if before is not None:
+            dt = stamp_s - before.stamp_s
+            links = (link_speeds(links, before.links, dt) if dt > 0 else
+                     tuple(replace(c, speed_mps=p.speed_mps)
+                           for c, p in zip(links, before.links, strict=True)))
         self._pose_fault = None
         self._pose = _Pose(stamp_s, links)
-        self._joints, self._positions = tuple(names), tuple(float(v) for v in positions)
 
     def on_detector_health(self, healthy: bool) -> None:
         """Take whether the detector reports itself healthy (from its diagnostics)."""

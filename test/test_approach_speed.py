@@ -46,6 +46,10 @@ def test_at_most_max_people_are_followed_the_nearest_first() -> None:
     speeds.update(0.0, {f'person-{i}': float(i) for i in range(1, 6)})
     assert set(speeds.update(0.1, {f'person-{i}': float(i) for i in range(1, 6)})) == {
         'person-1', 'person-2'}
+    # Someone new and nearer than all of them displaces the farthest followed one.
+    crowd = {f'person-{i}': float(i) for i in range(1, 6)} | {'person-9': 0.5}
+    speeds.update(0.2, crowd)
+    assert set(speeds.update(0.3, crowd)) == {'person-9', 'person-1'}
 
 
 def test_the_safety_monitor_reports_tracked_approach_in_diagnostics() -> None:

@@ -33,7 +33,12 @@ def test_ur5e_zero_pose_matches_the_published_closed_form() -> None:
     tcp = capsules[-1].b
     assert tcp == pytest.approx((0.425 + 0.3922, 0.1333 + 0.0996, 0.1625 - 0.0997), abs=1e-9)
     assert [c.name for c in capsules] == [*JOINTS, 'tool']
-    assert capsules[1].b == pytest.approx((0.425, 0.0, 0.1625), abs=1e-9)   # the elbow
+    # The upper arm sits 0.138 m along the shoulder-lift axis (+y of base_link at q = 0),
+    # the forearm 0.007 m: ur_description's shoulder_offset and elbow_offset.
+    upper, fore = capsules[1], capsules[2]
+    assert (upper.a, upper.b) == (pytest.approx((0.0, 0.138, 0.1625), abs=1e-9),
+                                  pytest.approx((0.425, 0.138, 0.1625), abs=1e-9))
+    assert fore.b == pytest.approx((0.8172, 0.007, 0.1625), abs=1e-9)
 
 
 def test_a_joint_turns_the_links_outboard_of_it() -> None:
@@ -134,9 +139,10 @@ def test_a_person_near_a_link_but_far_from_the_tcp_slows_the_robot() -> None:
     reports = drive(arm, BESIDE_THE_BASE, 0.0, 1.0)
     decision = reports[-1].decision
     assert decision.state is SafetyState.SLOW, decision.reason
-    assert decision.closest_part in ('shoulder_pan_joint', 'shoulder_lift_joint')
-    assert decision.closest_distance_m == pytest.approx(1.2 - 0.06, abs=0.01)
-    assert 'from shoulder_' in decision.reason
+    # The base column (radius 0.09) and the forearm's elbow end (0.07) are both ~1.14 m away.
+    assert decision.closest_part in ('shoulder_pan_joint', 'elbow_joint')
+    assert decision.closest_distance_m == pytest.approx(1.145, abs=0.01)
+    assert f'from {decision.closest_part}' in decision.reason
     assert reports[-1].geometry.startswith('arm, 7 capsules')
 
 
@@ -197,22 +203,90 @@ def test_a_robot_speed_is_aged_by_its_stamp() -> None:
     assert pipeline.evaluate(now).robot_speed_measured
 
 
-def test_recalibrating_the_chain_moves_the_links_at_once() -> None:
+def test_another_chain_forgets_the_old_pose() -> None:
     pipeline = arm_pipeline()
-    drive(pipeline, (5.0, 0.0), 0.0, 1.0)
+    assert drive(pipeline, (5.0, 0.0), 0.0, 1.0)[-1].decision.state is SafetyState.RUN
     moved = SafetyConfig(**{**FAST, 'robot_geometry': 'arm',
                             'arm_base_to_base': [0.0, 2.0, 0.0, 0.0, 0.0, 1.0, 0.0]})
     pipeline.reconfigure(moved)
     report = pipeline.evaluate(1.0)
-    assert report.robot.y == pytest.approx(TCP_AT_ZERO[1] + 2.0, abs=1e-3)
+    assert 'waiting for joint_states' in report.decision.reason   # not the old links moved
+    pipeline.on_joint_state(1.01, JOINTS, [0.0] * 6)
+    assert pipeline.evaluate(1.01).robot.y == pytest.approx(TCP_AT_ZERO[1] + 2.0, abs=1e-3)
 
 
-def test_a_non_finite_link_handed_to_the_monitor_stops_the_robot() -> None:
-    from cobot_hybrid_perception.ssm import Perception, SafetyMonitor
+def test_a_reconfigure_keeps_a_standing_pose_fault() -> None:
+    pipeline = arm_pipeline(fault_recovery_s=0.0)
+    drive(pipeline, (5.0, 0.0), 0.0, 0.5)
+    pipeline.on_joint_state(0.6, JOINTS, [math.nan] * 6)
+    pipeline.reconfigure(SafetyConfig(**{**FAST, 'robot_geometry': 'arm', 'min_score': 0.4,
+                                         'fault_recovery_s': 0.0}))
+    assert 'non-finite' in pipeline.evaluate(0.6).decision.reason
 
-    monitor = SafetyMonitor(SafetyConfig(fault_recovery_s=0.0))
-    bad = RobotState(0.0, 0.0, 0.0, 0.1, (Capsule('elbow', (0.0, 0.0, 0.0),
-                                                    (math.nan, 0.0, 0.0), 0.05),))
-    decision = monitor.evaluate(0.0, Perception(0.0, [Person(5.0, 0.0)]), bad)
-    assert decision.state is SafetyState.PROTECTIVE_STOP
-    assert "link 'elbow' has non-finite" in decision.reason
+
+def test_a_joint_state_of_another_device_is_ignored_and_counted() -> None:
+    pipeline = arm_pipeline()
+    now, reports = 0.0, []
+    while now < 1.5:   # the arm at 30 Hz, a gripper's own joint_states in between
+        pipeline.on_joint_state(now, JOINTS, [0.0] * 6)
+        pipeline.on_joint_state(now + 0.01, ['finger_joint'], [0.04])
+        pipeline.on_robot_speed(now, 0.25)
+        pipeline.on_detections(now, [person_at(5.0)])
+        reports.append(pipeline.evaluate(now + 0.01))
+        now += DT
+    assert reports[-1].decision.state is SafetyState.RUN, reports[-1].decision.reason
+    assert pipeline.ignored_joint_states == len(reports)
+
+
+@pytest.mark.parametrize(('names', 'positions', 'needle'), [
+    ([f'j{i}' for i in range(65)] + JOINTS, [0.0] * 71, 'at most 64'),
+    (JOINTS + [JOINTS[0]], [0.0] * 7, 'twice'),
+    (JOINTS[:3], [0.0] * 3, 'lacks'),
+])
+def test_an_unreadable_joint_state_naming_the_arm_stops_it(names: list, positions: list,
+                                                           needle: str) -> None:
+    pipeline = arm_pipeline()
+    drive(pipeline, (5.0, 0.0), 0.0, 1.0)
+    pipeline.on_joint_state(1.0, names, positions)
+    decision = pipeline.evaluate(1.0).decision
+    assert decision.state is SafetyState.PROTECTIVE_STOP and needle in decision.reason
+
+
+def test_a_fast_link_sets_the_robot_speed_for_the_person_beside_it() -> None:
+    # The TCP reports 0.05 m/s, but the arm swings up (shoulder lift at 1 rad/s, its far end
+    # at 0.8 m/s): a person 1.11 m beside the base is judged at that speed, which needs a
+    # stop (S_p 1.16 m), not at the TCP's (S_p 0.97 m: a slowdown).
+    pipeline = arm_pipeline()
+    now, q2 = 0.0, 0.0
+    report = None
+    while now < 1.5:
+        pipeline.on_robot_speed(now, 0.05)
+        pipeline.on_joint_state(now, JOINTS, [0.0, q2, 0.0, 0.0, 0.0, 0.0])
+        pipeline.on_detections(now, [person_at(0.0, -1.2)])
+        report = pipeline.evaluate(now)
+        now += DT
+        q2 -= 1.0 * DT
+    assert report is not None
+    link = next(c for c in report.robot.links if c.name == 'elbow_joint')
+    assert link.speed_mps > 0.5                      # the forearm's far end sweeps fastest
+    assert report.decision.state is SafetyState.PROTECTIVE_STOP, report.decision.reason
+    assert 'at robot speed 0.' in report.decision.reason and 'robot speed 0.05' not in \
+        report.decision.reason
+
+
+def test_an_input_is_measured_by_its_stamp_never_after_its_arrival() -> None:
+    from cobot_hybrid_perception.safety_pipeline import measured_at
+
+    assert measured_at(None, 10.0) == 10.0        # no stamp: its arrival
+    assert measured_at(9.5, 10.0) == 9.5          # its stamp
+    assert measured_at(10.49, 10.0) == 10.0       # from the future: as if now
+
+
+@pytest.mark.parametrize(('overrides', 'needle'), [
+    (dict(arm_dh=[1e300] + [0.0] * 23), 'a cobot is not that large'),
+    (dict(arm_link_offsets=[0.0] * 17), '3 per joint'),
+    (dict(arm_link_radii=[0.05] * 5 + [3.0]), 'within'),
+])
+def test_a_finite_but_absurd_chain_is_refused(overrides: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        SafetyConfig(robot_geometry='arm', **overrides)

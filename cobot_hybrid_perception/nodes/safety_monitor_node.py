@@ -60,6 +60,7 @@ from cobot_hybrid_perception.safety_pipeline import (
     SafetyConfig,
     SafetyPipeline,
     SafetyReport,
+    measured_at,
     speed_from_twist,
 )
 from cobot_hybrid_perception.ssm import SafetyState
@@ -170,7 +171,8 @@ class SafetyMonitorNode(LifecycleNode):
         ]
         if cfg.robot_geometry == 'arm':
             self._entities.append(self.create_subscription(
-                JointState, 'joint_states', self._guard(self._on_joint_state), sensor))
+                JointState, 'joint_states', self._guard(self._on_joint_state, evaluate=False),
+                sensor))   # stored on arrival, judged by the timer: drivers publish at 500 Hz
         self._timer = self.create_timer(cfg.evaluation_period_s, self._guard(lambda: None))
         self._timer.cancel()
         if self._shell.config.publish_camera_tf:
@@ -244,7 +246,7 @@ class SafetyMonitorNode(LifecycleNode):
 
     # --- inputs ------------------------------------------------------------------------------
 
-    def _guard(self, handler: Callable[..., None]) -> Callable[..., None]:
+    def _guard(self, handler: Callable[..., None], evaluate: bool = True) -> Callable[..., None]:
         """Run an input handler, then evaluate; any exception becomes a protective stop."""
         def wrapped(*args: Any) -> None:
             if self._pipeline is None:
@@ -255,7 +257,8 @@ class SafetyMonitorNode(LifecycleNode):
                 self.get_logger().error(f'protective stop: {type(exc).__name__}: {exc}')
                 self._publish(self._pipeline.fault(f'input error: {type(exc).__name__}: {exc}'))
                 return
-            self._evaluate()
+            if evaluate:
+                self._evaluate()
         return wrapped
 
     def _on_detections(self, msg: Detection2DArray) -> None:
@@ -281,8 +284,9 @@ class SafetyMonitorNode(LifecycleNode):
         self._pipeline.on_depth(_seconds(msg.header.stamp), image_to_numpy(msg), unit_m)
 
     def _stamp_or_now(self, stamp: Time) -> float:
-        """Return a message stamp in seconds, or the arrival time when it carries none (zero)."""
-        return _seconds(stamp) if (stamp.sec or stamp.nanosec) else self._now_s()
+        """Return when a message was measured (:func:`measured_at`; zero: no stamp)."""
+        return measured_at(_seconds(stamp) if (stamp.sec or stamp.nanosec) else None,
+                           self._now_s())
 
     def _on_twist(self, msg: TwistStamped) -> None:
         assert self._pipeline is not None
@@ -292,8 +296,9 @@ class SafetyMonitorNode(LifecycleNode):
 
     def _on_joint_state(self, msg: JointState) -> None:
         assert self._pipeline is not None
-        self._pipeline.on_joint_state(self._stamp_or_now(msg.header.stamp), list(msg.name),
-                                      list(msg.position))
+        # Not copied: the core refuses more than MAX_JOINT_STATE names before reading them.
+        self._pipeline.on_joint_state(self._stamp_or_now(msg.header.stamp), msg.name,
+                                      msg.position)
 
     def _on_scalar_speed(self, msg: Float64) -> None:
         assert self._pipeline is not None
