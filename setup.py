@@ -34,6 +34,7 @@ setup(
             'mission_executor_node = cobot_hybrid_bridge.nodes.mission_executor_node:main',
             'planner_node = cobot_hybrid_planner.nodes.planner_node:main',
             'lifecycle_manager_node = cobot_hybrid_ros.nodes.lifecycle_manager_node:main',
+            'static_transform_node = cobot_hybrid_ros.nodes.static_transform_node:main',
             'cobot-hybrid = cobot_hybrid_cli:main',
         ],
     },

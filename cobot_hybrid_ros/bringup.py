@@ -1,10 +1,14 @@
 """Bring a list of lifecycle nodes up in order, all or none. No rclpy here: the steps only.
 
-What ``lifecycle_manager_node`` does at start (the order Nav2's lifecycle manager uses):
+What ``lifecycle_manager_node`` does at start:
 
 1. wait for every node's lifecycle services (``service_timeout_s`` each);
-2. configure every node in ``node_names`` order (skipping one already past it), then
-3. activate every node in that order.
+2. for each node in ``node_names`` order: configure it, then activate it (skipping a step it
+   is already past), before the next node starts.
+
+One node after the other, not all configured and then all activated as Nav2's lifecycle
+manager does: the safety monitor (first in the list) and a driver adapter are active and
+holding the robot stopped while the detector spends minutes building a TensorRT engine.
 
 The first refused or unanswered step stops the bring-up: what this run already did is undone
 in reverse (active nodes are deactivated, which stops the robot through the safety monitor,
@@ -100,7 +104,7 @@ def _undo(client: LifecycleClient, done: _Done) -> list[str]:
 
 
 def bring_up(client: LifecycleClient, nodes: Sequence[str]) -> list[str]:
-    """Configure all, then activate all; return the log of what was done.
+    """Configure, then activate each node in turn; return the log of what was done.
 
     Raises :class:`BringupError` (after undoing this run's steps) on the first failure.
     """
@@ -118,8 +122,8 @@ def bring_up(client: LifecycleClient, nodes: Sequence[str]) -> list[str]:
         if not client.wait_ready(node):
             raise fail(f'{node}: its lifecycle services did not appear (is it running, with '
                        'autostart false, under that name and namespace?)')
-    for step, wanted_from in (('configure', UNCONFIGURED), ('activate', INACTIVE)):
-        for node in nodes:
+    for node in nodes:
+        for step, wanted_from in (('configure', UNCONFIGURED), ('activate', INACTIVE)):
             state = client.state(node)
             if state is None:
                 raise fail(f'{node}: no answer to get_state before {step}')

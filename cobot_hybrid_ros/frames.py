@@ -72,6 +72,25 @@ class FrameTree:
         """Return the frames in ``frames`` that TF does not connect to ``root``."""
         return set(frames) - self.reachable(root)
 
+    def conflicts(self) -> list[str]:
+        """Return what tf2 itself would reject: a frame with two parents, a loop."""
+        parents: dict[str, set[str]] = {}
+        for parent, child in self.edges:
+            parents.setdefault(child, set()).add(parent)
+        found = [f'{child} has {len(ps)} parents ({", ".join(sorted(ps))})'
+                 for child, ps in sorted(parents.items()) if len(ps) > 1]
+        for start in sorted(parents):
+            seen, frame = {start}, start
+            while len(parents.get(frame, ())) == 1:
+                frame = next(iter(parents[frame]))
+                if frame == start:
+                    found.append(f'{start} is its own ancestor (a loop)')
+                    break
+                if frame in seen:
+                    break
+                seen.add(frame)
+        return found
+
 
 def message_type(name: str) -> Any:
     """Return the message class of a type name ``pkg/msg/Name`` (rosidl_runtime_py's job)."""

@@ -17,11 +17,13 @@ Arguments:
   ``robot_geometry: arm``), ``speed_scale`` and ``protective_stop`` (what the safety monitor
   decides);
 * ``lifecycle`` (``manager``): ``manager`` starts ``lifecycle_manager_node``, which configures
-  the lifecycle nodes, then activates them (safety monitor first), all or none: a refusal
-  undoes the rest and ends it with the refusing node's reason. ``self``: each lifecycle node
+  and activates the lifecycle nodes one after the other (the safety monitor, the driver
+  adapter, then the detector), all or none: a refusal undoes the rest and ends it with the
+  refusing node's reason. ``self``: each lifecycle node
   configures and activates itself (a refusal ends that process). ``external``: they wait,
   unconfigured, for your lifecycle manager (Nav2's ``lifecycle_manager`` with the same
-  ``node_names`` and ``bond_timeout: 0.0``);
+  ``node_names`` and ``bond_timeout: 0.0``; it configures all before activating any, so the
+  driver hears the safety monitor only once the detector is configured);
 * ``driver`` (``none``): also start ``driver_adapter_node`` with that ``output``:
   ``speed_scaling_factor`` (ros2_control's joint trajectory controller), ``ur_speed_slider``
   (the UR driver), ``stop_trigger`` or ``stop_setbool`` (std_srvs stop services);
@@ -37,7 +39,7 @@ from pathlib import Path
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition, LaunchConfigurationEquals, LaunchConfigurationNotEquals
+from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -47,8 +49,9 @@ TOPICS = ('image', 'camera_info', 'robot_speed', 'joint_states', 'speed_scale',
 LIFECYCLE_MODES = ('manager', 'self', 'external')
 BOOLEAN = ('true', 'false')
 DRIVERS = ('none', 'speed_scaling_factor', 'ur_speed_slider', 'stop_trigger', 'stop_setbool')
-# Bring-up order: the safety monitor first, so it holds the robot stopped before the rest.
-MANAGED = ('safety_monitor_node', 'detector_node')
+# Bring-up order, one node after the other: the safety monitor first, then the driver adapter,
+# both active and holding the robot stopped while the detector loads (minutes for a first
+# TensorRT engine build).
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -58,8 +61,11 @@ def generate_launch_description() -> LaunchDescription:
     namespace, log = arg('namespace'), ['--ros-args', '--log-level', arg('log_level')]
     remaps = [(topic, arg(topic)) for topic in TOPICS]
     autostart = PythonExpression(["'", arg('lifecycle'), "' == 'self'"])
-    managed = PythonExpression([repr(list(MANAGED)), " + (['driver_adapter_node'] if '",
-                                arg('driver'), "' != 'none' else [])"])
+    managed = PythonExpression(["['safety_monitor_node'] + (['driver_adapter_node'] if '",
+                                arg('driver'), "' != 'none' else []) + ['detector_node']"])
+
+    def equals(name: str, value: str) -> PythonExpression:
+        return PythonExpression(["'", arg(name), f"' == '{value}'"])
 
     def text(name: str) -> ParameterValue:
         return ParameterValue(arg(name), value_type=str)   # a robot id '007' stays a string
@@ -96,12 +102,13 @@ def generate_launch_description() -> LaunchDescription:
                       parameters=[*params('driver_adapter.yaml'),
                                   {'autostart': autostart, 'output': text('driver')}],
                       remappings=remaps, arguments=log, output='screen',
-                      condition=LaunchConfigurationNotEquals('driver', 'none')),
+                      condition=UnlessCondition(equals('driver', 'none'))),
         Node(package='cobot_hybrid', executable='lifecycle_manager_node',
              name='lifecycle_manager_node', namespace=namespace,
-             parameters=[str(config / 'lifecycle_manager.yaml'), {'node_names': managed}],
+             parameters=[str(config / 'lifecycle_manager.yaml'), arg('params_file'),
+                         {'node_names': managed}],
              arguments=log, output='screen',
-             condition=LaunchConfigurationEquals('lifecycle', 'manager')),
+             condition=IfCondition(equals('lifecycle', 'manager'))),
         Node(package='cobot_hybrid', executable='bridge_node', name='bridge_node',
              namespace=namespace,
              parameters=[*params('bridge.yaml'), {'robot_id': text('robot_id')}],

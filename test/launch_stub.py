@@ -3,7 +3,8 @@
 The ROS ``launch``/``launch_ros`` packages cannot be installed here (no wheels), so this stands
 in for the part of them the suite's launch files use: arguments with defaults and choices,
 ``LaunchConfiguration``, ``PythonExpression``, ``ParameterValue``, ``IfCondition`` /
-``LaunchConfigurationEquals`` / ``NotEquals``, ``Node`` and ``LifecycleNode``. :func:`evaluate`
+``UnlessCondition`` (and the deprecated ``LaunchConfigurationEquals`` / ``NotEquals``),
+``Node`` and ``LifecycleNode``. :func:`evaluate`
 resolves them for a set of ``name:=value`` arguments the way ``ros2 launch`` does (a
 substitution in a parameter dict is read as YAML), and :meth:`Started.command` gives the
 command line ``launch_ros`` would run, so a test can start the very processes.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 import types
 from collections.abc import Iterator, Mapping
@@ -222,7 +224,8 @@ def _text(value: Any, values: Mapping[str, str]) -> str:
             raise LaunchError(f'LaunchConfiguration({value.name!r}) is not declared')
         return values[value.name]
     if isinstance(value, _Python):
-        return str(eval(_text(value.parts, values)))   # noqa: S307 - what PythonExpression does
+        # What PythonExpression does: eval with the math module as the only global.
+        return str(eval(_text(value.parts, values), {'math': math}))   # noqa: S307
     if isinstance(value, list):
         return ''.join(_text(part, values) for part in value)
     raise LaunchError(f'cannot resolve {value!r}')

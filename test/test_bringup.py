@@ -57,11 +57,12 @@ def test_the_constants_are_lifecycle_msgs_own() -> None:
                            'deactivate': Transition.TRANSITION_DEACTIVATE}
 
 
-def test_all_are_configured_before_any_is_activated() -> None:
+def test_each_node_is_up_before_the_next_is_started() -> None:
+    # The safety monitor first, active (holding a stop) while the detector loads its model.
     nodes = FakeNodes({'a': UNCONFIGURED, 'b': UNCONFIGURED, 'c': UNCONFIGURED})
     log = bring_up(nodes, ['a', 'b', 'c'])
-    assert nodes.calls == [('a', 'configure'), ('b', 'configure'), ('c', 'configure'),
-                           ('a', 'activate'), ('b', 'activate'), ('c', 'activate')]
+    assert nodes.calls == [('a', 'configure'), ('a', 'activate'), ('b', 'configure'),
+                           ('b', 'activate'), ('c', 'configure'), ('c', 'activate')]
     assert set(nodes.states.values()) == {ACTIVE}
     assert log[0] == 'a: configured' and log[-1] == 'c: activated'
 
@@ -80,8 +81,9 @@ def test_a_refused_configure_undoes_the_others_and_starts_nothing() -> None:
         bring_up(nodes, ['safety', 'detector', 'bridge'])
     message = str(caught.value)
     assert 'detector: configure failed: cannot load the model: no such file' in message
-    assert 'undone: 1 step' in message and 'remaining nodes were not started' in message
-    assert nodes.calls == [('safety', 'configure'), ('detector', 'configure'),
+    assert 'undone: 2 step' in message and 'remaining nodes were not started' in message
+    assert nodes.calls == [('safety', 'configure'), ('safety', 'activate'),
+                           ('detector', 'configure'), ('safety', 'deactivate'),
                            ('safety', 'cleanup')]
     assert set(nodes.states.values()) == {UNCONFIGURED}
 
@@ -91,7 +93,7 @@ def test_a_refused_activate_deactivates_what_was_active_in_reverse() -> None:
                       refuse={('b', 'activate'): ''})
     with pytest.raises(BringupError, match='b: activate failed: no reason logged'):
         bring_up(nodes, ['a', 'b'])
-    assert nodes.calls[-3:] == [('a', 'deactivate'), ('b', 'cleanup'), ('a', 'cleanup')]
+    assert nodes.calls[-3:] == [('b', 'cleanup'), ('a', 'deactivate'), ('a', 'cleanup')]
     assert set(nodes.states.values()) == {UNCONFIGURED}
 
 

@@ -54,6 +54,7 @@ def test_the_default_edge_stack_is_managed_and_complete() -> None:
         assert edge.node(name).params['autostart'] is False   # the manager brings them up
     manager = edge.node('lifecycle_manager_node')
     assert manager.params == {'node_names': ['safety_monitor_node', 'detector_node']}
+    assert manager.params_files == [str(ROOT / 'config' / 'lifecycle_manager.yaml'), overrides]
     assert edge.node('bridge_node').params == {'robot_id': 'cobot-1'}
 
 
@@ -72,8 +73,10 @@ def test_a_driver_adapter_joins_the_stack_and_the_bring_up() -> None:
     adapter = edge.node('driver_adapter_node')
     assert adapter.params['output'] == 'ur_speed_slider'
     assert adapter.kind == 'LifecycleNode'
+    # The adapter right after the safety monitor: the driver hears a stop before the detector
+    # starts loading.
     assert edge.node('lifecycle_manager_node').params['node_names'] == [
-        'safety_monitor_node', 'detector_node', 'driver_adapter_node']
+        'safety_monitor_node', 'driver_adapter_node', 'detector_node']
     assert 'driver_adapter_node' not in evaluate(EDGE).names()
 
 
@@ -189,6 +192,7 @@ def test_the_launched_edge_stack_comes_up(make_node: Any, ros_process: Any,
     assert harness.spin_until(frames_heard, 30.0), watcher.frames
     # What rviz needs (its fixed frame is base_link): every frame published is connected.
     assert watcher.unconnected('base_link') == {}, (watcher.frames, watcher.tree.edges)
+    assert watcher.tree.conflicts() == []
     for name, process in started.items():
         assert process.popen.poll() is None, f'{name} exited:\n{process.log()[-2000:]}'
 

@@ -48,6 +48,20 @@ def test_the_tree_connects_in_both_directions_and_names_what_it_cannot_reach() -
     assert FrameTree().unconnected({'base_link', 'map'}, 'base_link') == {'map'}
 
 
+def test_two_parents_and_loops_are_what_tf_would_reject() -> None:
+    from tf2_msgs.msg import TFMessage
+
+    tree = FrameTree()
+    tree.add(TFMessage(transforms=[transform('map', 'base_link'),
+                                   transform('base_link', 'camera_optical_frame')]))
+    assert tree.conflicts() == []
+    # A robot description that already places the camera, plus camera_tf:=true.
+    tree.add(TFMessage(transforms=[transform('tool0', 'camera_optical_frame')]))
+    assert tree.conflicts() == ['camera_optical_frame has 2 parents (base_link, tool0)']
+    loop = FrameTree({('a', 'b'), ('b', 'c'), ('c', 'a')})
+    assert 'a is its own ancestor (a loop)' in loop.conflicts()
+
+
 def test_message_types_resolve_by_name() -> None:
     from std_msgs.msg import Float64
 

@@ -275,6 +275,9 @@ def tf_verdict(watcher: Any) -> str:
     """'complete: ...' when TF connects every frame heard to rviz's fixed frame, else what not."""
     root = rviz_fixed_frame()
     missing = watcher.unconnected(root)
+    conflicts = watcher.tree.conflicts()
+    if conflicts:
+        return 'INCOMPLETE: ' + '; '.join(conflicts)
     if missing:
         return 'INCOMPLETE: ' + '; '.join(f'{frame} (on {", ".join(sorted(topics))}) has no '
                                           f'transform to {root}'

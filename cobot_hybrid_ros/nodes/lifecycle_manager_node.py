@@ -3,7 +3,7 @@
 Parameters (:class:`~cobot_hybrid_ros.bringup.BringupConfig`): ``node_names`` in bring-up
 order, ``autostart``, ``service_timeout_s``, ``transition_timeout_s``, ``check_period_s``.
 
-At start it configures every node, then activates every node
+At start it configures, then activates each node in turn
 (:func:`~cobot_hybrid_ros.bringup.bring_up`). A refused transition ends the process with
 status 2 and one line naming the node, the step and the reason the node logged (read from
 ``/rosout``), after undoing what it had done: nothing is left half-way up. After bring-up it
@@ -46,6 +46,7 @@ _ROSOUT_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
 _REASON_WAIT_S = 0.5   # a refused transition's error log may arrive just after the answer
 _ERROR = 40            # rcl_interfaces/Log levels: ERROR 40, FATAL 50
+_LIVENESS_S = 0.5      # while waiting for an answer, check this often the node is still there
 
 
 def resolve(name: str, namespace: str) -> str:
@@ -89,29 +90,42 @@ class LifecycleManagerNode(Node):
 
     def state(self, node: str) -> int | None:
         """Ask the node for its primary state."""
-        response = self._call(self._get[node], GetState.Request())
+        response, _ = self._call(self._get[node], GetState.Request())
         return None if response is None else int(response.current_state.id)
 
     def change(self, node: str, transition: str) -> StepResult:
         """Request a transition; on refusal, the node's error log lines since the request."""
         since = time.time()
         request = ChangeState.Request(transition=Transition(id=TRANSITIONS[transition]))
-        response = self._call(self._change[node], request)
+        response, gone = self._call(self._change[node], request)
         if response is not None and response.success:
             return StepResult(True)
         deadline = time.monotonic() + _REASON_WAIT_S
         while time.monotonic() < deadline:
             rclpy.spin_once(self, timeout_sec=0.05)
         reasons = [text for stamp, text in self._errors[logger_name(node)] if stamp >= since - 1]
-        if response is None:
-            reasons.insert(0, f'no answer within {self._params.config.transition_timeout_s} s')
+        if gone:
+            reasons.insert(0, 'the node left the graph (died?) before answering')
+        elif response is None:
+            reasons.insert(0, 'no answer within transition_timeout_s '
+                              f'{self._params.config.transition_timeout_s} s')
         return StepResult(False, '; '.join(reasons))
 
-    def _call(self, client: Any, request: Any) -> Any:
+    def _call(self, client: Any, request: Any) -> tuple[Any, bool]:
+        """Call and wait: (the response or None, whether the node left the graph meanwhile).
+
+        Gives up at ``transition_timeout_s`` or as soon as the node's service disappears, so a
+        node that died is not waited for (twice: once more for the undo) the whole timeout.
+        """
+        if not client.service_is_ready():
+            return None, True
         future = client.call_async(request)
-        rclpy.spin_until_future_complete(self, future,
-                                         timeout_sec=self._params.config.transition_timeout_s)
-        return future.result() if future.done() else None
+        deadline = time.monotonic() + self._params.config.transition_timeout_s
+        while not future.done() and time.monotonic() < deadline:
+            rclpy.spin_until_future_complete(self, future, timeout_sec=_LIVENESS_S)
+            if not future.done() and not client.service_is_ready():
+                return None, True
+        return (future.result(), False) if future.done() else (None, False)
 
     def _on_log(self, msg: Log) -> None:
         errors = self._errors.get(msg.name)
