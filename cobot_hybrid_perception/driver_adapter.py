@@ -21,23 +21,30 @@ The outputs (:data:`OUTPUTS`):
   configured) when it may move again;
 * ``stop_setbool``: call a ``SetBool`` with true to stop, false to resume.
 
-A service output has at most one call in flight (:class:`ServiceCalls`); a call that fails,
-is refused, finds no service or gets no answer within ``call_timeout_s`` is counted and tried
-again after ``retry_period_s`` (at once when the wanted request changes).
+A service output has one call in flight (:class:`ServiceCalls`), but a request that asks for
+less motion than the call in flight (a stop over a resume, a lower slider fraction) does not
+wait for it: the call in flight is abandoned and the safer request sent at once, so the driver
+may then hold two unanswered requests. A call that fails, is refused, finds no service or gets
+no answer within ``call_timeout_s`` is counted and leaves the driver's state unknown: whatever
+is wanted next is sent (a changed request at once, the same one again after
+``retry_period_s``). The answer to an abandoned call confirms nothing; a late success for some
+other request than the one confirmed since makes the state unknown again (the driver may have
+executed it last), so the wanted request is sent again.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
 from cobot_hybrid_perception.errors import ConfigError
 from cobot_hybrid_protocol.settings import check_settings, setting
 
-__all__ = ['DIAG_PERIOD_S', 'OUTPUTS', 'RESUME', 'STOP', 'AdapterConfig', 'Call', 'Command',
-           'DriverAdapter', 'Heartbeat', 'Reason', 'Request', 'SafetyInput', 'ServiceCalls',
-           'Step', 'tick_period_s']
+__all__ = ['DIAG_PERIOD_S', 'KEEP_ABANDONED', 'OUTPUTS', 'RESUME', 'STOP', 'AdapterConfig',
+           'Call', 'Command', 'DriverAdapter', 'Heartbeat', 'Reason', 'Request', 'SafetyInput',
+           'ServiceCalls', 'Step', 'tick_period_s']
 
 #: The driver interfaces the adapter can drive (one per node).
 OUTPUTS = ('speed_scaling_factor', 'ur_speed_slider', 'stop_trigger', 'stop_setbool')
@@ -46,6 +53,8 @@ DIAG_PERIOD_S = 0.5
 #: The two requests of ``stop_trigger`` (which Trigger service to call).
 STOP = 'stop'
 RESUME = 'resume'
+#: The late answers of this many abandoned calls are still listened for (older ones are not).
+KEEP_ABANDONED = 8
 
 Request = float | bool | str   # slider fraction | SetBool data | STOP / RESUME
 
@@ -177,9 +186,9 @@ class Heartbeat:
         self._last_s = 0.0
         self.published = 0
 
-    def take(self, now_s: float, value: float) -> bool:
+    def take(self, now_s: float, value: float, force: bool = False) -> bool:
         """Return whether to publish ``value`` now (and count it as published if so)."""
-        if self._last is not None and value == self._last \
+        if not force and self._last is not None and value == self._last \
                 and now_s - self._last_s < self.period_s:
             return False
         self._last, self._last_s = value, now_s
@@ -199,20 +208,25 @@ class Call:
 
 
 class ServiceCalls:
-    """One driver service: which request to send, never more than one call in flight.
+    """One driver service: which request to send, one call in flight but for a safer request.
 
-    A request is sent when it differs from the last one the driver confirmed, or when
-    ``resend_period_s`` (None: never) has passed since that confirmation. A failed call is
-    tried again after ``retry_period_s``; a changed request goes out as soon as no call is in
-    flight. Requests in ``no_call`` are confirmed without calling (a resume with no resume
-    service configured).
+    A request is sent when it differs from the last one the driver confirmed (or nothing is
+    confirmed), or when ``resend_period_s`` (None: never) has passed since that confirmation.
+    While a call is in flight nothing else is sent, unless ``safer(wanted, in_flight)``: then
+    the call in flight is abandoned and ``wanted`` sent at once (:meth:`preempt`). A call that
+    fails, times out or is abandoned leaves the driver's state unknown (nothing confirmed), so
+    the next wanted request is always sent; the failed request again only after
+    ``retry_period_s``, unless another call was sent since. Requests in ``no_call`` are
+    confirmed without calling (a resume with no resume service configured).
     """
 
     def __init__(self, cfg: AdapterConfig, resend_period_s: float | None = None,
-                 no_call: frozenset[Request] = frozenset()) -> None:
+                 no_call: frozenset[Request] = frozenset(),
+                 safer: Callable[[Request, Request], bool] | None = None) -> None:
         self.cfg = cfg
         self.resend_period_s = resend_period_s
         self.no_call = no_call
+        self.safer = safer
         self._next_id = 0
         self._in_flight: Call | None = None
         self._sent_s = 0.0
@@ -220,19 +234,23 @@ class ServiceCalls:
         self._confirmed_s = 0.0
         self._failed: object = _NOTHING
         self._failed_s = 0.0
+        self._retry: object = _NOTHING   # the failed request, until another call is sent
+        self._abandoned: dict[int, Request] = {}
         self.made = 0
         self.succeeded = 0
         self.failed = 0
+        self.preempted = 0
+        self.late = 0
         self.last_error = ''
 
     @property
     def in_flight(self) -> Call | None:
-        """The call sent and not answered yet."""
+        """The call sent and not answered yet (an abandoned one no longer counts)."""
         return self._in_flight
 
     @property
     def confirmed(self) -> Request | None:
-        """The last request the driver confirmed (None: none yet)."""
+        """The last request the driver confirmed (None: none yet, or the state is unknown)."""
         return None if self._confirmed is _NOTHING else self._confirmed  # type: ignore[return-value]
 
     @property
@@ -241,12 +259,33 @@ class ServiceCalls:
         return self._failed is not _NOTHING
 
     def expire(self, now_s: float) -> Call | None:
-        """Give up on a call unanswered for ``call_timeout_s``: return it (to cancel it)."""
+        """Give up on a call unanswered for ``call_timeout_s``: return it (to abandon it)."""
         call = self._in_flight
         if call is None or now_s - self._sent_s < self.cfg.call_timeout_s:
             return None
+        self._abandon(call)
         self._fail(now_s, call.request, f'no answer within {self.cfg.call_timeout_s:g} s')
         return call
+
+    def preempt(self, wanted: Request) -> Call | None:
+        """Abandon the call in flight if ``wanted`` is safer: return it (then :meth:`poll`)."""
+        call = self._in_flight
+        if call is None or self.safer is None or wanted == call.request \
+                or not self.safer(wanted, call.request):
+            return None
+        self._abandon(call)
+        self.preempted += 1
+        return call
+
+    def force(self, now_s: float, wanted: Request) -> tuple[Call | None, Call | None]:
+        """Send ``wanted`` now whatever is in flight or confirmed: return (abandoned, call)."""
+        call = self._in_flight
+        if call is not None:
+            self._abandon(call)
+        if wanted in self.no_call:
+            self._confirmed, self._confirmed_s = wanted, now_s
+            return call, None
+        return call, self._start(now_s, wanted)
 
     def poll(self, now_s: float, wanted: Request) -> Call | None:
         """Return the call to start now for ``wanted`` (it is then in flight), or None."""
@@ -255,23 +294,28 @@ class ServiceCalls:
         if wanted in self.no_call:
             self._confirmed, self._confirmed_s = wanted, now_s
             return None
-        if self._failed is not _NOTHING and wanted == self._failed \
+        if self._retry is not _NOTHING and wanted == self._retry \
                 and now_s - self._failed_s < self.cfg.retry_period_s:
             return None
         if self._confirmed is not _NOTHING and wanted == self._confirmed \
                 and (self.resend_period_s is None
                      or now_s - self._confirmed_s < self.resend_period_s):
             return None
-        self._next_id += 1
-        self._in_flight = Call(self._next_id, wanted)
-        self._sent_s = now_s
-        self.made += 1
-        return self._in_flight
+        return self._start(now_s, wanted)
 
     def answered(self, now_s: float, call_id: int, success: bool, message: str = '') -> None:
-        """Take the driver's answer to a call (a late answer to an abandoned one is ignored)."""
+        """Take the driver's answer to a call.
+
+        The answer to an abandoned call confirms nothing; a success for another request than
+        the one confirmed since makes the driver's state unknown (it may have run last).
+        """
         call = self._in_flight
         if call is None or call.id != call_id:
+            late = self._abandoned.pop(call_id, _NOTHING)
+            if late is not _NOTHING and success:
+                self.late += 1
+                if late != self._confirmed:
+                    self._confirmed = _NOTHING
             return
         if success:
             self._in_flight = None
@@ -288,16 +332,40 @@ class ServiceCalls:
         if call is not None and call.id == call_id:
             self._fail(now_s, call.request, reason)
 
+    def _start(self, now_s: float, wanted: Request) -> Call:
+        self._retry = _NOTHING   # (a stop after a pre-empted call waits for no retry period)
+        self._next_id += 1
+        self._in_flight = Call(self._next_id, wanted)
+        self._sent_s = now_s
+        self.made += 1
+        return self._in_flight
+
+    def _abandon(self, call: Call) -> None:
+        # The driver may still run it and answer: its answer is listened for, and until then
+        # nothing is confirmed.
+        self._in_flight = None
+        self._confirmed = _NOTHING
+        self._abandoned[call.id] = call.request
+        while len(self._abandoned) > KEEP_ABANDONED:
+            del self._abandoned[next(iter(self._abandoned))]
+
     def _fail(self, now_s: float, request: Request, error: str) -> None:
         self._in_flight = None
+        self._confirmed = _NOTHING   # the driver may have run it, or not: unknown
         self._failed, self._failed_s = request, now_s
+        self._retry = request
         self.failed += 1
         self.last_error = error
 
 
 @dataclass(frozen=True)
 class Step:
-    """What the node does now: ``publish`` a factor, start ``call``, cancel ``abandon``."""
+    """What the node does now: ``publish`` a factor, start ``call``, ``abandon`` a call.
+
+    An abandoned call is no longer waited for, but its answer is still passed to
+    :meth:`DriverAdapter.answered` (for the newest :data:`KEEP_ABANDONED`): it confirms nothing,
+    and a late success may make the driver's state unknown.
+    """
 
     command: Command
     publish: float | None = None
@@ -325,12 +393,13 @@ class DriverAdapter:
         self.heartbeat = Heartbeat(cfg.publish_period_s)
         self.calls: ServiceCalls | None = None
         if cfg.output == 'ur_speed_slider':
-            self.calls = ServiceCalls(cfg, resend_period_s=cfg.slider_resend_period_s)
+            self.calls = ServiceCalls(cfg, resend_period_s=cfg.slider_resend_period_s,
+                                      safer=self.safer)
         elif cfg.output == 'stop_trigger':
             self.calls = ServiceCalls(cfg, no_call=frozenset() if has_resume
-                                      else frozenset({RESUME}))
+                                      else frozenset({RESUME}), safer=self.safer)
         elif cfg.output == 'stop_setbool':
-            self.calls = ServiceCalls(cfg)
+            self.calls = ServiceCalls(cfg, safer=self.safer)
         self._last_reason: Reason | None = None
         self._last_diag_s = 0.0
         self.last = Command(0.0, Reason.SILENT, 'not started')
@@ -357,6 +426,14 @@ class DriverAdapter:
             return STOP if stop else RESUME
         return stop
 
+    def safer(self, new: Request, old: Request) -> bool:
+        """Return whether request ``new`` lets the robot move less than ``old``."""
+        if self.cfg.output == 'ur_speed_slider':
+            assert isinstance(new, float) and isinstance(old, float)
+            return new < old
+        stop = STOP if self.cfg.output == 'stop_trigger' else True
+        return new == stop and old != stop
+
     def tick(self, now_s: float) -> Step:
         """Decide now (the node's timer calls this between messages)."""
         command = self.last = self.input.command(now_s)
@@ -364,8 +441,20 @@ class DriverAdapter:
         if self.calls is None:
             assert isinstance(wanted, float)
             return Step(command, publish=wanted if self.heartbeat.take(now_s, wanted) else None)
-        abandon = self.calls.expire(now_s)
+        abandon = self.calls.expire(now_s) or self.calls.preempt(wanted)
         return Step(command, call=self.calls.poll(now_s, wanted), abandon=abandon)
+
+    def stop_now(self, now_s: float, detail: str) -> Step:
+        """Hold a stop and send it now, whatever is in flight or confirmed (the node exiting)."""
+        self.input.hold(detail)
+        command = self.last = self.input.command(now_s)
+        wanted = self.wanted(command)
+        if self.calls is None:
+            assert isinstance(wanted, float)
+            self.heartbeat.take(now_s, wanted, force=True)
+            return Step(command, publish=wanted)
+        abandon, call = self.calls.force(now_s, wanted)
+        return Step(command, call=call, abandon=abandon)
 
     def answered(self, now_s: float, call_id: int, success: bool, message: str = '') -> Step:
         """Take the driver's answer and decide (a failure may start a retry)."""
@@ -416,6 +505,8 @@ class DriverAdapter:
                 'calls_made': str(calls.made),
                 'calls_succeeded': str(calls.succeeded),
                 'calls_failed': str(calls.failed),
+                'calls_preempted': str(calls.preempted),
+                'late_answers': str(calls.late),
                 'call_in_flight': 'no' if calls.in_flight is None
                 else _show(calls.in_flight.request),
                 'last_error': calls.last_error or 'none',

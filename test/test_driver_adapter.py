@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cobot_hybrid_perception.driver_adapter import (
+    KEEP_ABANDONED,
     RESUME,
     STOP,
     AdapterConfig,
@@ -249,8 +250,9 @@ def test_an_unanswered_call_is_abandoned_after_the_call_timeout() -> None:
     assert calls and 0.0 <= calls[0] * 0.01 - (timeout + retry) + 1e-9 <= step_s  # not before
     retry_call = steps[calls[0]].call
     assert retry_call.request == 0.5 and retry_call.id != first.call.id
-    adapter.answered(2.0, first.call.id, True)     # the late answer of the abandoned call
-    assert adapter.calls.confirmed == 0.01 and adapter.calls.in_flight == retry_call
+    assert adapter.calls.confirmed is None   # unknown since the timeout (0.5 may have run)
+    adapter.calls.answered(2.0, first.call.id, True)   # the late answer of the abandoned call
+    assert adapter.calls.confirmed is None and adapter.calls.in_flight == retry_call
 
 
 def test_a_missing_service_is_counted_and_retried() -> None:
@@ -292,6 +294,221 @@ def test_stop_outputs_stop_at_or_below_stop_at_scale() -> None:
     assert step.call.request is False
     confirm(adapter, 0.02, step)
     assert running(adapter, 0.03, 0.2).call.request is True
+
+
+# --- a stop never waits: unknown after a failure, pre-emption, the exit stop ------------------
+
+#: (output, the stop request, a request that lets the robot move)
+STOP_OUTPUTS = [('stop_trigger', STOP, RESUME), ('stop_setbool', True, False),
+                ('ur_speed_slider', 0.01, 1.0)]
+
+
+def resuming(output: str) -> tuple[DriverAdapter, Step]:
+    """An adapter whose driver confirmed the stop, now with the move request in flight."""
+    # (stop_trigger: with a resume service; the slider: no resend to hide a fault)
+    adapter = DriverAdapter(AdapterConfig(output=output, slider_resend_period_s=3600.0),
+                            has_resume=True)
+    confirm(adapter, 0.0, adapter.tick(0.0))
+    step = running(adapter, 0.01, 1.0)
+    assert step.call is not None and adapter.calls.in_flight == step.call
+    return adapter, step
+
+
+def stopping(adapter: DriverAdapter, now: float) -> Step:
+    """The monitor says stop (the stop first, as it publishes); return the step that acted."""
+    first = adapter.on_protective_stop(now, True)
+    second = adapter.on_speed_scale(now, 0.0)
+    return first if first.call is not None or first.abandon is not None else second
+
+
+@pytest.mark.parametrize(('output', 'stop', 'move'), STOP_OUTPUTS)
+@pytest.mark.parametrize('failure', ['timeout', 'refused', 'unavailable'])
+def test_a_failed_move_call_leaves_the_state_unknown_and_the_next_stop_is_called(
+        output: str, stop: object, move: object, failure: str) -> None:
+    adapter, step = resuming(output)
+    move_call = step.call
+    assert move_call.request == move
+    if failure == 'timeout':   # the driver may have run it and answer late, or never
+        t, abandon = 0.01, None
+        while abandon is None:
+            t += 0.01
+            abandon = running(adapter, t, 1.0).abandon
+        assert abandon == move_call
+    elif failure == 'refused':
+        t = 0.02
+        adapter.answered(t, move_call.id, False, 'busy')
+    else:
+        t = 0.02
+        adapter.unavailable(t, move_call.id, 'service gone')
+    assert adapter.calls.confirmed is None and adapter.calls.failed == 1
+    step = stopping(adapter, t + 0.01)   # within retry_period_s of the failure: still at once
+    assert step.call is not None and step.call.request == stop, step
+    confirm(adapter, t + 0.02, step)
+    assert adapter.calls.confirmed == stop
+
+
+@pytest.mark.parametrize(('output', 'stop', 'move'), STOP_OUTPUTS)
+def test_a_stop_while_a_move_call_is_in_flight_is_sent_at_once(output: str, stop: object,
+                                                                move: object) -> None:
+    adapter, step = resuming(output)
+    move_call = step.call
+    step = stopping(adapter, 0.02)
+    assert step.abandon == move_call
+    assert step.call is not None and step.call.request == stop
+    assert adapter.calls.in_flight == step.call and adapter.calls.preempted == 1
+    assert adapter.calls.confirmed is None   # the move may have run: nothing is confirmed
+    assert adapter.diagnostic_values(0.02)['calls_preempted'] == '1'
+    # The other way round waits: a move never pre-empts a stop in flight.
+    assert running(adapter, 0.03, 1.0).call is None
+    assert adapter.calls.in_flight == step.call and adapter.calls.made == 3
+
+
+def test_a_lower_slider_fraction_pre_empts_a_higher_one_and_a_raise_waits() -> None:
+    adapter = slider()
+    first = running(adapter, 0.0, 0.8).call
+    lower = adapter.on_speed_scale(0.01, 0.5)
+    assert lower.abandon == first and lower.call.request == 0.5
+    assert adapter.on_speed_scale(0.02, 0.7).call is None   # a raise waits for the answer
+    assert adapter.calls.in_flight == lower.call
+    step = adapter.answered(0.03, lower.call.id, True)
+    assert step.call.request == 0.7                        # the newest wanted, next
+
+
+@pytest.mark.parametrize(('output', 'stop', 'move'), STOP_OUTPUTS)
+def test_a_late_answer_to_an_abandoned_call_confirms_nothing(output: str, stop: object,
+                                                             move: object) -> None:
+    adapter, step = resuming(output)
+    move_call = step.call
+    stop_call = stopping(adapter, 0.02).call
+    assert stop_call.request == stop
+    adapter.answered(0.03, move_call.id, True)            # late, while the stop is in flight
+    assert adapter.calls.confirmed is None and adapter.calls.in_flight == stop_call
+    assert adapter.calls.late == 1 and adapter.calls.succeeded == 1   # (the start's stop)
+    assert stopping(adapter, 0.04).call is None           # the stop is still in flight
+    confirm(adapter, 0.05, Step(adapter.last, call=stop_call))
+    assert adapter.calls.confirmed == stop
+    assert stopping(adapter, 0.06).call is None           # confirmed: nothing to send
+
+
+@pytest.mark.parametrize(('output', 'stop', 'move'), STOP_OUTPUTS)
+def test_a_late_success_after_a_newer_confirmation_makes_the_driver_state_unknown(
+        output: str, stop: object, move: object) -> None:
+    """The driver may have run the old request last: the wanted stop is sent again."""
+    adapter, step = resuming(output)
+    move_call = step.call
+    stop_call = stopping(adapter, 0.02).call
+    confirm(adapter, 0.03, Step(adapter.last, call=stop_call))
+    assert adapter.calls.confirmed == stop
+    again = adapter.answered(0.04, move_call.id, True)     # the move, answered after the stop
+    assert again.call is not None and again.call.request == stop   # sent again, at once
+    assert adapter.calls.confirmed is None and adapter.calls.late == 1
+    adapter.answered(0.05, move_call.id, True)             # (an answer counts once)
+    assert adapter.calls.late == 1 and adapter.calls.in_flight == again.call
+
+
+def test_a_late_refusal_changes_nothing_and_only_the_newest_abandoned_are_kept() -> None:
+    adapter = slider()
+    calls = [running(adapter, 0.0, 1.0).call]
+    for k in range(1, KEEP_ABANDONED + 3):   # each lower fraction pre-empts the one before
+        calls.append(adapter.on_speed_scale(0.001 * k, 1.0 - 0.05 * k).call)
+    assert all(call is not None for call in calls) and adapter.calls.preempted == len(calls) - 1
+    confirm(adapter, 0.1, Step(adapter.last, call=calls[-1]))
+    confirmed = adapter.calls.confirmed
+    adapter.answered(0.11, calls[-2].id, False, 'too late')   # a refusal: it did not run
+    adapter.answered(0.12, calls[0].id, True)                 # too old: no longer listened for
+    assert adapter.calls.confirmed == confirmed and adapter.calls.late == 0
+    adapter.answered(0.13, calls[-3].id, True)                # kept: the state is unknown
+    assert adapter.calls.confirmed is None and adapter.calls.late == 1
+
+
+@pytest.mark.parametrize(('output', 'stop', 'move'), STOP_OUTPUTS)
+@pytest.mark.parametrize('before', ['move_in_flight', 'stop_in_flight', 'stop_confirmed'])
+def test_the_exit_stop_is_sent_whatever_is_in_flight_or_confirmed(
+        output: str, stop: object, move: object, before: str) -> None:
+    adapter, step = resuming(output)
+    in_flight = step.call
+    if before != 'move_in_flight':
+        in_flight = stopping(adapter, 0.02).call
+    if before == 'stop_confirmed':
+        confirm(adapter, 0.03, Step(adapter.last, call=in_flight))
+        in_flight = None
+    step = adapter.stop_now(0.04, 'driver adapter exiting')
+    assert step.call is not None and step.call.request == stop
+    assert step.abandon == in_flight and adapter.calls.in_flight == step.call
+    assert step.command.scale == 0.0 and 'exiting' in step.command.detail
+    assert running(adapter, 0.05, 1.0).command.scale == 0.0   # held
+
+
+def test_the_exit_stop_publishes_a_zero_factor_even_if_unchanged() -> None:
+    adapter = DriverAdapter(CFG)
+    assert adapter.tick(0.0).publish == 0.0
+    assert adapter.tick(0.001).publish is None
+    assert adapter.stop_now(0.002, 'driver adapter exiting').publish == 0.0
+
+
+#: Request order by how much the robot may move (lower: less).
+_RANK = {STOP: 0, RESUME: 1, True: 0, False: 1}
+
+_CALL_EVENT = st.one_of(
+    st.tuples(st.just('input'), st.floats(min_value=0.0, max_value=0.3),
+              st.sampled_from([0.0, 0.3, 0.6, 1.0]), st.booleans()),
+    st.tuples(st.just('tick'), st.floats(min_value=0.0, max_value=0.6), st.none(), st.none()),
+    st.tuples(st.just('answer'), st.floats(min_value=0.0, max_value=0.1), st.booleans(),
+              st.none()),
+    st.tuples(st.just('unavailable'), st.floats(min_value=0.0, max_value=0.1), st.none(),
+              st.none()),
+    st.tuples(st.just('late'), st.floats(min_value=0.0, max_value=0.1), st.booleans(),
+              st.integers(min_value=0, max_value=20)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(output=st.sampled_from(['stop_trigger', 'stop_setbool', 'ur_speed_slider']),
+       events=st.lists(_CALL_EVENT, max_size=60))
+def test_the_driver_is_never_last_told_more_than_wanted_nor_believed_to_hold_another(
+        output: str, events: list) -> None:
+    """The driver is never last told more than wanted, nor believed to hold an older request.
+
+    Whatever answers come (late, refused, none), after every step the last request sent lets
+    the robot move no more than the wanted one; with no call in flight the confirmed request,
+    if any, is the last one sent (what a driver that runs requests in order holds).
+    """
+    adapter = DriverAdapter(AdapterConfig(output=output), has_resume=True)
+
+    def rank(request: object) -> float:
+        return request if isinstance(request, float) else _RANK[request]
+
+    now, sent, abandoned = 0.0, [], []
+
+    def took(step: Step | None) -> None:
+        if step is not None:
+            if step.abandon is not None:
+                abandoned.append(step.abandon)
+            if step.call is not None:
+                sent.append(step.call.request)
+        assert sent, events
+        assert rank(sent[-1]) <= rank(adapter.wanted(adapter.last)), (events, sent)
+        in_flight = adapter.calls.in_flight
+        if in_flight is not None:
+            assert in_flight.request == sent[-1], (events, sent)
+        else:
+            assert adapter.calls.confirmed in (None, sent[-1]), (events, sent)
+
+    took(adapter.tick(now))
+    for kind, dt, a, b in events:
+        now += dt
+        in_flight = adapter.calls.in_flight
+        if kind == 'input':
+            took(adapter.on_protective_stop(now, b))
+            took(adapter.on_speed_scale(now, a))
+        elif kind == 'tick':
+            took(adapter.tick(now))
+        elif kind == 'answer' and in_flight is not None:
+            took(adapter.answered(now, in_flight.id, a))
+        elif kind == 'unavailable' and in_flight is not None:
+            adapter.unavailable(now, in_flight.id, 'service gone')
+            took(None)
+        elif kind == 'late' and abandoned:
+            took(adapter.answered(now, abandoned[b % len(abandoned)].id, a))
 
 
 # --- diagnostics and settings ------------------------------------------------------------------

@@ -282,3 +282,38 @@ def test_refused_missing_services_counted_bad_value_and_exit_zero_the_factor(
     assert factor.stop() == 0, factor.log()
     assert harness.spin_until(lambda: record.values('factor', stopped_at)[-1:] == [0.0], 3.0), \
         (record.values('factor', stopped_at), factor.log())   # its last word was a stop
+
+
+def test_a_stop_reaches_a_slow_driver_while_an_earlier_call_is_unanswered(
+        make_node: Any, ros_process: Any, tmp_path: Path) -> None:
+    harness = make_node('adapter_feeder')
+    heard = listen(harness)
+    feeder = Feeder(harness)
+    # The driver runs a resume at once but answers it only after 600 s (never, in this test).
+    record = start_driver(ros_process, tmp_path, '--slow', 'resume', '--answer-delay-s', '600')
+    # call_timeout_s 60: a stop that waited for the resume's answer or its timeout could not
+    # reach the driver within this test's waits.
+    adapter = start_adapter(ros_process, 'stop_trigger', name='slow_adapter',
+                            input_timeout_s=1.0, call_timeout_s=60.0, stop_service='stop',
+                            resume_service='resume')
+    assert harness.spin_until(lambda: record.entries('stop'), 60.0), adapter.log()
+    t = time.monotonic()
+    assert feeder.feed(1.0, False, lambda: bool(record.entries('resume', t)), 30.0), \
+        adapter.log()
+    decided = time.monotonic()   # the monitor says stop; the resume is still unanswered
+    assert feeder.feed(0.0, True, lambda: bool(record.entries('stop', decided)), 10.0), \
+        (record.entries('stop'), adapter.log())
+    assert not record.entries('answered')   # the stop arrived while the resume was unanswered
+
+    def preempted() -> bool:
+        return any(v['calls_preempted'] == '1' and v['confirmed'] == 'stop'
+                   for _, v in heard.diag('slow_adapter: stop_trigger', decided))
+    assert feeder.feed(0.0, True, preempted, 10.0), heard.diag('slow_adapter: stop_trigger')
+
+    t = time.monotonic()   # moving again: a second resume, unanswered too; then Ctrl-C
+    assert feeder.feed(1.0, False, lambda: bool(record.entries('resume', t)), 10.0)
+    stopped_at = time.monotonic()
+    assert adapter.stop() == 0, adapter.log()
+    assert harness.spin_until(lambda: record.entries('stop', stopped_at), 5.0), \
+        adapter.log()   # the exit stop was not skipped
+    assert not record.entries('answered')

@@ -17,8 +17,10 @@ Silence (no input for ``input_timeout_s``, or none yet) and invalid values comma
 hold it. Publishes ``diagnostics`` (output, commanded value, reason, calls made/failed) at 2 Hz
 and on every change of reason. Lifecycle: wired in ``on_configure``, commands only while
 active; deactivating, shutting down and leaving the process (Ctrl-C, SIGTERM) command a stop
-first. The watchdog timer runs on the steady clock, so a stalled ``/clock`` cannot hide
-silence.
+first, sent at once even while another call is unanswered. A stop (or a lower slider fraction)
+does not wait for a call in flight either: that call is abandoned, and its late answer, still
+listened for, confirms nothing. The watchdog timer runs on the steady clock, so a stalled
+``/clock`` cannot hide silence.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from std_srvs.srv import SetBool, Trigger
 from ur_msgs.srv import SetSpeedSliderFraction
 
 from cobot_hybrid_perception.driver_adapter import (
+    KEEP_ABANDONED,
     RESUME,
     AdapterConfig,
     Call,
@@ -96,6 +99,7 @@ class DriverAdapterNode(LifecycleNode):
         self._entities: list[Any] = []
         self._driver_clients: dict[str, Any] = {}
         self._futures: dict[int, Future] = {}
+        self._abandoned: dict[int, Future] = {}   # (their late answers are still listened for)
         self._factor_pub: Any = None
         self._diag_pub: Any = None
         self._timer: Any = None
@@ -188,9 +192,9 @@ class DriverAdapterNode(LifecycleNode):
         return ', '.join(client.service_name for client in self._driver_clients.values())
 
     def _release(self) -> None:
-        for future in self._futures.values():
+        for future in (*self._futures.values(), *self._abandoned.values()):
             future.cancel()
-        self._futures = {}
+        self._futures, self._abandoned = {}, {}
         for entity in self._entities:
             self.destroy_subscription(entity)
         self._entities = []
@@ -262,9 +266,13 @@ class DriverAdapterNode(LifecycleNode):
 
     def _on_answer(self, call: Call, future: Future) -> None:
         self._futures.pop(call.id, None)
+        late = self._abandoned.pop(call.id, None) is not None
         adapter = self._adapter
         if adapter is None or future.cancelled():
             return
+        if late:
+            self.get_logger().warning(f'late answer to the abandoned {call.request!r} call (it '
+                                      'confirms nothing)', throttle_duration_sec=5.0)
         now = time.monotonic()
         try:
             response = future.result()
@@ -279,34 +287,39 @@ class DriverAdapterNode(LifecycleNode):
         self._run(lambda adapter, now: adapter.answered(now, call.id, success, message))
 
     def _abandon(self, call: Call) -> None:
+        """Stop waiting for a call; keep listening for its answer (the core decides what it means).
+
+        Only the newest ``KEEP_ABANDONED`` are kept, so a driver that never answers cannot grow
+        the client's pending requests without bound.
+        """
         future = self._futures.pop(call.id, None)
         if future is None:
             return
-        for client in self._driver_clients.values():
-            client.remove_pending_request(future)
-        future.cancel()
-        self.get_logger().warning(f'no answer to {call.request!r}; call abandoned',
-                                  throttle_duration_sec=5.0)
+        self._abandoned[call.id] = future
+        while len(self._abandoned) > KEEP_ABANDONED:
+            oldest = self._abandoned.pop(next(iter(self._abandoned)))
+            for client in self._driver_clients.values():
+                client.remove_pending_request(oldest)
+            oldest.cancel()
+        self.get_logger().warning(f'stopped waiting for the answer to {call.request!r} '
+                                  '(call abandoned)', throttle_duration_sec=5.0)
 
     def _command_stop(self, why: str, wait_s: float = 0.0) -> None:
-        """Tell the driver to stop on the way out; wait up to ``wait_s`` for a call's answer.
+        """Tell the driver to stop on the way out; wait up to ``wait_s`` for the answer.
 
-        (A call already in flight is not doubled: the stop then waits for the next tick.)
+        The stop is sent even if the driver confirmed one already, and even while another call
+        is in flight (that call is abandoned).
         """
         adapter = self._adapter
         if adapter is None:
             return
         self.get_logger().info(f'{why}: commanding a stop')
-        adapter.input.hold(f'driver adapter {why}')
         now = time.monotonic()
-        step = adapter.tick(now)
-        if self._factor_pub is not None:
-            self._factor_pub.publish(SpeedScalingFactor(factor=0.0))   # even if unchanged
-        elif step.call is not None:
-            self._start(step.call, now)
-            future = self._futures.get(step.call.id)
-            if future is not None and wait_s > 0.0:
-                rclpy.spin_until_future_complete(self, future, timeout_sec=wait_s)
+        step = adapter.stop_now(now, f'driver adapter {why}')
+        self._act(step, now)
+        future = None if step.call is None else self._futures.get(step.call.id)
+        if future is not None and wait_s > 0.0:
+            rclpy.spin_until_future_complete(self, future, timeout_sec=wait_s)
 
 
 def _interrupt(signum: int, frame: object) -> None:
