@@ -264,6 +264,8 @@ def test_a_message_paho_cannot_send_is_rejected_and_the_rest_go(tmp_path: Path,
     try:
         assert wait_for(lambda: consumer.seqs() == seqs, 10.0), consumer.seqs()
         assert wait_for(lambda: link.queue.stats().dropped['rejected'] == 1, 5.0)
+        # The consumer can hear a message before its PUBACK is back at the link.
+        assert wait_for(lambda: link.queue.stats().queued == 0, 5.0), link.queue.stats()
         stats = link.queue.stats()
         assert stats.queued == 0 and stats.delivered == 10 and stats.balanced
     finally:

@@ -26,6 +26,7 @@ listened for, confirms nothing. The watchdog timer runs on the steady clock, so 
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -322,20 +323,26 @@ class DriverAdapterNode(LifecycleNode):
             rclpy.spin_until_future_complete(self, future, timeout_sec=wait_s)
 
 
+_exit_requested = threading.Event()
+
+
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    # Only a flag: an exception raised here lands inside rclpy's C calls, which turn it into a
+    # RuntimeError ("Unable to convert call argument") and the process ends in a traceback.
+    _exit_requested.set()
 
 
 def _spin(node: DriverAdapterNode) -> None:
     # rclpy's own SIGINT/SIGTERM handler invalidates the context before any Python code runs,
-    # so the exit stop could not be published: take both as KeyboardInterrupt instead, and
-    # destroy_node (called by run_node on the way out) commands the stop.
+    # so the exit stop could not be published: take both as a request to leave the spin loop
+    # instead, and destroy_node (called by run_node on the way out) commands the stop.
     uninstall_signal_handlers()
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     if node._shell.config.autostart:
         autostart(node)
-    rclpy.spin(node)
+    while rclpy.ok() and not _exit_requested.is_set():
+        rclpy.spin_once(node, timeout_sec=0.1)
 
 
 def main(args: list[str] | None = None) -> None:
