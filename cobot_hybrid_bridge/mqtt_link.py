@@ -53,13 +53,11 @@ import os
 import random
 import select
 import socket
-import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
@@ -74,9 +72,10 @@ from cobot_hybrid_bridge.publish_policy import (
     cloud_timeout,
     settle,
 )
+from cobot_hybrid_protocol.broker_auth import BrokerAuth
 from cobot_hybrid_protocol.delivery import delivered_topic, parse_delivered
-from cobot_hybrid_protocol.errors import PayloadError
-from cobot_hybrid_protocol.settings import check_settings, setting
+from cobot_hybrid_protocol.errors import BrokerAuthError, PayloadError
+from cobot_hybrid_protocol.settings import check_settings, same_as, setting
 from cobot_hybrid_protocol.status import status_payload
 from cobot_hybrid_protocol.topics import (
     RobotIdError,
@@ -133,12 +132,12 @@ class LinkConfig:
     cloud_ack_timeout_s: float = setting(30.0, 'not acknowledged by the cloud by then: sent '
                                          'again (doubling, at most 10 min)', unit='s',
                                          low=0.1, high=3600.0)
-    tls_ca: str = setting('', 'CA certificate file (enables TLS)')
-    tls_cert: str = setting('', 'client certificate file (mTLS), with tls_key')
-    tls_key: str = setting('', 'client key file (mTLS)')
-    username: str = setting('', 'MQTT username')
-    password_file: str = setting('', 'file holding the MQTT password')
-    password_env: str = setting('', 'environment variable holding the MQTT password')
+    tls_ca: str = same_as(BrokerAuth, 'tls_ca')
+    tls_cert: str = same_as(BrokerAuth, 'tls_cert')
+    tls_key: str = same_as(BrokerAuth, 'tls_key')
+    username: str = same_as(BrokerAuth, 'username')
+    password_file: str = same_as(BrokerAuth, 'password_file')
+    password_env: str = same_as(BrokerAuth, 'password_env')
 
     def __post_init__(self) -> None:
         topic_prefix(self.robot_id)
@@ -153,22 +152,19 @@ class LinkConfig:
                               'cloud_ack_timeout_s > 0')
         if not 0 < self.delete_every_s <= 10.0:
             raise BridgeError(f'delete_every_s {self.delete_every_s} must be in (0, 10] s')
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise BridgeError('tls_cert and tls_key go together (client certificate, mTLS)')
-        for name in ('tls_ca', 'tls_cert', 'tls_key', 'password_file'):
-            path = getattr(self, name)
-            if path and not Path(path).is_file():
-                raise BridgeError(f'{name} {path} does not exist')
-        if self.password_env and self.password_env not in os.environ:
-            raise BridgeError(f'password_env {self.password_env} is not set')
+        try:
+            self.auth.check()
+        except BrokerAuthError as exc:
+            raise BridgeError(str(exc)) from None
+
+    @property
+    def auth(self) -> BrokerAuth:
+        """The TLS files and credentials (one source with the planner's)."""
+        return BrokerAuth.of(self)
 
     def password(self) -> str | None:
         """Return the password from its file or environment variable (never from YAML)."""
-        if self.password_file:
-            return Path(self.password_file).read_text().strip()
-        if self.password_env:
-            return os.environ[self.password_env]
-        return None
+        return self.auth.password()
 
 
 @dataclass
@@ -280,10 +276,9 @@ class MqttLink:
                                   clean_session=None if self._v5 else False)
         self.client.max_inflight_messages_set(0)   # the window is ours (see _fill)
         self.client.max_queued_messages_set(0)
-        if cfg.tls_ca or cfg.tls_cert:
-            self.client.tls_set(ca_certs=cfg.tls_ca or None, certfile=cfg.tls_cert or None,
-                                keyfile=cfg.tls_key or None, cert_reqs=ssl.CERT_REQUIRED,
-                                tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        tls = cfg.auth.tls_arguments()
+        if tls is not None:
+            self.client.tls_set(**tls)
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password())
         self.client.will_set(status_topic(cfg.robot_id), self._status('offline'), qos=1,

@@ -87,7 +87,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                            broker_host=args.host, broker_port=args.port,
                            client_id=args.replica_id, data_dir=args.data_dir,
                            plan_time_limit_s=args.time_limit, fleet_id=args.fleet,
-                           lease_s=args.lease_s)
+                           lease_s=args.lease_s, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                           tls_key=args.tls_key, username=args.username,
+                           password_file=args.password_file, password_env=args.password_env)
     params.require_files()
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
     service = PlannerService(params, load_site(Path(args.site)),
@@ -134,4 +136,6 @@ def register(subparsers: Any) -> None:
     _flag(serve, '--data-dir', 'data_dir')
     _flag(serve, '--orders', 'orders_file')
     _flag(serve, '--time-limit', 'plan_time_limit_s')
+    for name in ('tls_ca', 'tls_cert', 'tls_key', 'username', 'password_file', 'password_env'):
+        _flag(serve, '--' + name.replace('_', '-'), name)
     serve.set_defaults(func=_cmd_serve)

@@ -3,7 +3,8 @@
 :class:`PahoSession` is the :class:`~cobot_hybrid_protocol.transport.Transport` that
 :class:`~cobot_hybrid_planner.service.PlannerService` uses outside tests.
 
-MQTT 5, a persistent session (``clean_start`` false, one hour of session expiry: the broker
+MQTT 5 (with TLS, a client certificate and/or a password when configured: :func:`apply_auth`),
+a persistent session (``clean_start`` false, one hour of session expiry: the broker
 queues what arrives while the planner restarts), subscriptions renewed on every connect,
 paho's network thread in the background (reconnects with its backoff), user properties handed
 over as text.
@@ -18,9 +19,21 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from cobot_hybrid_protocol.broker_auth import BrokerAuth
 from cobot_hybrid_protocol.transport import Message, Published
 
-__all__ = ['PahoSession']
+__all__ = ['PahoSession', 'apply_auth']
+
+
+def apply_auth(client: mqtt.Client, auth: BrokerAuth | None) -> None:
+    """Give a paho client its TLS files and credentials (nothing for an open broker)."""
+    if auth is None:
+        return
+    tls = auth.tls_arguments()
+    if tls is not None:
+        client.tls_set(**tls)
+    if auth.username:
+        client.username_pw_set(auth.username, auth.password())
 
 _MAX_PROPERTIES = 16
 
@@ -29,11 +42,12 @@ class PahoSession:
     """One MQTT 5 client of the planner (the fleet session, or a single planner's)."""
 
     def __init__(self, client_id: str, host: str, port: int,
-                 session_expiry_s: int = 3600) -> None:
+                 session_expiry_s: int = 3600, auth: BrokerAuth | None = None) -> None:
         self.client_id, self.host, self.port = client_id, host, port
         self.session_expiry_s = session_expiry_s
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5)
+        apply_auth(self.client, auth)
         self._subscriptions: list[tuple[str, int]] = []
         self._on_message: Callable[[Message], None] | None = None
         self.client.on_connect = self._on_connect

@@ -38,6 +38,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from cobot_hybrid_planner.lease import FleetLease, lease_topic
+from cobot_hybrid_planner.mqtt_session import apply_auth
+from cobot_hybrid_protocol.broker_auth import BrokerAuth
 from cobot_hybrid_protocol.topics import planner_topic, shared_orders_filter
 
 __all__ = ['FleetReplica', 'fleet_orders_topic', 'ledger_topic']
@@ -73,6 +75,7 @@ class FleetReplica:
     host: str
     port: int
     lease_s: float = 6.0
+    auth: BrokerAuth | None = None           # TLS files and credentials, as the sessions'
     snapshot: bytes | None = None            # the newest retained ledger snapshot heard
     forwarded: int = 0
     _records: deque[bytes] = field(default_factory=deque)
@@ -90,6 +93,7 @@ class FleetReplica:
                                 settle_s=min(1.0, self.lease_s / 4))
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.replica_id,
                                   protocol=mqtt.MQTTv5, manual_ack=True)
+        apply_auth(self.client, self.auth)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish

@@ -45,11 +45,12 @@ from cobot_hybrid_planner.progress import ProgressTracker
 from cobot_hybrid_planner.replica import FleetReplica, fleet_orders_topic
 from cobot_hybrid_planner.site import Site
 from cobot_hybrid_protocol import signing
+from cobot_hybrid_protocol.broker_auth import BrokerAuth
 from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock, WallStepDetector
-from cobot_hybrid_protocol.errors import KeyFileError, PayloadError, TopicError
+from cobot_hybrid_protocol.errors import BrokerAuthError, KeyFileError, PayloadError, TopicError
 from cobot_hybrid_protocol.limits import TELEMETRY_LIMITS, parse_json, parse_yaml
 from cobot_hybrid_protocol.paths import planner_data_dir
-from cobot_hybrid_protocol.settings import check_settings, setting, specs
+from cobot_hybrid_protocol.settings import check_settings, same_as, setting, specs
 from cobot_hybrid_protocol.topics import (
     MISSION_ACK,
     ORDERS_TOPIC,
@@ -88,6 +89,12 @@ class PlannerConfig:
     broker_host: str = setting('127.0.0.1', 'MQTT broker host')
     broker_port: int = setting(1883, 'MQTT broker port', low=1, high=65535)
     client_id: str = setting('planner', 'MQTT client id of this replica (one per replica)')
+    tls_ca: str = same_as(BrokerAuth, 'tls_ca')
+    tls_cert: str = same_as(BrokerAuth, 'tls_cert')
+    tls_key: str = same_as(BrokerAuth, 'tls_key')
+    username: str = same_as(BrokerAuth, 'username')
+    password_file: str = same_as(BrokerAuth, 'password_file')
+    password_env: str = same_as(BrokerAuth, 'password_env')
     data_dir: str = setting('', 'fleet store and mission ledger folder ("" = '
                             '~/.local/state/cobot_hybrid/planner)')
     plan_time_limit_s: float = setting(2.0, 'planning time limit', unit='s', low=0.05,
@@ -113,11 +120,20 @@ class PlannerConfig:
         if isinstance(self.data_dir, Path):   # from code and tests: a folder as a Path
             object.__setattr__(self, 'data_dir', str(self.data_dir))
         check_settings(self, PlannerError)
+        try:
+            self.auth.check()
+        except BrokerAuthError as exc:
+            raise PlannerError(str(exc)) from None
         if self.fleet_id:
             try:
                 check_fleet_id(self.fleet_id)
             except TopicError as exc:
                 raise PlannerError(str(exc)) from None
+
+    @property
+    def auth(self) -> BrokerAuth:
+        """The TLS files and credentials of every session of this replica."""
+        return BrokerAuth.of(self)
 
     @property
     def data_path(self) -> Path:
@@ -186,7 +202,8 @@ class PlannerService:
         fleet = self.cfg.fleet_id
         if fleet:
             self.replica = FleetReplica(fleet, self.cfg.client_id, self.cfg.broker_host,
-                                        self.cfg.broker_port, self.cfg.lease_s)
+                                        self.cfg.broker_port, self.cfg.lease_s,
+                                        auth=self.cfg.auth)
             # The fleet's session: its robots and its forwarded orders, queued by the broker
             # while ownership changes hands.
             self._subscriptions = [(robot_filter(r), 1) for r in sorted(self.site.robots)] \
@@ -197,7 +214,7 @@ class PlannerService:
             self._subscriptions, client_id = [(fleet_filter(), 1)], self.cfg.client_id
             self._orders_topics = (ORDERS_TOPIC,)
         self.transport = transport if transport is not None else PahoSession(
-            client_id, self.cfg.broker_host, self.cfg.broker_port)
+            client_id, self.cfg.broker_host, self.cfg.broker_port, auth=self.cfg.auth)
         self.issuer = MissionIssuer(self.ledger, self.fleet, self.site, self.private_key,
                                     self.cfg.key_id, self.transport)
 

@@ -13,14 +13,15 @@ Hierarchy::
       SignatureError     a signed command envelope failed a check; ``reason`` says which
                          (one of ``signing.SIGNATURE_REASONS``)
       KeyFileError       a signing or verification key file cannot be read or is not Ed25519
+      BrokerAuthError    broker credentials incomplete, or their files missing (broker_auth.py)
 
 Every one of them except KeyFileError is also a ``ValueError`` (bad input, not a bad program).
 """
 
 from __future__ import annotations
 
-__all__ = ['CrdtError', 'KeyFileError', 'PayloadError', 'ProtocolError', 'RobotIdError',
-           'SchemaError', 'SignatureError', 'TopicError']
+__all__ = ['BrokerAuthError', 'CrdtError', 'KeyFileError', 'PayloadError', 'ProtocolError',
+           'RobotIdError', 'SchemaError', 'SignatureError', 'TopicError']
 
 
 class ProtocolError(Exception):
@@ -63,3 +64,7 @@ class SignatureError(ProtocolError, ValueError):
 
 class KeyFileError(ProtocolError):
     """A key file cannot be read, or holds no Ed25519 key; the message names the file."""
+
+
+class BrokerAuthError(ProtocolError, ValueError):
+    """Broker credentials are incomplete or inconsistent, or a file of them is missing."""
