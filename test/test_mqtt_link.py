@@ -316,14 +316,17 @@ def test_robot_id_must_be_one_topic_level(robot_id: str, ok: bool) -> None:
 
 def test_credentials_never_come_from_config_values(tmp_path: Path) -> None:
     with pytest.raises(BridgeError, match='password_env'):
-        LinkConfig(robot_id='r', password_env='COBOT_HYBRID_NOT_SET_ANYWHERE')
+        LinkConfig(robot_id='r', username='r', password_env='COBOT_HYBRID_NOT_SET_ANYWHERE')
     with pytest.raises(BridgeError, match='does not exist'):
         LinkConfig(robot_id='r', tls_ca=str(tmp_path / 'missing-ca.pem'))
     with pytest.raises(BridgeError, match='go together'):
         LinkConfig(robot_id='r', tls_cert=str(tmp_path / 'x'))
     secret = tmp_path / 'password'
     secret.write_text('s3cret\n')
-    assert LinkConfig(robot_id='r', password_file=str(secret)).password() == 's3cret'
+    assert LinkConfig(robot_id='r', username='r',
+                      password_file=str(secret)).password() == 's3cret'
+    with pytest.raises(BridgeError, match='without a username'):   # paho cannot send it
+        LinkConfig(robot_id='r', password_file=str(secret))
 
 
 def test_broker_unreachable_at_start_is_retried_not_fatal(tmp_path: Path) -> None:
