@@ -2,7 +2,9 @@
 
 * ``plan ORDERS.yaml --site SITE.yaml [--json]``: plan offline, print missions and cost;
 * ``serve --site SITE.yaml --key KEY.pem [--fleet F --replica-id ID]``: the cloud planner
-  without ROS (a container next to the broker); with ``--fleet``, one of several replicas.
+  without ROS (a container next to the broker); with ``--fleet``, one of several replicas;
+* ``submit ORDERS.yaml [--site SITE.yaml]``: hand a work order to the planner over the broker
+  (the ``orders`` role); checked first, and the broker's answer said plainly.
 """
 
 from __future__ import annotations
@@ -110,6 +112,54 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+_AUTH = ('tls_ca', 'tls_cert', 'tls_key', 'username', 'password_file', 'password_env')
+_NOT_AUTHORIZED, _NO_SUBSCRIBERS = 0x87, 0x10
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    import uuid
+
+    from cobot_hybrid_planner.mqtt_session import publish_once
+    from cobot_hybrid_planner.orders import ORDERS_SCHEMA, validate_orders
+    from cobot_hybrid_planner.service import load_orders_file
+    from cobot_hybrid_planner.site import load_site
+    from cobot_hybrid_protocol.topics import ORDERS_TOPIC
+
+    data = load_orders_file(Path(args.orders))
+    if not isinstance(data, dict) or data.get('schema') != ORDERS_SCHEMA:
+        raise PlannerError(f'{args.orders} is not a work order: its schema must be '
+                           f'{ORDERS_SCHEMA!r} (see config/examples/orders.yaml)')
+    if args.site:
+        import sys
+
+        accepted, rejected = validate_orders(data, load_site(Path(args.site)))
+        reasons = '; '.join(f'{r.task_id}: {r.reason}' for r in rejected)
+        if rejected and not accepted:
+            raise PlannerError(f'the planner would reject every task: {reasons}')
+        if rejected:
+            print(f'warning: the planner will reject {reasons}', file=sys.stderr)
+    params = PlannerConfig(broker_host=args.host, broker_port=args.port,
+                           **{name: getattr(args, name) for name in _AUTH})
+    try:
+        code = publish_once(args.host, args.port, params.auth,
+                            f'orders-{uuid.uuid4().hex[:8]}', ORDERS_TOPIC,
+                            json.dumps(data).encode())
+    except (ConnectionError, TimeoutError) as exc:
+        raise PlannerError(str(exc)) from None
+    if code == _NOT_AUTHORIZED:
+        raise PlannerError('the broker refused the order (0x87 not authorized): submit with '
+                           "the orders role's certificate or user")
+    if code == _NO_SUBSCRIBERS:
+        raise PlannerError('no planner subscribes to the orders (0x10): the order was '
+                           'dropped; start a planner, then submit again')
+    if code >= 0x80:
+        raise PlannerError(f'the broker refused the order (reason 0x{code:02x})')
+    tasks = data.get('tasks')
+    count = len(tasks) if isinstance(tasks, list) else 0
+    print(f'submitted order {data.get("order_id")} ({count} tasks) to {args.host}:{args.port}')
+    return 0
+
+
 def _flag(parser: Any, flag: str, name: str, **kwargs: Any) -> None:
     """Add ``flag`` for the setting ``name`` of PlannerConfig: its default and its text."""
     default, spec = specs(PlannerConfig)[name]
@@ -136,6 +186,14 @@ def register(subparsers: Any) -> None:
     _flag(serve, '--data-dir', 'data_dir')
     _flag(serve, '--orders', 'orders_file')
     _flag(serve, '--time-limit', 'plan_time_limit_s')
-    for name in ('tls_ca', 'tls_cert', 'tls_key', 'username', 'password_file', 'password_env'):
+    for name in _AUTH:
         _flag(serve, '--' + name.replace('_', '-'), name)
     serve.set_defaults(func=_cmd_serve)
+    submit = subparsers.add_parser('submit', help='hand a work order to the planner over MQTT')
+    submit.add_argument('orders', help='work order YAML/JSON (schema cobot_hybrid/orders/v1)')
+    submit.add_argument('--site', default='', help='also check it against this site YAML')
+    _flag(submit, '--host', 'broker_host')
+    _flag(submit, '--port', 'broker_port')
+    for name in _AUTH:
+        _flag(submit, '--' + name.replace('_', '-'), name)
+    submit.set_defaults(func=_cmd_submit)

@@ -22,7 +22,7 @@ from paho.mqtt.properties import Properties
 from cobot_hybrid_protocol.broker_auth import BrokerAuth
 from cobot_hybrid_protocol.transport import Message, Published
 
-__all__ = ['PahoSession', 'apply_auth']
+__all__ = ['PahoSession', 'apply_auth', 'publish_once']
 
 
 def apply_auth(client: mqtt.Client, auth: BrokerAuth | None) -> None:
@@ -90,3 +90,47 @@ class PahoSession:
         self._on_message(Message(message.topic, bytes(message.payload), int(message.qos),
                                  bool(message.retain),
                                  {str(k): str(v) for k, v in pairs[:_MAX_PROPERTIES]}))
+
+
+def publish_once(host: str, port: int, auth: BrokerAuth | None, client_id: str, topic: str,
+                 payload: bytes, timeout_s: float = 10.0) -> int:
+    """Connect, publish one QoS 1 message, wait for its PUBACK; return the reason code.
+
+    Raises ``ConnectionError`` when the broker cannot be reached or refuses the connection
+    within ``timeout_s``, ``TimeoutError`` when no PUBACK comes.
+    """
+    import threading
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5)
+    apply_auth(client, auth)
+    connected, acked = threading.Event(), threading.Event()
+    outcome: dict[str, int] = {}
+
+    def on_connect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
+        outcome['connect'] = int(reason.value)
+        connected.set()
+
+    def on_publish(c: Any, u: Any, mid: int, reason: Any, props: Any) -> None:
+        outcome['puback'] = int(reason.value)
+        acked.set()
+
+    client.on_connect, client.on_publish = on_connect, on_publish
+    try:
+        client.connect(host, port, keepalive=30)
+    except (OSError, ValueError) as exc:
+        raise ConnectionError(f'cannot reach the broker at {host}:{port}: {exc}') from None
+    client.loop_start()
+    try:
+        if not connected.wait(timeout_s):
+            raise ConnectionError(f'no CONNACK from {host}:{port} within {timeout_s} s')
+        if outcome['connect'] >= 0x80:
+            raise ConnectionError(f'the broker at {host}:{port} refused the connection '
+                                  f'(reason 0x{outcome["connect"]:02x})')
+        client.publish(topic, payload, qos=1)
+        if not acked.wait(timeout_s):
+            raise TimeoutError(f'no PUBACK for {topic} within {timeout_s} s')
+        return outcome['puback']
+    finally:
+        client.disconnect()
+        client.loop_stop()

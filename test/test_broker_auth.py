@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +86,40 @@ def test_the_serve_command_takes_the_credentials(tmp_path: Path) -> None:
                               '--password-env', 'PW'])
     assert (args.tls_ca, args.tls_cert, args.tls_key, args.username, args.password_env) == \
         ('ca', 'c', 'k', 'planner', 'PW')
+
+
+def _submit(*args: str) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, '-m', 'cobot_hybrid_cli', 'submit', *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_submit_checks_the_order_before_it_goes_anywhere(tmp_path: Path) -> None:
+    import json
+
+    from conftest import ROOT, free_port
+
+    wrong = tmp_path / 'wrong.json'
+    wrong.write_text(json.dumps({'schema': 'something/else', 'tasks': []}))
+    result = _submit(str(wrong), '--port', str(free_port()))
+    assert result.returncode == 2 and 'is not a work order' in result.stderr
+    examples = ROOT / 'config' / 'examples'
+    nobody = tmp_path / 'nobody.json'
+    nobody.write_text(json.dumps({'schema': 'cobot_hybrid/orders/v1', 'order_id': 'o', 'tasks': [
+        {'task_id': 't', 'type': 'pick', 'station': 'nowhere', 'capability': 'pick',
+         'duration_s': 1}]}))
+    result = _submit(str(nobody), '--site', str(examples / 'site.yaml'))
+    assert result.returncode == 2 and 'would reject every task' in result.stderr, result.stderr
+    result = _submit(str(examples / 'orders.yaml'), '--port', str(free_port()))
+    assert result.returncode == 2 and 'cannot reach the broker' in result.stderr, result.stderr
+
+
+@pytest.mark.broker
+def test_submit_says_when_no_planner_listens(mosquitto_broker: Any) -> None:
+    from conftest import ROOT
+
+    result = _submit(str(ROOT / 'config' / 'examples' / 'orders.yaml'), '--port',
+                     str(mosquitto_broker.port))
+    assert result.returncode == 2 and 'no planner subscribes' in result.stderr, result.stderr

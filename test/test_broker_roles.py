@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -269,15 +270,26 @@ def test_the_planner_runs_against_the_shipped_tls_config_end_to_end(
                               '--lease-s', '2.0', name='planner')
         harness = make_node('robot_side')
         assert harness.spin_until(lambda: 'serving' in planner.log(), 30.0), planner.log()
-        orders = connect('orders', cloud_port, certs)
-        # The robot must be online (its status heard) before the plan has it; resend the
-        # order until a mission comes (an order is idempotent by its id).
+        (tmp_path / 'order.json').write_text(json.dumps(ORDER))
+
+        def submit(role: str) -> Any:   # the order producer's own command line
+            return subprocess.run(
+                [sys.executable, '-m', 'cobot_hybrid_cli', 'submit', str(tmp_path / 'order.json'),
+                 '--site', str(tmp_path / 'site.yaml'), '--port', str(cloud_port),
+                 '--tls-ca', str(certs / 'ca.crt'), '--tls-cert', str(certs / f'{role}.crt'),
+                 '--tls-key', str(certs / f'{role}.key')],
+                capture_output=True, text=True, timeout=60, check=False)
+        refused = submit('observer')
+        assert refused.returncode == 2 and '0x87 not authorized' in refused.stderr, refused
 
         def accepted() -> bool:   # the ack, in the uplink envelope the bridge sends
             return any(ack.get('data', {}).get('status') == 'accepted' for ack in acks)
+        # The robot must be online (its status heard) before the plan has it; submit again
+        # until a mission comes (an order is idempotent by its id).
         deadline = time.monotonic() + 60.0
         while not accepted() and time.monotonic() < deadline:
-            assert publish(orders, 'cobot/v1/orders', json.dumps(ORDER).encode()) < 0x80
+            result = submit('orders')
+            assert result.returncode == 0, result
             harness.spin_until(accepted, 5.0)
         assert accepted(), (acks, planner.log()[-3000:], bridge.log()[-3000:])
 
@@ -297,8 +309,6 @@ def test_the_planner_runs_against_the_shipped_tls_config_end_to_end(
                 db.close()
             return rows == [('accepted',)]
         assert harness.spin_until(planner_heard_it, 20.0), planner.log()[-3000:]
-        orders.client.loop_stop()
-        orders.client.disconnect()
     finally:
         observer.client.loop_stop()
         observer.client.disconnect()
