@@ -15,7 +15,7 @@ KUBECTL_LAYER := 2.2.2
 CHECKOV := 3.3.30
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup test lint typecheck pytest demo soak constraints clean
+.PHONY: setup test lint typecheck pytest demo soak images constraints clean
 
 setup: $(STAMP)
 
@@ -62,6 +62,15 @@ soak: setup
 
 demo: setup
 	tools/run_isolated.sh $(PY) tools/demo.py
+
+# Container images (not part of `make test`; root, podman/buildah/debootstrap): the names and
+# tag are in deploy/images.env. Builds cobot-hybrid-cloud and cobot-hybrid-edge (x86_64) and
+# proves each by running its entry point inside it; time and size in build/images/report.txt.
+include deploy/images.env
+images: setup
+	tools/install_system_deps.sh --images
+	PY=$(PY) tools/build_images.sh all
+	@echo "images: $(CLOUD_IMAGE):$(VERSION) $(EDGE_IMAGE):$(VERSION) (Jetson: $(EDGE_IMAGE):$(VERSION)-l4t, built elsewhere)"
 
 constraints: setup
 	(echo '# Exact versions tested (pip freeze after `make setup`); applied with -c. Regenerate: make constraints'; \
