@@ -4,7 +4,9 @@
 * ``serve --site SITE.yaml --key KEY.pem [--fleet F --replica-id ID]``: the cloud planner
   without ROS (a container next to the broker); with ``--fleet``, one of several replicas;
 * ``submit ORDERS.yaml [--site SITE.yaml]``: hand a work order to the planner over the broker
-  (the ``orders`` role); checked first, and the broker's answer said plainly.
+  (the ``orders`` role); checked first, and the broker's answer said plainly;
+* ``planner-health [--data-dir DIR]``: the container health check: the state folder takes
+  writes and the fleet store and ledger pass SQLite's quick check.
 """
 
 from __future__ import annotations
@@ -160,6 +162,34 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_health(args: argparse.Namespace) -> int:
+    import sqlite3
+    import tempfile
+
+    folder = PlannerConfig(data_dir=args.data_dir).data_path
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise PlannerError(f'state folder {folder} takes no writes: {exc.strerror}') from None
+    for name in ('fleet.db', 'ledger.db'):
+        path = folder / name
+        if not path.exists():
+            continue
+        try:
+            db = sqlite3.connect(f'file:{path}?mode=ro', uri=True, timeout=5.0)
+            try:
+                verdict = db.execute('PRAGMA quick_check').fetchone()[0]
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            raise PlannerError(f'{path} cannot be checked: {exc}') from None
+        if verdict != 'ok':
+            raise PlannerError(f'{path} is corrupt: {verdict}')
+    print(f'healthy: {folder}')
+    return 0
+
+
 def _flag(parser: Any, flag: str, name: str, **kwargs: Any) -> None:
     """Add ``flag`` for the setting ``name`` of PlannerConfig: its default and its text."""
     default, spec = specs(PlannerConfig)[name]
@@ -197,3 +227,7 @@ def register(subparsers: Any) -> None:
     for name in _AUTH:
         _flag(submit, '--' + name.replace('_', '-'), name)
     submit.set_defaults(func=_cmd_submit)
+    health = subparsers.add_parser('planner-health', help="check the planner's state folder "
+                                   '(container health check)')
+    _flag(health, '--data-dir', 'data_dir')
+    health.set_defaults(func=_cmd_health)

@@ -186,10 +186,12 @@ def test_the_launched_edge_stack_comes_up(make_node: Any, ros_process: Any,
         '\n'.join(f'--- {n}\n{p.log()[-1500:]}' for n, p in started.items())
     assert harness.spin_until(lambda: bool(scales), 20.0)   # the safety monitor decides
 
-    def frames_heard() -> bool:
+    def frames_heard() -> bool:   # the frames, and the camera's transform (latched)
         watcher.discover()
-        return {'camera_optical_frame', 'base_link'} <= set(watcher.frames)
-    assert harness.spin_until(frames_heard, 30.0), watcher.frames
+        return ({'camera_optical_frame', 'base_link'} <= set(watcher.frames)
+                and not watcher.unconnected('base_link'))
+    harness.spin_until(frames_heard, 30.0)
+    assert {'camera_optical_frame', 'base_link'} <= set(watcher.frames), watcher.frames
     # What rviz needs (its fixed frame is base_link): every frame published is connected.
     assert watcher.unconnected('base_link') == {}, (watcher.frames, watcher.tree.edges)
     assert watcher.tree.conflicts() == []

@@ -65,5 +65,5 @@ checkov.io/skip2: CKV_K8S_43=the tag is the release version; the fleet repositor
 
 {{/* The cloud image's HEALTHCHECK command (deploy/images/Containerfile.cloud), as a JSON list. */}}
 {{- define "cloud.plannerHealth" -}}
-{{- toJson (list "python" "-c" "import os, sqlite3, tempfile; d = os.path.join(os.environ['COBOT_HYBRID_DATA_DIR'], 'planner'); os.makedirs(d, exist_ok=True); tempfile.TemporaryFile(dir=d).close(); bad = [n for n in ('fleet.db', 'ledger.db') if os.path.exists(os.path.join(d, n)) and sqlite3.connect(f'file:{d}/{n}?mode=ro', uri=True).execute('pragma quick_check').fetchone()[0] != 'ok']; raise SystemExit(f'corrupt: {bad}' if bad else 0)") -}}
+{{- toJson (list "cobot-hybrid" "planner-health") -}}
 {{- end -}}
