@@ -270,6 +270,8 @@ def test_helm_lint_strict(chart: str, helm_home: dict[str, str]) -> None:
     ({}, 'robot.id is required'),
     ({'robot.id': 'cobot-1', 'image.digest': 'sha256:abc'}, 'image.digest must be sha256'),
     ({'robot.id': 'cobot-1', 'driver': 'ur'}, 'is not an output of driver_adapter_node'),
+    ({'robot.id': 'planners'}, 'is reserved'),               # the protocol's reserved ids
+    ({'robot.id': 'cobot+1'}, 'must be one topic level'),   # a wildcard in a topic level
 ])
 def test_the_edge_chart_refuses_bad_values(values: dict[str, str], message: str,
                                            helm_home: dict[str, str]) -> None:
@@ -472,7 +474,8 @@ def test_each_robot_pod_is_bound_to_its_own_node_and_locked_down(
         (container,) = pod['containers']
         env = {e['name']: e.get('value') for e in container['env']}
         robot = env['ROBOT_ID']
-        assert pod['nodeSelector'] == {'cobot-hybrid.io/robot': robot}
+        # A label a kubelet cannot set on itself (NodeRestriction): no robot can claim another.
+        assert pod['nodeSelector'] == {'node-restriction.kubernetes.io/cobot-hybrid-robot': robot}
         assert deployment['spec']['replicas'] == 1
         assert deployment['spec']['strategy']['type'] == 'Recreate'
         assert pod['hostNetwork'] is True and env['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'LOCALHOST'

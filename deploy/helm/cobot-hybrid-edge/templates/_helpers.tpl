@@ -4,7 +4,14 @@
 {{- end -}}
 
 {{- define "edge.robotId" -}}
-{{- required "robot.id is required: the robot this release runs on (one release per robot)" .Values.robot.id -}}
+{{- $id := required "robot.id is required: the robot this release runs on (one release per robot)" .Values.robot.id -}}
+{{- if has $id (list "planners" "orders") -}}
+{{- fail (printf "robot.id %q is reserved for the cloud's topics (cobot/v1/%s/...): choose another" $id $id) -}}
+{{- end -}}
+{{- if not (regexMatch "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$" $id) -}}
+{{- fail (printf "robot.id %q must be one topic level and a label value: letters, digits, '-', '_', '.', at most 63" $id) -}}
+{{- end -}}
+{{- $id -}}
 {{- end -}}
 
 {{- define "edge.labels" -}}
