@@ -158,8 +158,13 @@ class RobotState:
 
     def separation(self, person: Person) -> tuple[float, str]:
         """Horizontal separation [m] of ``person`` from the robot and the part it is nearest."""
-        distance, part, _ = self.nearest(person)
-        return distance, part
+        if person.unlocated:
+            return 0.0, 'unlocated'
+        if not self.links:
+            return math.hypot(person.x - self.x, person.y - self.y), 'tcp'
+        distance, index = min((horizontal_separation(person.x, person.y, c), i)
+                              for i, c in enumerate(self.links))
+        return distance, self.links[index].name
 
     @property
     def fastest_mps(self) -> float:
@@ -169,16 +174,6 @@ class RobotState:
         any part of the arm may be the one that closes in, so the fastest counts.
         """
         return max([self.speed_mps, *(link.speed_mps for link in self.links)])
-
-    def nearest(self, person: Person) -> tuple[float, str, float]:
-        """Separation [m], the nearest part, and the robot speed to judge it with [m/s]."""
-        if person.unlocated:
-            return 0.0, 'unlocated', self.fastest_mps
-        if not self.links:
-            return math.hypot(person.x - self.x, person.y - self.y), 'tcp', self.speed_mps
-        distance, index = min((horizontal_separation(person.x, person.y, c), i)
-                              for i, c in enumerate(self.links))
-        return distance, self.links[index].name, self.fastest_mps
 
 
 @dataclass(frozen=True)
@@ -346,15 +341,15 @@ class SafetyMonitor:
         raw = raw_held = 1.0
         closest, required, v_allowed, worst = math.inf, 0.0, cfg.robot_max_speed_mps, ''
         part = ''
-        # (separation, S_p, label, part, part speed)
-        violation: tuple[float, float, str, str, float] | None = None
+        speed = robot.fastest_mps   # one speed for every person: any part may close in
+        violation: tuple[float, float, str, str] | None = None  # (separation, S_p, label, part)
         for person in perception.people:
-            d, nearest, part_speed = robot.nearest(person)
-            s_p = protective_separation(d, part_speed, cfg, person.uncertainty_m)
+            d, nearest = robot.separation(person)
+            s_p = protective_separation(d, speed, cfg, person.uncertainty_m)
             v = allowed_speed(d, cfg, person.uncertainty_m)
             v_held = allowed_speed(max(0.0, d - cfg.hysteresis_m), cfg, person.uncertainty_m)
             if d < s_p and (violation is None or s_p - d > violation[1] - violation[0]):
-                violation = (d, s_p, person.label, nearest, part_speed)
+                violation = (d, s_p, person.label, nearest)
             if v < v_allowed or (v == v_allowed and d < closest):
                 v_allowed, required, worst = v, s_p, person.label
             if d < closest:
@@ -382,16 +377,16 @@ class SafetyMonitor:
             self._hold = _Hold()
 
     def _report(self, closest: float, required: float, v_allowed: float, worst: str,
-                violation: tuple[float, float, str, str, float] | None,
+                violation: tuple[float, float, str, str] | None,
                 robot: RobotState, part: str) -> Decision:
         scale = self._scale
         where = _from(part)
         if scale <= 0.0:
             state = SafetyState.PROTECTIVE_STOP
             if violation is not None:
-                separation, s_p, label, near, speed = violation
+                separation, s_p, label, near = violation
                 reason = (f'separation {separation:.2f} m{_from(near)} < S_p {s_p:.2f} m at '
-                          f'robot speed {speed:.2f} m/s (person {label!r})')
+                          f'robot speed {robot.fastest_mps:.2f} m/s (person {label!r})')
             else:
                 reason = (f'person {worst!r} too close: no robot speed is safe at '
                           f'{closest:.2f} m{where}')
