@@ -8,6 +8,7 @@ quietly; ``cleanup`` (stop worker threads, close stores) and ``destroy_node`` al
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import rclpy
@@ -16,9 +17,10 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 
+from cobot_hybrid_protocol.settings import setting
 from cobot_hybrid_ros.errors import RosHelperError
 
-__all__ = ['autostart', 'run_node']
+__all__ = ['AutostartSetting', 'autostart', 'run_node']
 
 NodeT = TypeVar('NodeT', bound=Node)
 
@@ -48,6 +50,14 @@ def run_node(name: str, make: Callable[[], NodeT], errors: tuple[type[Exception]
                 cleanup(node)
             node.destroy_node()
         rclpy.try_shutdown()
+
+
+@dataclass(frozen=True)
+class AutostartSetting:
+    """The one source of every lifecycle node's ``autostart`` (``same_as`` it)."""
+
+    autostart: bool = setting(True, 'configure and activate at start (without a lifecycle '
+                              'manager)')
 
 
 def autostart(node: LifecycleNode) -> None:

@@ -58,7 +58,7 @@ from cobot_hybrid_perception.tracking import (
     untracked_ids,
 )
 from cobot_hybrid_perception.yolo_decode import Detections
-from cobot_hybrid_protocol.settings import check_settings, setting
+from cobot_hybrid_protocol.settings import check_settings, same_as, setting
 from cobot_hybrid_ros.diagnostics import diagnostic_array
 from cobot_hybrid_ros.errors import ImageCodecError
 from cobot_hybrid_ros.images import (
@@ -67,7 +67,7 @@ from cobot_hybrid_ros.images import (
     numpy_to_image,
 )
 from cobot_hybrid_ros.params import ParameterBinding, refuse_unknown_parameters
-from cobot_hybrid_ros.runner import autostart, run_node
+from cobot_hybrid_ros.runner import AutostartSetting, autostart, run_node
 
 _STATUS_NAME = 'detector_node: inference'
 
@@ -82,8 +82,7 @@ class DetectorNodeConfig:
     publish_annotated: bool = setting(False, 'publish annotated_image for rviz', live=True)
     marker_depth_m: float = setting(2.0, 'distance of the marker plane from the camera',
                                     unit='m', low=0.05, high=100.0, live=True)
-    autostart: bool = setting(True, 'configure and activate at start (without a lifecycle '
-                              'manager)')
+    autostart: bool = same_as(AutostartSetting, 'autostart')
 
     def __post_init__(self) -> None:
         check_settings(self, ConfigError)

@@ -54,10 +54,10 @@ from cobot_hybrid_perception.driver_adapter import (
     tick_period_s,
 )
 from cobot_hybrid_perception.errors import ConfigError, PerceptionError
-from cobot_hybrid_protocol.settings import check_settings, setting
+from cobot_hybrid_protocol.settings import check_settings, same_as, setting
 from cobot_hybrid_ros.diagnostics import diagnostic_array
 from cobot_hybrid_ros.params import ParameterBinding, refuse_unknown_parameters
-from cobot_hybrid_ros.runner import autostart, run_node
+from cobot_hybrid_ros.runner import AutostartSetting, autostart, run_node
 
 _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -76,8 +76,7 @@ class AdapterNodeConfig:
                                 'stop_setbool: the SetBool (true: stop, false: resume)')
     resume_service: str = setting('', 'stop_trigger: the Trigger called when the robot may '
                                   'move again (empty: none)')
-    autostart: bool = setting(True, 'configure and activate at start (without a lifecycle '
-                              'manager)')
+    autostart: bool = same_as(AutostartSetting, 'autostart')
 
     def __post_init__(self) -> None:
         check_settings(self, ConfigError)

@@ -64,11 +64,11 @@ from cobot_hybrid_perception.safety_pipeline import (
     speed_from_twist,
 )
 from cobot_hybrid_perception.ssm import SafetyState
-from cobot_hybrid_protocol.settings import check_settings, setting
+from cobot_hybrid_protocol.settings import check_settings, same_as, setting
 from cobot_hybrid_ros.diagnostics import diagnostic_array, level_name
 from cobot_hybrid_ros.images import image_to_numpy
 from cobot_hybrid_ros.params import ParameterBinding, refuse_unknown_parameters
-from cobot_hybrid_ros.runner import autostart, run_node
+from cobot_hybrid_ros.runner import AutostartSetting, autostart, run_node
 
 _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -110,8 +110,7 @@ class SafetyNodeConfig:
                                       'your robot description already does)')
     camera_frame: str = setting('camera_optical_frame', "the camera's frame_id (its "
                                 'detections and camera_info)')
-    autostart: bool = setting(True, 'configure and activate at start (without a lifecycle '
-                              'manager)')
+    autostart: bool = same_as(AutostartSetting, 'autostart')
 
     def __post_init__(self) -> None:
         check_settings(self, ConfigError)
