@@ -46,6 +46,7 @@ _ROSOUT_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
 _REASON_WAIT_S = 0.5   # a refused transition's error log may arrive just after the answer
 _ERROR = 40            # rcl_interfaces/Log levels: ERROR 40, FATAL 50
+_MAX_REASON = 1000     # characters of one error line kept as a refusal's reason
 _LIVENESS_S = 0.5      # while waiting for an answer, check this often the node is still there
 
 
@@ -129,8 +130,8 @@ class LifecycleManagerNode(Node):
 
     def _on_log(self, msg: Log) -> None:
         errors = self._errors.get(msg.name)
-        if errors is not None and msg.level >= _ERROR:
-            errors.append((msg.stamp.sec + msg.stamp.nanosec * 1e-9, msg.msg))
+        if errors is not None and msg.level >= _ERROR:   # a log line can be any size
+            errors.append((msg.stamp.sec + msg.stamp.nanosec * 1e-9, msg.msg[:_MAX_REASON]))
 
     # --- after bring-up ---------------------------------------------------------------------
 
