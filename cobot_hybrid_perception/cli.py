@@ -98,10 +98,24 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from cobot_hybrid_perception.runtime_bench import format_table, run_all
+    from cobot_hybrid_perception.bench_report import format_table, seed_table, write_report
+    from cobot_hybrid_perception.runtime_bench import BenchSettings, run_bench
 
-    results = run_all(args.model, args.backends, args.imgsz, args.runs, args.precision)
-    print(json.dumps(results, indent=2) if args.json else format_table(results))
+    settings = BenchSettings(model=args.model, backends=tuple(args.backends),
+                             precisions=tuple(args.precisions), imgsz=args.imgsz,
+                             runs=args.runs, images=args.images, frames=args.frames,
+                             calib=args.calib, threads=args.threads, timeout_s=args.timeout)
+    report = run_bench(settings)
+    if args.report:
+        html_path, png_path = write_report(report, Path(args.report))
+        print(f'# report: {html_path} and {png_path}', file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(format_table(report))
+    if args.seed_table:
+        print()
+        print(seed_table(report))
     return 0
 
 
@@ -109,10 +123,22 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from cobot_hybrid_perception.quantize import quantize_int8
 
     report = quantize_int8(Path(args.model), Path(args.calib), Path(args.output)
-                           if args.output else None, args.images)
-    print(json.dumps(report, indent=2) if args.json else
-          f'wrote {report["output"]}: recall {report["recall"]:.3f}, mean IoU '
-          f'{report["mean_iou"]:.3f} against FP32 on {report["images"]} images')
+                           if args.output else None, args.images, args.holdout,
+                           args.holdout_frames)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f'wrote {report["output"]} (calibrated on {report["calibration_images"]} images, '
+          f'recorded in {report["calibration_record"]})')
+    left_out = (f'; {report["holdout_excluded"]} calibration images among them left out'
+                if report['holdout_excluded'] else '')
+    if report['recall'] is None:
+        print(f'no agreement measured: {report["holdout_images"]} held-out images '
+              f'({report["holdout"]}){left_out}')
+    else:
+        print(f'agreement with FP32 on {report["holdout_images"]} held-out images '
+              f'({report["holdout"]}): recall {report["recall"]:.3f}, mean IoU '
+              f'{report["mean_iou"]:.3f}{left_out}')
     return 0
 
 
@@ -125,19 +151,43 @@ def register(subparsers: Any) -> None:
     detect.add_argument('--json', action='store_true', help='one JSON object per image')
     detect.set_defaults(func=_cmd_detect)
 
-    bench = subparsers.add_parser('bench', help='compare every runtime available here')
-    bench.add_argument('--model', default='default')
+    bench = subparsers.add_parser(
+        'bench', help='compare every runtime and precision available here on your frames')
+    bench.add_argument('--model', default='default', help='FP32 .onnx (default: YOLO11n-pose '
+                       'of the cache); its -int8.onnx and .tflite beside it are rows too')
     bench.add_argument('--backends', nargs='+', default=['all'],
-                       help='backends to run (default: every one available), e.g. ort-cpu')
+                       help='backends to run (default: all), e.g. ort-cpu openvino')
+    bench.add_argument('--precisions', nargs='+', default=['fp32', 'fp16', 'int8'],
+                       choices=('fp32', 'fp16', 'int8'), help='precisions to run (default: all)')
     bench.add_argument('--imgsz', type=int, default=640)
-    bench.add_argument('--precision', default='fp16', choices=('fp32', 'fp16', 'int8'))
-    bench.add_argument('--runs', type=int, default=50)
-    bench.add_argument('--json', action='store_true')
+    bench.add_argument('--runs', type=int, default=50,
+                       help='timed frames per row, at least (frames cycle)')
+    bench.add_argument('--images', default='samples',
+                       help='samples (photos in installed packages), a folder, an image, a glob '
+                       'or a video')
+    bench.add_argument('--frames', type=int, default=200,
+                       help='read at most this many frames of --images (streamed)')
+    bench.add_argument('--calib', default='', help='images for TensorRT INT8 calibration '
+                       '(those frames are left out of its agreement)')
+    bench.add_argument('--threads', type=int, default=0, help='CPU threads (0: default)')
+    bench.add_argument('--timeout', type=float, default=1200.0,
+                       help='seconds one row may take (engine builds included)')
+    bench.add_argument('--json', action='store_true', help='the whole report as JSON')
+    bench.add_argument('--report', default='', metavar='DIR',
+                       help='write DIR/bench.html (self-contained) and DIR/bench.png')
+    bench.add_argument('--seed-table', action='store_true',
+                       help='also print the runtime table as markdown')
     bench.set_defaults(func=_cmd_bench)
 
     quantize = subparsers.add_parser('quantize', help='static INT8 (QDQ) ONNX from your images')
     quantize.add_argument('model', help='FP32 .onnx model')
     quantize.add_argument('--calib', required=True, help='folder of calibration images')
+    quantize.add_argument('--holdout', default='', metavar='SPEC',
+                          help='images to score INT8 against FP32 on (folder, image, glob, '
+                          'video); default: every 5th image of --calib, not calibrated on; '
+                          'none: no score')
+    quantize.add_argument('--holdout-frames', type=int, default=200,
+                          help='score on at most this many held-out frames')
     quantize.add_argument('--output', default='', help='default: <model>-int8.onnx')
     quantize.add_argument('--images', type=int, default=64, help='calibration images to use')
     quantize.add_argument('--json', action='store_true')

@@ -139,39 +139,6 @@ def test_cli_unknown_model_exits_2_with_the_reason() -> None:
     assert result.returncode == 2 and 'does not exist' in result.stderr
 
 
-def test_cli_bench_compares_runtimes_against_fp32() -> None:
-    result = _cli('bench', '--imgsz', '320', '--runs', '5', '--backends', 'ort-cpu',
-                  'ultralytics', 'ort-cuda', '--json')
-    assert result.returncode == 0, result.stderr
-    rows = {row['runtime']: row for row in json.loads(result.stdout)}
-    assert rows['ort-cpu']['recall_vs_fp32'] == 1.0 and rows['ort-cpu']['p50_ms'] > 0
-    assert rows['ultralytics']['recall_vs_fp32'] == 1.0
-    assert rows['ultralytics']['peak_rss_mb'] > rows['ort-cpu']['peak_rss_mb']
-    if 'skipped' in rows['ort-cuda']:
-        assert 'CUDAExecutionProvider' in rows['ort-cuda']['skipped']
-
-
-def test_cli_quantize_writes_an_int8_model_that_agrees(tmp_path: Path) -> None:
-    from cobot_hybrid_perception.models import resolve_model
-
-    calib = tmp_path / 'calib'
-    calib.mkdir()
-    for name in PEOPLE:
-        cv2.imwrite(str(calib / f'{name}.png'), load_image(sample_photo_path(name), 'bgr8'))
-    output = tmp_path / 'int8.onnx'
-    result = _cli('quantize', str(resolve_model('default', 320)), '--calib', str(calib),
-                  '--output', str(output), '--json')
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert output.is_file() and report['int8_size_mb'] < report['fp32_size_mb']
-    assert report['recall'] >= 0.8 and report['mean_iou'] >= 0.8
-    detector = Detector(DetectorConfig(model=str(output), backend='ort-cpu'))
-    try:
-        assert detector.info.task == 'pose'  # metadata carried over
-    finally:
-        detector.close()
-
-
 def test_cli_export_writes_onnx_and_explains_a_missing_tensorrt(tmp_path: Path) -> None:
     from cobot_hybrid_perception.backends.tensorrt_backend import tensorrt_status
     from cobot_hybrid_perception.models import model_cache_dir
