@@ -460,15 +460,17 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
     unavailable: dict[str, str] = {}
     reference_row = _run_child(reference_plan, settings, frames)
     reference = reference_row.get('boxes')
+    if reference_row.get('backend_unavailable'):
+        unavailable[REFERENCE[0]] = reference_row['skipped']
     for plan in plans:
         if (plan.backend, plan.precision) == REFERENCE:
             row = dict(reference_row)
+        elif plan.backend in unavailable:  # the runtime itself, whatever the model
+            row = {'backend': plan.backend, 'precision': plan.precision,
+                   'skipped': unavailable[plan.backend]}
         elif plan.skipped:
             row = {'backend': plan.backend, 'precision': plan.precision,
                    'skipped': plan.skipped}
-        elif plan.backend in unavailable:
-            row = {'backend': plan.backend, 'precision': plan.precision,
-                   'skipped': unavailable[plan.backend]}
         else:
             row = _run_child(plan, settings, frames)
             if row.pop('backend_unavailable', False):

@@ -109,8 +109,8 @@ def test_a_backend_that_cannot_run_here_is_a_skipped_row_with_the_reason(
         pytest.skip('TensorRT runs on this machine, so its rows are measured')
     rows = _rows(report)
     assert 'TensorRT' in rows[('tensorrt', 'fp32')]['skipped']
-    assert rows[('tensorrt', 'fp16')]['skipped'] == rows[('tensorrt', 'fp32')]['skipped']
-    assert '--calib' in rows[('tensorrt', 'int8')]['skipped']
+    for precision in ('fp16', 'int8'):  # the runtime is missing, whatever the precision
+        assert rows[('tensorrt', precision)]['skipped'] == rows[('tensorrt', 'fp32')]['skipped']
     assert re.search(r'^tensorrt\s+fp32\s+skipped: .*TensorRT', format_table(report), re.M)
 
 
