@@ -343,9 +343,11 @@ class SafetyPipeline:
         perception = self._perception
         if perception is not None and not self._healthy:
             perception = Perception(perception.stamp_s, perception.people, healthy=False)
-        fault = self._input_fault or self._pose_problem(now_s)
-        if fault is not None:
-            decision = self.monitor.fault(fault)
+        pose_problem = None if self._input_fault else self._pose_problem(now_s)
+        if self._input_fault is not None:
+            decision = self.monitor.fault(self._input_fault, 'malformed_input')
+        elif pose_problem is not None:
+            decision = self.monitor.fault(pose_problem, 'robot_pose')
         else:
             decision = self.monitor.evaluate(now_s, perception, robot)
         age = math.inf if self._perception is None else now_s - self._perception.stamp_s

@@ -11,7 +11,10 @@ Pure data, no ROS: ``safety_monitor_node`` turns these into messages.
   each person as a cylinder in the colour of the state with a label giving its separation from
   the robot;
 * detector health (:func:`detector_healthy`): the detector is unhealthy while any of its
-  statuses is ERROR or STALE (anything but OK and WARN).
+  statuses is ERROR or STALE (anything but OK and WARN);
+* time per cause (:class:`CauseTimes`): how long the robot was held, slowed or let run, by
+  the decision's cause (a person, stale perception, a fault...), reported as
+  ``time_s.<state>.<cause>``.
 """
 
 from __future__ import annotations
@@ -24,9 +27,15 @@ from typing import Literal
 
 from cobot_hybrid_perception.arm_geometry import Capsule
 from cobot_hybrid_perception.safety_pipeline import SafetyConfig, SafetyReport
-from cobot_hybrid_perception.ssm import Person, RobotState, SafetyState, protective_separation
+from cobot_hybrid_perception.ssm import (
+    Decision,
+    Person,
+    RobotState,
+    SafetyState,
+    protective_separation,
+)
 
-__all__ = ['COLOURS', 'DIAG_PERIOD_S', 'HEALTHY_LEVELS', 'LEVELS', 'Rgba', 'Shape',
+__all__ = ['COLOURS', 'DIAG_PERIOD_S', 'HEALTHY_LEVELS', 'LEVELS', 'CauseTimes', 'Rgba', 'Shape',
            'detector_healthy', 'diagnostic_values', 'diagnostics_due', 'level', 'markers',
            'person_colour', 'stop_requested']
 
@@ -88,6 +97,34 @@ def diagnostics_due(state: SafetyState, last_state: SafetyState | None, now_s: f
                     last_s: float) -> bool:
     """Return whether to publish diagnostics and markers (state change, DIAG_PERIOD_S)."""
     return state != last_state or now_s - last_s >= DIAG_PERIOD_S
+
+
+#: A gap between two decisions longer than this [s] is not counted (the node was paused or
+#: inactive): time is charged to a decision only until the next one, at most this long.
+MAX_CHARGED_GAP_S = 1.0
+
+
+class CauseTimes:
+    """Seconds spent per (state, cause) of the decisions, on a monotonic clock."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[tuple[str, str], float] = {}
+        self._last: tuple[float, str, str] | None = None
+
+    def record(self, now_s: float, decision: Decision) -> None:
+        """Charge the time since the previous decision to it; this one starts now."""
+        if self._last is not None:
+            since, state, cause = self._last
+            step = now_s - since
+            if 0.0 < step:
+                key = (state, cause)
+                self.seconds[key] = self.seconds.get(key, 0.0) + min(step, MAX_CHARGED_GAP_S)
+        self._last = (now_s, decision.state.value, decision.cause)
+
+    def values(self) -> dict[str, str]:
+        """``time_s.<STATE>.<cause>`` for every pair seen, seconds to 2 decimals."""
+        return {f'time_s.{state}.{cause}': f'{secs:.2f}'
+                for (state, cause), secs in sorted(self.seconds.items())}
 
 
 def diagnostic_values(report: SafetyReport, published: int) -> dict[str, str]:

@@ -3,7 +3,9 @@
 Protective separation distance (ISO/TS 15066 clause 5.5.4, human speeds from ISO 13855)::
 
     S_p = S_h + S_r + S_s + C + Z_d + Z_r
-    S_h = v_h * (T_R + T_S)    human travel while the robot reacts and stops
+    S_h = v_h * (A + T_R + T_S)  human travel since the detections were taken (their age A,
+                               at most ``max_perception_age_s``) and while the robot reacts
+                               and stops
     S_r = v_r * T_R            robot travel during its reaction time
     S_s = v_r * T_S / 2        robot travel while braking (constant deceleration), or a fixed
                                stopping distance from the robot's data sheet
@@ -73,7 +75,9 @@ class SafetyState(str, Enum):
 class SsmConfig:
     """SSM parameters (SI units). Defaults suit a small cobot and a 30 Hz camera."""
 
-    reaction_time_s: float = setting(0.1, 'T_R: sensing + controller reaction', unit='s',
+    reaction_time_s: float = setting(0.1, "T_R: the robot's reaction to a new speed scale "
+                                     '(driver + controller); the age of the detections is '
+                                     'added to it as measured', unit='s',
                                      low=0.001, high=5.0, live=True)
     stopping_time_s: float = setting(0.3, 'T_S: robot stopping time from speed', unit='s',
                                      low=0.001, high=5.0, live=True)
@@ -196,6 +200,17 @@ class Decision:
     required_separation_m: float = 0.0
     allowed_speed_mps: float = 0.0
     closest_part: str = ''   # the link (or 'tcp') nearest the closest person
+    #: Why, as one of :data:`CAUSES` (what stop time is counted under).
+    cause: str = 'clear'
+
+
+#: What a decision is down to: ``clear`` (RUN), ``person`` (a person's separation slows or
+#: stops the robot), ``holding`` (nobody in range, the speed held for ``hold_time_s`` before it
+#: rises), ``recovering`` (fresh perception not yet long enough after a fault),
+#: ``stale_perception``, ``no_perception``, ``detector_unhealthy``, ``clock``,
+#: ``malformed_input``, ``robot_pose`` and ``fault`` (stopped from outside the monitor).
+CAUSES = ('clear', 'person', 'holding', 'recovering', 'stale_perception', 'no_perception',
+          'detector_unhealthy', 'clock', 'malformed_input', 'robot_pose', 'fault')
 
 
 def _human_speed(separation_m: float, cfg: SsmConfig) -> float:
@@ -204,27 +219,37 @@ def _human_speed(separation_m: float, cfg: SsmConfig) -> float:
     return cfg.human_speed_far_mps
 
 
-def _static_terms(separation_m: float, uncertainty_m: float, cfg: SsmConfig) -> float:
-    """S_h + C + Z_d + Z_r: the part of S_p that does not depend on robot speed."""
-    s_h = _human_speed(separation_m, cfg) * (cfg.reaction_time_s + cfg.stopping_time_s)
+def _static_terms(separation_m: float, uncertainty_m: float, cfg: SsmConfig,
+                  perception_age_s: float = 0.0) -> float:
+    """S_h + C + Z_d + Z_r: the part of S_p that does not depend on robot speed.
+
+    S_h is the human's travel over the age of the detections (the person was seen that long
+    ago) plus T_R + T_S: an older detection needs a larger separation.
+    """
+    s_h = _human_speed(separation_m, cfg) * (max(0.0, perception_age_s) + cfg.reaction_time_s
+                                             + cfg.stopping_time_s)
     z_d = max(cfg.detection_uncertainty_m, uncertainty_m)
     return s_h + cfg.intrusion_distance_m + z_d + cfg.robot_uncertainty_m
 
 
 def protective_separation(separation_m: float, robot_speed_mps: float, cfg: SsmConfig,
-                          uncertainty_m: float = 0.0) -> float:
-    """S_p for a person at ``separation_m`` and a robot moving at ``robot_speed_mps``."""
+                          uncertainty_m: float = 0.0, perception_age_s: float = 0.0) -> float:
+    """S_p for a person at ``separation_m`` and a robot moving at ``robot_speed_mps``.
+
+    ``perception_age_s``: how long ago the person was seen there.
+    """
     s_r = robot_speed_mps * cfg.reaction_time_s
     if cfg.stopping_distance_m >= 0:
         s_s = cfg.stopping_distance_m
     else:
         s_s = robot_speed_mps * cfg.stopping_time_s / 2.0
-    return _static_terms(separation_m, uncertainty_m, cfg) + s_r + s_s
+    return _static_terms(separation_m, uncertainty_m, cfg, perception_age_s) + s_r + s_s
 
 
-def allowed_speed(separation_m: float, cfg: SsmConfig, uncertainty_m: float = 0.0) -> float:
+def allowed_speed(separation_m: float, cfg: SsmConfig, uncertainty_m: float = 0.0,
+                  perception_age_s: float = 0.0) -> float:
     """Largest robot speed v with separation >= S_p(v); 0 if even a still robot is too close."""
-    budget = separation_m - _static_terms(separation_m, uncertainty_m, cfg)
+    budget = separation_m - _static_terms(separation_m, uncertainty_m, cfg, perception_age_s)
     if cfg.stopping_distance_m >= 0:
         budget -= cfg.stopping_distance_m
         per_mps = cfg.reaction_time_s
@@ -270,7 +295,7 @@ class SafetyMonitor:
         fault = self._fault_reason(now_s, perception, robot)
         self._last_now_s = now_s if math.isfinite(now_s) else self._last_now_s
         if fault is not None:
-            return self._stop_for_fault(fault)
+            return self._stop_for_fault(fault[1], fault[0])
         assert perception is not None
         if self._in_fault:
             if self._healthy_since_s is None:
@@ -279,26 +304,27 @@ class SafetyMonitor:
             if waited < self.cfg.fault_recovery_s:
                 return Decision(SafetyState.PROTECTIVE_STOP, 0.0,
                                 f'recovering: perception healthy for {waited:.2f} s of '
-                                f'{self.cfg.fault_recovery_s:.2f} s')
+                                f'{self.cfg.fault_recovery_s:.2f} s', cause='recovering')
             self._in_fault = False
             self._scale = 0.0
             self._hold = _Hold()
         return self._decide(now_s, perception, robot)
 
     def _fault_reason(self, now_s: float, perception: Perception | None,
-                      robot: RobotState) -> str | None:
+                      robot: RobotState) -> tuple[str, str] | None:
+        """(cause, reason) of a fault that stops the robot, or None."""
         if not math.isfinite(now_s):
-            return f'clock gave a non-finite time {now_s}'
+            return 'clock', f'clock gave a non-finite time {now_s}'
         if self._last_now_s is not None:
             step = now_s - self._last_now_s
             if step < 0:
-                return f'clock jumped backwards by {-step:.3f} s'
+                return 'clock', f'clock jumped backwards by {-step:.3f} s'
             if step > self.cfg.max_clock_step_s:
-                return f'clock jumped forwards by {step:.3f} s'
+                return 'clock', f'clock jumped forwards by {step:.3f} s'
         if perception is None:
-            return 'no perception received yet'
+            return 'no_perception', 'no perception received yet'
         if not perception.healthy:
-            return 'detector reports itself unhealthy'
+            return 'detector_unhealthy', 'detector reports itself unhealthy'
         try:
             _check_finite('perception stamp', perception.stamp_s)
             _check_finite('robot state', robot.x, robot.y, robot.z, robot.speed_mps)
@@ -316,25 +342,25 @@ class SafetyMonitor:
                     raise MalformedInputError(f'person {person.label!r} has negative '
                                               f'uncertainty {person.uncertainty_m}')
         except MalformedInputError as exc:
-            return f'malformed input: {exc}'
+            return 'malformed_input', f'malformed input: {exc}'
         age = now_s - perception.stamp_s
         if age > self.cfg.max_perception_age_s:
-            return (f'perception stale: last detections {age:.3f} s old '
-                    f'(max {self.cfg.max_perception_age_s:.3f} s)')
+            return 'stale_perception', (f'perception stale: last detections {age:.3f} s old '
+                                        f'(max {self.cfg.max_perception_age_s:.3f} s)')
         if age < -self.cfg.max_perception_age_s:
-            return f'perception stamped {-age:.3f} s in the future (clocks disagree)'
+            return 'clock', f'perception stamped {-age:.3f} s in the future (clocks disagree)'
         return None
 
-    def fault(self, reason: str) -> Decision:
+    def fault(self, reason: str, cause: str = 'fault') -> Decision:
         """Force a protective stop from outside (e.g. an exception at the node boundary)."""
-        return self._stop_for_fault(reason)
+        return self._stop_for_fault(reason, cause if cause in CAUSES else 'fault')
 
-    def _stop_for_fault(self, reason: str) -> Decision:
+    def _stop_for_fault(self, reason: str, cause: str) -> Decision:
         self._in_fault = True
         self._healthy_since_s = None
         self._scale = 0.0
         self._hold = _Hold()
-        return Decision(SafetyState.PROTECTIVE_STOP, 0.0, reason)
+        return Decision(SafetyState.PROTECTIVE_STOP, 0.0, reason, cause=cause)
 
     def _decide(self, now_s: float, perception: Perception, robot: RobotState) -> Decision:
         cfg = self.cfg
@@ -342,12 +368,14 @@ class SafetyMonitor:
         closest, required, v_allowed, worst = math.inf, 0.0, cfg.robot_max_speed_mps, ''
         part = ''
         speed = robot.fastest_mps   # one speed for every person: any part may close in
+        age = max(0.0, now_s - perception.stamp_s)   # how long ago the people were seen
         violation: tuple[float, float, str, str] | None = None  # (separation, S_p, label, part)
         for person in perception.people:
             d, nearest = robot.separation(person)
-            s_p = protective_separation(d, speed, cfg, person.uncertainty_m)
-            v = allowed_speed(d, cfg, person.uncertainty_m)
-            v_held = allowed_speed(max(0.0, d - cfg.hysteresis_m), cfg, person.uncertainty_m)
+            s_p = protective_separation(d, speed, cfg, person.uncertainty_m, age)
+            v = allowed_speed(d, cfg, person.uncertainty_m, age)
+            v_held = allowed_speed(max(0.0, d - cfg.hysteresis_m), cfg, person.uncertainty_m,
+                                   age)
             if d < s_p and (violation is None or s_p - d > violation[1] - violation[0]):
                 violation = (d, s_p, person.label, nearest)
             if v < v_allowed or (v == v_allowed and d < closest):
@@ -387,6 +415,8 @@ class SafetyMonitor:
                 separation, s_p, label, near = violation
                 reason = (f'separation {separation:.2f} m{_from(near)} < S_p {s_p:.2f} m at '
                           f'robot speed {robot.fastest_mps:.2f} m/s (person {label!r})')
+            elif math.isinf(closest):
+                reason = 'no person within range'
             else:
                 reason = (f'person {worst!r} too close: no robot speed is safe at '
                           f'{closest:.2f} m{where}')
@@ -398,4 +428,6 @@ class SafetyMonitor:
             reason = 'no person within range' if math.isinf(closest) else 'clear'
         if self._hold.since_s is not None:
             reason += f' (holding before raising to {self._hold.target:.2f})'
-        return Decision(state, scale, reason, closest, required, v_allowed, part)
+        cause = ('clear' if state is SafetyState.RUN else
+                 'person' if math.isfinite(closest) else 'holding')
+        return Decision(state, scale, reason, closest, required, v_allowed, part, cause)

@@ -12,8 +12,8 @@ from test_safety_monitor_node import listen, start_monitor
 pytestmark = pytest.mark.ros
 
 # Shoulder pan at +90 degrees, the rest 0: the UR5e reaches along +y of base_link, its TCP
-# at (-0.233, 0.817). A person at (1.2, 0) is 1.65 m from the TCP (no slowdown) but 1.12 m
-# from the base link's surface (a slowdown).
+# at (-0.233, 0.817). A person at (1.35, 0) is 1.78 m from the TCP (no slowdown) but 1.27 m
+# from the base link's surface (a slowdown: S_p counts the person's travel since the frame).
 PAN_90 = f'{math.pi / 2},0,0,0,0,0'
 TCP_AT_PAN_90 = [-0.2329, 0.8172, 0.0]
 # Under a loaded machine (two test workers on two cores) 30 Hz joint states can arrive late.
@@ -25,7 +25,7 @@ def test_a_person_near_a_link_not_the_tcp_slows_the_robot(make_node: Any, ros_pr
     harness = make_node('safety_listener')
     heard = listen(harness)
     monitor = start_monitor(ros_process, tmp_path, **ARM)
-    detector = ros_process('synthetic_detector.py', '--start', '1.2', '--end', '1.2',
+    detector = ros_process('synthetic_detector.py', '--start', '1.35', '--end', '1.35',
                            '--joint-positions', PAN_90)
 
     def slowed_by_a_link() -> bool:
@@ -42,7 +42,7 @@ def test_the_same_person_seen_from_the_tcp_point_alone_does_not_slow_it(
     harness = make_node('safety_listener')
     heard = listen(harness)
     start_monitor(ros_process, tmp_path, tcp_xyz=TCP_AT_PAN_90)
-    detector = ros_process('synthetic_detector.py', '--start', '1.2', '--end', '1.2',
+    detector = ros_process('synthetic_detector.py', '--start', '1.35', '--end', '1.35',
                            '--joint-positions', PAN_90)
     assert harness.spin_until(heard.running, 30.0), (heard.reasons[-5:], detector.log())
 

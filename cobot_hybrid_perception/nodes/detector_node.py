@@ -15,6 +15,15 @@ the README; each entry has the ``id`` of its detection),
 (``publish_annotated``) and ``diagnostics`` (per-stage latency, fps, dropped frames, backend,
 precision, model hash), once per second and whenever the health changes.
 
+The perception budget (:mod:`cobot_hybrid_perception.perception_budget`): the detector reads
+``max_perception_age_s`` (and ``human_speed_far_mps``) from the safety monitor named by
+``budget_from`` through its parameter service, measures each frame's capture-to-publish latency
+and the period between frames, and publishes a second status, ``perception budget:
+detector_node``: OK, WARN when the worst perception age leaves little margin or is over the
+limit, ERROR when over it for seconds, with the numbers and the fix. At configure it times a
+few warm-up frames, so a detector too slow for the limit is reported before the first image.
+The budget status is advice: it never marks the detector unhealthy.
+
 Track ids (``tracking``, :mod:`cobot_hybrid_perception.tracking`): ``<class>-<n>`` for a
 confirmed track, ``new-<n>`` while it is tentative, ``det-<k>`` for a detection without a
 track; with ``tracking: false`` the index in the frame. Every detection scoring ``conf`` or
@@ -34,6 +43,8 @@ from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point
+from rcl_interfaces.msg import ParameterType
+from rcl_interfaces.srv import GetParameters
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -49,6 +60,7 @@ from cobot_hybrid_perception.detector_stats import DIAG_PERIOD_S, DetectorStats,
 from cobot_hybrid_perception.errors import ConfigError, PerceptionError
 from cobot_hybrid_perception.frame_policy import for_inference
 from cobot_hybrid_perception.model_info import COCO_KEYPOINTS
+from cobot_hybrid_perception.perception_budget import AgeWindow, BudgetWatch
 from cobot_hybrid_perception.tracking import (
     Tracker,
     TrackerConfig,
@@ -70,6 +82,12 @@ from cobot_hybrid_ros.params import ParameterBinding, refuse_unknown_parameters
 from cobot_hybrid_ros.runner import AutostartSetting, autostart, run_node
 
 _STATUS_NAME = 'detector_node: inference'
+#: The budget's status: a name the safety monitor's detector-health prefix does not match.
+_BUDGET_STATUS = 'perception budget: detector_node'
+#: How often the monitor's limit is asked for again (it is a live parameter) [s].
+_LIMIT_REFRESH_S = 5.0
+#: Warm-up frames timed at configure (the first, lazy initialisation, is not counted).
+_WARMUP_FRAMES = 4
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,10 @@ class DetectorNodeConfig:
     publish_annotated: bool = setting(False, 'publish annotated_image for rviz', live=True)
     marker_depth_m: float = setting(2.0, 'distance of the marker plane from the camera',
                                     unit='m', low=0.05, high=100.0, live=True)
+    budget_from: str = setting('safety_monitor_node', 'the safety monitor whose '
+                               'max_perception_age_s the latency + camera period is judged '
+                               'against (a node name, relative to this namespace); empty: no '
+                               'budget check')
     autostart: bool = same_as(AutostartSetting, 'autostart')
 
     def __post_init__(self) -> None:
@@ -116,6 +138,11 @@ class DetectorNode(LifecycleNode):
         self._entities: list[Any] = []
         self._camera_info: CameraInfo | None = None
         self._last_diag = 0.0
+        self._budget = BudgetWatch(AgeWindow())
+        self._limit: tuple[float, float] | None = None   # (max age, human speed) of the monitor
+        self._limit_client: Any = None
+        self._limit_future: Any = None
+        self._limit_asked = -_LIMIT_REFRESH_S
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -128,9 +155,16 @@ class DetectorNode(LifecycleNode):
             self.get_logger().error(f'cannot load the model: {exc}')
             return TransitionCallbackReturn.FAILURE
         d = self._detector
+        warmup_s = self._warm_up(d)
+        self._budget = BudgetWatch(AgeWindow(), startup_latency_s=warmup_s)
         self.get_logger().info(
             f'{d.model_path.name} ({d.model_hash}) on {d.backend.name} {d.backend.precision}, '
-            f'input {d.info.imgsz}, task {d.info.task}: {d.backend_reason}')
+            f'input {d.info.imgsz}, task {d.info.task}, warm-up {1e3 * warmup_s:.1f} ms per '
+            f'frame: {d.backend_reason}')
+        budget_from = self._shell.config.budget_from
+        if budget_from and self._limit_client is None:
+            self._limit_client = self.create_client(GetParameters,
+                                                    f'{budget_from}/get_parameters')
         self._det_pub = self.create_lifecycle_publisher(Detection2DArray, 'detections', 10)
         self._kp_pub = self.create_lifecycle_publisher(Detection2DArray, 'keypoints', 10)
         self._marker_pub = self.create_lifecycle_publisher(MarkerArray, 'detection_markers', 1)
@@ -176,6 +210,48 @@ class DetectorNode(LifecycleNode):
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
+    @staticmethod
+    def _warm_up(detector: Detector) -> float:
+        """Time a few frames of a grey VGA image: the slowest, in seconds (NaN on failure)."""
+        import numpy as np
+
+        frame = np.full((480, 640, 3), 114, np.uint8)
+        times = []
+        try:
+            for _ in range(_WARMUP_FRAMES + 1):
+                start = time.perf_counter()
+                detector.detect(frame)
+                times.append(time.perf_counter() - start)
+        except PerceptionError:
+            return float('nan')   # the frames themselves will say what is wrong
+        return max(times[1:])
+
+    def _poll_limit(self) -> None:
+        """Ask the safety monitor for its limit now and then; take the answer when it came."""
+        client, future = self._limit_client, self._limit_future
+        if client is None:
+            return
+        if future is not None and future.done():
+            self._limit_future = None
+            self._take_limit(future.result())
+        now = time.monotonic()
+        if self._limit_future is None and now - self._limit_asked >= _LIMIT_REFRESH_S \
+                and client.service_is_ready():
+            self._limit_asked = now
+            self._limit_future = client.call_async(GetParameters.Request(
+                names=['max_perception_age_s', 'human_speed_far_mps']))
+
+    def _take_limit(self, response: Any) -> None:
+        values = list(getattr(response, 'values', []) or [])
+        if len(values) == 2 and all(v.type == ParameterType.PARAMETER_DOUBLE for v in values):
+            self._limit = (float(values[0].double_value), float(values[1].double_value))
+            return
+        self._limit = None
+        self.get_logger().warning(
+            f'{self._shell.config.budget_from} has no max_perception_age_s / '
+            'human_speed_far_mps double parameters: no perception budget check (set '
+            'budget_from to the safety monitor node, or empty)', throttle_duration_sec=60.0)
+
     def _release(self) -> None:
         if self._detector is not None:
             self._detector.close()
@@ -202,10 +278,11 @@ class DetectorNode(LifecycleNode):
         self._camera_info = msg
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
+        arrived_s = self.get_clock().now().nanoseconds * 1e-9
         with self._lock:
             if self._pending is not None:
                 self._stats.dropped += 1
-            self._pending = (msg, time.perf_counter())
+            self._pending = (msg, time.perf_counter(), arrived_s)
             self._lock.notify()
 
     def _stop_worker(self) -> None:
@@ -223,16 +300,17 @@ class DetectorNode(LifecycleNode):
                     self._lock.wait(timeout=0.5)
                 if not self._running:
                     return
-                msg, received = self._pending
+                msg, received, arrived_s = self._pending
                 self._pending = None
             try:
-                self._process(msg, received)
+                self._process(msg, received, arrived_s)
             except RCLError:
                 if self.context.ok():
                     raise
                 return  # shutting down (Ctrl-C): the context went away under the worker
 
-    def _process(self, msg: Image | CompressedImage, received: float) -> None:
+    def _process(self, msg: Image | CompressedImage, received: float, arrived_s: float
+                 ) -> None:
         detector = self._detector
         if detector is None:
             return
@@ -265,6 +343,10 @@ class DetectorNode(LifecycleNode):
             self.get_logger().error(f'tracking skipped: {exc}', throttle_duration_sec=2.0)
             detections, ids = untracked_ids(detections, conf, prefix='det-')
         self._publish(msg.header, detections, ids, pixels, encoding)
+        # The budget is on the ROS clock the stamps are on: capture (or arrival) to publish.
+        captured_s = stamp.sec + stamp.nanosec * 1e-9 if stamp.sec or stamp.nanosec \
+            else arrived_s
+        self._budget.window.add(captured_s, self.get_clock().now().nanoseconds * 1e-9)
         if self._stats.level_changed():
             self._publish_diagnostics(force=True)
 
@@ -358,8 +440,29 @@ class DetectorNode(LifecycleNode):
             'track_ids_issued': str(tracker.stats.started),
             'track_time_resets': str(tracker.stats.time_resets),
             'track_errors': str(self._track_errors)})
-        pub.publish(diagnostic_array(self.get_clock(), _STATUS_NAME, stats.level(),
-                                     stats.message(), values, detector.backend.name))
+        array = diagnostic_array(self.get_clock(), _STATUS_NAME, stats.level(),
+                                 stats.message(), values, detector.backend.name)
+        self._poll_limit()
+        array.status.extend(self._budget_status(now).status)
+        pub.publish(array)
+
+    def _budget_status(self, now: float) -> DiagnosticArray:
+        """Build the budget status (OK, "no budget check", while there is no limit to use)."""
+        measured = self._budget.window.values()
+        values: dict[str, object] = {key: f'{value:.1f}' for key, value in measured.items()}
+        values['warmup_ms'] = f'{1e3 * self._budget.startup_latency_s:.1f}'
+        source = self._shell.config.budget_from
+        if self._limit is None:
+            why = ('budget_from is empty' if not source else
+                   f'waiting for {source}/get_parameters (max_perception_age_s)')
+            return diagnostic_array(self.get_clock(), _BUDGET_STATUS, 'OK',
+                                    f'no budget check: {why}', values)
+        limit_s, human_speed = self._limit
+        verdict = self._budget.verdict(now, limit_s, human_speed)
+        values.update(limit_ms=f'{1e3 * limit_s:.1f}', limit_from=source,
+                      worst_age_ms=f'{1e3 * verdict.worst_age_s:.1f}')
+        return diagnostic_array(self.get_clock(), _BUDGET_STATUS, verdict.level,
+                                verdict.message, values)
 
 
 def _spin(node: DetectorNode) -> None:

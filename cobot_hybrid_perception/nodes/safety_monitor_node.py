@@ -20,6 +20,11 @@ Publishes ``speed_scale`` (``std_msgs/Float64`` in [0, 1], as cobot drivers' spe
 ``protective_stop`` (``std_msgs/Bool``), both reliable + transient local, on every input and
 every ``evaluation_period_s``; ``diagnostics`` (state, reason, distances, at 2 Hz and on every
 state change) and ``safety_markers`` (``visualization_msgs/MarkerArray`` of zones and people).
+The diagnostics also carry the time spent per state and cause since activation
+(``time_s.PROTECTIVE_STOP.stale_perception``, ``time_s.SLOW.person``...) and a second status,
+``<node>: perception budget``: the age of the detections as they arrive (p50/p99/max of the
+age just before each new frame, the capture-to-arrival latency, the frame period) judged
+against ``max_perception_age_s`` (:mod:`cobot_hybrid_perception.perception_budget`).
 
 Lifecycle: inputs are wired in ``on_configure``; speed scale is published only while active;
 deactivating publishes a protective stop first. ``autostart`` configures and activates at start.
@@ -55,6 +60,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from cobot_hybrid_perception import safety_view
 from cobot_hybrid_perception.errors import ConfigError, PerceptionError
 from cobot_hybrid_perception.frame_policy import depth_scale_m
+from cobot_hybrid_perception.perception_budget import AgeWindow, BudgetWatch
 from cobot_hybrid_perception.safety_pipeline import (
     PersonDetection,
     SafetyConfig,
@@ -135,6 +141,8 @@ class SafetyMonitorNode(LifecycleNode):
         self._last_state: SafetyState | None = None
         self._last_diag_s = 0.0
         self._published = 0
+        self._ages = BudgetWatch(AgeWindow())
+        self._times = safety_view.CauseTimes()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -186,6 +194,8 @@ class SafetyMonitorNode(LifecycleNode):
         """Start publishing (the monitor starts in PROTECTIVE_STOP)."""
         result = super().on_activate(state)
         self._active = True
+        self._ages = BudgetWatch(AgeWindow())
+        self._times = safety_view.CauseTimes()
         self._timer.reset()
         self._evaluate()
         return result
@@ -266,6 +276,7 @@ class SafetyMonitorNode(LifecycleNode):
         detections = [_to_person_detection(det, keypoints) for det in msg.detections]
         assert self._pipeline is not None
         self._pipeline.on_detections(_seconds(msg.header.stamp), detections)
+        self._ages.window.add(_seconds(msg.header.stamp), self._now_s())
 
     def _on_keypoints(self, msg: Detection2DArray) -> None:
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
@@ -327,6 +338,7 @@ class SafetyMonitorNode(LifecycleNode):
         self._stop_pub.publish(Bool(data=safety_view.stop_requested(decision.state)))
         self._published += 1
         now = time.monotonic()
+        self._times.record(now, decision)
         if safety_view.diagnostics_due(decision.state, self._last_state, now,
                                        self._last_diag_s):
             if decision.state != self._last_state:
@@ -338,9 +350,22 @@ class SafetyMonitorNode(LifecycleNode):
 
     def _diagnostics(self, report: SafetyReport) -> DiagnosticArray:
         d = report.decision
-        return diagnostic_array(self.get_clock(), f'{self.get_name()}: ssm',
-                                safety_view.level(d.state), d.reason,
-                                safety_view.diagnostic_values(report, self._published))
+        values = {**safety_view.diagnostic_values(report, self._published),
+                  'cause': d.cause, **self._times.values()}
+        array = diagnostic_array(self.get_clock(), f'{self.get_name()}: ssm',
+                                 safety_view.level(d.state), d.reason, values)
+        assert self._pipeline is not None
+        cfg = self._pipeline.cfg
+        verdict = self._ages.verdict(time.monotonic(), cfg.max_perception_age_s,
+                                     cfg.human_speed_far_mps)
+        ages = {f'perception_{key}': f'{value:.1f}'
+                for key, value in self._ages.window.values().items()}
+        array.status.extend(diagnostic_array(
+            self.get_clock(), f'{self.get_name()}: perception budget', verdict.level,
+            verdict.message, {**ages, 'limit_ms': f'{1e3 * cfg.max_perception_age_s:.1f}',
+                              'frames_implausible': str(self._ages.window.implausible)}
+        ).status)
+        return array
 
     def _markers(self, report: SafetyReport) -> MarkerArray:
         assert self._pipeline is not None
