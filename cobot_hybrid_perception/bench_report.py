@@ -93,13 +93,25 @@ def format_table(report: dict[str, Any]) -> str:
     return '\n'.join(lines)
 
 
+def _collapsed(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+    """Merge consecutive rows of one backend skipped for the same reason (one line each)."""
+    merged: list[tuple[dict[str, Any], str]] = []
+    for row in rows:
+        if merged and 'skipped' in row and merged[-1][0].get('skipped') == row['skipped'] \
+                and merged[-1][0]['backend'] == row['backend']:
+            merged[-1] = (merged[-1][0], f'{merged[-1][1]}, {row["precision"]}')
+            continue
+        merged.append((row, _precision(row)))
+    return merged
+
+
 def seed_table(report: dict[str, Any]) -> str:
     """Format the seed's runtime comparison as markdown, filled with this run's numbers."""
     lines = ['| Runtime | Hardware target | Precision | Latency p50 / p99 (ms) | '
              'Throughput (fps) | Peak memory (MB) | Agreement with FP32 (recall / mIoU) |',
              '|---|---|---|---|---|---|---|']
-    for row in report['rows']:
-        cells = [row['backend'], row.get('target', ''), _precision(row)]
+    for row, precisions in _collapsed(report['rows']):
+        cells = [row['backend'], row.get('target', ''), precisions]
         if 'skipped' in row:
             reason = row['skipped'].replace('|', '\\|').replace('\n', ' ')
             cells += [f'not measured: {reason}', '-', '-', '-']
@@ -129,18 +141,30 @@ def render_png(report: dict[str, Any]) -> bytes:
     positions = list(range(len(rows)))
     if rows:
         width = 0.38
-        latency.bar([p - width / 2 for p in positions], [r['p50_ms'] for r in rows], width,
-                    label='p50', color='#4878a8')
-        latency.bar([p + width / 2 for p in positions], [r['p99_ms'] for r in rows], width,
-                    label='p99', color='#e0884a')
-        latency.legend(loc='upper right')
+        p50s, p99s = [r['p50_ms'] for r in rows], [r['p99_ms'] for r in rows]
+        # One stall must not flatten every other bar: clip at 4x the slowest p50, say so.
+        top = min(max(p99s), 4.0 * max(p50s)) * 1.15
+        latency.set_ylim(0, top)
+        for offset, values, name, colour in ((-width / 2, p50s, 'p50', '#4878a8'),
+                                             (width / 2, p99s, 'p99', '#e0884a')):
+            xs = [p + offset for p in positions]
+            latency.bar(xs, values, width, label=name, color=colour)
+            for x, value in zip(xs, values, strict=True):
+                clipped = value > top
+                latency.text(x, min(value, top * 0.93), f'{value:.1f}' + (' ^' if clipped
+                                                                          else ''),
+                             ha='center', va='bottom', fontsize=7)
+        latency.legend(loc='upper left')
         memory.bar(positions, [r['peak_rss_mb'] for r in rows], 0.5, color='#6a9f58')
+        for x, row in zip(positions, rows, strict=True):
+            memory.text(x, row['peak_rss_mb'], f'{row["peak_rss_mb"]:.0f}', ha='center',
+                        va='bottom', fontsize=7)
         memory.set_xticks(positions, labels, fontsize=8)
         memory.set_xlim(-0.6, max(len(rows), 3) - 0.4)
     else:
         latency.text(0.5, 0.5, 'no runtime could run here', ha='center', va='center',
                      transform=latency.transAxes)
-    latency.set_ylabel('latency per frame (ms)')
+    latency.set_ylabel('latency per frame (ms; ^ = clipped)')
     memory.set_ylabel('peak RSS (MB)')
     latency.set_title(f'{report["model"]} at {report["settings"]["imgsz"]}, '
                       f'{report["frames"]["count"]} frames', fontsize=10)

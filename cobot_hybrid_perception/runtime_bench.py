@@ -22,6 +22,7 @@ import argparse
 import glob
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import resource
@@ -319,7 +320,7 @@ def bench_one(plan: RowPlan, imgsz: int, runs: int, images: str, frames: int,
             'model': detector.model_path.name, 'model_hash': detector.model_hash,
             'imgsz': imgsz, 'runs': len(times), 'load_s': load_s,
             'p50_ms': statistics.median(times),
-            'p99_ms': ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+            'p99_ms': ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)],  # nearest rank
             'mean_ms': statistics.mean(times),
             'throughput_fps': 1e3 / statistics.mean(times),
             'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
