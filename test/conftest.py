@@ -299,3 +299,39 @@ def mosquitto_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def qdq_model(tmp_path: Path) -> Path:
+    """A tiny INT8 QDQ ONNX model ``qdq.onnx`` and its FP32 twin ``fp32.onnx`` beside it.
+
+    QuantizeLinear/DequantizeLinear around a Conv: what `cobot-hybrid quantize` writes, in small.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    x = helper.make_tensor_value_info('images', TensorProto.FLOAT, [1, 3, 32, 32])
+    y = helper.make_tensor_value_info('output0', TensorProto.FLOAT, [1, 4, 32, 32])
+    conv = {'kernel_shape': [3, 3], 'pads': [1, 1, 1, 1]}
+    scale = numpy_helper.from_array(np.array(1 / 64, np.float32), 's')
+    zero = numpy_helper.from_array(np.array(0, np.int8), 'z')
+    wscale = numpy_helper.from_array(np.array(1 / 32, np.float32), 'ws')
+    wq = numpy_helper.from_array(np.clip(np.round(weight * 32), -127, 127).astype(np.int8),
+                                 'wq')
+    qdq = helper.make_graph([
+        helper.make_node('QuantizeLinear', ['images', 's', 'z'], ['xq']),
+        helper.make_node('DequantizeLinear', ['xq', 's', 'z'], ['xd']),
+        helper.make_node('DequantizeLinear', ['wq', 'ws', 'z'], ['wd']),
+        helper.make_node('Conv', ['xd', 'wd'], ['output0'], **conv),
+    ], 'qdq', [x], [y], [scale, zero, wscale, wq])
+    fp32 = helper.make_graph([helper.make_node('Conv', ['images', 'w'], ['output0'], **conv)],
+                             'fp32', [x], [y], [numpy_helper.from_array(weight, 'w')])
+    for graph, name in ((qdq, 'qdq.onnx'), (fp32, 'fp32.onnx')):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        onnx.save(model, str(tmp_path / name))
+    return tmp_path / 'qdq.onnx'

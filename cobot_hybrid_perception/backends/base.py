@@ -15,9 +15,13 @@ from typing import Any, Protocol
 
 import numpy.typing as npt
 
-from cobot_hybrid_perception.errors import ModelLoadError
+from cobot_hybrid_perception.errors import BackendUnavailableError, ModelLoadError
 
-__all__ = ['BackendOptions', 'InferenceBackend', 'model_hash']
+__all__ = ['BackendOptions', 'InferenceBackend', 'INT8_HOWTO', 'cpu_precision', 'model_hash']
+
+#: What to do when INT8 is asked for a runtime that cannot calibrate (said in its error).
+INT8_HOWTO = ('run `cobot-hybrid quantize MODEL --calib DIR` (your images) and pass the '
+              '-int8.onnx it writes, or use backend tensorrt with calib_dir')
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class BackendOptions:
 
     precision: str = 'fp16'            # fp32 | fp16 | int8 (GPU backends; CPU runs fp32)
     device: int = 0                    # CUDA device index
+    openvino_device: str = 'CPU'       # OpenVINO device: CPU, GPU, GPU.1, NPU
     threads: int = 0                   # CPU intra-op threads (0: runtime default)
     cache_dir: Path = Path('.')        # engines, timing caches, calibration caches
     calib_dir: Path | None = None      # images for INT8 calibration
@@ -48,6 +53,20 @@ class InferenceBackend(Protocol):
     def close(self) -> None:
         """Release sessions, engines and device memory."""
         ...
+
+
+def cpu_precision(backend: str, asked: str, model_int8: bool) -> str:
+    """Tell what a CPU runtime runs: the model's INT8 if it is quantized, else fp32.
+
+    INT8 asked for an FP32 model is refused (these runtimes do not calibrate); fp16 asked runs
+    fp32 (no fast fp16 on CPUs), which the backend choice's reason says.
+    """
+    if model_int8:
+        return 'int8'
+    if asked == 'int8':
+        raise BackendUnavailableError(f'{backend} runs INT8 only from an INT8 (QDQ) model and '
+                                      f'this one is FP32: {INT8_HOWTO}')
+    return 'fp32'
 
 
 _HASH_CACHE: dict[tuple[str, int, float], str] = {}

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cobot_hybrid_perception.backends.base import BackendOptions, model_hash
+from cobot_hybrid_perception.backends.base import BackendOptions, cpu_precision, model_hash
+from cobot_hybrid_perception.backends.onnx_facts import onnx_facts
 from cobot_hybrid_perception.errors import BackendUnavailableError, ModelLoadError
 
 __all__ = ['PROVIDERS', 'OnnxRuntimeBackend', 'available_providers']
@@ -54,8 +55,8 @@ class OnnxRuntimeBackend:
         if not model.is_file():
             raise ModelLoadError(f'model file {model} does not exist')
         self.name = f'ort-{provider}'
-        self.precision = 'fp16' if provider == 'tensorrt' and options.precision == 'fp16' \
-            else 'fp32'
+        if provider != 'cpu':   # refused before a GPU session builds anything
+            self.precision = self._precision(provider, model, options.precision)
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if options.threads > 0:
@@ -70,6 +71,8 @@ class OnnxRuntimeBackend:
                                                  providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises bare RuntimeErrors
             raise ModelLoadError(f'ONNX Runtime cannot load {model}: {exc}') from None
+        if provider == 'cpu':   # after the session: a corrupt file is ONNX Runtime's to report
+            self.precision = self._precision(provider, model, options.precision)
         got = self._session.get_providers()
         if not got or got[0] != PROVIDERS[provider]:
             raise BackendUnavailableError(
@@ -99,6 +102,20 @@ class OnnxRuntimeBackend:
             else:
                 self._binding.bind_output(name, 'cpu', 0, np.float32, list(buffer.shape),
                                           buffer.ctypes.data)
+
+    @staticmethod
+    def _precision(provider: str, model: Path, asked: str) -> str:
+        """Tell what the session really runs; refuse INT8 where it would silently run FP32."""
+        if provider == 'cpu':
+            return cpu_precision('ort-cpu', asked, onnx_facts(model).int8)
+        if asked == 'int8':
+            why = ('its INT8 needs a calibration ONNX Runtime does not do here'
+                   if provider == 'tensorrt' else 'the CUDA EP has no INT8 kernels')
+            raise BackendUnavailableError(
+                f'ort-{provider} would run precision int8 as fp32 ({why}): use backend '
+                'tensorrt with calib_dir (it calibrates INT8), or run `cobot-hybrid quantize '
+                'MODEL --calib DIR` and pass the -int8.onnx to ort-cpu or openvino')
+        return 'fp16' if provider == 'tensorrt' and asked == 'fp16' else 'fp32'
 
     @staticmethod
     def _provider_options(provider: str, model: Path, options: BackendOptions
