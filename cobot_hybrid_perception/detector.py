@@ -9,6 +9,7 @@ pixels plus how long each stage took.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,27 +25,32 @@ from cobot_hybrid_perception.models import model_cache_dir, resolve_model
 from cobot_hybrid_perception.yolo_decode import Detections, decode
 from cobot_hybrid_protocol.settings import check_settings, setting
 
-__all__ = ['DetectorConfig', 'Detector', 'StageTimes', 'PRECISIONS']
+__all__ = ['DEFAULT_IMGSZ', 'DetectorConfig', 'Detector', 'StageTimes', 'PRECISIONS']
 
 PRECISIONS = ('fp32', 'fp16', 'int8')
+#: The default model's size when imgsz is 0 (the node's and the CLI's default).
+DEFAULT_IMGSZ = 640
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
     """What to run and how (also the detector node's parameters)."""
 
-    model: str = setting('default',
-                         'default (YOLO11n-pose from the model cache) or a .onnx/.engine/.pt path')
-    backend: str = setting('auto', 'inference runtime (auto: by the model file and what is '
-                           'installed)', choices=BACKENDS)
-    imgsz: int = setting(640, 'network input size of the default model (320 or 640)', low=32,
-                         high=4096)
-    precision: str = setting('fp16', 'GPU backends (CPU backends run fp32)',
-                             choices=PRECISIONS)
+    model: str = setting('default', 'default (YOLO11n-pose from the model cache) or a '
+                         '.onnx/.engine/.tflite/.pt path')
+    backend: str = setting('auto', 'inference runtime (auto: the fastest measured here that '
+                           'runs the model file)', choices=BACKENDS)
+    imgsz: int = setting(0, "network input size: 0 = the model's own (640 for the default "
+                         'model); else it must match the model (default model: 320 or 640)',
+                         low=0, high=4096)
+    precision: str = setting('fp16', 'fp16/int8 on GPU backends; CPU backends run fp32, or '
+                             'int8 from an INT8 (QDQ) model', choices=PRECISIONS)
     conf: float = setting(0.25, 'minimum score', low=0.0, high=1.0, live=True)
     iou: float = setting(0.45, 'NMS IoU threshold', low=0.0, high=1.0, live=True)
     max_det: int = setting(100, 'most detections per frame', low=1, high=10000, live=True)
     device: int = setting(0, 'CUDA device index', low=0, high=64)
+    openvino_device: str = setting('CPU', 'OpenVINO device (backend openvino): CPU, GPU, '
+                                   'GPU.<n> or NPU')
     threads: int = setting(0, 'CPU inference threads (0: runtime default)', low=0, high=256)
     cache_dir: str = setting('', 'engines and calibration caches (empty: the model cache)')
     calib_dir: str = setting('', 'folder of images for INT8 calibration')
@@ -62,8 +68,12 @@ class DetectorConfig:
             raise ConfigError(f'backend {self.backend!r}: use one of {", ".join(BACKENDS)}')
         if self.precision not in PRECISIONS:
             raise ConfigError(f'precision {self.precision!r}: use one of {PRECISIONS}')
-        if self.imgsz <= 0 or self.imgsz % 32:
-            raise ConfigError(f'imgsz {self.imgsz} must be a positive multiple of 32')
+        if self.imgsz < 0 or self.imgsz % 32:
+            raise ConfigError(f"imgsz {self.imgsz} must be 0 (the model's own size) or a "
+                              'positive multiple of 32')
+        if not re.fullmatch(r'CPU|GPU(\.\d{1,2})?|NPU', self.openvino_device):
+            raise ConfigError(f'openvino_device {self.openvino_device!r}: use CPU, GPU, '
+                              'GPU.<n> or NPU')
         for name in ('conf', 'iou'):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f'{name} {getattr(self, name)} outside 0..1')
@@ -97,17 +107,25 @@ class Detector:
 
     def __init__(self, cfg: DetectorConfig) -> None:
         self.cfg = cfg
-        self.model_path = resolve_model(cfg.model, cfg.imgsz)
+        size = cfg.imgsz or DEFAULT_IMGSZ
+        self.model_path = resolve_model(cfg.model, size,
+                                        '.tflite' if cfg.backend == 'litert' else '.onnx')
         cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else model_cache_dir()
         options = BackendOptions(precision=cfg.precision, device=cfg.device,
+                                 openvino_device=cfg.openvino_device,
                                  threads=cfg.threads, cache_dir=cache,
                                  calib_dir=Path(cfg.calib_dir) if cfg.calib_dir else None,
-                                 imgsz=(cfg.imgsz, cfg.imgsz))
+                                 imgsz=(size, size))
         choice = select_backend(cfg.backend, self.model_path, options)
         self.backend = choice.backend
         self.backend_reason = choice.reason
         try:
             _, _, height, width = self.backend.input_shape
+            if cfg.imgsz and (height, width) != (cfg.imgsz, cfg.imgsz):
+                raise ConfigError(
+                    f'imgsz {cfg.imgsz} does not match the input of {self.model_path.name} '
+                    f"({height}x{width}); set imgsz {height} or 0 (the model's own size), or "
+                    f'export the model at {cfg.imgsz}')
             overrides = {'class_names': cfg.class_names, 'task': cfg.task,
                          'kpt_shape': cfg.kpt_shape}
             self.info = ModelInfo.from_metadata(self.backend.metadata, (height, width),

@@ -38,16 +38,21 @@ def model_cache_dir() -> Path:
     return Path(base) / 'cobot_hybrid' / 'models'
 
 
-def default_model_path(imgsz: int, cache: Path | None = None) -> Path:
-    """Path of the default model's ONNX export at ``imgsz``."""
-    return (cache or model_cache_dir()) / f'{DEFAULT_MODEL}-{imgsz}.onnx'
+def default_model_path(imgsz: int, cache: Path | None = None, suffix: str = '.onnx') -> Path:
+    """Path of the default model's export at ``imgsz`` (``.onnx``, or ``.tflite`` for LiteRT)."""
+    return (cache or model_cache_dir()) / f'{DEFAULT_MODEL}-{imgsz}{suffix}'
 
 
-def resolve_model(spec: str, imgsz: int) -> Path:
+def resolve_model(spec: str, imgsz: int, suffix: str = '.onnx') -> Path:
     """``default`` / ``yolo11n-pose`` -> the cached export at ``imgsz``; else a file path."""
     if spec in ('', 'default', DEFAULT_MODEL):
-        path = default_model_path(imgsz)
+        path = default_model_path(imgsz, suffix=suffix)
         if not path.is_file():
+            if suffix == '.tflite':
+                raise ModelLoadError(
+                    f'the default model at imgsz {imgsz} has no LiteRT conversion in the '
+                    f'cache ({path}); run `make litert-model` (320) or `cobot-hybrid export '
+                    f'{path.with_suffix(".onnx")} --format litert`')
             raise ModelLoadError(
                 f'the default model at imgsz {imgsz} is not in the cache ({path}); run '
                 f'`make setup` or `python -m cobot_hybrid_perception.models --sizes {imgsz}`')

@@ -46,10 +46,11 @@ def test_auto_picks_what_runs_and_says_why_it_passed_over_the_rest(model_320: Pa
     choice = select_backend('auto', model_320, options(tmp_path))
     try:
         if 'cuda' not in available_providers() and tensorrt_status() is not None:
-            assert choice.backend.name == 'ort-cpu'
+            assert choice.backend.name in ('ort-cpu', 'openvino')   # the faster one here
             assert 'passed over tensorrt' in choice.reason
             assert 'CUDAExecutionProvider' in choice.reason
         assert choice.reason.startswith('auto picked')
+        assert ' ms' in choice.reason and 'measured now' in choice.reason
     finally:
         choice.backend.close()
 
@@ -70,7 +71,10 @@ def test_tensorrt_asked_for_without_tensorrt_says_what_is_missing(model_320: Pat
 
 @pytest.mark.parametrize(('name', 'suffix', 'error', 'message'), [
     ('ort-cpu', '.onnx', ModelLoadError, 'does not exist'),
-    ('ort-cpu', '.tflite', ModelLoadError, 'unsupported file type'),
+    ('ort-cpu', '.bin', ModelLoadError, 'unsupported file type'),
+    ('ort-cpu', '.tflite', BackendUnavailableError, 'cannot run a .tflite model'),
+    ('openvino', '.pt', BackendUnavailableError, 'cannot run a .pt model'),
+    ('litert', '.onnx', BackendUnavailableError, 'runs with tensorrt, ort-tensorrt'),
     ('ultralytics', '.onnx', BackendUnavailableError, 'cannot run a .onnx model'),
     ('warp-drive', '.onnx', BackendUnavailableError, 'unknown backend'),
 ])
@@ -202,3 +206,94 @@ def test_tensorrt_engine_agrees_with_onnxruntime_and_is_cached(model_320: Path,
         assert not second.built  # deserialised from the engine cache
     finally:
         second.close()
+
+
+# --- honest labels and sizes (issue 17) --------------------------------------------------------
+
+def test_fp16_asked_on_the_cpu_runs_fp32_and_the_reason_says_so(model_320: Path,
+                                                               tmp_path: Path) -> None:
+    choice = select_backend('ort-cpu', model_320, options(tmp_path, precision='fp16'))
+    try:
+        assert choice.backend.precision == 'fp32'
+        assert choice.reason == ('ort-cpu asked for by name; runs fp32, not the fp16 asked for '
+                                 '(ort-cpu has no fp16 path on this device)')
+    finally:
+        choice.backend.close()
+
+
+def test_int8_asked_for_an_fp32_model_on_the_cpu_says_how_to_get_one(model_320: Path,
+                                                                      tmp_path: Path) -> None:
+    with pytest.raises(BackendUnavailableError,
+                       match=r'ort-cpu runs INT8 only from an INT8 \(QDQ\) model.*'
+                             r'cobot-hybrid quantize MODEL --calib DIR.*-int8.onnx'):
+        select_backend('ort-cpu', model_320, options(tmp_path, precision='int8'))
+
+
+@pytest.mark.parametrize(('provider', 'message'), [
+    ('tensorrt', 'ort-tensorrt would run precision int8 as fp32.*backend tensorrt with '
+                 'calib_dir'),
+    ('cuda', 'ort-cuda would run precision int8 as fp32 .the CUDA EP has no INT8 kernels'),
+])
+def test_int8_on_ort_gpu_providers_is_refused_not_run_as_fp32(model_320: Path, provider: str,
+                                                              message: str) -> None:
+    with pytest.raises(BackendUnavailableError, match=message):
+        OnnxRuntimeBackend._precision(provider, model_320, 'int8')
+    assert OnnxRuntimeBackend._precision('tensorrt', model_320, 'fp16') == 'fp16'
+    assert OnnxRuntimeBackend._precision('cuda', model_320, 'fp16') == 'fp32'
+
+
+def test_a_qdq_model_is_int8_on_ort_cpu(qdq_model: Path, tmp_path: Path) -> None:
+    choice = select_backend('ort-cpu', qdq_model, options(tmp_path, precision='int8'))
+    try:
+        assert choice.backend.precision == 'int8'
+        assert choice.reason == 'ort-cpu asked for by name'
+        out = choice.backend.infer(np.ones(choice.backend.input_shape, np.float32))
+        assert out[0].shape == (1, 4, 32, 32)
+    finally:
+        choice.backend.close()
+    fp32 = select_backend('ort-cpu', qdq_model.with_name('fp32.onnx'), options(tmp_path))
+    try:
+        assert fp32.backend.precision == 'fp32'
+    finally:
+        fp32.backend.close()
+
+
+def test_onnx_facts_without_weights(model_320: Path, qdq_model: Path) -> None:
+    from cobot_hybrid_perception.backends.onnx_facts import onnx_facts
+
+    facts = onnx_facts(model_320)
+    assert not facts.int8 and facts.outputs == ((1, 56, 2100),)
+    assert facts.metadata['kpt_shape'] == '[17, 3]' and facts.metadata['imgsz'] == '[320, 320]'
+    assert onnx_facts(qdq_model).int8
+
+
+@pytest.mark.parametrize(('imgsz', 'ok'), [(0, True), (320, True), (640, False)])
+def test_imgsz_must_match_the_model_unless_left_at_0(model_320: Path, imgsz: int,
+                                                     ok: bool) -> None:
+    from cobot_hybrid_perception.detector import Detector, DetectorConfig
+    from cobot_hybrid_perception.errors import ConfigError
+
+    cfg = DetectorConfig(model=str(model_320), backend='ort-cpu', imgsz=imgsz)
+    if not ok:
+        with pytest.raises(ConfigError, match=r'imgsz 640 does not match the input of '
+                                              r'yolo11n-pose-320.onnx \(320x320\)'):
+            Detector(cfg)
+        return
+    detector = Detector(cfg)
+    try:
+        assert detector.info.imgsz == (320, 320)
+    finally:
+        detector.close()
+
+
+def test_the_default_config_starts_on_a_cpu_only_machine(tmp_path: Path) -> None:
+    from cobot_hybrid_perception.detector import DEFAULT_IMGSZ, Detector, DetectorConfig
+
+    cfg = DetectorConfig(cache_dir=str(tmp_path))
+    assert (cfg.imgsz, cfg.precision, cfg.backend) == (0, 'fp16', 'auto')
+    detector = Detector(cfg)
+    try:
+        assert detector.info.imgsz == (DEFAULT_IMGSZ, DEFAULT_IMGSZ)
+        assert detector.backend.precision in ('fp32', 'fp16')
+    finally:
+        detector.close()
