@@ -15,7 +15,7 @@ KUBECTL_LAYER := 2.2.2
 CHECKOV := 3.3.30
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup test lint typecheck pytest demo soak images constraints clean
+.PHONY: setup test lint typecheck pytest demo soak images litert-model constraints clean
 
 setup: $(STAMP)
 
@@ -71,6 +71,17 @@ images: setup
 	tools/install_system_deps.sh --images
 	PY=$(PY) tools/build_images.sh all
 	@echo "images: $(CLOUD_IMAGE):$(VERSION) $(EDGE_IMAGE):$(VERSION) (Jetson: $(EDGE_IMAGE):$(VERSION)-l4t, built elsewhere)"
+
+# LiteRT (not part of setup or test): a separate venv with TensorFlow + onnx2tf (~2.4 GB,
+# ~200 s), then the default model at 320 converted into the model cache as
+# yolo11n-pose-320.tflite + yolo11n-pose-320.json (its metadata). test_backend_litert runs once
+# it is there. Other models: cobot-hybrid export MODEL.onnx --format litert.
+LITERT_VENV := build/litert-export
+litert-model: setup
+	test -x $(LITERT_VENV)/bin/python || $(PYTHON) -m venv $(LITERT_VENV)
+	$(LITERT_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements/litert-export.txt
+	$(LITERT_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps tf_keras==2.21.0
+	$(PY) -m cobot_hybrid_cli export "$$($(PY) -c 'from cobot_hybrid_perception.models import resolve_model; print(resolve_model("default", 320))')" --format litert
 
 constraints: setup
 	(echo '# Exact versions tested (pip freeze after `make setup`); applied with -c. Regenerate: make constraints'; \

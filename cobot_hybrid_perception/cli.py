@@ -24,11 +24,17 @@ def _detector_args(parser: argparse.ArgumentParser) -> None:
     from cobot_hybrid_perception.backends import BACKENDS
 
     parser.add_argument('--model', default='default',
-                        help='default (YOLO11n-pose from the cache) or a .onnx/.engine/.pt')
-    parser.add_argument('--backend', default='auto', choices=BACKENDS)
-    parser.add_argument('--imgsz', type=int, default=640)
-    parser.add_argument('--precision', default='fp16', choices=('fp32', 'fp16', 'int8'))
+                        help='default (YOLO11n-pose from the cache) or a '
+                             '.onnx/.engine/.tflite/.pt')
+    parser.add_argument('--backend', default='auto', choices=BACKENDS,
+                        help='auto: the fastest measured on this machine (cached)')
+    parser.add_argument('--imgsz', type=int, default=0,
+                        help="0: the model's own input size (640 for the default model)")
+    parser.add_argument('--precision', default='fp16', choices=('fp32', 'fp16', 'int8'),
+                        help='CPU backends run fp32, or int8 from an INT8 (quantize) model')
     parser.add_argument('--threads', type=int, default=0, help='CPU threads (0: default)')
+    parser.add_argument('--openvino-device', default='CPU',
+                        help='backend openvino: CPU, GPU, GPU.<n> or NPU')
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
@@ -37,7 +43,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
     detector = Detector(DetectorConfig(model=args.model, backend=args.backend,
                                        imgsz=args.imgsz, precision=args.precision,
-                                       conf=args.conf, threads=args.threads))
+                                       conf=args.conf, threads=args.threads,
+                                       openvino_device=args.openvino_device))
     if not args.json:
         print(f'# {detector.backend.name} {detector.backend.precision}, model '
               f'{detector.model_path.name} ({detector.model_hash}); {detector.backend_reason}',
@@ -70,11 +77,27 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from cobot_hybrid_perception.models import export_onnx, model_cache_dir
 
     source = Path(args.model)
-    if source.suffix != '.pt' or not source.is_file():
-        raise PerceptionError(f'export needs an Ultralytics .pt checkpoint; {source} is not one')
-    onnx_path = export_onnx(source, args.imgsz,
-                            source.with_name(f'{source.stem}-{args.imgsz}.onnx'))
-    print(onnx_path)
+    if not source.is_file() or source.suffix.lower() not in ('.pt', '.onnx'):
+        raise PerceptionError(f'export needs an Ultralytics .pt checkpoint or a .onnx model; '
+                              f'{source} is neither')
+    if source.suffix.lower() == '.onnx':
+        if args.format == 'onnx' and not args.engine:
+            raise PerceptionError(f'{source} is ONNX already: export makes ONNX from a .pt '
+                                  'checkpoint; for a .onnx give --format litert or --engine')
+        if args.imgsz is not None:
+            raise PerceptionError(f'--imgsz is for a .pt export; {source} keeps the size it '
+                                  'was exported at')
+        onnx_path = source
+    else:
+        imgsz = args.imgsz or 640
+        onnx_path = export_onnx(source, imgsz, source.with_name(f'{source.stem}-{imgsz}.onnx'))
+        print(onnx_path)
+    if args.format == 'litert':
+        from cobot_hybrid_perception.litert_model import export_litert
+
+        tflite, sidecar = export_litert(onnx_path, Path(args.output) if args.output else None)
+        print(f'# metadata sidecar {sidecar}', file=sys.stderr)
+        print(tflite)
     if args.engine:
         from cobot_hybrid_perception.backends.tensorrt_backend import TensorRTBackend
 
@@ -193,9 +216,16 @@ def register(subparsers: Any) -> None:
     quantize.add_argument('--json', action='store_true')
     quantize.set_defaults(func=_cmd_quantize)
 
-    export = subparsers.add_parser('export', help='export a .pt to ONNX (and a TensorRT engine)')
-    export.add_argument('model', help='Ultralytics .pt checkpoint')
-    export.add_argument('--imgsz', type=int, default=640)
+    export = subparsers.add_parser(
+        'export', help='export a .pt to ONNX, an ONNX to LiteRT (.tflite) or a TensorRT engine')
+    export.add_argument('model', help='Ultralytics .pt checkpoint, or a .onnx for --format '
+                        'litert / --engine')
+    export.add_argument('--imgsz', type=int, default=None, help='.pt export size (640)')
+    export.add_argument('--format', default='onnx', choices=('onnx', 'litert'),
+                        help='litert: also convert the ONNX to .tflite with onnx2tf in the '
+                             'export environment (make litert-model creates it)')
+    export.add_argument('--output', default='',
+                        help='--format litert: the .tflite path (default: beside the ONNX)')
     export.add_argument('--engine', action='store_true',
                         help='also build and cache the TensorRT engine (needs TensorRT)')
     export.add_argument('--precision', default='fp16', choices=('fp32', 'fp16', 'int8'))
