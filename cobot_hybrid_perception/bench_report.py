@@ -59,6 +59,13 @@ def _settings_line(report: dict[str, Any]) -> str:
 
 def _notes(report: dict[str, Any]) -> list[str]:
     notes = []
+    load = report.get('load_1min') or {}
+    cores = report['machine']['usable_cores'] or 1
+    before = load.get('before')
+    if before is not None and before > 0.5 * cores:  # 'after' counts this run's own work
+        notes.append(f'1-minute load average {before} before this run (on {cores} cores; '
+                     f'{load.get("after")} after): other processes shared the CPU, so '
+                     'latencies are noisy; rerun on a quiet machine to compare')
     for row in report['rows']:
         if 'skipped' in row:
             continue
@@ -161,6 +168,7 @@ def render_png(report: dict[str, Any]) -> bytes:
                         va='bottom', fontsize=7)
         memory.set_xticks(positions, labels, fontsize=8)
         memory.set_xlim(-0.6, max(len(rows), 3) - 0.4)
+        memory.set_ylim(0, 1.2 * max(r['peak_rss_mb'] for r in rows))
     else:
         latency.text(0.5, 0.5, 'no runtime could run here', ha='center', va='center',
                      transform=latency.transAxes)

@@ -450,6 +450,7 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
     """Every planned row in its own process, scored against the ort-cpu FP32 reference."""
     from cobot_hybrid_perception.models import DEFAULT_MODEL, resolve_model
 
+    load_before = _load_1min()
     source = resolve_model(settings.model, settings.imgsz)
     plans = plan_rows(source, settings.backends, settings.precisions, settings.calib,
                       default=settings.model in ('', 'default', DEFAULT_MODEL))
@@ -485,12 +486,21 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
     return {'machine': machine_info(), 'settings': asdict(settings),
             'model': source.name, 'reference': ' '.join(REFERENCE),
             'reference_in_table': in_table,
+            'load_1min': {'before': load_before, 'after': _load_1min()},
             'frames': {'spec': settings.images, 'count': frames,
                        'labels': list(frame_set.labels[:50])},
             'rows': results}
 
 
 # --- the machine ------------------------------------------------------------------------------
+
+def _load_1min() -> float | None:
+    """Return the 1-minute load average (other work on the CPU makes latencies noisy)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
 
 def _cpu_model() -> str:
     try:

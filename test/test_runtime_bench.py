@@ -222,3 +222,11 @@ def test_agreement_by_hand(reference: list[Any], candidate: list[Any],
                            expected: tuple[float, float]) -> None:
     recall, mean_iou = agreement(reference, candidate)
     assert recall == pytest.approx(expected[0]) and mean_iou == pytest.approx(expected[1])
+
+
+def test_a_busy_machine_is_said_to_make_the_numbers_noisy(report: dict[str, Any]) -> None:
+    assert set(report['load_1min']) == {'before', 'after'}
+    busy = {**report, 'load_1min': {'before': 40.0, 'after': 41.0}}
+    assert 'latencies are noisy' in format_table(busy)
+    quiet = {**report, 'load_1min': {'before': 0.0, 'after': 1.0}}
+    assert 'noisy' not in format_table(quiet)
