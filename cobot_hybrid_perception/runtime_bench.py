@@ -225,6 +225,10 @@ def _plan_one(backend: str, precision: str, source: Path, calib: str, default: b
                        'precision (fp32); fp16 is the tensorrt and ort-tensorrt rows')
     if precision != 'int8':
         return RowPlan(backend, precision, str(source))
+    if backend in ('ort-cuda', 'ort-tensorrt'):
+        return RowPlan(backend, precision, skipped='ONNX Runtime has no INT8 path on this EP '
+                       '(the CUDA EP has no INT8 kernels, the TensorRT EP would need its own '
+                       'calibration): INT8 on the GPU is the tensorrt row')
     if backend == 'tensorrt':
         if not calib:
             return RowPlan(backend, precision, skipped='TensorRT INT8 calibrates on your '

@@ -195,6 +195,7 @@ def test_plan_has_every_backend_and_precision_and_says_why_not(tmp_path: Path) -
     assert 'not in this build' in rows[('openvino', 'fp32')].skipped
     assert '--calib' in rows[('tensorrt', 'int8')].skipped
     assert rows[('ort-cuda', 'fp16')].skipped and not rows[('ort-cuda', 'fp32')].skipped
+    assert 'tensorrt row' in rows[('ort-cuda', 'int8')].skipped
     assert '.pt' in rows[('ultralytics', 'fp32')].skipped
 
     (tmp_path / 'm-320-int8.onnx').write_bytes(b'int8')
