@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 __all__ = ['PACKAGES', 'main']
 
-PACKAGES = ('cobot_hybrid_perception', 'cobot_hybrid_bridge', 'cobot_hybrid_planner')
+PACKAGES = ('cobot_hybrid_perception', 'cobot_hybrid_bridge', 'cobot_hybrid_planner',
+            'cobot_hybrid_ros')
 
 
 def main(argv: Sequence[str] | None = None) -> int:

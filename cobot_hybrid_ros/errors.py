@@ -6,6 +6,7 @@ Hierarchy::
       ImageCodecError     an image message, buffer or compressed payload cannot be converted
                           as asked (also a ValueError)
       UnknownParameterError  a params file or ``-p`` names a parameter the node does not have
+      ProfileError        ``cobot-hybrid profile`` was given something it cannot measure or read
 """
 
 
@@ -19,3 +20,7 @@ class ImageCodecError(RosHelperError, ValueError):
 
 class UnknownParameterError(RosHelperError, ValueError):
     """A parameter given to a node (params file, ``-p``) that it does not declare."""
+
+
+class ProfileError(RosHelperError, ValueError):
+    """``cobot-hybrid profile`` was given bad options or a recorded profile it cannot read."""

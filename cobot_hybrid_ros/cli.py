@@ -1,0 +1,129 @@
+"""The ROS-graph sub-command of ``cobot-hybrid``: profile (the dispatcher calls :func:`register`).
+
+``cobot-hybrid profile`` joins the running graph (the environment's ROS_DOMAIN_ID and
+discovery settings) for ``--seconds``, measures topics, nodes and processes
+(:mod:`cobot_hybrid_ros.graph_profile`), probes the link when given ``--broker``, and prints the
+decision matrix (:mod:`cobot_hybrid_ros.placement`). ``--out DIR`` writes ``profile.json`` (the
+sample, with the matrix) and ``decision_matrix.md``; ``--from FILE`` places a recorded sample
+again, e.g. with another link's numbers (``--rtt-ms``, ``--uplink-mbps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from cobot_hybrid_ros.errors import ProfileError
+from cobot_hybrid_ros.link_probe import LinkProbeError
+
+__all__ = ['ERRORS', 'register']
+
+#: What the sub-command raises for bad input or an unreachable system (one line, exit 2).
+ERRORS = (ProfileError, LinkProbeError)
+#: Most bytes of a recorded sample read back (a sample is tens of kB).
+MAX_SAMPLE_BYTES = 16 * 2**20
+
+
+def _read_sample(path: Path) -> dict[str, Any]:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ProfileError(f'cannot read the recorded profile {path}: {exc.strerror}') from None
+    if size > MAX_SAMPLE_BYTES:
+        raise ProfileError(f'{path} is {size} bytes, more than a profile ({MAX_SAMPLE_BYTES})')
+    try:
+        data = json.loads(path.read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProfileError(f'{path} is not a profile JSON: {exc}') from None
+    sample = data.get('sample') if isinstance(data, dict) else None
+    if not isinstance(sample, dict) or not isinstance(sample.get('nodes'), dict):
+        raise ProfileError(f'{path} has no "sample" with "nodes": write one with '
+                           '`cobot-hybrid profile --out DIR`')
+    return sample
+
+
+def _take_sample(seconds: float) -> dict[str, Any]:
+    import rclpy
+
+    from cobot_hybrid_ros.graph_profile import sample
+
+    rclpy.init()
+    try:
+        node = rclpy.create_node('cobot_hybrid_profile')
+        try:
+            return sample(node, seconds)
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from cobot_hybrid_ros.graph_profile import link_from, workloads
+    from cobot_hybrid_ros.link_probe import probe
+    from cobot_hybrid_ros.placement import decision_matrix, format_matrix
+
+    if not (0.5 <= args.seconds <= 3600):
+        raise ProfileError(f'--seconds {args.seconds}: use 0.5 to 3600')
+    data = _read_sample(Path(args.from_file)) if args.from_file else _take_sample(args.seconds)
+    measured = None
+    if args.broker:
+        host, _, port = args.broker.rpartition(':')
+        if not host or not port.isdigit():
+            raise ProfileError(f'--broker {args.broker!r}: use HOST:PORT')
+        measured = probe(host, int(port))
+    if args.rtt_ms is not None or args.uplink_mbps is not None:
+        base = link_from(data, measured)
+        measured = {'rtt_s': args.rtt_ms / 1e3 if args.rtt_ms is not None else base.rtt_s,
+                    'uplink_bytes_per_s': args.uplink_mbps * 1e6 / 8
+                    if args.uplink_mbps is not None else base.uplink_bytes_per_s,
+                    'source': 'given on the command line'}
+    link = link_from(data, measured, may_drop=not args.link_never_drops)
+    rows = decision_matrix(workloads(data), link)
+    table = format_matrix(rows, link)
+    result = {'sample': data, 'link': {k: (None if isinstance(v, float) and not math.isfinite(v)
+                                           else v) for k, v in vars(link).items()},
+              'decision_matrix': [row.to_dict() for row in rows]}
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / 'profile.json').write_text(json.dumps(result, indent=1, default=str))
+        (out / 'decision_matrix.md').write_text(table + '\n')
+    if args.json:
+        print(json.dumps(result, default=str))
+        return 0
+    print(f'# {len(data.get("nodes", {}))} nodes, {len(data.get("topics", {}))} topics over '
+          f'{data.get("seconds", 0):.1f} s')
+    print(f'{"topic":<34} {"Hz":>7} {"kB/s":>10}  publishers')
+    for topic, info in sorted(data.get('topics', {}).items()):
+        print(f'{topic:<34} {info.get("rate_hz", 0):>7.1f} '
+              f'{info.get("bytes_per_s", 0) / 1e3:>10.1f}  {", ".join(info["publishers"])}')
+    print(f'\n{"process":<26} {"CPU cores":>9} {"RSS MB":>8}')
+    for name, proc in sorted(data.get('processes', {}).items()):
+        cpu, rss = proc.get('cpu_cores'), proc.get('rss_mb')
+        print(f'{name:<26} {cpu if cpu is not None else math.nan:>9.2f} '
+              f'{rss if rss is not None else math.nan:>8.0f}')
+    print('\n' + table)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add the profile sub-command."""
+    profile = subparsers.add_parser(
+        'profile', help='measure a running ROS graph and place its workloads (edge or cloud)')
+    profile.add_argument('--seconds', type=float, default=5.0, help='how long to measure')
+    profile.add_argument('--from', dest='from_file', default='',
+                         help='place a recorded profile.json again instead of measuring')
+    profile.add_argument('--broker', default='', help='HOST:PORT of the MQTT broker to probe '
+                         '(RTT and uplink); default: the bridge link RTT from its diagnostics')
+    profile.add_argument('--rtt-ms', type=float, default=None, help='use this link RTT')
+    profile.add_argument('--uplink-mbps', type=float, default=None,
+                         help='use this uplink bandwidth [Mbit/s]')
+    profile.add_argument('--link-never-drops', action='store_true',
+                         help='the link is assumed never to drop (default: it may)')
+    profile.add_argument('--out', default='', help='write profile.json and decision_matrix.md')
+    profile.add_argument('--json', action='store_true', help='print the whole result as JSON')
+    profile.set_defaults(func=_cmd_profile)

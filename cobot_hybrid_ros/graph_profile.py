@@ -1,0 +1,276 @@
+"""Profile a running ROS graph: per topic, node and process what it costs, then place it.
+
+:func:`sample` joins the graph as one node for a few seconds and measures, independently of
+what the nodes say about themselves:
+
+* per topic: messages/s and bytes/s (raw subscriptions: nothing is deserialized), who
+  publishes and who subscribes;
+* per node: its process (found by its name on the command line), CPU in cores and resident
+  memory over the window (psutil; a Jetson's GPU/EMC load when ``jtop`` is installed);
+* the nodes' own diagnostics (latest status per name): the detector's per-stage latency and
+  its perception budget, the bridge's link RTT.
+
+:func:`workloads` turns a sample into :class:`~cobot_hybrid_ros.placement.Workload` rows (the
+suite's nodes by :data:`WORKLOADS`; any other node as a row without a deadline) and
+:func:`link_from` the link. A sample is plain JSON (``--out`` writes it), so a recorded run is
+placed again later with other link numbers (``cobot-hybrid profile --from``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cobot_hybrid_ros.placement import Link, Workload
+
+__all__ = ['WORKLOADS', 'WorkloadSpec', 'link_from', 'sample', 'workloads']
+
+#: Topics not worth measuring (the graph's own plumbing).
+SKIP_TOPICS = frozenset({'/rosout', '/parameter_events'})
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """How to read one of the suite's nodes as a workload."""
+
+    name: str
+    deadline: str          # where its deadline is read: 'budget' | a parameter of the node
+    safety: bool = False   # a safety function: must keep working when the link drops
+    fleet: bool = False    # needs every robot's state: belongs where they all are
+    latency_key: str = ''  # its own diagnostics value of its latency [ms]
+
+
+#: The suite's nodes, by node name.
+WORKLOADS = {
+    'detector_node': WorkloadSpec('person detection', 'budget', safety=True,
+                                  latency_key='total_ms_p50'),
+    'safety_monitor_node': WorkloadSpec('speed and separation monitoring',
+                                        'max_perception_age_s', safety=True),
+    'mission_executor_node': WorkloadSpec('mission execution', 'step_period_s', safety=True),
+    'planner_node': WorkloadSpec('fleet mission planning', 'plan_time_limit_s', fleet=True),
+}
+
+
+def _find_processes(node_names: list[str]) -> dict[str, Any]:
+    """psutil.Process per node name, by the name on its command line (module or __node)."""
+    import psutil
+
+    found: dict[str, Any] = {}
+    for proc in psutil.process_iter(['pid', 'cmdline']):
+        cmdline = ' '.join(proc.info.get('cmdline') or [])
+        if 'graph_profile' in cmdline or 'cobot-hybrid profile' in cmdline:
+            continue
+        for name in node_names:
+            if name not in found and (f'__node:={name}' in cmdline
+                                      or f'.{name} ' in cmdline + ' '
+                                      or f'/{name} ' in cmdline + ' '):
+                found[name] = proc
+    return found
+
+
+def _jetson() -> dict[str, Any] | str:
+    try:
+        from jtop import jtop  # type: ignore[import-not-found]
+    except ImportError:
+        return 'jtop (jetson_stats) not installed: no GPU/EMC figures'
+    try:
+        with jtop() as jetson:
+            return {k: v for k, v in jetson.stats.items() if isinstance(v, (int, float, str))}
+    except Exception as exc:  # noqa: BLE001 - jtop's service may be down: say so
+        return f'jtop failed: {exc}'
+
+
+def sample(node: Any, seconds: float) -> dict[str, Any]:
+    """Measure the graph ``node`` is on for ``seconds``; return the sample (JSON-ready)."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    me = node.get_fully_qualified_name()
+    _discover(node)
+    counts: dict[str, list[int]] = {}
+    best_effort = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
+    topics: dict[str, dict[str, Any]] = {}
+    for topic, types in node.get_topic_names_and_types():
+        if topic in SKIP_TOPICS or not types:
+            continue
+        publishers = [_qualified(i.node_namespace, i.node_name)
+                      for i in node.get_publishers_info_by_topic(topic)]
+        publishers = [p for p in publishers if p != me]
+        if not publishers:
+            continue
+        msg_type = _message_class(types[0])
+        if msg_type is None:
+            continue   # a type this environment cannot import: not measured
+        counts[topic] = [0, 0]
+
+        def on_raw(raw: bytes, tally: list[int] = counts[topic]) -> None:
+            tally[0] += 1
+            tally[1] += len(raw)
+        node.create_subscription(msg_type, topic, on_raw, best_effort, raw=True)
+        topics[topic] = {'type': types[0], 'publishers': sorted(set(publishers)),
+                         'subscribers': sorted({_qualified(i.node_namespace, i.node_name)
+                                                for i in node.get_subscriptions_info_by_topic(
+                                                    topic)} - {me})}
+    statuses: dict[str, dict[str, Any]] = {}
+
+    def on_diag(msg: Any) -> None:
+        for status in msg.status:
+            level = status.level[0] if isinstance(status.level, bytes) else int(status.level)
+            statuses[status.name] = {'level': level, 'message': status.message,
+                                     'values': {kv.key: kv.value for kv in status.values}}
+    node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 50)
+    names = sorted({n for n, _ in node.get_node_names_and_namespaces()} - {node.get_name()})
+    procs = _find_processes(names)
+    settle = time.monotonic() + 0.5   # the subscriptions match their publishers
+    while time.monotonic() < settle:
+        rclpy.spin_once(node, timeout_sec=0.05)
+    for tally in counts.values():
+        tally[:] = [0, 0]
+    for proc in procs.values():
+        _safe(proc.cpu_percent, None)
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        rclpy.spin_once(node, timeout_sec=0.05)
+    elapsed = time.monotonic() - start
+    for topic, (messages, size) in counts.items():
+        topics[topic].update(rate_hz=messages / elapsed, bytes_per_s=size / elapsed,
+                             mean_message_bytes=size / messages if messages else 0.0)
+    processes = {}
+    for name, proc in procs.items():
+        cpu = _safe(proc.cpu_percent, None)
+        memory = _safe(proc.memory_info)
+        processes[name] = {'pid': proc.pid,
+                           'cpu_cores': cpu / 100.0 if cpu is not None else None,
+                           'rss_mb': memory.rss / 2**20 if memory is not None else None}
+    nodes = {}
+    for name, namespace in node.get_node_names_and_namespaces():
+        if name == node.get_name():
+            continue
+        subs = [t for t, _ in node.get_subscriber_names_and_types_by_node(name, namespace)]
+        nodes[_qualified(namespace, name)] = {'name': name, 'subscribes': sorted(subs)}
+    return {'seconds': elapsed, 'topics': topics, 'processes': processes, 'nodes': nodes,
+            'diagnostics': statuses, 'parameters': _parameters(node, nodes),
+            'jetson': _jetson()}
+
+
+def _discover(node: Any, quiet_s: float = 1.0, most_s: float = 6.0) -> None:
+    """Spin until the graph's topics and nodes stop changing for ``quiet_s`` (or ``most_s``)."""
+    import rclpy
+
+    start = time.monotonic()
+    seen: tuple[Any, ...] = ()
+    changed = start
+    while time.monotonic() - start < most_s and time.monotonic() - changed < quiet_s:
+        rclpy.spin_once(node, timeout_sec=0.1)
+        now = (tuple(sorted(t for t, _ in node.get_topic_names_and_types())),
+               tuple(sorted(node.get_node_names_and_namespaces())))
+        if now != seen:
+            seen, changed = now, time.monotonic()
+
+
+def _message_class(type_name: str) -> Any:
+    """``pkg/msg/Name`` -> the Python message class, or None when it cannot be imported."""
+    import importlib
+
+    parts = type_name.split('/')
+    if len(parts) != 3 or not all(p.isidentifier() for p in parts):
+        return None
+    try:
+        return getattr(importlib.import_module(f'{parts[0]}.{parts[1]}'), parts[2], None)
+    except ImportError:
+        return None
+
+
+def _qualified(namespace: str, name: str) -> str:
+    return f'{namespace.rstrip("/")}/{name}'
+
+
+def _safe(fn: Any, *args: Any) -> Any:
+    import psutil
+
+    try:
+        return fn(*args)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _parameters(node: Any, nodes: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Ask the suite's nodes for their deadline parameters over their parameter services."""
+    import rclpy
+    from rcl_interfaces.msg import ParameterType
+    from rcl_interfaces.srv import GetParameters
+
+    out: dict[str, dict[str, float]] = {}
+    for qualified, info in nodes.items():
+        spec = WORKLOADS.get(info['name'])
+        if spec is None or spec.deadline == 'budget':
+            continue
+        client = node.create_client(GetParameters, f'{qualified}/get_parameters')
+        if not client.wait_for_service(timeout_sec=2.0):
+            continue
+        future = client.call_async(GetParameters.Request(names=[spec.deadline]))
+        rclpy.spin_until_future_complete(node, future, timeout_sec=2.0)
+        values = getattr(future.result(), 'values', None) or []
+        if values and values[0].type == ParameterType.PARAMETER_DOUBLE:
+            out[qualified] = {spec.deadline: float(values[0].double_value)}
+        node.destroy_client(client)
+    return out
+
+
+def _num(text: Any) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return math.nan
+    return value if math.isfinite(value) else math.nan
+
+
+def workloads(data: dict[str, Any]) -> list[Workload]:
+    """Read a sample as workloads: the suite's nodes by WORKLOADS, others without a deadline."""
+    rows = []
+    topics = data.get('topics', {})
+    diag = data.get('diagnostics', {})
+    for qualified, info in sorted(data.get('nodes', {}).items()):
+        name = info['name']
+        spec = WORKLOADS.get(name)
+        proc = data.get('processes', {}).get(name, {})
+        inputs = [(topics[t].get('bytes_per_s', 0.0), t) for t in info.get('subscribes', [])
+                  if t in topics and t != '/diagnostics']
+        rate, topic = max(inputs) if inputs else (math.nan, '')
+        deadline, source, latency = math.nan, '', math.nan
+        if spec is not None and spec.deadline == 'budget':
+            budget = diag.get(f'perception budget: {name}', {}).get('values', {})
+            deadline = _num(budget.get('limit_ms')) / 1e3
+            source = f'{budget.get("limit_from", "?")} max_perception_age_s'
+        elif spec is not None:
+            deadline = _num(data.get('parameters', {}).get(qualified, {}).get(spec.deadline))
+            source = f'{qualified} {spec.deadline}'
+        if spec is not None and spec.latency_key:
+            own = next((s['values'] for n, s in diag.items()
+                        if n.startswith(f'{name}:') and spec.latency_key in s['values']), {})
+            latency = _num(own.get(spec.latency_key)) / 1e3
+        rows.append(Workload(
+            name=spec.name if spec else name, node=qualified, deadline_s=deadline,
+            deadline_source=source, edge_latency_s=latency, input_topic=topic,
+            input_bytes_per_s=rate, input_message_bytes=(
+                topics[topic].get('mean_message_bytes', math.nan) if topic else math.nan),
+            cpu_cores=_num(proc.get('cpu_cores')), rss_mb=_num(proc.get('rss_mb')),
+            safety=bool(spec and spec.safety), fleet=bool(spec and spec.fleet)))
+    return rows
+
+
+def link_from(data: dict[str, Any], probe: dict[str, float] | None = None,
+              may_drop: bool = True) -> Link:
+    """Return the link: a probe's numbers if given, else the bridge's RTT (its diagnostics)."""
+    if probe:
+        return Link(probe.get('rtt_s', math.nan), probe.get('uplink_bytes_per_s', math.nan),
+                    may_drop, probe.get('source', 'probe'))
+    bridge = next((s['values'] for n, s in data.get('diagnostics', {}).items()
+                   if 'rtt_ms' in s.get('values', {})), None)
+    if bridge is None:
+        return Link(may_drop=may_drop, source='no bridge diagnostics heard, no probe')
+    return Link(_num(bridge.get('rtt_ms')) / 1e3, math.nan, may_drop,
+                'the bridge link RTT (its diagnostics); uplink not probed')
