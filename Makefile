@@ -28,6 +28,14 @@ $(STAMP): requirements/base.txt requirements/dev.txt requirements/models.txt \
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) -r requirements/dev.txt -c requirements/constraints.txt
+# Ultralytics requires opencv-python (5.x), we ask for opencv-python-headless<5 (5.x has no
+# HOG/Cascade): both write site-packages/cv2, the last one installed wins. Keep only ours
+# (`pip check` then reports ultralytics' missing opencv-python; it runs on the headless cv2).
+	$(PY) -m pip uninstall -q -y opencv-python
+	$(PIP) --force-reinstall --no-deps -c requirements/constraints.txt opencv-python-headless
+# One OpenCV left (else fail); torchvision loads, or one line on why not (CPU torch beside
+# a CUDA-only torchvision): tools/check_venv.py
+	$(PY) tools/check_venv.py requirements/constraints.txt
 	$(PY) tools/build_interfaces.py
 	npm install --silent --no-audit --no-fund --prefix build/npm @asyncapi/specs@$(ASYNCAPI_SPECS)
 	[ "$$(cat build/npm/kubectl-layer/.version 2>/dev/null)" = $(KUBECTL_LAYER) ] || ( \
