@@ -96,11 +96,6 @@ def sample(node: Any, seconds: float) -> dict[str, Any]:
     for topic, types in node.get_topic_names_and_types():
         if topic in SKIP_TOPICS or not types:
             continue
-        publishers = [_qualified(i.node_namespace, i.node_name)
-                      for i in node.get_publishers_info_by_topic(topic)]
-        publishers = [p for p in publishers if p != me]
-        if not publishers:
-            continue
         msg_type = _message_class(types[0])
         if msg_type is None:
             continue   # a type this environment cannot import: not measured
@@ -110,10 +105,7 @@ def sample(node: Any, seconds: float) -> dict[str, Any]:
             tally[0] += 1
             tally[1] += len(raw)
         node.create_subscription(msg_type, topic, on_raw, best_effort, raw=True)
-        topics[topic] = {'type': types[0], 'publishers': sorted(set(publishers)),
-                         'subscribers': sorted({_qualified(i.node_namespace, i.node_name)
-                                                for i in node.get_subscriptions_info_by_topic(
-                                                    topic)} - {me})}
+        topics[topic] = {'type': types[0]}
     statuses: dict[str, dict[str, Any]] = {}
 
     def on_diag(msg: Any) -> None:
@@ -136,7 +128,12 @@ def sample(node: Any, seconds: float) -> dict[str, Any]:
         rclpy.spin_once(node, timeout_sec=0.05)
     elapsed = time.monotonic() - start
     for topic, (messages, size) in counts.items():
-        topics[topic].update(rate_hz=messages / elapsed, bytes_per_s=size / elapsed,
+        # Who publishes and subscribes, asked at the end: endpoints are discovered after
+        # their topics are, and a graph of many processes takes seconds to settle.
+        ends = {kind: sorted({_qualified(i.node_namespace, i.node_name) for i in infos} - {me})
+                for kind, infos in (('publishers', node.get_publishers_info_by_topic(topic)),
+                                    ('subscribers', node.get_subscriptions_info_by_topic(topic)))}
+        topics[topic].update(ends, rate_hz=messages / elapsed, bytes_per_s=size / elapsed,
                              mean_message_bytes=size / messages if messages else 0.0)
     processes = {}
     for name, proc in procs.items():
