@@ -202,3 +202,36 @@ def test_bad_model_metadata_is_a_clear_error(meta: dict, hw: tuple, overrides: d
                                              message: str) -> None:
     with pytest.raises(ModelLoadError, match=message):
         ModelInfo.from_metadata(meta, hw, overrides)
+
+
+def _reference_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
+    """The textbook greedy loop, to hold OpenCV's NMSBoxes to."""
+    order = list(np.argsort(-scores, kind='stable'))
+    keep = []
+    while order:
+        i = order.pop(0)
+        keep.append(int(i))
+        rest = []
+        for j in order:
+            w = max(0.0, min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0]))
+            h = max(0.0, min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1]))
+            inter = w * h
+            union = ((boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1])
+                     + (boxes[j, 2] - boxes[j, 0]) * (boxes[j, 3] - boxes[j, 1]) - inter)
+            if inter / union <= threshold:
+                rest.append(j)
+        order = rest
+    return keep
+
+
+@pytest.mark.parametrize('seed', range(20))
+def test_nms_matches_the_textbook_greedy_loop(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 200))
+    xy = rng.uniform(0, 300, (n, 2))
+    wh = rng.uniform(5, 120, (n, 2))
+    boxes = np.c_[xy, xy + wh].astype(np.float32)
+    scores = rng.uniform(0.25, 1.0, n).astype(np.float32)
+    for threshold in (0.3, 0.45, 0.7):
+        assert nms(boxes, scores, threshold).tolist() == _reference_nms(boxes, scores,
+                                                                        threshold)
