@@ -57,7 +57,9 @@ lint: setup
 typecheck: setup
 	$(PY) -m mypy cobot_hybrid_protocol cobot_hybrid_perception cobot_hybrid_bridge \
 	    cobot_hybrid_planner cobot_hybrid_cli cobot_hybrid_ros/image_codec.py \
-	    cobot_hybrid_ros/errors.py cobot_hybrid_ros/bringup.py cobot_hybrid_ros/frames.py --exclude '/nodes/'
+	    cobot_hybrid_ros/errors.py cobot_hybrid_ros/bringup.py cobot_hybrid_ros/frames.py \
+	    cobot_hybrid_ros/placement.py cobot_hybrid_ros/link_probe.py cobot_hybrid_ros/graph_profile.py \
+	    cobot_hybrid_ros/cli.py --exclude '/nodes/'
 
 pytest: setup
 	tools/run_isolated.sh $(PY) -m pytest -n $(JOBS) --durations=10

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -95,7 +95,9 @@ def batched_nms(boxes: npt.NDArray[Any], scores: npt.NDArray[Any],
     np.subtract(boxes[:, 2:], boxes[:, :2], out=xywh[:, 2:])
     ranked = np.asarray(scores, np.float64)
     ranked = ranked - ranked.min() + 1.0   # OpenCV keeps scores > 0 only: same order, all > 0
-    kept = cv2.dnn.NMSBoxesBatched(xywh, ranked, np.asarray(class_ids, np.int32), 0.0,
+    # OpenCV's stubs say sequences; it takes the arrays as they are (no per-box conversion).
+    kept = cv2.dnn.NMSBoxesBatched(cast(Any, xywh), cast(Any, ranked),
+                                   cast(Any, np.asarray(class_ids, np.int32)), 0.0,
                                    float(iou_threshold))
     return np.asarray(kept, dtype=np.int64).reshape(-1)
 

@@ -246,8 +246,9 @@ def workloads(data: dict[str, Any]) -> list[Workload]:
             deadline = _num(data.get('parameters', {}).get(qualified, {}).get(spec.deadline))
             source = f'{qualified} {spec.deadline}'
         if spec is not None and spec.latency_key:
-            own = next((s['values'] for n, s in diag.items()
-                        if n.startswith(f'{name}:') and spec.latency_key in s['values']), {})
+            key = spec.latency_key
+            own: dict[str, Any] = next((s['values'] for n, s in diag.items()
+                                        if n.startswith(f'{name}:') and key in s['values']), {})
             latency = _num(own.get(spec.latency_key)) / 1e3
         rows.append(Workload(
             name=spec.name if spec else name, node=qualified, deadline_s=deadline,
@@ -259,7 +260,7 @@ def workloads(data: dict[str, Any]) -> list[Workload]:
     return rows
 
 
-def link_from(data: dict[str, Any], probe: dict[str, float] | None = None,
+def link_from(data: dict[str, Any], probe: dict[str, Any] | None = None,
               may_drop: bool = True) -> Link:
     """Return the link: a probe's numbers if given, else the bridge's RTT (its diagnostics)."""
     if probe:
