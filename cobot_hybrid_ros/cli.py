@@ -18,31 +18,33 @@ from typing import Any
 
 from cobot_hybrid_ros.errors import ProfileError
 from cobot_hybrid_ros.link_probe import LinkProbeError
+from cobot_hybrid_ros.profile_input import read_sample
 
 __all__ = ['ERRORS', 'register']
 
 #: What the sub-command raises for bad input or an unreachable system (one line, exit 2).
 ERRORS = (ProfileError, LinkProbeError)
-#: Most bytes of a recorded sample read back (a sample is tens of kB).
-MAX_SAMPLE_BYTES = 16 * 2**20
+#: Characters of a broker host name at most (DNS: 253).
+MAX_HOST = 253
 
 
-def _read_sample(path: Path) -> dict[str, Any]:
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ProfileError(f'cannot read the recorded profile {path}: {exc.strerror}') from None
-    if size > MAX_SAMPLE_BYTES:
-        raise ProfileError(f'{path} is {size} bytes, more than a profile ({MAX_SAMPLE_BYTES})')
-    try:
-        data = json.loads(path.read_text(encoding='utf-8'))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProfileError(f'{path} is not a profile JSON: {exc}') from None
-    sample = data.get('sample') if isinstance(data, dict) else None
-    if not isinstance(sample, dict) or not isinstance(sample.get('nodes'), dict):
-        raise ProfileError(f'{path} has no "sample" with "nodes": write one with '
-                           '`cobot-hybrid profile --out DIR`')
-    return sample
+def _broker_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:1883`` for IPv6) -> (host, port); ProfileError otherwise."""
+    host, _, port = text.rpartition(':')
+    if host.startswith('[') and host.endswith(']'):
+        host = host[1:-1]
+        if not host or not all(c in '0123456789abcdefABCDEF:.' for c in host):
+            host = ''
+    elif ':' in host:
+        raise ProfileError(f'--broker {text[:80]!r}: write an IPv6 address in brackets, '
+                           'e.g. [::1]:1883')
+    if not host or len(host) > MAX_HOST or not host.isprintable() or any(
+            c.isspace() or c in '[]/' for c in host):
+        raise ProfileError(f'--broker {text[:80]!r}: use HOST:PORT (a host of 1 to {MAX_HOST} '
+                           'characters, e.g. localhost:1883)')
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+        raise ProfileError(f'--broker {text[:80]!r}: use HOST:PORT with a port 1 to 65535')
+    return host, int(port)
 
 
 def _take_sample(seconds: float) -> dict[str, Any]:
@@ -68,13 +70,9 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
     if not (0.5 <= args.seconds <= 3600):
         raise ProfileError(f'--seconds {args.seconds}: use 0.5 to 3600')
-    data = _read_sample(Path(args.from_file)) if args.from_file else _take_sample(args.seconds)
-    measured = None
-    if args.broker:
-        host, _, port = args.broker.rpartition(':')
-        if not host or not port.isdigit():
-            raise ProfileError(f'--broker {args.broker!r}: use HOST:PORT')
-        measured = probe(host, int(port))
+    broker = _broker_address(args.broker) if args.broker else None
+    data = read_sample(Path(args.from_file)) if args.from_file else _take_sample(args.seconds)
+    measured = probe(*broker) if broker else None
     if args.rtt_ms is not None or args.uplink_mbps is not None:
         base = link_from(data, measured)
         measured = {'rtt_s': args.rtt_ms / 1e3 if args.rtt_ms is not None else base.rtt_s,
