@@ -5,8 +5,14 @@ then the median of up to :data:`FRAMES` runs within :data:`BUDGET_S` per candida
 fastest is kept, the others closed. The choice is written to a JSON file in the cache dir,
 keyed by the model's hash, the precision, threads, devices and a hardware fingerprint (CPU
 model, core count, GPU name, the runtimes' versions), so the next start with the same facts
-builds the winner only. A cache file that cannot be read is ignored (the reason says so) and
-rewritten. Nothing here knows a real runtime: the caller passes ``build``.
+builds the winner only. A cache file that cannot be read (read within :data:`CACHE_LIMITS`:
+size, depth, digits, finite numbers) is ignored (the reason says so) and rewritten.
+
+A measurement is only as good as the machine was quiet: a choice measured while the 1-minute
+load average was above :data:`BUSY_LOAD` x the usable cores, or whose winner was less than
+:data:`MIN_MARGIN` faster than the runner-up, is used but not cached (measured again on the
+next start), and the reason line says why. Nothing here knows a real runtime: the caller passes
+``build``; the load is read by ``load`` (:func:`load_average` unless given).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -29,9 +36,12 @@ import numpy as np
 
 from cobot_hybrid_perception.backends.base import InferenceBackend
 from cobot_hybrid_perception.errors import BackendUnavailableError
+from cobot_hybrid_protocol.errors import PayloadError
+from cobot_hybrid_protocol.limits import Limits, is_number_in, parse_json
 
-__all__ = ['BUDGET_S', 'CACHE_NAME', 'CachedChoice', 'ChoiceCache', 'FRAMES', 'choice_key',
-           'choose', 'hardware_fingerprint', 'time_backend']
+__all__ = ['BUDGET_S', 'BUSY_LOAD', 'CACHE_LIMITS', 'CACHE_NAME', 'CachedChoice', 'ChoiceCache',
+           'FRAMES', 'MIN_MARGIN', 'choice_key', 'choose', 'hardware_fingerprint',
+           'load_average', 'time_backend']
 
 CACHE_NAME = 'auto_backend.json'
 CACHE_FORMAT = 'cobot_hybrid.auto-backend/1'
@@ -40,6 +50,13 @@ MIN_FRAMES = 3                 # ... and at least
 BUDGET_S = 0.6                 # per candidate, warm-up excluded
 MAX_CACHE_BYTES = 1 << 20
 MAX_ENTRIES = 64
+MAX_TEXT = 500                 # characters of a skipped reason kept in the cache
+#: The cache file: small and shallow ({format, choices: {key: {timings_ms: {name: ms}}}}).
+CACHE_LIMITS = Limits(max_bytes=MAX_CACHE_BYTES, max_depth=6, max_string=4 * MAX_TEXT,
+                      max_items=4 * MAX_ENTRIES, max_values=50_000)
+MAX_CANDIDATES = 32            # names in one entry's timings_ms or skipped
+BUSY_LOAD = 0.75               # load average per usable core above which nothing is cached
+MIN_MARGIN = 0.10              # the winner must be this much faster than the runner-up
 RUNTIMES = ('onnxruntime', 'onnxruntime-gpu', 'openvino', 'tensorrt', 'ai-edge-litert',
             'torch', 'ultralytics')
 
@@ -89,6 +106,14 @@ def hardware_fingerprint() -> dict[str, Any]:
     return {'cpu': _cpu_name(), 'cores': cores, 'gpus': _gpu_names(), 'runtimes': runtimes}
 
 
+def load_average() -> float:
+    """Return the 1-minute load average (NaN where the system has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return math.nan
+
+
 def choice_key(model_digest: str, candidates: Sequence[str], precision: str, threads: int,
                devices: str, fingerprint: Mapping[str, Any]) -> str:
     """Hash of everything that can change which backend is fastest."""
@@ -107,11 +132,15 @@ class CachedChoice:
     skipped: dict[str, str]
     measured: str              # ISO date of the measurement
     hardware: str              # CPU (and GPU) in words, for the reason line
+    load: float | None = None  # 1-minute load average when it was measured
+    margin: float | None = None   # runner-up / winner - 1 (None: no runner-up)
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict for the cache file."""
         return {'backend': self.backend, 'timings_ms': self.timings_ms,
-                'skipped': self.skipped, 'measured': self.measured, 'hardware': self.hardware}
+                'skipped': {k: v[:MAX_TEXT] for k, v in self.skipped.items()},
+                'measured': self.measured, 'hardware': self.hardware,
+                'load_1min': self.load, 'margin': self.margin}
 
     @classmethod
     def from_json(cls, doc: Any) -> CachedChoice:
@@ -122,13 +151,26 @@ class CachedChoice:
         if not isinstance(doc.get('backend'), str) or not isinstance(timings, dict) \
                 or doc['backend'] not in timings or not isinstance(skipped, dict):
             raise ValueError('entry lacks backend/timings_ms')
+        if len(timings) > MAX_CANDIDATES or len(skipped) > MAX_CANDIDATES or any(
+                len(name) > 64 for name in (*timings, *skipped)):
+            raise ValueError(f'more than {MAX_CANDIDATES} backends, or a name over 64 '
+                             'characters')
         clean: dict[str, float] = {}
         for name, ms in timings.items():
-            if not isinstance(ms, (int, float)) or isinstance(ms, bool) or not 0 < ms < 1e6:
-                raise ValueError(f'timing of {name!r} is not a positive number')
-            clean[str(name)] = float(ms)
-        return cls(doc['backend'], clean, {str(k): str(v)[:500] for k, v in skipped.items()},
-                   str(doc.get('measured', '?'))[:32], str(doc.get('hardware', '?'))[:200])
+            if not is_number_in(ms, 0.0, 1e6) or ms == 0:
+                raise ValueError(f'timing of {name[:64]!r} is not a positive number')
+            clean[name] = float(ms)
+        if not all(isinstance(v, str) for v in skipped.values()):
+            raise ValueError('a reason in skipped is not a string')
+        measured, hardware = doc.get('measured', '?'), doc.get('hardware', '?')
+        if not isinstance(measured, str) or not isinstance(hardware, str):
+            raise ValueError('measured and hardware must be strings')
+        load, margin = doc.get('load_1min'), doc.get('margin')
+        if not (load is None or is_number_in(load, 0.0)) \
+                or not (margin is None or is_number_in(margin, 0.0)):
+            raise ValueError('load_1min and margin must be numbers >= 0 or null')
+        return cls(doc['backend'], clean, {k: v[:MAX_TEXT] for k, v in skipped.items()},
+                   measured[:32], hardware[:200], load, margin)
 
 
 class ChoiceCache:
@@ -156,9 +198,10 @@ class ChoiceCache:
             self.problem = f'is over {MAX_CACHE_BYTES} bytes'
             return
         try:
-            doc = json.loads(raw.decode('utf-8'))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            self.problem = f'is not JSON ({exc})'
+            doc = parse_json(raw, CACHE_LIMITS, 'the file')
+        except PayloadError as exc:
+            what = 'is not JSON' if exc.reason in ('not_json', 'not_utf8') else 'is refused'
+            self.problem = f'{what} ({exc.detail})'
             return
         if not isinstance(doc, dict) or doc.get('format') != CACHE_FORMAT \
                 or not isinstance(doc.get('choices'), dict):
@@ -218,6 +261,23 @@ def _hardware_words(fingerprint: Mapping[str, Any]) -> str:
     return words + (f', {", ".join(gpus)}' if gpus else '')
 
 
+def _margin(timings: Mapping[str, float], winner: str) -> float | None:
+    """How much slower the runner-up is than the winner (None when there is no runner-up)."""
+    others = [ms for name, ms in timings.items() if name != winner]
+    return min(others) / timings[winner] - 1.0 if others and timings[winner] > 0 else None
+
+
+def _not_cached(choice: CachedChoice, cores: int) -> str:
+    """Why a measurement is too noisy to keep ('' when it may be cached)."""
+    why = []
+    if choice.load is not None and choice.load > BUSY_LOAD * cores:
+        why.append(f'load {choice.load:.1f} on {cores} cores')
+    if choice.margin is not None and choice.margin < MIN_MARGIN:
+        why.append(f'margin {100 * choice.margin:.0f} % over the runner-up '
+                   f'(under {100 * MIN_MARGIN:.0f} %)')
+    return ', '.join(why)
+
+
 def _reason(choice: CachedChoice, when: str, notes: list[str]) -> str:
     best = choice.timings_ms[choice.backend]
     others = [f'{name} {ms:.1f} ms' for name, ms in sorted(choice.timings_ms.items(),
@@ -235,18 +295,24 @@ def choose(candidates: Sequence[str], build: Callable[[str], InferenceBackend], 
            cache: ChoiceCache, fingerprint: Mapping[str, Any],
            timer: Callable[[InferenceBackend], float] = time_backend,
            today: Callable[[], str] = lambda: datetime.now(timezone.utc).date().isoformat(),
+           load: Callable[[], float] | None = None,
            ) -> tuple[InferenceBackend, str]:
-    """Build the cached winner, or measure every candidate that loads; return it and why."""
+    """Build the cached winner, or measure every candidate that loads; return it and why.
+
+    ``load`` reads the 1-minute load average (default :func:`load_average`), before the
+    candidates are timed: a busy machine's measurement is used, not cached.
+    """
     notes: list[str] = []
     cached = cache.get(key)
-    if cache.problem:
-        notes.append(f'choice cache {cache.path} {cache.problem}: ignored, rewritten')
+    problem = f'choice cache {cache.path} {cache.problem}: ignored' if cache.problem else ''
     if cached is not None and cached.backend in candidates:
         try:
-            return build(cached.backend), _reason(cached, f'cached {cached.measured}', notes)
+            return build(cached.backend), _reason(cached, f'cached {cached.measured}',
+                                                  [problem] if problem else [])
         except BackendUnavailableError as exc:
             notes.append(f'the cached choice {cached.backend} no longer loads ({exc}): '
                          'measured again')
+    load_1min = (load or load_average)()
     loaded: dict[str, InferenceBackend] = {}
     timings: dict[str, float] = {}
     skipped: dict[str, str] = {}
@@ -269,9 +335,21 @@ def choose(candidates: Sequence[str], build: Callable[[str], InferenceBackend], 
     for name, backend in loaded.items():
         if name != winner:
             backend.close()
+    cores = fingerprint.get('cores')
+    cores = cores if isinstance(cores, int) and cores > 0 else os.cpu_count() or 1
+    margin = _margin(timings, winner)
     choice = CachedChoice(winner, {k: round(v, 2) for k, v in timings.items()}, skipped,
-                          today(), _hardware_words(fingerprint))
+                          today(), _hardware_words(fingerprint),
+                          round(load_1min, 2) if math.isfinite(load_1min) else None,
+                          round(margin, 3) if margin is not None else None)
+    noisy = _not_cached(choice, cores)
+    if noisy:
+        if problem:
+            notes.insert(0, problem)
+        return loaded[winner], _reason(choice, f'measured now, not cached: {noisy}', notes)
     failed = cache.put(key, choice)
+    if problem:
+        notes.insert(0, problem + ('' if failed else ', rewritten'))
     if failed:
         notes.append(failed)
     return loaded[winner], _reason(choice, 'measured now', notes)
