@@ -204,6 +204,36 @@ def test_bad_model_metadata_is_a_clear_error(meta: dict, hw: tuple, overrides: d
         ModelInfo.from_metadata(meta, hw, overrides)
 
 
+@pytest.mark.parametrize(('key', 'text', 'message'), [
+    ('stride', '0', "stride='0' is not an integer 1 to"),
+    ('stride', 'x', "stride='x' is not an integer"),
+    ('stride', '1' + '0' * 5000, "stride='1000"),
+    ('kpt_shape', '[17]', 'kpt_shape [17] is not 2 integers'),
+    ('kpt_shape', '[1000000000, 3]', 'kpt_shape [1000000000, 3] is not 2 integers 1 to 1000'),
+    ('kpt_shape', '[17, True]', 'kpt_shape [17, True]'),
+    ('kpt_shape', "'ab'", "kpt_shape 'ab' is not 2 integers"),
+    ('names', "{0: 'person', 'a': 'b'}", "names {0: 'person', 'a': 'b'}: the keys must be"),
+    ('names', "{0: 'person', 2: 'b'}", 'the keys must be the class indices'),
+    ('names', "'person'", "names 'person' is not a list of class names"),
+    ('names', '[None]', 'names [None] is not a list'),
+    ('names', '(' * 50_000 + ')' * 50_000, "unreadable model metadata names='(((("),
+    ('names', '[' * 100 + ']' * 100, 'is not a list of class names'),
+    ('names', '[' * 5000 + ']' * 5000, 'unreadable model metadata names='),
+    ('names', 'x' * (2 << 20), 'not a string of at most'),
+    ('imgsz', "'ab'", "imgsz 'ab' is not 2 integers"),
+    ('imgsz', '[64, 0]', 'imgsz [64, 0] is not 2 integers'),
+    ('imgsz', '[64, 64, 3]', 'imgsz [64, 64, 3]'),
+    ('imgsz', '__import__("os")', 'unreadable model metadata imgsz='),
+])
+def test_loose_metadata_is_a_load_error_naming_key_and_value(key: str, text: str,
+                                                             message: str) -> None:
+    meta = {'names': "{0: 'person'}", 'task': 'pose', 'kpt_shape': '[17, 3]', 'stride': '32',
+            key: text}
+    with pytest.raises(ModelLoadError) as caught:
+        ModelInfo.from_metadata(meta, (64, 64))
+    assert message in str(caught.value) and len(str(caught.value)) < 300, caught.value
+
+
 def _reference_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
     """The textbook greedy loop, to hold OpenCV's NMSBoxes to."""
     order = list(np.argsort(-scores, kind='stable'))
