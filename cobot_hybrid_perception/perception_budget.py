@@ -29,12 +29,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = ['ERROR_AFTER_S', 'WARN_SHARE', 'AgeWindow', 'BudgetVerdict', 'BudgetWatch', 'assess',
-           'percentile']
+           'limit_problem', 'percentile']
 
 #: Share of the limit above which the budget is a WARN (the margin left is small).
 WARN_SHARE = 0.8
 #: Over the limit this long in a row: ERROR (shorter: WARN, a start-up or a hiccup).
 ERROR_AFTER_S = 3.0
+#: Frames in a row whose stamps cannot be measured before the budget says so.
+IMPLAUSIBLE_FOR_WARN = 10
 #: Frames the windows keep.
 WINDOW = 200
 #: A latency or period outside 0..this [s] is not a measurement (clocks apart, a paused
@@ -62,16 +64,23 @@ class AgeWindow:
     period: deque[float]
     peak_age: deque[float]
     implausible: int = 0
+    implausible_in_a_row: int = 0
+    last_seen_s: float = math.nan    # when the last frame (any) was seen
     _last_stamp: float | None = None
 
     def __init__(self, size: int = WINDOW) -> None:
         self.latency, self.period, self.peak_age = (deque(maxlen=size), deque(maxlen=size),
                                                     deque(maxlen=size))
         self.implausible = 0
+        self.implausible_in_a_row = 0
+        self.last_seen_s = math.nan
         self._last_stamp = None
 
     def add(self, stamp_s: float, seen_s: float) -> None:
         """Count one frame (a non-finite, backwards or implausible value is only counted)."""
+        if math.isfinite(seen_s):
+            self.last_seen_s = seen_s
+        self.implausible_in_a_row += 1   # reset below by a frame that is measured
         latency = seen_s - stamp_s
         if not (math.isfinite(stamp_s) and math.isfinite(seen_s)
                 and 0.0 <= latency <= PLAUSIBLE_S):
@@ -79,6 +88,7 @@ class AgeWindow:
             return
         last, self._last_stamp = self._last_stamp, stamp_s
         self.latency.append(latency)
+        self.implausible_in_a_row = 0
         if last is None:
             return
         period = stamp_s - last
@@ -176,9 +186,23 @@ class BudgetWatch:
     startup_latency_s: float = math.nan
     _over_since_s: float | None = None
 
-    def verdict(self, now_s: float, limit_s: float, human_speed_mps: float = 1.6
-                ) -> BudgetVerdict:
-        """Judge the budget now (``now_s`` on any monotonic clock: it times the over-limit run)."""
+    def verdict(self, now_s: float, limit_s: float, human_speed_mps: float = 1.6,
+                clock_s: float | None = None) -> BudgetVerdict:
+        """Judge the budget now (``now_s`` on any monotonic clock: it times the over-limit run).
+
+        ``clock_s``: now on the clock the frames were seen on; a silence longer than the limit
+        since the last frame is then a WARN, then an ERROR, whatever the window says.
+        """
+        silent = self._silence(limit_s, clock_s)
+        if silent is not None:
+            return self._over(now_s, silent)
+        window = self.window
+        if window.implausible_in_a_row >= IMPLAUSIBLE_FOR_WARN:
+            return self._over(now_s, BudgetVerdict(
+                'WARN', f'{window.implausible_in_a_row} frames in a row with stamps that cannot '
+                'be measured (stamped 0, in the future, or long ago: the camera and this node '
+                'disagree on the time, or the camera does not stamp); the safety monitor ages '
+                'detections by the same stamps', math.nan, math.nan, math.nan, limit_s))
         values = self.window.values()
         latency = values['latency_ms_p99'] / 1e3
         period = values['period_ms_p99'] / 1e3
@@ -195,3 +219,42 @@ class BudgetWatch:
             return first
         return assess(latency, period, limit_s, now_s - self._over_since_s, human_speed_mps,
                       age)
+
+    def _silence(self, limit_s: float, clock_s: float | None) -> BudgetVerdict | None:
+        last = self.window.last_seen_s
+        if clock_s is None or not math.isfinite(last) or not math.isfinite(clock_s):
+            return None
+        silence = clock_s - last
+        if silence <= max(limit_s, 0.0):
+            return None
+        return BudgetVerdict('ERROR', f'no frame for {silence:.1f} s (max_perception_age_s '
+                             f'{limit_s:.3f} s): the camera or the detector stopped; the safety '
+                             'monitor stops the robot', math.nan, math.nan, silence, limit_s)
+
+    def _over(self, now_s: float, verdict: BudgetVerdict) -> BudgetVerdict:
+        """Report a problem that is not a measured age: WARN first, ERROR after ERROR_AFTER_S."""
+        if self._over_since_s is None:
+            self._over_since_s = now_s
+        level = 'ERROR' if now_s - self._over_since_s >= ERROR_AFTER_S else 'WARN'
+        return BudgetVerdict(level, verdict.message, verdict.latency_s, verdict.period_s,
+                             verdict.worst_age_s, verdict.limit_s)
+
+
+def limit_problem(max_age_s: float, human_speed_mps: float) -> str | None:
+    """Why a limit answered by another node cannot be used (None: it can).
+
+    The bounds are the safety monitor's own (:class:`~cobot_hybrid_perception.ssm.SsmConfig`):
+    a node answering outside them is not the monitor, or not a sane one.
+    """
+    from cobot_hybrid_perception.ssm import SsmConfig
+    from cobot_hybrid_protocol.settings import specs
+
+    bounds = specs(SsmConfig)
+    for name, value in (('max_perception_age_s', max_age_s),
+                        ('human_speed_far_mps', human_speed_mps)):
+        _, spec = bounds[name]
+        low = spec.low if spec.low is not None else -math.inf
+        high = spec.high if spec.high is not None else math.inf
+        if not (math.isfinite(value) and low <= value <= high):
+            return f"answered {name} {value}, outside the monitor's range {low:g}..{high:g}"
+    return None

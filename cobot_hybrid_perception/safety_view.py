@@ -14,7 +14,8 @@ Pure data, no ROS: ``safety_monitor_node`` turns these into messages.
   statuses is ERROR or STALE (anything but OK and WARN);
 * time per cause (:class:`CauseTimes`): how long the robot was held, slowed or let run, by
   the decision's cause (a person, stale perception, a fault...), reported as
-  ``time_s.<state>.<cause>``.
+  ``time_s.<state>.<cause>``; recovering and holding after a fault carry it
+  (``time_s.PROTECTIVE_STOP.recovering.stale_perception``).
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ class CauseTimes:
             if 0.0 < step:
                 key = (state, cause)
                 self.seconds[key] = self.seconds.get(key, 0.0) + min(step, MAX_CHARGED_GAP_S)
-        self._last = (now_s, decision.state.value, decision.cause)
+        cause = f'{decision.cause}.{decision.after}' if decision.after else decision.cause
+        self._last = (now_s, decision.state.value, cause)
 
     def values(self) -> dict[str, str]:
         """``time_s.<STATE>.<cause>`` for every pair seen, seconds to 2 decimals."""

@@ -4,8 +4,8 @@ Protective separation distance (ISO/TS 15066 clause 5.5.4, human speeds from ISO
 
     S_p = S_h + S_r + S_s + C + Z_d + Z_r
     S_h = v_h * (A + T_R + T_S)  human travel since the detections were taken (their age A,
-                               at most ``max_perception_age_s``) and while the robot reacts
-                               and stops
+                               at most ``max_perception_age_s``; a stamp in the future counts
+                               as that oldest age) and while the robot reacts and stops
     S_r = v_r * T_R            robot travel during its reaction time
     S_s = v_r * T_S / 2        robot travel while braking (constant deceleration), or a fixed
                                stopping distance from the robot's data sheet
@@ -202,6 +202,8 @@ class Decision:
     closest_part: str = ''   # the link (or 'tcp') nearest the closest person
     #: Why, as one of :data:`CAUSES` (what stop time is counted under).
     cause: str = 'clear'
+    #: For ``recovering`` and ``holding``: the fault the robot is coming back from ('' none).
+    after: str = ''
 
 
 #: What a decision is down to: ``clear`` (RUN), ``person`` (a person's separation slows or
@@ -288,6 +290,7 @@ class SafetyMonitor:
     _healthy_since_s: float | None = None
     _hold: _Hold = field(default_factory=_Hold)
     _in_fault: bool = True
+    _after: str = 'no_perception'   # the last fault, until the robot runs or a person rules
 
     def evaluate(self, now_s: float, perception: Perception | None,
                  robot: RobotState) -> Decision:
@@ -304,7 +307,8 @@ class SafetyMonitor:
             if waited < self.cfg.fault_recovery_s:
                 return Decision(SafetyState.PROTECTIVE_STOP, 0.0,
                                 f'recovering: perception healthy for {waited:.2f} s of '
-                                f'{self.cfg.fault_recovery_s:.2f} s', cause='recovering')
+                                f'{self.cfg.fault_recovery_s:.2f} s', cause='recovering',
+                                after=self._after)
             self._in_fault = False
             self._scale = 0.0
             self._hold = _Hold()
@@ -357,6 +361,7 @@ class SafetyMonitor:
 
     def _stop_for_fault(self, reason: str, cause: str) -> Decision:
         self._in_fault = True
+        self._after = cause
         self._healthy_since_s = None
         self._scale = 0.0
         self._hold = _Hold()
@@ -368,7 +373,10 @@ class SafetyMonitor:
         closest, required, v_allowed, worst = math.inf, 0.0, cfg.robot_max_speed_mps, ''
         part = ''
         speed = robot.fastest_mps   # one speed for every person: any part may close in
-        age = max(0.0, now_s - perception.stamp_s)   # how long ago the people were seen
+        # How long ago the people were seen. A stamp in the future means the clocks disagree
+        # and the true age is unknown: S_p takes the oldest age the watchdog lets through.
+        age = now_s - perception.stamp_s
+        age = cfg.max_perception_age_s if age < 0 else age
         violation: tuple[float, float, str, str] | None = None  # (separation, S_p, label, part)
         for person in perception.people:
             d, nearest = robot.separation(person)
@@ -430,4 +438,7 @@ class SafetyMonitor:
             reason += f' (holding before raising to {self._hold.target:.2f})'
         cause = ('clear' if state is SafetyState.RUN else
                  'person' if math.isfinite(closest) else 'holding')
-        return Decision(state, scale, reason, closest, required, v_allowed, part, cause)
+        if cause != 'holding':
+            self._after = ''
+        return Decision(state, scale, reason, closest, required, v_allowed, part, cause,
+                        self._after if cause == 'holding' else '')

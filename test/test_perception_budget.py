@@ -11,6 +11,7 @@ from cobot_hybrid_perception.perception_budget import (
     AgeWindow,
     BudgetWatch,
     assess,
+    limit_problem,
     percentile,
 )
 from cobot_hybrid_perception.safety_view import MAX_CHARGED_GAP_S, CauseTimes
@@ -135,3 +136,57 @@ def test_decisions_carry_their_cause() -> None:
     held = monitor.evaluate(1.5, Perception(1.5), robot)   # nobody: the raise is held first
     assert held.cause == 'holding' and held.reason.startswith('no person within range')
     assert monitor.evaluate(2.1, Perception(2.1), robot).cause == 'clear'
+
+
+def test_a_stamp_in_the_future_never_lets_the_robot_go_faster() -> None:
+    # Camera clock ahead: the frame looks 0.19 s younger than now. S_p must not shrink.
+    cfg = SsmConfig(fault_recovery_s=0.0, hold_time_s=0.0, max_perception_age_s=0.2)
+    robot = RobotState(0.0, 0.0, 0.0, 0.2)
+    speeds = {}
+    for skew in (0.0, 0.05, 0.19):
+        monitor = SafetyMonitor(cfg)
+        person = (Person(1.3, 0.0),)
+        monitor.evaluate(0.0, Perception(0.0 + skew, person), robot)
+        speeds[skew] = monitor.evaluate(0.1, Perception(0.1 + skew, person),
+                                        robot).allowed_speed_mps
+    assert speeds[0.19] <= speeds[0.0] and speeds[0.05] <= speeds[0.0]
+
+
+def test_silence_and_unmeasurable_stamps_are_not_ok() -> None:
+    watch = BudgetWatch(AgeWindow())
+    for i in range(5):
+        watch.window.add(i * 0.1, i * 0.1 + 0.02)
+    assert watch.verdict(0.0, 0.2, clock_s=0.45).level == 'OK'
+    silent = watch.verdict(1.0, 0.2, clock_s=2.0)   # the camera stopped 1.6 s ago
+    assert silent.level == 'WARN' and 'no frame for 1.6 s' in silent.message
+    assert watch.verdict(1.0 + ERROR_AFTER_S, 0.2, clock_s=5.0).level == 'ERROR'
+    unstamped = BudgetWatch(AgeWindow())
+    for _ in range(12):
+        unstamped.window.add(0.0, 1000.0)   # stamped 0 against a wall clock
+    verdict = unstamped.verdict(0.0, 0.2, clock_s=1000.0)
+    assert verdict.level == 'WARN' and 'stamps that cannot be measured' in verdict.message
+
+
+@pytest.mark.parametrize(('age', 'speed', 'ok'), [(0.2, 1.6, True), (math.nan, 1.6, False),
+                                                  (math.inf, 1.6, False), (1e308, 1.6, False),
+                                                  (5e-324, 1.6, False), (-0.2, 1.6, False),
+                                                  (0.2, -1.0, False), (0.2, math.nan, False)])
+def test_a_limit_answered_by_another_node_is_checked_against_the_monitors_range(
+        age: float, speed: float, ok: bool) -> None:
+    assert (limit_problem(age, speed) is None) is ok
+
+
+def test_recovering_and_holding_are_charged_to_the_fault_they_follow() -> None:
+    cfg = SsmConfig(fault_recovery_s=0.5, hold_time_s=0.5, max_perception_age_s=0.2)
+    monitor, times = SafetyMonitor(cfg), CauseTimes()
+    robot = RobotState(0.0, 0.0, 0.0, 0.2)
+    t = 0.0
+    while t < 3.0:   # fresh frames, then a gap of 0.4 s at t=1, then fresh again
+        stamp = t if not 1.0 <= t < 1.4 else 0.95
+        times.record(t, monitor.evaluate(t, Perception(stamp), robot))
+        t = round(t + 0.05, 2)
+    values = times.values()
+    assert float(values['time_s.PROTECTIVE_STOP.stale_perception']) > 0.1
+    assert float(values['time_s.PROTECTIVE_STOP.recovering.stale_perception']) > 0.4
+    assert 'time_s.PROTECTIVE_STOP.holding.stale_perception' in values
+    assert float(values['time_s.RUN.clear']) > 0

@@ -36,6 +36,7 @@ frames flow while active, ``on_cleanup`` frees the runtime (GPU memory).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ from cobot_hybrid_perception.detector_stats import DIAG_PERIOD_S, DetectorStats,
 from cobot_hybrid_perception.errors import ConfigError, PerceptionError
 from cobot_hybrid_perception.frame_policy import for_inference
 from cobot_hybrid_perception.model_info import COCO_KEYPOINTS
-from cobot_hybrid_perception.perception_budget import AgeWindow, BudgetWatch
+from cobot_hybrid_perception.perception_budget import AgeWindow, BudgetWatch, limit_problem
 from cobot_hybrid_perception.tracking import (
     Tracker,
     TrackerConfig,
@@ -143,6 +144,8 @@ class DetectorNode(LifecycleNode):
         self._limit_client: Any = None
         self._limit_future: Any = None
         self._limit_asked = -_LIMIT_REFRESH_S
+        self._limit_at = -math.inf     # when the monitor last answered with a usable limit
+        self._limit_problem = ''       # why its last answer was not usable
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -231,26 +234,35 @@ class DetectorNode(LifecycleNode):
         client, future = self._limit_client, self._limit_future
         if client is None:
             return
+        now = time.monotonic()
         if future is not None and future.done():
             self._limit_future = None
-            self._take_limit(future.result())
-        now = time.monotonic()
+            self._take_limit(future.result(), now)
+        elif future is not None and now - self._limit_asked >= _LIMIT_REFRESH_S:
+            client.remove_pending_request(future)   # never answered (the monitor restarted)
+            self._limit_future = None
         if self._limit_future is None and now - self._limit_asked >= _LIMIT_REFRESH_S \
                 and client.service_is_ready():
             self._limit_asked = now
             self._limit_future = client.call_async(GetParameters.Request(
                 names=['max_perception_age_s', 'human_speed_far_mps']))
 
-    def _take_limit(self, response: Any) -> None:
+    def _take_limit(self, response: Any, now: float) -> None:
         values = list(getattr(response, 'values', []) or [])
+        source = self._shell.config.budget_from
         if len(values) == 2 and all(v.type == ParameterType.PARAMETER_DOUBLE for v in values):
-            self._limit = (float(values[0].double_value), float(values[1].double_value))
+            limit = (float(values[0].double_value), float(values[1].double_value))
+            problem = limit_problem(*limit)
+        else:
+            limit, problem = None, ('answered without max_perception_age_s and '
+                                    'human_speed_far_mps as doubles')
+        if problem is None:
+            self._limit, self._limit_at, self._limit_problem = limit, now, ''
             return
-        self._limit = None
+        self._limit, self._limit_problem = None, f'{source} {problem}'
         self.get_logger().warning(
-            f'{self._shell.config.budget_from} has no max_perception_age_s / '
-            'human_speed_far_mps double parameters: no perception budget check (set '
-            'budget_from to the safety monitor node, or empty)', throttle_duration_sec=60.0)
+            f'{source} {problem}: no perception budget check (set budget_from to the safety '
+            'monitor node, or empty)', throttle_duration_sec=60.0)
 
     def _release(self) -> None:
         if self._detector is not None:
@@ -451,18 +463,30 @@ class DetectorNode(LifecycleNode):
         measured = self._budget.window.values()
         values: dict[str, object] = {key: f'{value:.1f}' for key, value in measured.items()}
         values['warmup_ms'] = f'{1e3 * self._budget.startup_latency_s:.1f}'
+        values['frames_implausible'] = str(self._budget.window.implausible)
         source = self._shell.config.budget_from
         if self._limit is None:
-            why = ('budget_from is empty' if not source else
-                   f'waiting for {source}/get_parameters (max_perception_age_s)')
-            return diagnostic_array(self.get_clock(), _BUDGET_STATUS, 'OK',
+            if not source:
+                level, why = 'OK', 'budget_from is empty'
+            elif self._limit_problem:
+                level, why = 'WARN', self._limit_problem
+            else:
+                level, why = 'OK', f'waiting for {source}/get_parameters (max_perception_age_s)'
+            return diagnostic_array(self.get_clock(), _BUDGET_STATUS, level,
                                     f'no budget check: {why}', values)
         limit_s, human_speed = self._limit
-        verdict = self._budget.verdict(now, limit_s, human_speed)
+        clock_s = self.get_clock().now().nanoseconds * 1e-9
+        verdict = self._budget.verdict(now, limit_s, human_speed, clock_s)
+        limit_age = now - self._limit_at
         values.update(limit_ms=f'{1e3 * limit_s:.1f}', limit_from=source,
+                      limit_age_s=f'{limit_age:.1f}',
                       worst_age_ms=f'{1e3 * verdict.worst_age_s:.1f}')
-        return diagnostic_array(self.get_clock(), _BUDGET_STATUS, verdict.level,
-                                verdict.message, values)
+        level, message = verdict.level, verdict.message
+        if limit_age > 3 * _LIMIT_REFRESH_S:
+            message += (f'; the limit was last confirmed by {source} {limit_age:.0f} s ago '
+                        '(is it running?)')
+            level = 'WARN' if level == 'OK' else level
+        return diagnostic_array(self.get_clock(), _BUDGET_STATUS, level, message, values)
 
 
 def _spin(node: DetectorNode) -> None:

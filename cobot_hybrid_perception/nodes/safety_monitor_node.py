@@ -357,7 +357,7 @@ class SafetyMonitorNode(LifecycleNode):
         assert self._pipeline is not None
         cfg = self._pipeline.cfg
         verdict = self._ages.verdict(time.monotonic(), cfg.max_perception_age_s,
-                                     cfg.human_speed_far_mps)
+                                     cfg.human_speed_far_mps, self._now_s())
         ages = {f'perception_{key}': f'{value:.1f}'
                 for key, value in self._ages.window.values().items()}
         array.status.extend(diagnostic_array(
