@@ -53,20 +53,29 @@ WORKLOADS = {
 }
 
 
-def _find_processes(node_names: list[str]) -> dict[str, Any]:
-    """psutil.Process per node name, by the name on its command line (module or __node)."""
+def _find_processes(nodes: list[tuple[str, str]]) -> dict[str, Any]:
+    """psutil.Process per fully qualified node, by its name (and namespace) on its command line.
+
+    A node matches a process whose command line names it (``__node:=name``, or a module or
+    executable ending in it) in the same namespace (``__ns:=/ns``; none given: the root).
+    """
     import psutil
 
     found: dict[str, Any] = {}
     for proc in psutil.process_iter(['pid', 'cmdline']):
-        cmdline = ' '.join(proc.info.get('cmdline') or [])
-        if 'graph_profile' in cmdline or 'cobot-hybrid profile' in cmdline:
+        args = proc.info.get('cmdline') or []
+        cmdline = ' '.join(args) + ' '
+        if 'graph_profile' in cmdline or 'cobot-hybrid profile' in cmdline \
+                or 'cobot_hybrid_cli profile' in cmdline:
             continue
-        for name in node_names:
-            if name not in found and (f'__node:={name}' in cmdline
-                                      or f'.{name} ' in cmdline + ' '
-                                      or f'/{name} ' in cmdline + ' '):
-                found[name] = proc
+        ns = next((a.split(':=', 1)[1] for a in args if a.startswith('__ns:=')), '/')
+        for name, namespace in nodes:
+            qualified = _qualified(namespace, name)
+            if qualified in found or (ns.rstrip('/') or '/') != (namespace.rstrip('/') or '/'):
+                continue
+            if f'__node:={name} ' in cmdline or f'.{name} ' in cmdline \
+                    or f'/{name} ' in cmdline:
+                found[qualified] = proc
     return found
 
 
@@ -91,69 +100,105 @@ def sample(node: Any, seconds: float) -> dict[str, Any]:
     me = node.get_fully_qualified_name()
     _discover(node)
     counts: dict[str, list[int]] = {}
+    since: dict[str, float] = {}
     best_effort = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
     topics: dict[str, dict[str, Any]] = {}
-    for topic, types in node.get_topic_names_and_types():
-        if topic in SKIP_TOPICS or not types:
-            continue
+    statuses: dict[str, dict[str, Any]] = {}
+
+    def on_diag(msg: Any, prefix: str) -> None:
+        at = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        for status in msg.status:
+            level = status.level[0] if isinstance(status.level, bytes) else int(status.level)
+            values = {kv.key: kv.value for kv in status.values}
+            key = f'{prefix}{status.name}'
+            first = statuses.get(key, {})
+            statuses[key] = {'level': level, 'message': status.message, 'values': values,
+                             'first_values': first.get('first_values', values),
+                             'first_at': first.get('first_at', at), 'last_at': at}
+
+    def watch(topic: str, types: list[str]) -> None:
+        if topic in counts or topic in SKIP_TOPICS or not types:
+            return
         msg_type = _message_class(types[0])
         if msg_type is None:
-            continue   # a type this environment cannot import: not measured
+            return   # a type this environment cannot import: not measured
         counts[topic] = [0, 0]
+        since[topic] = time.monotonic()
 
         def on_raw(raw: bytes, tally: list[int] = counts[topic]) -> None:
             tally[0] += 1
             tally[1] += len(raw)
         node.create_subscription(msg_type, topic, on_raw, best_effort, raw=True)
         topics[topic] = {'type': types[0]}
-    statuses: dict[str, dict[str, Any]] = {}
+        if types[0] == 'diagnostic_msgs/msg/DiagnosticArray' and topic.endswith('/diagnostics'):
+            # Every namespace's diagnostics: a status of /r1/diagnostics is kept as
+            # '/r1/<name>', one of /diagnostics as '<name>'.
+            prefix = topic[:-len('diagnostics')] if topic != '/diagnostics' else ''
+            node.create_subscription(DiagnosticArray, topic,
+                                     lambda m, p=prefix: on_diag(m, p), 50)
 
-    def on_diag(msg: Any) -> None:
-        for status in msg.status:
-            level = status.level[0] if isinstance(status.level, bytes) else int(status.level)
-            statuses[status.name] = {'level': level, 'message': status.message,
-                                     'values': {kv.key: kv.value for kv in status.values}}
-    node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 50)
-    names = sorted({n for n, _ in node.get_node_names_and_namespaces()} - {node.get_name()})
-    procs = _find_processes(names)
+    procs: dict[str, Any] = {}
+    cpu_since: dict[str, float] = {}
+
+    def watch_graph() -> None:
+        for topic, types in node.get_topic_names_and_types():
+            watch(topic, types)
+        graph = [(n, ns) for n, ns in node.get_node_names_and_namespaces()
+                 if _qualified(ns, n) != me]
+        missing = [(n, ns) for n, ns in graph if _qualified(ns, n) not in procs]
+        if missing:
+            for qualified, proc in _find_processes(missing).items():
+                procs[qualified] = proc
+                _safe(proc.cpu_percent, None)   # its CPU is measured from now
+                cpu_since[qualified] = time.monotonic()
+    watch_graph()
     settle = time.monotonic() + 0.5   # the subscriptions match their publishers
     while time.monotonic() < settle:
         rclpy.spin_once(node, timeout_sec=0.05)
-    for tally in counts.values():
-        tally[:] = [0, 0]
-    for proc in procs.values():
-        _safe(proc.cpu_percent, None)
     start = time.monotonic()
-    while time.monotonic() - start < seconds:
+    for topic, tally in counts.items():
+        tally[:] = [0, 0]
+        since[topic] = start
+    for qualified, proc in procs.items():
+        _safe(proc.cpu_percent, None)
+        cpu_since[qualified] = start
+    looked = start
+    while (now := time.monotonic()) - start < seconds:
+        if now - looked >= 1.0:   # what appears during the window is measured from then on
+            looked = now
+            watch_graph()
         rclpy.spin_once(node, timeout_sec=0.05)
-    elapsed = time.monotonic() - start
+    end = time.monotonic()
+    graph_nodes = [(n, ns) for n, ns in node.get_node_names_and_namespaces()
+                   if _qualified(ns, n) != me]
     for topic, (messages, size) in counts.items():
+        window = max(end - since[topic], 1e-3)
         # Who publishes and subscribes, asked at the end: endpoints are discovered after
         # their topics are, and a graph of many processes takes seconds to settle.
         ends = {kind: sorted({_qualified(i.node_namespace, i.node_name) for i in infos} - {me})
                 for kind, infos in (('publishers', node.get_publishers_info_by_topic(topic)),
                                     ('subscribers', node.get_subscriptions_info_by_topic(topic)))}
-        topics[topic].update(ends, rate_hz=messages / elapsed, bytes_per_s=size / elapsed,
+        topics[topic].update(ends, window_s=window, rate_hz=messages / window,
+                             bytes_per_s=size / window,
                              mean_message_bytes=size / messages if messages else 0.0)
     processes = {}
-    for name, proc in procs.items():
+    for qualified, proc in procs.items():
         cpu = _safe(proc.cpu_percent, None)
         memory = _safe(proc.memory_info)
-        processes[name] = {'pid': proc.pid,
-                           'cpu_cores': cpu / 100.0 if cpu is not None else None,
-                           'rss_mb': memory.rss / 2**20 if memory is not None else None}
+        processes[qualified] = {'pid': proc.pid,
+                                'cpu_cores': cpu / 100.0 if cpu is not None else None,
+                                'rss_mb': memory.rss / 2**20 if memory is not None else None,
+                                'window_s': end - cpu_since[qualified]}
     nodes = {}
-    for name, namespace in node.get_node_names_and_namespaces():
-        if name == node.get_name():
-            continue
+    for name, namespace in graph_nodes:
         subs = [t for t, _ in node.get_subscriber_names_and_types_by_node(name, namespace)]
         nodes[_qualified(namespace, name)] = {'name': name, 'subscribes': sorted(subs)}
-    return {'seconds': elapsed, 'topics': topics, 'processes': processes, 'nodes': nodes,
+    return {'seconds': end - start, 'topics': topics, 'processes': processes, 'nodes': nodes,
             'diagnostics': statuses, 'parameters': _parameters(node, nodes),
             'jetson': _jetson()}
 
 
-def _discover(node: Any, quiet_s: float = 1.0, most_s: float = 6.0) -> None:
+def _discover(node: Any, quiet_s: float = 2.0, most_s: float = 8.0) -> None:
     """Spin until the graph's topics and nodes stop changing for ``quiet_s`` (or ``most_s``)."""
     import rclpy
 
@@ -233,13 +278,15 @@ def workloads(data: dict[str, Any]) -> list[Workload]:
     for qualified, info in sorted(data.get('nodes', {}).items()):
         name = info['name']
         spec = WORKLOADS.get(name)
-        proc = data.get('processes', {}).get(name, {})
+        proc = data.get('processes', {}).get(qualified, {})
+        ns = qualified[:-len(name)] if qualified.endswith(name) else '/'
+        prefix = '' if ns == '/' else ns   # '/r1/' for /r1/detector_node
         inputs = [(topics[t].get('bytes_per_s', 0.0), t) for t in info.get('subscribes', [])
                   if t in topics and t != '/diagnostics']
         rate, topic = max(inputs) if inputs else (math.nan, '')
         deadline, source, latency = math.nan, '', math.nan
         if spec is not None and spec.deadline == 'budget':
-            budget = diag.get(f'perception budget: {name}', {}).get('values', {})
+            budget = diag.get(f'{prefix}perception budget: {name}', {}).get('values', {})
             deadline = _num(budget.get('limit_ms')) / 1e3
             source = f'{budget.get("limit_from", "?")} max_perception_age_s'
         elif spec is not None:
@@ -248,7 +295,8 @@ def workloads(data: dict[str, Any]) -> list[Workload]:
         if spec is not None and spec.latency_key:
             key = spec.latency_key
             own: dict[str, Any] = next((s['values'] for n, s in diag.items()
-                                        if n.startswith(f'{name}:') and key in s['values']), {})
+                                        if n.startswith(f'{prefix}{name}:')
+                                        and key in s['values']), {})
             latency = _num(own.get(spec.latency_key)) / 1e3
         rows.append(Workload(
             name=spec.name if spec else name, node=qualified, deadline_s=deadline,

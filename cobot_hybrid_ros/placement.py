@@ -5,8 +5,9 @@ would have to send if it ran in the cloud, its CPU and memory) and the link (rou
 uplink bandwidth, whether it drops), then place each workload by one rule
 (:func:`place`):
 
-0. a fleet workload (it needs every robot's state) goes to the cloud, where they all are;
-1. a safety workload stays on the edge when the link may drop: it must work offline;
+0. a safety workload stays on the edge, always: it must work offline, and no measured link
+   (one that has not dropped yet) makes a cloud round trip part of a protective stop;
+1. a fleet workload (it needs every robot's state) goes to the cloud, where they all are;
 2. a deadline shorter than the cloud round trip (RTT plus sending one input over the uplink)
    keeps it on the edge;
 3. a workload that needs more uplink than the link has stays on the edge;
@@ -95,10 +96,11 @@ def place(work: Workload, link: Link) -> Placement:
     def result(where: str, why: str) -> Placement:
         return Placement(work, where, why, round_trip, egress)
 
+    if work.safety:   # first: nothing, a fleet role included, moves a safety function
+        return result('edge', 'safety function: it must work offline'
+                      + (' (and the link may drop)' if link.may_drop else ''))
     if work.fleet:
         return result('cloud', "a fleet function: it needs every robot's state")
-    if work.safety and link.may_drop:
-        return result('edge', 'safety function and the link may drop: it must work offline')
     if math.isfinite(work.deadline_s) and math.isfinite(round_trip) \
             and work.deadline_s < round_trip:
         return result('edge', f'deadline {1e3 * work.deadline_s:.0f} ms is under the cloud '
@@ -113,7 +115,7 @@ def place(work: Workload, link: Link) -> Placement:
         return result('unknown', 'the link was not measured (no RTT)')
     heavy = math.isfinite(work.cpu_cores) and work.cpu_cores >= HEAVY_CORES
     if heavy and work.deadline_s >= TOLERANT_FACTOR * round_trip:
-        return result('cloud', f'latency-tolerant (deadline {work.deadline_s:.1f} s, '
+        return result('cloud', f'latency-tolerant (deadline {work.deadline_s:.3g} s, '
                       f'{work.deadline_s / round_trip:.0f} round trips) and heavy '
                       f'({work.cpu_cores:.2f} cores)')
     return result('edge', 'light' if not heavy else
@@ -135,7 +137,7 @@ def format_matrix(rows: Sequence[Placement], link: Link) -> str:
     lines = [f'link: RTT {_fmt(link.rtt_s, 1e3)} ms, uplink '
              f'{_fmt(link.uplink_bytes_per_s, 1e-6, 2)} MB/s, may drop: '
              f'{"yes" if link.may_drop else "no"} ({link.source or "not measured"})', '',
-             '| workload | node | deadline ms | edge latency ms | CPU cores | RSS MB | '
+             '| workload | node | deadline ms | edge latency p50 ms | CPU cores | RSS MB | '
              'input | input MB/s | cloud round trip ms | placement | why | egress GB/month |',
              '|---|---|---|---|---|---|---|---|---|---|---|---|']
     for row in rows:
