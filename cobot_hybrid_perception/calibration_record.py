@@ -22,6 +22,8 @@ import numpy as np
 import numpy.typing as npt
 
 from cobot_hybrid_perception.errors import ModelLoadError
+from cobot_hybrid_protocol.errors import PayloadError
+from cobot_hybrid_protocol.limits import Limits, is_number_in, parse_json
 
 __all__ = ['CalibrationRecord', 'CalibrationRecordError', 'ImageHash', 'file_sha256',
            'pixels_sha256', 'read_record', 'record_path', 'write_record']
@@ -31,6 +33,10 @@ FORMAT = 'cobot_hybrid.int8-calibration/1'
 MAX_RECORD_BYTES = 8 * 2**20
 MAX_IMAGES = 100_000
 MAX_NAME_CHARS = 1_000
+MAX_AGREEMENT_FIELDS = 32
+#: The record: image lists of hashes, shallow; agreement holds a few numbers and short texts.
+RECORD_LIMITS = Limits(max_bytes=MAX_RECORD_BYTES, max_depth=6, max_string=MAX_NAME_CHARS,
+                       max_items=MAX_IMAGES, max_values=2_000_000)
 _HEX64 = re.compile(r'^[0-9a-f]{64}$')
 
 
@@ -119,9 +125,10 @@ def read_record(model: Path) -> CalibrationRecord | None:
                                      f'{MAX_RECORD_BYTES // 2**20} MiB; delete it and run '
                                      '`cobot-hybrid quantize` again')
     try:
-        document = json.loads(raw.decode('utf-8'))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CalibrationRecordError(f'calibration record {path} is not JSON ({exc}); run '
+        document = parse_json(raw, RECORD_LIMITS, 'the file')
+    except PayloadError as exc:
+        what = 'is not JSON' if exc.reason in ('not_json', 'not_utf8') else 'is refused'
+        raise CalibrationRecordError(f'calibration record {path} {what} ({exc.detail}); run '
                                      '`cobot-hybrid quantize` again') from None
     try:
         return _parse(document)
@@ -163,8 +170,13 @@ def _parse(document: Any) -> CalibrationRecord:
     if not isinstance(document, dict) or document.get('format') != FORMAT:
         raise CalibrationRecordError(f'not a {FORMAT} document')
     agreement = document.get('agreement', {})
-    if not isinstance(agreement, dict) or len(agreement) > 32:
-        raise CalibrationRecordError('agreement must be an object of at most 32 fields')
+    if not isinstance(agreement, dict) or len(agreement) > MAX_AGREEMENT_FIELDS:
+        raise CalibrationRecordError(f'agreement must be an object of at most '
+                                     f'{MAX_AGREEMENT_FIELDS} fields')
+    for key, value in agreement.items():
+        if not (value is None or isinstance(value, (str, bool)) or is_number_in(value)):
+            raise CalibrationRecordError(f'agreement.{key[:40]} must be a number, a string, '
+                                         'true/false or null')
     return CalibrationRecord(
         int8_model=_text(document.get('int8_model'), 'int8_model'),
         int8_hash=_text(document.get('int8_hash'), 'int8_hash'),

@@ -7,8 +7,9 @@ script. The robot's environment needs only the ``ai-edge-litert`` interpreter.
 
 onnx2tf drops the ONNX custom metadata (class names, task, keypoint layout), so the export
 writes it beside the model as ``<model>.json`` (the sidecar) together with the ONNX output
-shapes, which tell the backend how onnx2tf transposed the outputs. The sidecar is read with a
-size limit and checked field by field; a missing one means "no metadata", as for a bare ONNX.
+shapes, which tell the backend how onnx2tf transposed the outputs. The sidecar is read within
+:data:`SIDECAR_LIMITS` (size, depth, digits, finite numbers, string length) and checked field
+by field; a missing one means "no metadata", as for a bare ONNX.
 """
 
 from __future__ import annotations
@@ -24,12 +25,20 @@ import numpy as np
 import numpy.typing as npt
 
 from cobot_hybrid_perception.errors import BackendUnavailableError, ModelLoadError, PerceptionError
+from cobot_hybrid_protocol.errors import PayloadError
+from cobot_hybrid_protocol.limits import Limits, parse_json
 
 __all__ = ['SIDECAR_FORMAT', 'Sidecar', 'calibration_array', 'export_litert',
            'export_python', 'read_sidecar', 'sidecar_path']
 
 SIDECAR_FORMAT = 'cobot_hybrid.litert-sidecar/1'
 SIDECAR_MAX_BYTES = 256 * 1024
+#: The sidecar: a few kB of metadata strings and a handful of output shapes.
+SIDECAR_LIMITS = Limits(max_bytes=SIDECAR_MAX_BYTES, max_depth=8, max_string=64 * 1024,
+                        max_items=1000, max_values=20_000)
+MAX_OUTPUTS = 16               # ONNX outputs of one model
+MAX_DIMS = 8                   # dimensions of one output
+MAX_DIM = 1 << 31              # size of one dimension
 _SCRIPT = Path(__file__).with_name('litert_export.py')
 _EXPORT_VENV = Path(__file__).resolve().parents[1] / 'build' / 'litert-export'
 _CONVERT_TIMEOUT_S = 900
@@ -62,9 +71,10 @@ def read_sidecar(model: Path) -> Sidecar | None:
         raise ModelLoadError(f'metadata sidecar {path} is over {SIDECAR_MAX_BYTES} bytes; '
                              're-export with `cobot-hybrid export MODEL.onnx --format litert`')
     try:
-        doc = json.loads(raw.decode('utf-8'))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ModelLoadError(f'metadata sidecar {path} is not JSON ({exc}); re-export with '
+        doc = parse_json(raw, SIDECAR_LIMITS, 'the file')
+    except PayloadError as exc:
+        what = 'is not JSON' if exc.reason in ('not_json', 'not_utf8') else 'is refused'
+        raise ModelLoadError(f'metadata sidecar {path} {what} ({exc.detail}); re-export with '
                              '`cobot-hybrid export MODEL.onnx --format litert`') from None
     if not isinstance(doc, dict) or doc.get('format') != SIDECAR_FORMAT:
         raise ModelLoadError(f'metadata sidecar {path} is not a {SIDECAR_FORMAT} document')
@@ -72,10 +82,16 @@ def read_sidecar(model: Path) -> Sidecar | None:
     if not isinstance(metadata, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise ModelLoadError(f'metadata sidecar {path}: "metadata" must map strings to strings')
-    if not isinstance(outputs, list) or not all(
-            isinstance(s, list) and all(isinstance(d, int) and not isinstance(d, bool)
-                                        for d in s) for s in outputs):
-        raise ModelLoadError(f'metadata sidecar {path}: "onnx_outputs" must be lists of ints')
+    if not isinstance(outputs, list) or len(outputs) > MAX_OUTPUTS or not all(
+            isinstance(s, list) and 0 < len(s) <= MAX_DIMS
+            and all(isinstance(d, int) and not isinstance(d, bool) for d in s)
+            for s in outputs):
+        raise ModelLoadError(f'metadata sidecar {path}: "onnx_outputs" must be lists of ints '
+                             f'(at most {MAX_OUTPUTS} of at most {MAX_DIMS})')
+    bad = next((s for s in outputs if not all(1 <= d <= MAX_DIM for d in s)), None)
+    if bad is not None:
+        raise ModelLoadError(f'metadata sidecar {path}: "onnx_outputs" shape {bad} has a '
+                             f'dimension outside 1 to {MAX_DIM}')
     return Sidecar(metadata, outputs)
 
 

@@ -135,6 +135,42 @@ def test_a_missing_sidecar_reads_as_none(tmp_path: Path) -> None:
     assert read_sidecar(tmp_path / 'nothing.tflite') is None
 
 
+def _sidecar(**fields: object) -> bytes:
+    return json.dumps({'format': SIDECAR_FORMAT, 'metadata': {}, **fields}).encode()
+
+
+@pytest.mark.parametrize(('content', 'message'), [
+    (b'{"format": "cobot_hybrid.litert-sidecar/1", "metadata": {}, "onnx_outputs": [[1'
+     + b'0' * 5000 + b']]}', 'is refused (the file holds an integer of more than 4,300'),
+    (b'{"format": "cobot_hybrid.litert-sidecar/1", "metadata": {}, "onnx_outputs": '
+     + b'[' * 100_000 + b']' * 100_000 + b'}', 'is refused (the file is nested deeper'),
+    (b'{"format": "cobot_hybrid.litert-sidecar/1", "metadata": {}, "onnx_outputs": [[NaN]]}',
+     'is refused (NaN in the file'),
+    (b'\xff{}', 'is not JSON (the file is not UTF-8'),
+    (_sidecar(metadata={'names': '(' * 100_000}), 'is refused (a string of 100000 characters'),
+    (_sidecar(onnx_outputs=[[-1, 56, 2100]]), 'shape [-1, 56, 2100] has a dimension outside'),
+    (_sidecar(onnx_outputs=[[0, 56]]), 'has a dimension outside 1 to'),
+    (_sidecar(onnx_outputs=[[1, 56, 2100]] * 17), 'at most 16 of at most 8'),
+    (_sidecar(onnx_outputs=[[]]), 'must be lists of ints'),
+    (_sidecar(onnx_outputs=[[1.5]]), 'must be lists of ints'),
+])
+def test_a_hostile_sidecar_is_a_load_error_not_a_traceback(tmp_path: Path, content: bytes,
+                                                           message: str) -> None:
+    (tmp_path / 'm.json').write_bytes(content)
+    with pytest.raises(ModelLoadError) as caught:
+        read_sidecar(tmp_path / 'm.tflite')
+    assert message in str(caught.value) and 'm.json' in str(caught.value), caught.value
+    assert len(str(caught.value)) < 400
+
+
+def test_a_good_sidecar_reads_back(tmp_path: Path) -> None:
+    (tmp_path / 'm.json').write_bytes(_sidecar(metadata={'stride': '32'},
+                                               onnx_outputs=[[1, 56, 2100]]))
+    sidecar = read_sidecar(tmp_path / 'm.tflite')
+    assert sidecar is not None and sidecar.metadata == {'stride': '32'}
+    assert sidecar.onnx_outputs == [[1, 56, 2100]]
+
+
 def test_the_calibration_array_is_what_onnx2tf_expects() -> None:
     calib = calibration_array()
     assert calib.shape == (20, 128, 128, 3) and calib.dtype == np.float32

@@ -138,6 +138,18 @@ def test_a_good_record_reads_back_and_a_missing_one_is_none(tmp_path: Path) -> N
     (json.dumps(_record(calibration={'a': 1})).encode(), 'must be a list'),
     (json.dumps(_record(int8_model=7)).encode(), 'must be a string'),
     (b' ' * (MAX_RECORD_BYTES + 1), 'over 8 MiB'),
+    (b'{"format": "cobot_hybrid.int8-calibration/1", "agreement": {"a": '
+     + b'[' * 100_000 + b']' * 100_000 + b'}}', r'is refused \(the file is nested deeper'),
+    (b'{"format": "cobot_hybrid.int8-calibration/1", "agreement": {"a": 1' + b'0' * 5000
+     + b'}}', r'is refused \(the file holds an integer of more than 4,300'),
+    (b'{"format": "cobot_hybrid.int8-calibration/1", "agreement": {"recall": NaN}}',
+     r'is refused \(NaN in the file'),
+    (json.dumps(_record(agreement={'a': 'x' * 7_000_000})).encode(),
+     r'is refused \(a string of 7000000 characters'),
+    (json.dumps(_record(agreement={'recall': [1.0]})).encode(),
+     'agreement.recall must be a number'),
+    (json.dumps(_record(agreement={f'k{i}': 1 for i in range(33)})).encode(),
+     'at most 32 fields'),
 ])
 def test_a_bad_record_is_refused_with_the_reason(tmp_path: Path, content: bytes, message: str
                                                   ) -> None:
