@@ -182,7 +182,8 @@ def register(subparsers: Any) -> None:
                        help='backends to run (default: all), e.g. ort-cpu openvino')
     bench.add_argument('--precisions', nargs='+', default=['fp32', 'fp16', 'int8'],
                        choices=('fp32', 'fp16', 'int8'), help='precisions to run (default: all)')
-    bench.add_argument('--imgsz', type=int, default=640)
+    bench.add_argument('--imgsz', type=int, default=0,
+                       help="0: the model's own input size (640 for the default model)")
     bench.add_argument('--runs', type=int, default=50,
                        help='timed frames per row, at least (frames cycle)')
     bench.add_argument('--images', default='samples',

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -322,7 +322,7 @@ def bench_one(plan: RowPlan, imgsz: int, runs: int, images: str, frames: int,
     return {**row, 'backend_name': detector.backend.name,
             'backend_precision': detector.backend.precision,
             'model': detector.model_path.name, 'model_hash': detector.model_hash,
-            'imgsz': imgsz, 'runs': len(times), 'load_s': load_s,
+            'imgsz': detector.info.imgsz[0], 'runs': len(times), 'load_s': load_s,
             'p50_ms': statistics.median(times),
             'p99_ms': ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)],  # nearest rank
             'mean_ms': statistics.mean(times),
@@ -340,7 +340,7 @@ class BenchSettings:
     model: str = 'default'
     backends: tuple[str, ...] = ('all',)
     precisions: tuple[str, ...] = PRECISIONS
-    imgsz: int = 640
+    imgsz: int = 0                 # 0: the model's own size (640 for the default model)
     runs: int = 50
     images: str = 'samples'
     frames: int = 200
@@ -353,8 +353,9 @@ class BenchSettings:
             raise ConfigError(f'runs {self.runs}: use 1..1000000')
         if not 1 <= self.frames <= MAX_FRAMES:
             raise ConfigError(f'frames {self.frames}: use 1..{MAX_FRAMES}')
-        if self.imgsz <= 0 or self.imgsz % 32:
-            raise ConfigError(f'imgsz {self.imgsz} must be a positive multiple of 32')
+        if self.imgsz < 0 or self.imgsz % 32:
+            raise ConfigError(f"imgsz {self.imgsz} must be a positive multiple of 32, or 0 "
+                              "(the model's own size)")
         if not 0 <= self.threads <= 256:
             raise ConfigError(f'threads {self.threads}: use 0..256 (0: runtime default)')
         if not self.timeout_s > 0:
@@ -452,10 +453,13 @@ def _score(row: dict[str, Any], reference: list[list[list[float]]] | None,
 
 def run_bench(settings: BenchSettings) -> dict[str, Any]:
     """Every planned row in its own process, scored against the ort-cpu FP32 reference."""
+    from cobot_hybrid_perception.detector import DEFAULT_IMGSZ
     from cobot_hybrid_perception.models import DEFAULT_MODEL, resolve_model
 
     load_before = _load_1min()
-    source = resolve_model(settings.model, settings.imgsz)
+    if not settings.imgsz and settings.model in ('', 'default', DEFAULT_MODEL):
+        settings = replace(settings, imgsz=DEFAULT_IMGSZ)   # the default model's default size
+    source = resolve_model(settings.model, settings.imgsz or DEFAULT_IMGSZ)
     plans = plan_rows(source, settings.backends, settings.precisions, settings.calib,
                       default=settings.model in ('', 'default', DEFAULT_MODEL))
     frame_set = describe_frames(settings.images, settings.frames)
@@ -487,7 +491,10 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
             else (frozenset(), '')
         _score(row, reference, excluded, note)
         results.append(row)
-    return {'machine': machine_info(), 'settings': asdict(settings),
+    measured = asdict(settings)
+    if not settings.imgsz:   # a model file at its own size: the one the reference ran at
+        measured['imgsz'] = reference_row.get('imgsz', 0)
+    return {'machine': machine_info(), 'settings': measured,
             'model': source.name, 'reference': ' '.join(REFERENCE),
             'reference_in_table': in_table,
             'load_1min': {'before': load_before, 'after': _load_1min()},
@@ -560,7 +567,7 @@ def main() -> None:
     """Child-process entry: measure one row and print one JSON line."""
     parser = argparse.ArgumentParser()
     parser.add_argument('--plan', required=True, help='a RowPlan as JSON')
-    parser.add_argument('--imgsz', type=int, default=640)
+    parser.add_argument('--imgsz', type=int, default=0)
     parser.add_argument('--runs', type=int, default=50)
     parser.add_argument('--images', default='samples')
     parser.add_argument('--frames', type=int, default=200)

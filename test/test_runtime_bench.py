@@ -24,6 +24,7 @@ from cobot_hybrid_perception.bench_report import format_table, seed_table
 from cobot_hybrid_perception.errors import ConfigError
 from cobot_hybrid_perception.media import MediaSourceError, load_image, sample_photo_path
 from cobot_hybrid_perception.runtime_bench import (
+    BenchSettings,
     agreement,
     bench_frames,
     describe_frames,
@@ -64,8 +65,11 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope='module')
 def report(workdir: Path) -> dict[str, Any]:
-    """One real bench run: ort-cpu (fp32 and the INT8 model) and TensorRT, over 5 photos."""
-    result = _cli('bench', '--model', str(workdir / 'pose-320.onnx'), '--imgsz', '320',
+    """One real bench run: ort-cpu (fp32 and the INT8 model) and TensorRT, over 5 photos.
+
+    No --imgsz: 0, the model's own size (320 here), as for detect.
+    """
+    result = _cli('bench', '--model', str(workdir / 'pose-320.onnx'),
                   '--images', str(workdir / 'frames'), '--runs', '3', '--backends', 'ort-cpu',
                   'tensorrt', '--json', '--report', str(workdir / 'report'))
     assert result.returncode == 0, result.stderr
@@ -94,6 +98,8 @@ def test_rows_are_backend_precision_pairs_with_measured_fields(report: dict[str,
         assert row['runs'] >= 5  # every frame once at least, and --runs 3
         assert 'boxes' not in row
     assert rows[('ort-cpu', 'int8')]['model'] == 'pose-320-int8.onnx'
+    assert report['settings']['imgsz'] == 320   # the model's own, not 0
+    assert all(rows[key]['imgsz'] == 320 for key in (('ort-cpu', 'fp32'), ('ort-cpu', 'int8')))
     reference = rows[('ort-cpu', 'fp32')]
     assert reference['recall_vs_fp32'] == 1.0
     assert reference['mean_iou_vs_fp32'] == pytest.approx(1.0)
@@ -231,3 +237,10 @@ def test_a_busy_machine_is_said_to_make_the_numbers_noisy(report: dict[str, Any]
     assert 'latencies are noisy' in format_table(busy)
     quiet = {**report, 'load_1min': {'before': 0.0, 'after': 1.0}}
     assert 'noisy' not in format_table(quiet)
+
+
+@pytest.mark.parametrize('imgsz', [-32, 100, 1])
+def test_bench_imgsz_is_0_or_a_multiple_of_32(imgsz: int) -> None:
+    assert BenchSettings().imgsz == 0 and BenchSettings(imgsz=320).imgsz == 320
+    with pytest.raises(ConfigError, match="or 0 \\(the model's own size\\)"):
+        BenchSettings(imgsz=imgsz)
