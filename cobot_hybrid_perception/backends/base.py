@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import numpy.typing as npt
 
 from cobot_hybrid_perception.errors import BackendUnavailableError, ModelLoadError
 
-__all__ = ['BackendOptions', 'InferenceBackend', 'INT8_HOWTO', 'cpu_precision', 'model_hash']
+__all__ = ['BackendOptions', 'InferenceBackend', 'INT8_HOWTO', 'check_input', 'cpu_precision',
+           'model_hash']
 
 #: What to do when INT8 is asked for a runtime that cannot calibrate (said in its error).
 INT8_HOWTO = ('run `cobot-hybrid quantize MODEL --calib DIR` (your images) and pass the '
@@ -70,6 +72,14 @@ def cpu_precision(backend: str, asked: str, model_int8: bool) -> str:
 
 
 _HASH_CACHE: dict[tuple[str, int, float], str] = {}
+
+
+def check_input(tensor: npt.NDArray[Any], shape: tuple[int, ...]) -> None:
+    """Refuse an input that is not the model's (1, 3, H, W) float32, C-contiguous."""
+    if tuple(tensor.shape) != shape or tensor.dtype != np.float32 \
+            or not tensor.flags.c_contiguous:
+        raise ModelLoadError(f'input tensor {tensor.shape} {tensor.dtype} does not match '
+                             f'the model input {shape} float32')
 
 
 def model_hash(path: Path) -> str:

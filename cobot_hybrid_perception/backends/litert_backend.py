@@ -21,7 +21,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cobot_hybrid_perception.backends.base import BackendOptions, cpu_precision, model_hash
+from cobot_hybrid_perception.backends.base import (
+    BackendOptions,
+    check_input,
+    cpu_precision,
+    model_hash,
+)
 from cobot_hybrid_perception.errors import BackendUnavailableError, ModelLoadError
 from cobot_hybrid_perception.litert_model import read_sidecar, sidecar_path
 
@@ -87,9 +92,7 @@ class LiteRtBackend:
 
     def infer(self, tensor: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
         """Run on the (1, 3, H, W) tensor; outputs in the ONNX model's layout (reused buffers)."""
-        if tuple(tensor.shape) != self.input_shape or tensor.dtype != np.float32:
-            raise ModelLoadError(f'input tensor {tensor.shape} {tensor.dtype} does not match '
-                                 f'the model input {self.input_shape} float32')
+        check_input(tensor, self.input_shape)
         view = self._interpreter.tensor(self._input_index)()
         np.copyto(view, tensor.transpose(0, 2, 3, 1) if self._nhwc else tensor)
         del view   # the interpreter refuses to run while a view of its buffers is alive

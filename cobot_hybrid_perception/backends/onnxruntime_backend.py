@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cobot_hybrid_perception.backends.base import BackendOptions, cpu_precision, model_hash
+from cobot_hybrid_perception.backends.base import (
+    BackendOptions,
+    check_input,
+    cpu_precision,
+    model_hash,
+)
 from cobot_hybrid_perception.backends.onnx_facts import onnx_facts
 from cobot_hybrid_perception.errors import BackendUnavailableError, ModelLoadError
 
@@ -132,10 +137,7 @@ class OnnxRuntimeBackend:
 
     def infer(self, tensor: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
         """Run on ``tensor`` (bound by address: pass the same buffer every frame)."""
-        if tuple(tensor.shape) != self.input_shape or tensor.dtype != np.float32 \
-                or not tensor.flags.c_contiguous:
-            raise ModelLoadError(f'input tensor {tensor.shape} {tensor.dtype} does not match '
-                                 f'the model input {self.input_shape} float32')
+        check_input(tensor, self.input_shape)
         ptr = tensor.ctypes.data
         if ptr != self._bound_ptr:
             self._binding.bind_input(self._input_name, 'cpu', 0, np.float32,

@@ -20,10 +20,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 
-from cobot_hybrid_perception.backends.base import BackendOptions, cpu_precision, model_hash
+from cobot_hybrid_perception.backends.base import (
+    BackendOptions,
+    check_input,
+    cpu_precision,
+    model_hash,
+)
 from cobot_hybrid_perception.backends.onnx_facts import onnx_facts
 from cobot_hybrid_perception.errors import BackendUnavailableError, ModelLoadError
 
@@ -97,10 +101,7 @@ class OpenVinoBackend:
 
     def infer(self, tensor: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
         """Run on ``tensor`` (wrapped without a copy: pass the same buffer every frame)."""
-        if tuple(tensor.shape) != self.input_shape or tensor.dtype != np.float32 \
-                or not tensor.flags.c_contiguous:
-            raise ModelLoadError(f'input tensor {tensor.shape} {tensor.dtype} does not match '
-                                 f'the model input {self.input_shape} float32')
+        check_input(tensor, self.input_shape)
         ptr = tensor.ctypes.data
         if ptr != self._bound_ptr:
             self._request.set_input_tensor(self._ov.Tensor(tensor, shared_memory=True))
