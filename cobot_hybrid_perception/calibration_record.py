@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from cobot_hybrid_perception.errors import ModelLoadError
 from cobot_hybrid_protocol.errors import PayloadError
-from cobot_hybrid_protocol.limits import Limits, is_number_in, parse_json
+from cobot_hybrid_protocol.limits import Limits, is_number_in, read_json_file, refusal
 
 __all__ = ['CalibrationRecord', 'CalibrationRecordError', 'ImageHash', 'file_sha256',
            'pixels_sha256', 'read_record', 'record_path', 'write_record']
@@ -113,23 +113,15 @@ def read_record(model: Path) -> CalibrationRecord | None:
     """Read the record of ``model``: None when it has none, CalibrationRecordError if bad."""
     path = record_path(model)
     try:
-        with path.open('rb') as handle:
-            raw = handle.read(MAX_RECORD_BYTES + 1)
+        document = read_json_file(path, RECORD_LIMITS, 'the file')
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise CalibrationRecordError(f'calibration record {path} cannot be read: '
                                      f'{exc.strerror}') from None
-    if len(raw) > MAX_RECORD_BYTES:
-        raise CalibrationRecordError(f'calibration record {path} is over '
-                                     f'{MAX_RECORD_BYTES // 2**20} MiB; delete it and run '
-                                     '`cobot-hybrid quantize` again')
-    try:
-        document = parse_json(raw, RECORD_LIMITS, 'the file')
     except PayloadError as exc:
-        what = 'is not JSON' if exc.reason in ('not_json', 'not_utf8') else 'is refused'
-        raise CalibrationRecordError(f'calibration record {path} {what} ({exc.detail}); run '
-                                     '`cobot-hybrid quantize` again') from None
+        raise CalibrationRecordError(f'calibration record {path} {refusal(exc, RECORD_LIMITS)}; '
+                                     'delete it and run `cobot-hybrid quantize` again') from None
     try:
         return _parse(document)
     except CalibrationRecordError as exc:

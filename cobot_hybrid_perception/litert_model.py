@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from cobot_hybrid_perception.errors import BackendUnavailableError, ModelLoadError, PerceptionError
 from cobot_hybrid_protocol.errors import PayloadError
-from cobot_hybrid_protocol.limits import Limits, parse_json
+from cobot_hybrid_protocol.limits import Limits, read_json_file, refusal
 
 __all__ = ['SIDECAR_FORMAT', 'Sidecar', 'calibration_array', 'export_litert',
            'export_python', 'read_sidecar', 'sidecar_path']
@@ -61,21 +61,14 @@ def read_sidecar(model: Path) -> Sidecar | None:
     """Read the sidecar of ``model``: None when there is none, ModelLoadError when bad."""
     path = sidecar_path(model)
     try:
-        with path.open('rb') as handle:
-            raw = handle.read(SIDECAR_MAX_BYTES + 1)
+        doc = read_json_file(path, SIDECAR_LIMITS, 'the file')
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise ModelLoadError(f'metadata sidecar {path} cannot be read: {exc.strerror}') from None
-    if len(raw) > SIDECAR_MAX_BYTES:
-        raise ModelLoadError(f'metadata sidecar {path} is over {SIDECAR_MAX_BYTES} bytes; '
-                             're-export with `cobot-hybrid export MODEL.onnx --format litert`')
-    try:
-        doc = parse_json(raw, SIDECAR_LIMITS, 'the file')
     except PayloadError as exc:
-        what = 'is not JSON' if exc.reason in ('not_json', 'not_utf8') else 'is refused'
-        raise ModelLoadError(f'metadata sidecar {path} {what} ({exc.detail}); re-export with '
-                             '`cobot-hybrid export MODEL.onnx --format litert`') from None
+        raise ModelLoadError(f'metadata sidecar {path} {refusal(exc, SIDECAR_LIMITS)}; re-export '
+                             'with `cobot-hybrid export MODEL.onnx --format litert`') from None
     if not isinstance(doc, dict) or doc.get('format') != SIDECAR_FORMAT:
         raise ModelLoadError(f'metadata sidecar {path} is not a {SIDECAR_FORMAT} document')
     metadata, outputs = doc.get('metadata'), doc.get('onnx_outputs', [])

@@ -34,7 +34,7 @@ from cobot_hybrid_protocol.errors import PayloadError
 
 __all__ = ['COMMAND_LIMITS', 'FILE_LIMITS', 'ID_MAX', 'Limits', 'PAYLOAD_REASONS',
            'TELEMETRY_LIMITS', 'check_tree', 'is_name', 'is_number_in', 'parse_json',
-           'parse_yaml']
+           'parse_yaml', 'read_json_file', 'refusal']
 
 ID_MAX = 128    # characters of an id (task, station, mission, order, frame)
 
@@ -134,6 +134,28 @@ def parse_json(raw: bytes | str, limits: Limits = TELEMETRY_LIMITS, what: str = 
                       ) from None
     check_tree(value, limits, what)
     return value
+
+
+def read_json_file(path: Any, limits: Limits = FILE_LIMITS, what: str = 'the file') -> Any:
+    """Read and parse a JSON file, reading at most ``max_bytes`` + 1 of it.
+
+    Raises ``FileNotFoundError`` when it is absent (the caller decides what that means),
+    ``OSError`` when it cannot be read, and :class:`PayloadError` for everything else (size
+    included), like :func:`parse_json`.
+    """
+    with open(path, 'rb') as handle:
+        raw = handle.read(limits.max_bytes + 1)
+    return parse_json(raw, limits, what)
+
+
+def refusal(exc: PayloadError, limits: Limits) -> str:
+    """Say in a few words why a file was refused: 'is over 8 MiB', 'is not JSON', ..."""
+    if exc.reason == 'too_large':
+        size = limits.max_bytes
+        return f'is over {size // 2**20} MiB' if size % 2**20 == 0 else f'is over {size} bytes'
+    if exc.reason in ('not_json', 'not_utf8'):
+        return f'is not JSON ({exc.detail})'
+    return f'is refused ({exc.detail})'
 
 
 def check_tree(value: Any, limits: Limits, what: str = 'document') -> None:

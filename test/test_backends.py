@@ -297,3 +297,19 @@ def test_the_default_config_starts_on_a_cpu_only_machine(tmp_path: Path) -> None
         assert detector.backend.precision in ('fp32', 'fp16')
     finally:
         detector.close()
+
+
+def test_a_model_swapped_in_place_is_hashed_again(tmp_path: Path) -> None:
+    import os
+
+    from cobot_hybrid_perception.backends.base import model_hash
+
+    model = tmp_path / 'm.onnx'
+    model.write_bytes(b'a' * 64)
+    first = model_hash(model)
+    stat = model.stat()
+    swap = tmp_path / 'swap.onnx'
+    swap.write_bytes(b'b' * 64)   # same size
+    os.utime(swap, ns=(stat.st_atime_ns, stat.st_mtime_ns))   # and the old mtime
+    swap.replace(model)
+    assert model_hash(model) != first

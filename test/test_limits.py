@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -123,3 +124,23 @@ def test_robot_ids_that_break_topics_or_are_reserved_are_refused(robot_id: objec
 
 def test_a_valid_robot_id_makes_its_prefix() -> None:
     assert robot_prefix('cobot-7') == 'cobot/v1/cobot-7'
+
+
+def test_a_json_file_is_read_within_its_limits(tmp_path: Path) -> None:
+    from cobot_hybrid_protocol.errors import PayloadError
+    from cobot_hybrid_protocol.limits import Limits, read_json_file, refusal
+
+    limits = Limits(max_bytes=2**20)
+    path = tmp_path / 'doc.json'
+    with pytest.raises(FileNotFoundError):
+        read_json_file(path, limits)
+    path.write_text('{"a": [1, 2]}')
+    assert read_json_file(path, limits) == {'a': [1, 2]}
+    path.write_bytes(b' ' * (2**20 + 5))
+    with pytest.raises(PayloadError) as too_big:
+        read_json_file(path, limits)
+    assert refusal(too_big.value, limits) == 'is over 1 MiB'
+    path.write_text('[' * 5000)
+    with pytest.raises(PayloadError) as deep:
+        read_json_file(path, limits)
+    assert refusal(deep.value, limits).startswith('is ')

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from cobot_hybrid_perception.errors import BackendUnavailableError, ModelLoadError
 
 __all__ = ['BackendOptions', 'InferenceBackend', 'INT8_HOWTO', 'check_input', 'cpu_precision',
-           'model_hash']
+           'file_key', 'model_hash']
 
 #: What to do when INT8 is asked for a runtime that cannot calibrate (said in its error).
 INT8_HOWTO = ('run `cobot-hybrid quantize MODEL --calib DIR` (your images) and pass the '
@@ -71,7 +71,7 @@ def cpu_precision(backend: str, asked: str, model_int8: bool) -> str:
     return 'fp32'
 
 
-_HASH_CACHE: dict[tuple[str, int, float], str] = {}
+_HASH_CACHE: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def check_input(tensor: npt.NDArray[Any], shape: tuple[int, ...]) -> None:
@@ -82,13 +82,22 @@ def check_input(tensor: npt.NDArray[Any], shape: tuple[int, ...]) -> None:
                              f'the model input {shape} float32')
 
 
-def model_hash(path: Path) -> str:
-    """First 16 hex digits of the SHA-256 of a model file (cached by path, size, mtime)."""
+def file_key(path: Path) -> tuple[str, int, int, int, int]:
+    """Identify a file's content without reading it: path, size, inode, mtime, ctime.
+
+    The ctime (nanoseconds) changes on every write and rename, even when a copy keeps the
+    size and sets the old mtime back, so a swapped model is read again.
+    """
     try:
         stat = path.stat()
     except OSError as exc:
         raise ModelLoadError(f'model {path} cannot be read: {exc.strerror}') from None
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime)
+    return (str(path.resolve()), stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def model_hash(path: Path) -> str:
+    """First 16 hex digits of the SHA-256 of a model file (cached by :func:`file_key`)."""
+    key = file_key(path)
     if key not in _HASH_CACHE:
         digest = hashlib.sha256()
         with path.open('rb') as handle:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cobot_hybrid_perception.backends.base import file_key
 from cobot_hybrid_perception.errors import ModelLoadError
 
 __all__ = ['OnnxFacts', 'QDQ_OPS', 'onnx_facts']
@@ -32,16 +33,12 @@ class OnnxFacts:
     onnx_available: bool = True
 
 
-_CACHE: dict[tuple[str, int, float], OnnxFacts] = {}
+_CACHE: dict[tuple[str, int, int, int, int], OnnxFacts] = {}
 
 
 def onnx_facts(path: Path) -> OnnxFacts:
-    """Metadata, INT8-ness and output shapes of an ONNX file (cached by path, size, mtime)."""
-    try:
-        stat = path.stat()
-    except OSError as exc:
-        raise ModelLoadError(f'model {path} cannot be read: {exc.strerror}') from None
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime)
+    """Metadata, INT8-ness and output shapes of an ONNX file (cached by its ``file_key``)."""
+    key = file_key(path)
     if key not in _CACHE:
         _CACHE[key] = _read(path)
     return _CACHE[key]
