@@ -880,10 +880,17 @@ def _ack_logs(path: Path) -> list[Path]:
 
 
 def _logged_seqs(logs: Sequence[Path]) -> list[int]:
-    """Seqs in ack log files (a torn last record is ignored)."""
+    """Seqs in ack log files (a torn last record is ignored).
+
+    A log that vanished since it was listed was folded into the database by the queue's
+    owner meanwhile (a read-only reader runs beside it): it is skipped, not an error.
+    """
     seqs: list[int] = []
     for log in logs:
-        data = log.read_bytes()
+        try:
+            data = log.read_bytes()
+        except FileNotFoundError:
+            continue
         seqs += [int.from_bytes(data[i:i + 8], 'big')
                  for i in range(0, len(data) - len(data) % 8, 8)]
     return seqs

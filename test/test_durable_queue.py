@@ -319,3 +319,14 @@ def test_cli_queue_stats(tmp_path: Path) -> None:
                               'stats', str(tmp_path / 'nope.db')], capture_output=True,
                              text=True, timeout=60, check=False)
     assert missing.returncode == 2 and 'does not exist' in missing.stderr
+
+
+def test_read_only_stats_skip_an_ack_log_folded_away_while_they_read(tmp_path: Path) -> None:
+    # The reader lists the ack logs, then the owner folds one into the database and deletes
+    # it: reading must not fail (the demo's queue monitor crashed on exactly this).
+    from cobot_hybrid_bridge import durable_queue
+
+    gone = tmp_path / 'q.db.acks-8'
+    kept = tmp_path / 'q.db.acks-9'
+    kept.write_bytes((5).to_bytes(8, 'big') + (6).to_bytes(8, 'big') + b'\x00\x01')
+    assert durable_queue._logged_seqs([gone, kept]) == [5, 6]
