@@ -75,12 +75,14 @@ class AgeWindow:
         self.implausible_in_a_row = 0
         self.last_seen_s = math.nan
         self._last_stamp = None
+        self.recent: deque[bool] = deque(maxlen=size)   # per frame: could it be measured?
 
     def add(self, stamp_s: float, seen_s: float) -> None:
         """Count one frame (a non-finite, backwards or implausible value is only counted)."""
         if math.isfinite(seen_s):
             self.last_seen_s = seen_s
         self.implausible_in_a_row += 1   # reset below by a frame that is measured
+        self.recent.append(False)        # set True below by a frame that is measured
         latency = seen_s - stamp_s
         if not (math.isfinite(stamp_s) and math.isfinite(seen_s)
                 and 0.0 <= latency <= PLAUSIBLE_S):
@@ -89,6 +91,7 @@ class AgeWindow:
         last, self._last_stamp = self._last_stamp, stamp_s
         self.latency.append(latency)
         self.implausible_in_a_row = 0
+        self.recent[-1] = True
         if last is None:
             return
         period = stamp_s - last
@@ -102,6 +105,7 @@ class AgeWindow:
         """Forget every frame (the detector was reconfigured)."""
         for window in (self.latency, self.period, self.peak_age):
             window.clear()
+        self.recent.clear()
         self._last_stamp = None
 
     def values(self) -> dict[str, float]:
@@ -197,6 +201,13 @@ class BudgetWatch:
         if silent is not None:
             return self._over(now_s, silent)
         window = self.window
+        unmeasured = window.recent.count(False)
+        if unmeasured >= IMPLAUSIBLE_FOR_WARN and unmeasured * 10 >= len(window.recent):
+            return self._over(now_s, BudgetVerdict(
+                'WARN', f'{unmeasured} of the last {len(window.recent)} frames had stamps that '
+                'cannot be measured (stamped 0, in the future, or long ago): the safety monitor '
+                'ages detections by the same stamps, so those frames count as stale there',
+                math.nan, math.nan, math.nan, limit_s))
         if window.implausible_in_a_row >= IMPLAUSIBLE_FOR_WARN:
             return self._over(now_s, BudgetVerdict(
                 'WARN', f'{window.implausible_in_a_row} frames in a row with stamps that cannot '

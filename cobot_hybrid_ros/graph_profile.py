@@ -262,12 +262,18 @@ def _parameters(node: Any, nodes: dict[str, dict[str, Any]]) -> dict[str, dict[s
     return out
 
 
+#: Largest value read from a sample's diagnostics strings (every one is a time, a rate, a
+#: size or a load: none is negative or astronomically large).
+_MAX_READING = 1e12
+
+
 def _num(text: Any) -> float:
+    """Read a diagnostics value as a number: NaN unless finite and in 0..``_MAX_READING``."""
     try:
         value = float(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return math.nan
-    return value if math.isfinite(value) else math.nan
+    return value if math.isfinite(value) and 0.0 <= value <= _MAX_READING else math.nan
 
 
 def workloads(data: dict[str, Any]) -> list[Workload]:

@@ -101,6 +101,8 @@ def place(work: Workload, link: Link) -> Placement:
                       + (' (and the link may drop)' if link.may_drop else ''))
     if work.fleet:
         return result('cloud', "a fleet function: it needs every robot's state")
+    if work.deadline_s < 0 or link.rtt_s < 0:
+        return result('unknown', 'a negative deadline or round trip is not a measurement')
     if math.isfinite(work.deadline_s) and math.isfinite(round_trip) \
             and work.deadline_s < round_trip:
         return result('edge', f'deadline {1e3 * work.deadline_s:.0f} ms is under the cloud '
@@ -111,8 +113,9 @@ def place(work: Workload, link: Link) -> Placement:
                       f'has {link.uplink_bytes_per_s / 1e6:.2f} MB/s')
     if not math.isfinite(work.deadline_s):
         return result('unknown', 'no deadline known: give the workload one')
-    if not math.isfinite(round_trip):
+    if not math.isfinite(round_trip) or round_trip < 0:
         return result('unknown', 'the link was not measured (no RTT)')
+    round_trip = max(round_trip, 1e-6)   # a loopback link: 0 round trips would divide by 0
     heavy = math.isfinite(work.cpu_cores) and work.cpu_cores >= HEAVY_CORES
     if heavy and work.deadline_s >= TOLERANT_FACTOR * round_trip:
         return result('cloud', f'latency-tolerant (deadline {work.deadline_s:.3g} s, '

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cobot_hybrid_protocol.errors import PayloadError
-from cobot_hybrid_protocol.limits import Limits, is_number_in, parse_json
+from cobot_hybrid_protocol.limits import Limits, is_number_in, read_json_file
 from cobot_hybrid_ros.errors import ProfileError
 
 __all__ = ['MAX_NAME', 'PROFILE_LIMITS', 'check_sample', 'read_sample']
@@ -35,17 +35,17 @@ _Path = tuple[str, ...]
 
 def read_sample(path: Path) -> dict[str, Any]:
     """Return the checked ``sample`` of the profile file ``path``; ProfileError otherwise."""
+    if path.exists() and not path.is_file():   # /dev/zero, a FIFO: no end, or no size
+        raise ProfileError(f'{path} is not a regular file: give a profile.json')
     try:
         size = path.stat().st_size
         if size > PROFILE_LIMITS.max_bytes:
             raise ProfileError(f'{path} is {size} bytes, more than a profile '
                                f'({PROFILE_LIMITS.max_bytes})')
-        raw = path.read_bytes()
+        data = read_json_file(path, PROFILE_LIMITS, 'the file')   # reads at most the limit
     except OSError as exc:
         raise ProfileError(f'cannot read the recorded profile {path}: '
                            f'{exc.strerror or exc}') from None
-    try:
-        data = parse_json(raw, PROFILE_LIMITS, 'the file')
     except PayloadError as exc:
         raise ProfileError(f'{path} is not a profile JSON: {exc.detail}') from None
     sample = data.get('sample') if isinstance(data, dict) else None

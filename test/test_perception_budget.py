@@ -190,3 +190,12 @@ def test_recovering_and_holding_are_charged_to_the_fault_they_follow() -> None:
     assert float(values['time_s.PROTECTIVE_STOP.recovering.stale_perception']) > 0.4
     assert 'time_s.PROTECTIVE_STOP.holding.stale_perception' in values
     assert float(values['time_s.RUN.clear']) > 0
+
+
+def test_every_other_frame_stamped_zero_is_not_ok() -> None:
+    watch = BudgetWatch(AgeWindow())
+    for i in range(60):   # 30 Hz, every second frame unstamped against a wall clock
+        t = 1000.0 + i / 30
+        watch.window.add(t if i % 2 else 0.0, t + 0.02)
+    verdict = watch.verdict(0.0, 0.2, clock_s=1000.0 + 60 / 30)
+    assert verdict.level == 'WARN' and '30 of the last 60 frames' in verdict.message

@@ -153,3 +153,24 @@ def test_a_safety_function_is_never_placed_in_the_cloud(
     work = Workload('safety', '/x', deadline_s=deadline, cpu_cores=cores, safety=True,
                     fleet=fleet, input_bytes_per_s=rate, input_message_bytes=rate)
     assert place(work, Link(rtt, uplink, may_drop)).placement == 'edge'
+
+
+def test_a_loopback_link_or_a_negative_number_never_divides_by_zero() -> None:
+    heavy = Workload('a', '/n', deadline_s=1.0, cpu_cores=1.0)
+    assert place(heavy, Link(rtt_s=0.0, may_drop=False)).placement == 'cloud'
+    assert place(heavy, Link(rtt_s=-0.05, may_drop=False)).placement == 'unknown'
+    assert place(Workload('a', '/n', deadline_s=-5.0, cpu_cores=1.0),
+                 Link(0.05, 1e6, may_drop=False)).placement == 'unknown'
+
+
+def test_a_special_file_is_not_read_as_a_profile(tmp_path: Path) -> None:
+    result = run_profile(0, tmp_path, '--from', '/dev/zero')
+    assert result.returncode == 2 and 'not a regular file' in result.stderr, result.stderr
+
+
+def test_negative_or_huge_diagnostics_readings_are_not_numbers() -> None:
+    from cobot_hybrid_ros.graph_profile import link_from
+
+    for reading in ('-50', '1e308', 'nan', 'x'):
+        data = {'diagnostics': {'bridge_node: link': {'values': {'rtt_ms': reading}}}}
+        assert math.isnan(link_from(data).rtt_s)
