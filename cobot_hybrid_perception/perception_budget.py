@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = ['ERROR_AFTER_S', 'WARN_SHARE', 'AgeWindow', 'BudgetVerdict', 'BudgetWatch', 'assess',
            'limit_problem', 'percentile']
@@ -218,9 +218,13 @@ class BudgetWatch:
         latency = values['latency_ms_p99'] / 1e3
         period = values['period_ms_p99'] / 1e3
         age: float | None = values['age_ms_p99'] / 1e3
-        if not math.isfinite(latency):
+        warm_up = not math.isfinite(latency)
+        if warm_up:
             latency, age = self.startup_latency_s, None
         first = assess(latency, period, limit_s, 0.0, human_speed_mps, age)
+        if warm_up and math.isfinite(latency):
+            first = replace(first, message=first.message + ' (the warm-up at configure: no '
+                            'frame measured yet)')
         if math.isfinite(first.worst_age_s) and first.worst_age_s > limit_s:
             if self._over_since_s is None:
                 self._over_since_s = now_s
