@@ -238,8 +238,10 @@ def test_refused_missing_services_counted_bad_value_and_exit_zero_the_factor(
     factor = start_adapter(ros_process, 'speed_scaling_factor', input_timeout_s=5.0)
     slider = start_adapter(ros_process, 'ur_speed_slider', name='slider_adapter',
                            input_timeout_s=1.0)
+    # 5 s input timeout: under load this process may pause the feed for longer than the
+    # default, and the silence stop (commanded true) is not what this adapter is checked for.
     start_adapter(ros_process, 'stop_setbool', name='absent_adapter',
-                  stop_service='no_driver_serves_this')
+                  stop_service='no_driver_serves_this', input_timeout_s=5.0)
 
     def accepted(fraction: float) -> bool:
         return any(row['value'] == fraction and row['success']
