@@ -93,7 +93,6 @@ def _jetson() -> dict[str, Any] | str:
 
 def sample(node: Any, seconds: float) -> dict[str, Any]:
     """Measure the graph ``node`` is on for ``seconds``; return the sample (JSON-ready)."""
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -101,7 +100,9 @@ def sample(node: Any, seconds: float) -> dict[str, Any]:
     _discover(node)
     counts: dict[str, list[int]] = {}
     since: dict[str, float] = {}
-    best_effort = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
+    # Deep queues: a burst while this process waits for a core is counted late, not lost.
+    best_effort = QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT)
+    executor = _executor(node)
     topics: dict[str, dict[str, Any]] = {}
     statuses: dict[str, dict[str, Any]] = {}
 
@@ -154,7 +155,7 @@ def sample(node: Any, seconds: float) -> dict[str, Any]:
     watch_graph()
     settle = time.monotonic() + 0.5   # the subscriptions match their publishers
     while time.monotonic() < settle:
-        rclpy.spin_once(node, timeout_sec=0.05)
+        executor.spin_once(timeout_sec=0.05)
     start = time.monotonic()
     for topic, tally in counts.items():
         tally[:] = [0, 0]
@@ -167,7 +168,7 @@ def sample(node: Any, seconds: float) -> dict[str, Any]:
         if now - looked >= 1.0:   # what appears during the window is measured from then on
             looked = now
             watch_graph()
-        rclpy.spin_once(node, timeout_sec=0.05)
+        executor.spin_once(timeout_sec=0.05)
     end = time.monotonic()
     graph_nodes = [(n, ns) for n, ns in node.get_node_names_and_namespaces()
                    if _qualified(ns, n) != me]
@@ -198,15 +199,30 @@ def sample(node: Any, seconds: float) -> dict[str, Any]:
             'jetson': _jetson()}
 
 
+def _executor(node: Any) -> Any:
+    """One executor holding ``node`` for the whole sample.
+
+    ``rclpy.spin_once(node)`` adds the node to the global executor and removes it again on
+    every call, rebuilding its wait set each time: on a loaded machine that alone fell behind
+    the graph's ~100 messages/s and the counts came out low.
+    """
+    from rclpy.executors import SingleThreadedExecutor
+
+    executor = getattr(node, '_profile_executor', None)
+    if executor is None:
+        executor = SingleThreadedExecutor(context=node.context)
+        executor.add_node(node)
+        node._profile_executor = executor
+    return executor
+
+
 def _discover(node: Any, quiet_s: float = 2.0, most_s: float = 8.0) -> None:
     """Spin until the graph's topics and nodes stop changing for ``quiet_s`` (or ``most_s``)."""
-    import rclpy
-
     start = time.monotonic()
     seen: tuple[Any, ...] = ()
     changed = start
     while time.monotonic() - start < most_s and time.monotonic() - changed < quiet_s:
-        rclpy.spin_once(node, timeout_sec=0.1)
+        _executor(node).spin_once(timeout_sec=0.1)
         now = (tuple(sorted(t for t, _ in node.get_topic_names_and_types())),
                tuple(sorted(node.get_node_names_and_namespaces())))
         if now != seen:
@@ -241,7 +257,6 @@ def _safe(fn: Any, *args: Any) -> Any:
 
 def _parameters(node: Any, nodes: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Ask the suite's nodes for their deadline parameters over their parameter services."""
-    import rclpy
     from rcl_interfaces.msg import ParameterType
     from rcl_interfaces.srv import GetParameters
 
@@ -254,7 +269,7 @@ def _parameters(node: Any, nodes: dict[str, dict[str, Any]]) -> dict[str, dict[s
         if not client.wait_for_service(timeout_sec=2.0):
             continue
         future = client.call_async(GetParameters.Request(names=[spec.deadline]))
-        rclpy.spin_until_future_complete(node, future, timeout_sec=2.0)
+        _executor(node).spin_until_future_complete(future, timeout_sec=2.0)
         values = getattr(future.result(), 'values', None) or []
         if values and values[0].type == ParameterType.PARAMETER_DOUBLE:
             out[qualified] = {spec.deadline: float(values[0].double_value)}
