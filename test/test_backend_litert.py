@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from parity import assert_same_detections, detect_all
 
 from cobot_hybrid_perception.detector import Detector, DetectorConfig
 from cobot_hybrid_perception.errors import BackendUnavailableError, ModelLoadError
@@ -25,7 +26,6 @@ from cobot_hybrid_perception.litert_model import (
     export_python,
     read_sidecar,
 )
-from cobot_hybrid_perception.media import SAMPLE_PHOTOS, load_image, sample_photo_path
 from cobot_hybrid_perception.models import default_model_path, resolve_model
 
 # Measured here (AMD EPYC, 320, all five photos): boxes within 1.2e-4 px of ONNX Runtime,
@@ -49,32 +49,11 @@ def _export_env() -> bool:
     return True
 
 
-def _detect_all(detector: Detector) -> dict[str, tuple[np.ndarray, ...]]:
-    out = {}
-    for name in sorted(SAMPLE_PHOTOS):
-        dets, _ = detector.detect(load_image(sample_photo_path(name), 'bgr8'))
-        assert dets.keypoints is not None
-        out[name] = (dets.boxes.copy(), dets.keypoints.copy(), dets.scores.copy(),
-                     dets.class_ids.copy())
-    return out
-
-
-def _compare(got: dict[str, tuple[np.ndarray, ...]], ref: dict[str, tuple[np.ndarray, ...]]
-             ) -> None:
-    assert len(ref['bus'][0]) >= 3 and len(ref['zidane'][0]) == 2
-    for name, (boxes, kpts, scores, classes) in ref.items():
-        assert len(got[name][0]) == len(boxes), name
-        np.testing.assert_array_equal(got[name][3], classes)
-        np.testing.assert_allclose(got[name][0], boxes, rtol=0, atol=PIXEL_TOL)
-        np.testing.assert_allclose(got[name][1][..., :2], kpts[..., :2], rtol=0, atol=PIXEL_TOL)
-        np.testing.assert_allclose(got[name][2], scores, rtol=0, atol=SCORE_TOL)
-
-
 @pytest.fixture(scope='module')
 def ort_reference() -> dict[str, tuple[np.ndarray, ...]]:
     detector = Detector(DetectorConfig(backend='ort-cpu', imgsz=320, threads=1))
     try:
-        return _detect_all(detector)
+        return detect_all(detector)
     finally:
         detector.close()
 
@@ -87,7 +66,7 @@ def test_litert_finds_the_same_people_as_onnx_runtime(ort_reference: dict) -> No
         assert detector.backend.name == 'litert' and detector.backend.precision == 'fp32'
         assert detector.info.task == 'pose' and detector.info.kpt_shape == (17, 3)
         assert detector.info.names == ('person',)
-        _compare(_detect_all(detector), ort_reference)
+        assert_same_detections(detect_all(detector), ort_reference, PIXEL_TOL, SCORE_TOL)
     finally:
         detector.close()
 
@@ -104,7 +83,7 @@ def test_without_a_sidecar_the_config_says_what_the_model_is(tmp_path: Path,
     try:
         assert detector.backend.name == 'litert'
         assert detector.backend.metadata == {}
-        _compare(_detect_all(detector), ort_reference)
+        assert_same_detections(detect_all(detector), ort_reference, PIXEL_TOL, SCORE_TOL)
     finally:
         detector.close()
 

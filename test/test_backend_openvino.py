@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from parity import assert_same_detections, detect_all
 
 pytest.importorskip('openvino', reason='openvino is not installed (requirements/dev.txt has it; '
                     'pip install openvino)')
@@ -14,27 +15,12 @@ from cobot_hybrid_perception.backends import BackendOptions, select_backend  # n
 from cobot_hybrid_perception.backends.openvino_backend import OpenVinoBackend  # noqa: E402
 from cobot_hybrid_perception.detector import Detector, DetectorConfig  # noqa: E402
 from cobot_hybrid_perception.errors import BackendUnavailableError, ConfigError  # noqa: E402
-from cobot_hybrid_perception.media import (  # noqa: E402
-    SAMPLE_PHOTOS,
-    load_image,
-    sample_photo_path,
-)
 from cobot_hybrid_perception.models import resolve_model  # noqa: E402
 
 # Measured here (AMD EPYC, AVX2; 320 and 640, all five photos): boxes differ from ONNX Runtime
 # by at most 1.2e-4 px, keypoints by 3.7e-4 px, scores by 5e-7; the tolerance is just above.
 PIXEL_TOL = 1e-3
 SCORE_TOL = 1e-5
-
-
-def _detect_all(detector: Detector) -> dict[str, tuple[np.ndarray, ...]]:
-    out = {}
-    for name in sorted(SAMPLE_PHOTOS):
-        dets, _ = detector.detect(load_image(sample_photo_path(name), 'bgr8'))
-        assert dets.keypoints is not None
-        out[name] = (dets.boxes.copy(), dets.keypoints.copy(), dets.scores.copy(),
-                     dets.class_ids.copy())
-    return out
 
 
 @pytest.mark.parametrize('imgsz', [320, 640])
@@ -45,7 +31,7 @@ def test_openvino_finds_the_same_people_as_onnx_runtime(imgsz: int, tmp_path: Pa
         detector = Detector(DetectorConfig(backend=backend, imgsz=imgsz, threads=1,
                                            cache_dir=str(tmp_path)))
         try:
-            results[backend] = _detect_all(detector)
+            results[backend] = detect_all(detector)
             infos[backend] = detector.info
             if backend == 'openvino':
                 assert detector.backend.name == 'openvino'
@@ -53,15 +39,7 @@ def test_openvino_finds_the_same_people_as_onnx_runtime(imgsz: int, tmp_path: Pa
         finally:
             detector.close()
     assert infos['openvino'] == infos['ort-cpu']      # the same metadata, read with onnx
-    ort, ov = results['ort-cpu'], results['openvino']
-    assert len(ort['bus'][0]) >= 3 and len(ort['zidane'][0]) == 2    # people to compare
-    for name in ort:
-        boxes, kpts, scores, classes = ort[name]
-        assert len(ov[name][0]) == len(boxes), name
-        np.testing.assert_array_equal(ov[name][3], classes)
-        np.testing.assert_allclose(ov[name][0], boxes, rtol=0, atol=PIXEL_TOL)
-        np.testing.assert_allclose(ov[name][1][..., :2], kpts[..., :2], rtol=0, atol=PIXEL_TOL)
-        np.testing.assert_allclose(ov[name][2], scores, rtol=0, atol=SCORE_TOL)
+    assert_same_detections(results['openvino'], results['ort-cpu'], PIXEL_TOL, SCORE_TOL)
 
 
 def test_precision_is_what_the_compiled_model_reports(tmp_path: Path) -> None:
