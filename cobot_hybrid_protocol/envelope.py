@@ -38,7 +38,10 @@ _SEQ_DIGITS = len(str(MAX_SEQ))
 CONTRACT_TYPES = {'state': 'cobot_hybrid/TelemetryState',
                   'mission_ack': 'cobot_hybrid/MissionAck',
                   'task_progress': 'cobot_hybrid/TaskProgress',
-                  'bridge': 'cobot_hybrid/BridgeStats'}
+                  'bridge': 'cobot_hybrid/BridgeStats',
+                  'model_status': 'cobot_hybrid/ModelStatus',
+                  'model_metrics': 'cobot_hybrid/ModelMetrics',
+                  'blob_request': 'cobot_hybrid/BlobRequest'}
 _FIELDS = frozenset({'robot_id', 'seq', 'stamp', 'topic', 'type', 'data'})
 
 

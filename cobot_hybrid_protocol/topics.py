@@ -6,8 +6,12 @@
     cobot/v1/<robot_id>/state                     robot -> cloud: CRDT state snapshot
     cobot/v1/<robot_id>/telemetry/<name>          robot -> cloud: routed ROS topics
     cobot/v1/<robot_id>/events/<name>             robot -> cloud: routed events, mission_ack,
-                                                  task_progress (never retained)
-    cobot/v1/<robot_id>/cmd/<kind>                cloud -> robot: signed commands (mission)
+                                                  task_progress, model_status, model_metrics,
+                                                  blob_request (never retained)
+    cobot/v1/<robot_id>/cmd/<kind>                cloud -> robot: signed commands (mission,
+                                                  model)
+    cobot/v1/<robot_id>/blob/<sha256>/<offset>    cloud -> robot: a chunk of a model file it
+                                                  asked for (events/blob_request)
     cobot/v1/<robot_id>/delivered                 cloud -> robot: seqs the cloud has stored
     cobot/v1/orders                               operator -> cloud: work orders
     cobot/v1/planners/<fleet_id>/<kind>           between planner replicas: lease, ledger,
@@ -25,12 +29,13 @@ from dataclasses import dataclass
 
 from cobot_hybrid_protocol.errors import RobotIdError, TopicError
 
-__all__ = ['COMMAND_KINDS', 'MISSION_ACK', 'ORDERS_TOPIC', 'PLANNER_KINDS',
-           'RESERVED_ROBOT_IDS', 'STATE', 'STATUS', 'TASK_PROGRESS', 'TOPIC_ROOT',
-           'UPLINK_BRANCHES', 'RobotIdError', 'Topic', 'TopicError', 'check_fleet_id',
-           'check_robot_id', 'command_topic', 'commands_filter', 'delivered_topic',
-           'fleet_filter', 'parse_topic', 'planner_topic', 'robot_filter', 'robot_prefix',
-           'robot_topic', 'shared_orders_filter', 'status_topic']
+__all__ = ['BLOB_REQUEST', 'COMMAND_KINDS', 'MISSION_ACK', 'MODEL_METRICS', 'MODEL_STATUS',
+           'ORDERS_TOPIC', 'PLANNER_KINDS', 'RESERVED_ROBOT_IDS', 'STATE', 'STATUS',
+           'TASK_PROGRESS', 'TOPIC_ROOT', 'UPLINK_BRANCHES', 'RobotIdError', 'Topic',
+           'TopicError', 'blob_filter', 'blob_topic', 'check_fleet_id', 'check_robot_id',
+           'command_topic', 'commands_filter', 'delivered_topic', 'fleet_filter', 'parse_topic',
+           'planner_topic', 'robot_filter', 'robot_prefix', 'robot_topic',
+           'shared_orders_filter', 'status_topic']
 
 TOPIC_ROOT = 'cobot/v1'
 RESERVED_ROBOT_IDS = frozenset({'planners', 'orders'})
@@ -44,8 +49,12 @@ DELIVERED = 'delivered'
 MISSION_ACK = 'events/mission_ack'
 TASK_PROGRESS = 'events/task_progress'
 BRIDGE_TELEMETRY = 'telemetry/bridge'
+MODEL_STATUS = 'events/model_status'
+MODEL_METRICS = 'events/model_metrics'   # an event: the cloud reads it (telemetry: stored)
+BLOB_REQUEST = 'events/blob_request'
+BLOB = 'blob'
 UPLINK_BRANCHES = ('telemetry/', 'events/')   # what a route may write under a robot's prefix
-COMMAND_KINDS = ('mission',)                  # cmd/<kind>
+COMMAND_KINDS = ('mission', 'model')         # cmd/<kind>
 PLANNER_KINDS = ('lease', 'ledger', 'orders')  # planners/<fleet_id>/<kind>
 
 
@@ -101,6 +110,19 @@ def command_topic(robot_id: str, kind: str = 'mission') -> str:
     return robot_topic(robot_id, f'cmd/{kind}')
 
 
+def blob_topic(robot_id: str, sha256: str, offset: int) -> str:
+    """Return where the cloud sends the chunk of file ``sha256`` that starts at ``offset``."""
+    if len(sha256) != 64 or any(c not in '0123456789abcdef' for c in sha256) \
+            or isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise TopicError('a blob topic takes a sha256 (64 lower-case hex) and an offset >= 0')
+    return robot_topic(robot_id, f'{BLOB}/{sha256}/{offset}')
+
+
+def blob_filter(robot_id: str) -> str:
+    """Return the filter a robot subscribes for the chunks it asked for."""
+    return f'{robot_prefix(robot_id)}/{BLOB}/#'
+
+
 def commands_filter(robot_id: str) -> str:
     """Return the filter a robot subscribes for its commands."""
     return f'{robot_prefix(robot_id)}/cmd/#'
@@ -141,6 +163,16 @@ class Topic:
     def is_command(self) -> bool:
         """True for ``cobot/v1/<robot_id>/cmd/...``."""
         return self.scope == 'robot' and self.kind.startswith('cmd/')
+
+    @property
+    def blob(self) -> tuple[str, int] | None:
+        """``(sha256, offset)`` of ``cobot/v1/<robot_id>/blob/<sha256>/<offset>``, else None."""
+        parts = self.kind.split('/')
+        if self.scope != 'robot' or len(parts) != 3 or parts[0] != BLOB \
+                or len(parts[1]) != 64 or any(c not in '0123456789abcdef' for c in parts[1]) \
+                or not parts[2].isascii() or not parts[2].isdigit() or len(parts[2]) > 12:
+            return None
+        return parts[1], int(parts[2])
 
     @property
     def is_uplink(self) -> bool:
