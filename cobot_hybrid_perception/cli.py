@@ -165,6 +165,44 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_model_card(args: argparse.Namespace) -> int:
+    import time
+
+    from cobot_hybrid_perception.model_card_eval import CardRequest, measure_card
+    from cobot_hybrid_protocol.model_card import card_text, write_card
+
+    card = measure_card(CardRequest(
+        model=Path(args.model), name=args.name, version=args.version,
+        champion=Path(args.champion) if args.champion else None, images=tuple(args.images),
+        imgsz=args.imgsz, runs=args.runs, frames=args.frames, threads=args.threads,
+        conf=args.conf, iou=args.iou, max_det=args.max_det), now_s=time.time())
+    if not args.out:
+        print(card_text(card), end='')
+        return 0
+    try:
+        write_card(card, Path(args.out))
+    except OSError as exc:
+        raise PerceptionError(f'cannot write the card to {args.out}: {exc.strerror}') from None
+    m = card.metrics
+    versus = (f', agreement {m.agreement:.3f} with {m.champion_sha256[:12]}'
+              if m.agreement is not None and m.champion_sha256 else ', no champion')
+    print(f'wrote {args.out}: {card.model.label} {card.model.imgsz} {card.model.task} '
+          f'{card.model.precision}, {m.images} images, p50 {m.latency_p50_ms:.1f} ms, '
+          f'p99 {m.latency_p99_ms:.1f} ms{versus}')
+    return 0
+
+
+def _card_settings(parser: argparse.ArgumentParser) -> None:
+    """Add --conf, --iou, --max-det: the detector settings a card records (DetectorConfig's)."""
+    from cobot_hybrid_perception.detector import DetectorConfig
+    from cobot_hybrid_protocol.settings import specs
+
+    for name in ('conf', 'iou', 'max_det'):
+        default, spec = specs(DetectorConfig)[name]
+        parser.add_argument('--' + name.replace('_', '-'), type=type(default),
+                            default=default, help=spec.text())
+
+
 def register(subparsers: Any) -> None:
     """Add the perception sub-commands."""
     detect = subparsers.add_parser('detect', help='detect objects in image files')
@@ -236,3 +274,25 @@ def register(subparsers: Any) -> None:
     models = subparsers.add_parser('models', help='export the default model into the cache')
     models.add_argument('--sizes', type=int, nargs='+', default=[640, 320])
     models.set_defaults(func=_cmd_models)
+
+    card = subparsers.add_parser(
+        'model-card', help='measure the card of a model version for the registry (cloud side)')
+    card.add_argument('model', metavar='MODEL.onnx')
+    card.add_argument('--name', required=True, help='registered model name, e.g. yolo11n-pose')
+    card.add_argument('--version', type=int, required=True,
+                      help='version number (the registry sets the one it assigns)')
+    card.add_argument('--champion', default='', metavar='CHAMPION.onnx',
+                      help='score agreement with this model (the current champion)')
+    card.add_argument('--images', nargs='+', default=['samples'], metavar='SPEC',
+                      help='held-out images: samples (photos in installed packages), '
+                      'sample:<name>, folders, images, globs or videos')
+    card.add_argument('--imgsz', type=int, default=0, help="0: the model's own input size")
+    card.add_argument('--runs', type=int, default=20,
+                      help='timed frames, at least (the images cycle)')
+    card.add_argument('--frames', type=int, default=200,
+                      help='read at most this many frames of --images')
+    card.add_argument('--threads', type=int, default=0, help='CPU threads (0: default)')
+    _card_settings(card)
+    card.add_argument('--out', default='', metavar='card.json',
+                      help='write the card here (default: print it)')
+    card.set_defaults(func=_cmd_model_card)
