@@ -30,6 +30,7 @@ from cobot_hybrid_bridge.filters import (
     make_filter,
 )
 from cobot_hybrid_bridge.link import CommandHandler, Link, LinkFactory
+from cobot_hybrid_bridge.model_fetch import FetchConfig, ModelFetcher
 from cobot_hybrid_bridge.mqtt_link import LinkConfig, MqttLink
 from cobot_hybrid_bridge.routes import Route
 from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock
@@ -51,12 +52,29 @@ from cobot_hybrid_protocol.mission import (
     progress_to_json,
     validate_progress,
 )
-from cobot_hybrid_protocol.signing import load_public_keys
+from cobot_hybrid_protocol.model_update import (
+    LocalUpdate,
+    ModelCommand,
+    ModelStatus,
+    blob_request_to_json,
+    metrics_to_json,
+    status_to_json,
+    validate_metrics,
+    validate_model_command,
+    validate_status,
+)
+from cobot_hybrid_protocol.settings import project
+from cobot_hybrid_protocol.signing import load_public_keys, open_signed
 from cobot_hybrid_protocol.topics import (
+    BLOB_REQUEST,
     BRIDGE_TELEMETRY,
     MISSION_ACK,
+    MODEL_METRICS,
+    MODEL_STATUS,
     STATE,
     TASK_PROGRESS,
+    TopicError,
+    parse_topic,
     robot_topic,
 )
 
@@ -65,6 +83,9 @@ __all__ = ['EdgeBridge', 'RouteState']
 _LOG = logging.getLogger(__name__)
 _ACK_PRIORITY = 8
 _STATE_PRIORITY = 2
+_METRICS_PRIORITY = 2
+#: Chunks held between the network thread and the next tick (a flood drops the oldest).
+_MAX_CHUNKS_HELD = 256
 
 
 @dataclass
@@ -122,6 +143,10 @@ class EdgeBridge:
         self.internal_errors = 0
         self.clock_steps = 0
         self._inbox = deque()
+        self._chunks: deque[tuple[str, int, bytes]] = deque(maxlen=_MAX_CHUNKS_HELD)
+        self.chunks_overflowed = 0
+        self.model_updates: deque[LocalUpdate] = deque(maxlen=16)
+        self._fetcher: ModelFetcher | None = None
         self._verifier = None
         self._state = TelemetryState()
         self._next_commit = 0.0
@@ -155,6 +180,8 @@ class EdgeBridge:
                 self.cfg.robot_id, keys,
                 data / 'replay.db', max_bytes=self.cfg.max_command_bytes,
                 max_clock_skew_s=self.cfg.max_clock_skew_s, clock=self.clock)
+            self._fetcher = ModelFetcher(data / 'models', project(self.cfg, FetchConfig),
+                                         self._reopen_model, self.clock.wall)
         self._clock = HLC(self.cfg.robot_id)
         self._state_path = data / 'telemetry_state.json'
         if self._state_path.is_file():
@@ -315,7 +342,20 @@ class EdgeBridge:
     # --- downlink ----------------------------------------------------------------------------
 
     def _on_command(self, topic: str, payload: bytes, retained: bool = False) -> None:
-        self._inbox.append((topic, payload, retained))  # paho's thread: only queue it
+        # paho's thread: only queue it
+        if '/blob/' in topic:
+            try:
+                blob = parse_topic(topic).blob
+            except TopicError:
+                blob = None
+            if blob is None or retained:
+                self.rejected['bad_chunk_topic' if blob is None else 'retained_chunk'] += 1
+                return
+            if len(self._chunks) == self._chunks.maxlen:
+                self.chunks_overflowed += 1
+            self._chunks.append((blob[0], blob[1], payload))
+            return
+        self._inbox.append((topic, payload, retained))
 
     def take_commands(self, now_s: float | None = None) -> list[Mission]:
         """Verify what came down; return the missions to act on, newest version only.
@@ -341,7 +381,10 @@ class EdgeBridge:
 
     def _verify(self, kind: str, payload: bytes, retained: bool, now_s: float | None
                 ) -> Mission | None:
-        if kind != 'mission':
+        if kind == 'model' and not retained and self._verifier is not None:
+            self._take_model_command(payload, now_s)
+            return None
+        if kind not in ('mission', 'model'):
             self._reject(kind, 'unsupported', f'no handler for command kind {kind!r}')
             return None
         if retained:   # a command is for its moment; a retained one re-arrives on every start
@@ -363,10 +406,18 @@ class EdgeBridge:
         return mission
 
     def _reject(self, kind: str, reason: str, detail: str,
-                mission: Mission | None = None) -> None:
+                mission: Mission | ModelCommand | None = None) -> None:
         self.rejected[reason] += 1
         self.record('commands_rejected')
         _LOG.warning('command %s rejected: %s', kind, detail)
+        if kind == 'model' or isinstance(mission, ModelCommand):
+            command = mission if isinstance(mission, ModelCommand) else None
+            self._send_model_status(ModelStatus(
+                'failed', command.rollout_id if command else '',
+                command.revision if command else 0, command.model if command else None,
+                None, f'rejected: {reason}: {detail}'[:MAX_REASON], {}, self.clock.wall()))
+            return
+        assert not isinstance(mission, ModelCommand)
         self._ack(mission.mission_id if mission else None,
                   mission.version if mission else None, 'rejected', f'{reason}: {detail}')
 
@@ -377,6 +428,83 @@ class EdgeBridge:
         self._enqueue(MISSION_ACK, lambda seq: build_envelope(
             self.cfg.robot_id, seq, now, 'mission_ack', CONTRACT_TYPES['mission_ack'], body),
             1, _ACK_PRIORITY, False)
+
+    # --- model updates (cmd/model, blob chunks, the detector's reports) ---------------------
+
+    def _reopen_model(self, envelope: bytes) -> ModelCommand:
+        """Read a command this bridge accepted before (a resumed download): no replay check."""
+        assert self._verifier is not None
+        payload = open_signed(envelope, self._verifier.keys, self.cfg.robot_id,
+                              self.cfg.max_command_bytes)
+        return validate_model_command(parse_json(payload, COMMAND_LIMITS, 'the command'))
+
+    def _take_model_command(self, payload: bytes, now_s: float | None) -> None:
+        assert self._verifier is not None and self._fetcher is not None
+        try:
+            command = self._verifier.verify_model(payload, now_s)
+        except CommandRejected as exc:
+            self._reject('model', exc.reason, exc.detail, exc.mission)
+            return
+        self.record('model_commands_accepted')
+        self._fetcher.start(command, payload)
+
+    def take_model_updates(self) -> list[LocalUpdate]:
+        """Write the chunks that came, ask for the next ones; return files ready for ROS."""
+        fetcher = self._fetcher
+        if fetcher is None:
+            self._chunks.clear()
+            return []
+        while self._chunks:
+            fetcher.on_chunk(*self._chunks.popleft())
+        step = fetcher.tick(online=self.link.stats.connected)
+        now = self.clock.wall()
+        for request in step.requests:
+            self._send_blob_request(blob_request_to_json(request), now)
+        for status in step.statuses:
+            self._send_model_status(status)
+        if step.ready is not None:
+            self.model_updates.append(step.ready)
+        ready = list(self.model_updates)
+        self.model_updates.clear()
+        return ready
+
+    def _send_blob_request(self, body: dict[str, Any], now: float) -> None:
+        self._enqueue(BLOB_REQUEST, lambda seq: build_envelope(
+            self.cfg.robot_id, seq, now, 'blob_request', CONTRACT_TYPES['blob_request'],
+            body), 1, _ACK_PRIORITY, False)
+
+    def _send_model_status(self, status: ModelStatus) -> None:
+        body = status_to_json(status)
+        self.record(f'model_{status.state}')
+        self._enqueue(MODEL_STATUS, lambda seq: build_envelope(
+            self.cfg.robot_id, seq, status.stamp or self.clock.wall(), 'model_status',
+            CONTRACT_TYPES['model_status'], body), 1, _ACK_PRIORITY, False)
+
+    def report_model_status(self, text: str) -> bool:
+        """Send up the detector's model status (JSON v1); a malformed one is counted."""
+        try:
+            status = validate_status(parse_json(text, COMMAND_LIMITS, 'model status'))
+        except (PayloadError, SchemaError) as exc:
+            self.rejected['model_status_rejected'] += 1
+            _LOG.warning('model status not sent: %s (see cobot_hybrid_protocol.model_update)',
+                         exc)
+            return False
+        self._send_model_status(status)
+        return True
+
+    def report_model_metrics(self, text: str) -> bool:
+        """Send up the detector's periodic model metrics (JSON v1)."""
+        try:
+            metrics = validate_metrics(parse_json(text, COMMAND_LIMITS, 'model metrics'))
+        except (PayloadError, SchemaError) as exc:
+            self.rejected['model_metrics_rejected'] += 1
+            _LOG.warning('model metrics not sent: %s', exc)
+            return False
+        body = metrics_to_json(metrics)
+        self._enqueue(MODEL_METRICS, lambda seq: build_envelope(
+            self.cfg.robot_id, seq, metrics.stamp, 'model_metrics',
+            CONTRACT_TYPES['model_metrics'], body), 1, _METRICS_PRIORITY, False)
+        return True
 
     def report_progress(self, text: str) -> bool:
         """Send up a task progress report (JSON v1 from the robot's executor).
@@ -419,6 +547,8 @@ class EdgeBridge:
             'commands_rejected': dict(self.rejected),
             'uplink_refused': dict(self.uplink_refused),
             'internal_errors': self.internal_errors, 'clock_steps': self.clock_steps,
+            'model_fetch': dict(self._fetcher.counters) if self._fetcher else {},
+            'chunks_overflowed': self.chunks_overflowed,
             'missions': {k: m.version for k, m in self.missions.items()},
             'last_error': link.last_error}
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cobot_hybrid_bridge.durable_queue import QueueConfig
 from cobot_hybrid_bridge.errors import BridgeError
+from cobot_hybrid_bridge.model_fetch import FetchConfig
 from cobot_hybrid_bridge.mqtt_link import LinkConfig, topic_prefix
 from cobot_hybrid_protocol.paths import robot_data_dir
 from cobot_hybrid_protocol.settings import check_settings, project, same_as, setting
@@ -53,6 +54,11 @@ class BridgeConfig:
                                      low=64, high=2**26)
     max_clock_skew_s: float = setting(30.0, 'tolerated difference between robot and cloud '
                                       'clocks', unit='s', low=0.0, high=3600.0)
+    model_fetch_max_bytes_per_s: float = same_as(FetchConfig, 'model_fetch_max_bytes_per_s')
+    model_fetch_window_chunks: int = same_as(FetchConfig, 'model_fetch_window_chunks')
+    model_fetch_chunk_timeout_s: float = same_as(FetchConfig, 'model_fetch_chunk_timeout_s')
+    model_fetch_stall_timeout_s: float = same_as(FetchConfig, 'model_fetch_stall_timeout_s')
+    model_keep_files: int = same_as(FetchConfig, 'model_keep_files')
     state_period_s: float = setting(5.0, 'CRDT telemetry state snapshot period', unit='s',
                                     low=0.1, high=3600.0)
     stats_period_s: float = setting(2.0, 'diagnostics and link telemetry period', unit='s',

@@ -27,9 +27,10 @@ import contextlib
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -38,6 +39,7 @@ from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock
 from cobot_hybrid_protocol.errors import PayloadError, SchemaError, SignatureError
 from cobot_hybrid_protocol.limits import COMMAND_LIMITS, parse_json
 from cobot_hybrid_protocol.mission import Mission, validate_mission
+from cobot_hybrid_protocol.model_update import ModelCommand, validate_model_command
 from cobot_hybrid_protocol.signing import SIGNATURE_REASONS, open_signed
 
 __all__ = ['CommandRejected', 'CommandVerifier', 'REJECT_REASONS']
@@ -52,13 +54,18 @@ CREATE TABLE IF NOT EXISTS seen (command_id TEXT PRIMARY KEY, forget_after REAL 
 CREATE TABLE IF NOT EXISTS versions (mission_id TEXT PRIMARY KEY, version INTEGER NOT NULL,
                                      accepted_seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS model_revisions (slot TEXT PRIMARY KEY, revision INTEGER NOT NULL);
 """
+#: What each command kind is read with (``cmd/<kind>``).
+_VALIDATORS: dict[str, Callable[[Any], Mission | ModelCommand]] = {
+    'mission': validate_mission, 'model': validate_model_command}
 
 
 class CommandRejected(BridgeError):
     """A command failed a check; ``reason`` is one of :data:`REJECT_REASONS`."""
 
-    def __init__(self, reason: str, detail: str, mission: Mission | None = None) -> None:
+    def __init__(self, reason: str, detail: str,
+                 mission: Mission | ModelCommand | None = None) -> None:
         super().__init__(f'{reason}: {detail}')
         self.reason = reason
         self.detail = detail
@@ -122,21 +129,34 @@ class CommandVerifier:
 
     def verify(self, raw: bytes, now_s: float | None = None) -> Mission:
         """Return the mission if every check passes; else count and raise CommandRejected."""
+        mission = self.verify_kind('mission', raw, now_s)
+        assert isinstance(mission, Mission)
+        return mission
+
+    def verify_model(self, raw: bytes, now_s: float | None = None) -> ModelCommand:
+        """Return the model command if every check passes; else count and raise."""
+        command = self.verify_kind('model', raw, now_s)
+        assert isinstance(command, ModelCommand)
+        return command
+
+    def verify_kind(self, kind: str, raw: bytes, now_s: float | None = None
+                    ) -> Mission | ModelCommand:
+        """Check a command of ``kind`` (``mission``, ``model``); count and raise on failure."""
         try:
-            mission = self._check(raw, self.clock.wall() if now_s is None else now_s)
+            command = self._check(kind, raw, self.clock.wall() if now_s is None else now_s)
         except CommandRejected as exc:
             self.rejected[exc.reason] += 1
             raise
         self.accepted += 1
-        return mission
+        return command
 
-    def _check(self, raw: bytes, now: float) -> Mission:
+    def _check(self, kind: str, raw: bytes, now: float) -> Mission | ModelCommand:
         try:
             payload = open_signed(raw, self.keys, self.robot_id, self.max_bytes)
         except SignatureError as exc:
             raise CommandRejected(exc.reason, exc.detail) from None
         try:
-            mission = validate_mission(parse_json(payload, COMMAND_LIMITS, 'the command'))
+            mission = _VALIDATORS[kind](parse_json(payload, COMMAND_LIMITS, 'the command'))
         except PayloadError as exc:
             raise CommandRejected('malformed', str(exc)) from None
         except SchemaError as exc:
@@ -158,7 +178,7 @@ class CommandVerifier:
         self._remember(mission, now)
         return mission
 
-    def _remember(self, mission: Mission, now: float) -> None:
+    def _remember(self, mission: Mission | ModelCommand, now: float) -> None:
         """Refuse a replay or an old version; else record both, in one transaction."""
         db = self._db
         with _transaction(db):
@@ -166,11 +186,19 @@ class CommandVerifier:
                           (mission.command_id,)).fetchone():
                 raise CommandRejected('replayed', f'command {mission.command_id!r} was '
                                       'already accepted', mission)
-            row = db.execute('SELECT version FROM versions WHERE mission_id = ?',
-                             (mission.mission_id,)).fetchone()
-            if row is not None and row[0] >= mission.version:
-                raise CommandRejected('superseded', f'mission {mission.mission_id} version '
-                                      f'{mission.version} <= the accepted {row[0]}', mission)
+            if isinstance(mission, ModelCommand):
+                row = db.execute('SELECT revision FROM model_revisions WHERE slot = ?',
+                                 (mission.stream,)).fetchone()
+                if row is not None and row[0] >= mission.revision:
+                    raise CommandRejected('superseded', f'model revision {mission.revision} '
+                                          f'<= the accepted {row[0]}', mission)
+            else:
+                row = db.execute('SELECT version FROM versions WHERE mission_id = ?',
+                                 (mission.mission_id,)).fetchone()
+                if row is not None and row[0] >= mission.version:
+                    raise CommandRejected('superseded', f'mission {mission.mission_id} '
+                                          f'version {mission.version} <= the accepted '
+                                          f'{row[0]}', mission)
             # Expired command ids go (a wall clock that jumped ahead purges early: the
             # versions below still refuse those commands); the table stays bounded.
             db.execute('DELETE FROM seen WHERE forget_after < ?', (now,))
@@ -178,6 +206,10 @@ class CommandVerifier:
                        'ORDER BY forget_after DESC LIMIT -1 OFFSET ?)', (MAX_SEEN - 1,))
             db.execute('INSERT INTO seen (command_id, forget_after) VALUES (?, ?)',
                        (mission.command_id, mission.valid_until + self.max_clock_skew_s))
+            if isinstance(mission, ModelCommand):
+                db.execute('INSERT OR REPLACE INTO model_revisions VALUES (?, ?)',
+                           (mission.stream, mission.revision))
+                return
             order = db.execute('SELECT COALESCE(MAX(accepted_seq), 0) + 1 FROM versions'
                                ).fetchone()[0]
             db.execute('INSERT OR REPLACE INTO versions VALUES (?, ?, ?)',

@@ -24,7 +24,12 @@ from cobot_hybrid_bridge.mqtt_link import LinkConfig, LinkStats
 from cobot_hybrid_protocol.delivery import parse_delivered
 from cobot_hybrid_protocol.errors import PayloadError
 from cobot_hybrid_protocol.status import status_payload
-from cobot_hybrid_protocol.topics import commands_filter, delivered_topic, status_topic
+from cobot_hybrid_protocol.topics import (
+    blob_filter,
+    commands_filter,
+    delivered_topic,
+    status_topic,
+)
 from cobot_hybrid_protocol.transport import MemoryBroker, MemoryTransport, Message
 
 __all__ = ['MemoryLink', 'memory_link_factory']
@@ -47,6 +52,7 @@ class MemoryLink:
     def start(self) -> None:
         """Connect, say online, subscribe to commands (and acknowledgements), send."""
         self.transport.connect([(commands_filter(self.cfg.robot_id), 1),
+                                (blob_filter(self.cfg.robot_id), 1),
                                 (delivered_topic(self.cfg.robot_id), 1)], self._on_message)
         self.transport.publish(status_topic(self.cfg.robot_id),
                                status_payload('online', time.time()), qos=1, retain=True)

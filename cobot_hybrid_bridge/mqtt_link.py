@@ -79,6 +79,7 @@ from cobot_hybrid_protocol.settings import check_settings, same_as, setting
 from cobot_hybrid_protocol.status import status_payload
 from cobot_hybrid_protocol.topics import (
     RobotIdError,
+    blob_filter,
     commands_filter,
     robot_prefix,
     status_topic,
@@ -597,6 +598,7 @@ class MqttLink:
         client.publish(status_topic(self.cfg.robot_id), self._status('online'), qos=1,
                        retain=True)
         client.subscribe(commands_filter(self.cfg.robot_id), qos=1)
+        client.subscribe(blob_filter(self.cfg.robot_id), qos=1)   # model chunks it asked for
         if self._cloud:
             client.subscribe(self._delivered_topic, qos=1)
 

@@ -8,6 +8,12 @@ drops by reason, drain rate, RTT, rejected commands). It sends up the robot's
 ``task_progress`` reports (``std_msgs/String``, task progress JSON v1) next to the mission
 acknowledgements, and watches ``protective_stop`` and ``speed_scale`` (when routed) for the
 CRDT telemetry state it sends up.
+
+Model updates (``cmd/model``): the file is fetched in chunks over MQTT
+(:mod:`..model_fetch`), then handed to the detector on ``model_update`` (``std_msgs/String``,
+:class:`~cobot_hybrid_protocol.model_update.LocalUpdate` JSON, transient local); the
+detector's ``model_status`` and ``model_metrics`` (``std_msgs/String`` JSON) go up as
+``events/model_status`` and ``events/model_metrics``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_bridge.robot_state import link_health, state_update
 from cobot_hybrid_bridge.routes import Route, load_routes
 from cobot_hybrid_protocol.mission import Mission, mission_to_json
+from cobot_hybrid_protocol.model_update import local_update_to_json
 from cobot_hybrid_ros.diagnostics import diagnostic_array
 from cobot_hybrid_ros.params import ParameterBinding, refuse_unknown_parameters
 from cobot_hybrid_ros.runner import run_node
@@ -77,6 +84,13 @@ class BridgeNode(Node):
         self._path_pub = self.create_publisher(PathMsg, 'mission_path', latched)
         self._diag_pub = self.create_publisher(DiagnosticArray, 'diagnostics', 10)
         self.create_subscription(String, 'task_progress', self._on_progress, 100)
+        # Model updates: fetched files to the detector (it opens the signed command itself),
+        # its statuses and metrics up.
+        updates = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._update_pub = self.create_publisher(String, 'model_update', updates)
+        self.create_subscription(String, 'model_status', self._on_model_status, updates)
+        self.create_subscription(String, 'model_metrics', self._on_model_metrics, 10)
         self._latest_images: dict[int, Any] = {}
         # One subscription per topic, type and reliability: routes sharing a topic (people and
         # people-per-frame summary on `detections`) share its conversion too.
@@ -114,6 +128,12 @@ class BridgeNode(Node):
 
     def _on_progress(self, msg: String) -> None:
         self._guarded('task_progress', self.bridge.report_progress, msg.data)
+
+    def _on_model_status(self, msg: String) -> None:
+        self._guarded('model_status', self.bridge.report_model_status, msg.data)
+
+    def _on_model_metrics(self, msg: String) -> None:
+        self._guarded('model_metrics', self.bridge.report_model_metrics, msg.data)
 
     def _on_message(self, indices: tuple[int, ...], msg: Any) -> None:
         self._guarded(self.bridge.states[indices[0]].route.ros_topic, self._route_message,
@@ -171,6 +191,10 @@ class BridgeNode(Node):
     def _take_commands(self) -> None:
         for mission in self.bridge.take_commands():
             self._publish_mission(mission)
+        for update in self.bridge.take_model_updates():
+            self._update_pub.publish(String(data=json.dumps(local_update_to_json(update))))
+            where = update.path or '(a rollback to a version it keeps)'
+            self.get_logger().info(f'model file ready for the detector: {where}')
 
     def _publish_mission(self, mission: Mission) -> None:
         self._mission_pub.publish(String(data=json.dumps(mission_to_json(mission))))

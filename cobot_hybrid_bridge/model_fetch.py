@@ -1,0 +1,371 @@
+"""Model files down to the robot: chunks over MQTT, resumed, capped, verified. No ROS.
+
+:class:`ModelFetcher` is driven by the bridge: :meth:`ModelFetcher.start` with a verified
+``cmd/model`` (the signed envelope too), :meth:`ModelFetcher.on_chunk` for every
+``cobot/v1/<robot_id>/blob/<sha256>/<offset>`` that arrives, :meth:`ModelFetcher.tick` on the
+bridge's timer. The tick returns what to do: the window of chunks to ask for
+(``events/blob_request``), statuses to send up, and the :class:`LocalUpdate` to hand to the
+detector once the file is complete and its size and sha256 match the signed command.
+
+* **Resume**: chunks are written in order to ``<sha256>.part``; the command waits in
+  ``pending.json`` (written atomically). After a restart, a reconnect or an outage the
+  fetch continues from the partial file's size: nothing that arrived is asked for again.
+* **Bandwidth cap**: a token bucket of ``max_bytes_per_s``; a window of at most
+  ``window_chunks`` chunks is outstanding at a time.
+* **Hostile chunks**: a chunk of another file, of an offset that was not asked for or of the
+  wrong length is dropped and counted (``chunks_dropped``); a file whose sha256 differs from
+  the signed one is deleted and reported ``hash_mismatch`` with both digests (TCP and TLS do
+  not corrupt bytes in flight: a mismatch is a wrong file or a wrong command, so it is not
+  fetched again).
+* **Stalls**: a window that did not arrive in ``chunk_timeout_s`` is asked for again; no
+  chunk for ``stall_timeout_s`` while online is ``download_timeout``. Offline time does not
+  count.
+* **Space**: less free space than the file plus a margin is ``no_space`` before anything is
+  written; a write that fails for lack of space is ``no_space`` too.
+
+A newer command replaces the one in progress (the same file keeps its progress). Completed
+files stay in the folder (the last ``keep_files``) so a rollback to one of them needs no
+download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cobot_hybrid_bridge.errors import BridgeError
+from cobot_hybrid_protocol.errors import PayloadError, SchemaError, SignatureError
+from cobot_hybrid_protocol.limits import Limits, read_json_file
+from cobot_hybrid_protocol.model_update import (
+    BlobRequest,
+    LocalUpdate,
+    ModelCommand,
+    ModelStatus,
+)
+from cobot_hybrid_protocol.settings import check_settings, setting
+
+__all__ = ['FetchConfig', 'FetchStep', 'ModelFetcher']
+
+_LOG = logging.getLogger(__name__)
+_PENDING = 'pending.json'
+_PENDING_LIMITS = Limits(max_bytes=512 * 1024, max_depth=2, max_string=400 * 1024,
+                         max_items=8, max_values=16)
+_SPACE_MARGIN = 64 * 1024 * 1024
+_HASH_BLOCK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """How model files are fetched (``bridge_node`` re-exposes these)."""
+
+    model_fetch_max_bytes_per_s: float = setting(
+        4e6, 'bandwidth cap of a model download', unit='bytes/s', low=1e3, high=1e10)
+    model_fetch_window_chunks: int = setting(8, 'chunks of a model file asked for at once',
+                                             low=1, high=64)
+    model_fetch_chunk_timeout_s: float = setting(
+        10.0, 'ask again for chunks that did not arrive within', unit='s', low=0.1,
+        high=3600.0)
+    model_fetch_stall_timeout_s: float = setting(
+        600.0, 'give a download up when no chunk arrived for this long while online',
+        unit='s', low=1.0, high=86_400.0)
+    model_keep_files: int = setting(3, 'fetched model files kept for rollbacks', low=1,
+                                    high=100)
+
+    def __post_init__(self) -> None:
+        check_settings(self, BridgeError)
+
+
+@dataclass
+class FetchStep:
+    """What one tick asks the bridge to do."""
+
+    requests: list[BlobRequest] = field(default_factory=list)
+    statuses: list[ModelStatus] = field(default_factory=list)
+    ready: LocalUpdate | None = None
+
+
+@dataclass
+class _Fetch:
+    command: ModelCommand
+    envelope: bytes
+    written: int = 0                          # bytes in <sha>.part, in order
+    asked: dict[int, float] = field(default_factory=dict)   # offset -> when asked
+    early: dict[int, bytes] = field(default_factory=dict)   # arrived ahead of `written`
+    last_progress: float = 0.0
+    started: bool = False
+
+
+class ModelFetcher:
+    """One download at a time into ``folder``; the newest command wins."""
+
+    def __init__(self, folder: Path, cfg: FetchConfig,
+                 reopen: Callable[[bytes], ModelCommand],
+                 now: Callable[[], float]) -> None:
+        self.folder = folder
+        self.cfg = cfg
+        self._now = now
+        self.counters: Counter[str] = Counter()
+        self.bytes_received = 0
+        self._fetch: _Fetch | None = None
+        self._budget = 0.0
+        self._budget_at = now()
+        self._pending_step = FetchStep()
+        folder.mkdir(parents=True, exist_ok=True)
+        self._resume(reopen)
+
+    # --- commands ------------------------------------------------------------------------
+
+    def start(self, command: ModelCommand, envelope: bytes) -> None:
+        """Take a verified command; what follows comes out of :meth:`tick`."""
+        step = self._pending_step
+        current = self._fetch
+        if current is not None and current.command.model.sha256 != command.model.sha256:
+            step.statuses.append(self._status('failed', current.command,
+                                              f'superseded: revision {command.revision} '
+                                              f'({command.model.label}) came'))
+            self._discard(current)
+        self._fetch = None
+        step.statuses.append(self._status('received', command))
+        done = self.folder / f'{command.model.sha256}.onnx'
+        if command.action == 'rollback':
+            path = str(done) if done.is_file() else ''
+            step.ready = LocalUpdate(envelope.decode(), path)
+            self._drop_pending()
+            return
+        if done.is_file():
+            if self._verified(done, command, step):
+                step.ready = LocalUpdate(envelope.decode(), str(done))
+                self._drop_pending()
+            return
+        free = shutil.disk_usage(self.folder).free
+        if free < command.model.size_bytes + _SPACE_MARGIN:
+            step.statuses.append(self._status(
+                'failed', command, f'no_space: {command.model.size_bytes} bytes needed, '
+                f'{free} free in {self.folder} (margin {_SPACE_MARGIN})'))
+            return
+        keep = current if current is not None and \
+            current.command.model.sha256 == command.model.sha256 else None
+        self._fetch = _Fetch(command, envelope, written=self._part_size(command) if keep is None
+                             else keep.written, last_progress=self._now())
+        self._save_pending()
+
+    def on_chunk(self, sha256: str, offset: int, data: bytes) -> None:
+        """Take a chunk that arrived (not from the paho thread: the bridge queues it)."""
+        fetch = self._fetch
+        if fetch is None or sha256 != fetch.command.model.sha256:
+            self.counters['chunks_dropped_other_file'] += 1
+            return
+        size, chunk = fetch.command.model.size_bytes, fetch.command.source.chunk_bytes
+        if offset not in fetch.asked or offset < fetch.written:
+            self.counters['chunks_dropped_not_asked'] += 1
+            return
+        if len(data) != min(chunk, size - offset):
+            self.counters['chunks_dropped_bad_length'] += 1
+            return
+        del fetch.asked[offset]
+        fetch.early[offset] = data
+        fetch.last_progress = self._now()
+        self.bytes_received += len(data)
+        self.counters['chunks'] += 1
+
+    def tick(self, online: bool = True) -> FetchStep:
+        """Write what arrived, finish or fail, and say which chunks to ask for next."""
+        step, self._pending_step = self._pending_step, FetchStep()
+        fetch = self._fetch
+        now = self._now()
+        self._budget = min(self._budget + (now - self._budget_at)
+                           * self.cfg.model_fetch_max_bytes_per_s, self._burst())
+        self._budget_at = now
+        if fetch is None:
+            return step
+        if not fetch.started:
+            fetch.started = True
+            step.statuses.append(self._status('downloading', fetch.command,
+                                              metrics={'bytes_fetched': fetch.written}))
+        try:
+            self._write(fetch)
+        except OSError as exc:
+            reason = 'no_space' if exc.errno == errno.ENOSPC else 'download_failed'
+            step.statuses.append(self._status('failed', fetch.command, f'{reason}: {exc}'))
+            self._discard(fetch)
+            return step
+        model = fetch.command.model
+        if fetch.written >= model.size_bytes:
+            self._finish(fetch, step)
+            return step
+        if not online:
+            fetch.last_progress = now        # offline time is not a stall
+            fetch.asked.clear()              # ask again once online
+            return step
+        if now - fetch.last_progress > self.cfg.model_fetch_stall_timeout_s:
+            step.statuses.append(self._status(
+                'failed', fetch.command, f'download_timeout: no chunk for '
+                f'{now - fetch.last_progress:.0f} s at {fetch.written}/{model.size_bytes} '
+                'bytes'))
+            self._discard(fetch)
+            return step
+        for offset, asked_at in list(fetch.asked.items()):
+            if now - asked_at > self.cfg.model_fetch_chunk_timeout_s:
+                del fetch.asked[offset]
+                self.counters['chunks_asked_again'] += 1
+        step.requests.extend(self._requests(fetch, now))
+        return step
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _burst(self) -> float:
+        fetch = self._fetch
+        chunk = fetch.command.source.chunk_bytes if fetch else 0
+        return float(max(chunk, 1) * self.cfg.model_fetch_window_chunks)
+
+    def _requests(self, fetch: _Fetch, now: float) -> list[BlobRequest]:
+        model, chunk = fetch.command.model, fetch.command.source.chunk_bytes
+        offsets: list[int] = []
+        offset = fetch.written
+        while offset < model.size_bytes and len(fetch.asked) + len(offsets) \
+                < self.cfg.model_fetch_window_chunks:
+            if offset not in fetch.asked and offset not in fetch.early:
+                length = min(chunk, model.size_bytes - offset)
+                if self._budget < length:
+                    break
+                self._budget -= length
+                offsets.append(offset)
+            offset += chunk
+        requests: list[BlobRequest] = []
+        for offset in offsets:       # contiguous runs: one request each
+            fetch.asked[offset] = now
+            if requests and requests[-1].offset + requests[-1].length == offset:
+                last = requests[-1]
+                requests[-1] = BlobRequest(model.sha256, last.offset,
+                                           last.length + min(chunk, model.size_bytes - offset),
+                                           chunk)
+            else:
+                requests.append(BlobRequest(model.sha256, offset,
+                                            min(chunk, model.size_bytes - offset), chunk))
+        return requests
+
+    def _write(self, fetch: _Fetch) -> None:
+        if fetch.written not in fetch.early:
+            return
+        with open(self._part(fetch.command), 'ab') as part:
+            while fetch.written in fetch.early:
+                data = fetch.early.pop(fetch.written)
+                part.write(data)
+                fetch.written += len(data)
+            part.flush()
+            os.fsync(part.fileno())
+
+    def _finish(self, fetch: _Fetch, step: FetchStep) -> None:
+        command = fetch.command
+        step.statuses.append(self._status('verifying', command,
+                                          metrics={'bytes_fetched': fetch.written}))
+        part = self._part(command)
+        done = self.folder / f'{command.model.sha256}.onnx'
+        part.replace(done)
+        self._fetch = None
+        self._drop_pending()
+        if self._verified(done, command, step):
+            step.ready = LocalUpdate(fetch.envelope.decode(), str(done))
+            self._prune(keep=done)
+
+    def _verified(self, path: Path, command: ModelCommand, step: FetchStep) -> bool:
+        model = command.model
+        size = path.stat().st_size
+        if size != model.size_bytes:
+            path.unlink(missing_ok=True)
+            step.statuses.append(self._status('failed', command, f'size_mismatch: the file '
+                                              f'has {size} bytes, the command says '
+                                              f'{model.size_bytes}'))
+            return False
+        digest = hashlib.sha256()
+        with open(path, 'rb') as handle:
+            for block in iter(lambda: handle.read(_HASH_BLOCK), b''):
+                digest.update(block)
+        if digest.hexdigest() != model.sha256:
+            path.unlink(missing_ok=True)
+            self.counters['hash_mismatch'] += 1
+            step.statuses.append(self._status(
+                'failed', command, f'hash_mismatch: the file is sha256 {digest.hexdigest()}, '
+                f'the command says {model.sha256} (a wrong file in the registry, or a wrong '
+                'command: not fetched again)'))
+            return False
+        return True
+
+    def _prune(self, keep: Path) -> None:
+        files = sorted(self.folder.glob('*.onnx'), key=lambda p: p.stat().st_mtime,
+                       reverse=True)
+        for old in files[self.cfg.model_keep_files:]:
+            if old != keep:
+                old.unlink(missing_ok=True)
+
+    def _discard(self, fetch: _Fetch) -> None:
+        self._part(fetch.command).unlink(missing_ok=True)
+        if self._fetch is fetch:
+            self._fetch = None
+        self._drop_pending()
+
+    def _part(self, command: ModelCommand) -> Path:
+        return self.folder / f'{command.model.sha256}.part'
+
+    def _part_size(self, command: ModelCommand) -> int:
+        """Bytes of a partial file to keep: whole chunks only (a torn last write goes)."""
+        part = self._part(command)
+        if not part.is_file():
+            return 0
+        size = part.stat().st_size
+        keep = min(size - size % command.source.chunk_bytes, command.model.size_bytes)
+        if keep != size:
+            with open(part, 'r+b') as handle:
+                handle.truncate(keep)
+        return keep
+
+    def _status(self, state: str, command: ModelCommand, reason: str = '',
+                metrics: dict[str, float] | None = None) -> ModelStatus:
+        return ModelStatus(state, command.rollout_id, command.revision, command.model,
+                           None, reason[:1000], dict(metrics or {}), self._now())
+
+    def _save_pending(self) -> None:
+        fetch = self._fetch
+        if fetch is None:
+            return
+        tmp = self.folder / f'{_PENDING}.tmp'
+        with open(tmp, 'w') as handle:
+            json.dump({'envelope': fetch.envelope.decode()}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(self.folder / _PENDING)
+
+    def _drop_pending(self) -> None:
+        (self.folder / _PENDING).unlink(missing_ok=True)
+
+    def _resume(self, reopen: Callable[[bytes], ModelCommand]) -> None:
+        """Continue the download that was in progress when the bridge stopped."""
+        path = self.folder / _PENDING
+        if not path.is_file():
+            return
+        try:
+            body = read_json_file(path, _PENDING_LIMITS, 'the pending model download')
+            if not isinstance(body, dict) or not isinstance(body.get('envelope'), str):
+                raise SchemaError('pending.json must hold {"envelope": "..."}')
+            envelope = body['envelope'].encode()
+            command = reopen(envelope)
+        except (PayloadError, SchemaError, SignatureError, UnicodeError) as exc:
+            _LOG.error('the pending model download %s cannot be resumed (%s): dropped; the '
+                       'cloud sends the command again', path, exc)
+            with contextlib.suppress(OSError):
+                path.replace(path.with_suffix('.corrupt'))
+            return
+        self.start(command, envelope)
+        self._pending_step.statuses = [s for s in self._pending_step.statuses
+                                       if s.state != 'received']
+        _LOG.info('resuming the download of %s at %d bytes', command.model.label,
+                  self._fetch.written if self._fetch else 0)
