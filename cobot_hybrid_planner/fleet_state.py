@@ -53,8 +53,11 @@ from cobot_hybrid_protocol.mission import (
 )
 from cobot_hybrid_protocol.status import parse_status
 from cobot_hybrid_protocol.topics import (
+    BLOB_REQUEST,
     DELIVERED,
     MISSION_ACK,
+    MODEL_METRICS,
+    MODEL_STATUS,
     STATE,
     STATUS,
     TASK_PROGRESS,
@@ -88,6 +91,11 @@ CREATE INDEX IF NOT EXISTS progress_by_task ON progress (task_id);
 """
 
 
+#: Events stored like any other and handed to the service's rollout controller with their data.
+FORWARDED_EVENTS = frozenset({MODEL_STATUS, MODEL_METRICS, BLOB_REQUEST,
+                              'events/protective_stop'})
+
+
 class Outcome(str):
     """What happened to one message, with what the planner acts on attached.
 
@@ -98,12 +106,15 @@ class Outcome(str):
     robot_id: str | None
     ack: MissionAck | None
     progress: TaskProgress | None
+    event: tuple[str, Any] | None    # (kind, envelope data) of the events others act on
 
     def __new__(cls, text: str, robot_id: str | None = None, ack: MissionAck | None = None,
-                progress: TaskProgress | None = None) -> Outcome:
+                progress: TaskProgress | None = None,
+                event: tuple[str, Any] | None = None) -> Outcome:
         """Make an outcome (``robot_id`` once the topic named a robot of the site)."""
         outcome = super().__new__(cls, text)
         outcome.robot_id, outcome.ack, outcome.progress = robot_id, ack, progress
+        outcome.event = event
         return outcome
 
 
@@ -284,6 +295,8 @@ class FleetStore:
             return self._ack(robot_id, data, now)
         if kind == TASK_PROGRESS:
             return self._progress(robot_id, data, now)
+        if kind in FORWARDED_EVENTS and data is not None:
+            return Outcome('accepted', robot_id, event=(kind, data))   # stored, and acted on
         return Outcome('accepted', robot_id)
 
     def _status(self, robot_id: str, payload: bytes, now: float) -> Outcome:

@@ -43,16 +43,26 @@ from cobot_hybrid_planner.mqtt_session import PahoSession
 from cobot_hybrid_planner.orders import OrderError, validate_orders
 from cobot_hybrid_planner.progress import ProgressTracker
 from cobot_hybrid_planner.replica import FleetReplica, fleet_orders_topic
+from cobot_hybrid_planner.rollout import RolloutController
 from cobot_hybrid_planner.site import Site
 from cobot_hybrid_protocol import signing
 from cobot_hybrid_protocol.broker_auth import BrokerAuth
 from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock, WallStepDetector
 from cobot_hybrid_protocol.errors import BrokerAuthError, KeyFileError, PayloadError, TopicError
 from cobot_hybrid_protocol.limits import TELEMETRY_LIMITS, parse_json, parse_yaml
+from cobot_hybrid_protocol.model_update import (
+    ModelRef,
+    validate_blob_request,
+    validate_metrics,
+    validate_status,
+)
 from cobot_hybrid_protocol.paths import planner_data_dir
 from cobot_hybrid_protocol.settings import check_settings, same_as, setting, specs
 from cobot_hybrid_protocol.topics import (
+    BLOB_REQUEST,
     MISSION_ACK,
+    MODEL_METRICS,
+    MODEL_STATUS,
     ORDERS_TOPIC,
     STATE,
     STATUS,
@@ -68,7 +78,8 @@ __all__ = ['EPOCH_STRIDE', 'TASK_STATUSES', 'PlannerConfig', 'PlannerService',
 
 _LOG = logging.getLogger(__name__)
 _PLAN_RETRY_S = 10.0
-_URGENT = tuple(f'/{kind}' for kind in (STATUS, MISSION_ACK, TASK_PROGRESS, STATE))
+_URGENT = tuple(f'/{kind}' for kind in (STATUS, MISSION_ACK, TASK_PROGRESS, STATE,
+                                        MODEL_STATUS, BLOB_REQUEST))
 _MAX_REJECTIONS = 1000
 _Item = tuple[str, bytes, dict[str, str], bool]
 
@@ -112,6 +123,8 @@ class PlannerConfig:
     fleet_id: str = setting('', '"" = the only planner; set it on every replica of a fleet')
     lease_s: float = setting(6.0, 'replicas: an owner silent this long is replaced', unit='s',
                              low=1.0, high=600.0)
+    model_registry: str = setting('', 'MLflow registry the rollouts promote in (sqlite:///... '
+                                  'or http://127.0.0.1:5000; "" = aliases not moved)')
     delivery_ack_period_s: float = setting(0.5, 'robots (delivery: cloud) hear what was stored '
                                            'at most this often', unit='s', low=0.01,
                                            high=60.0)
@@ -217,6 +230,42 @@ class PlannerService:
             client_id, self.cfg.broker_host, self.cfg.broker_port, auth=self.cfg.auth)
         self.issuer = MissionIssuer(self.ledger, self.fleet, self.site, self.private_key,
                                     self.cfg.key_id, self.transport)
+        self.rollouts = RolloutController(self.cfg.data_path / 'rollouts', self._sign_command,
+                                          self._send_command, on_promote=self._promote)
+        self.model_events: Counter[str] = Counter()
+
+    # --- model rollouts ----------------------------------------------------------------------
+
+    def _sign_command(self, robot_id: str, command: dict[str, Any]) -> bytes:
+        return signing.sign_command(self.private_key, self.cfg.key_id, command, robot_id)
+
+    def _send_command(self, topic: str, payload: bytes, expiry_s: float) -> None:
+        self.transport.publish(topic, payload, qos=1, expiry_s=max(1, int(expiry_s)))
+
+    def _promote(self, candidate: ModelRef, champion: ModelRef | None) -> None:
+        if not self.cfg.model_registry:
+            _LOG.warning('rollout of %s succeeded; no model_registry configured: the '
+                         'aliases were not moved', candidate.label)
+            return
+        from cobot_hybrid_planner.model_registry import ModelRegistry
+        ModelRegistry(self.cfg.model_registry).promote(candidate.name, candidate.version)
+
+    def _model_event(self, robot_id: str, kind: str, data: Any, now: float) -> None:
+        """Hand a robot's model status, metrics, chunk request or stop to the rollouts."""
+        try:
+            if kind == MODEL_STATUS:
+                self.rollouts.on_status(robot_id, validate_status(data), now)
+            elif kind == MODEL_METRICS:
+                self.rollouts.on_metrics(robot_id, validate_metrics(data), now)
+            elif kind == BLOB_REQUEST:
+                self.rollouts.on_blob_request(robot_id, validate_blob_request(data))
+            elif isinstance(data, dict) and data.get('data') is True:
+                self.rollouts.on_stop(robot_id)
+        except ValueError as exc:   # SchemaError: a robot sent what the contract refuses
+            self.model_events[f'rejected {kind}'] += 1
+            _LOG.warning('%s from %s refused: %s', kind, robot_id, exc)
+            return
+        self.model_events[kind] += 1
 
     def reconfigure(self, cfg: PlannerConfig) -> None:
         """Apply new values of the live settings (from the next step on); refuse any other."""
@@ -292,6 +341,7 @@ class PlannerService:
         self.transport.disconnect()
         if self.replica is not None:
             self.replica.stop()
+        self.rollouts.close()
         self.fleet.close()
         self.ledger.close()
 
@@ -426,6 +476,11 @@ class PlannerService:
                 self._dirty, self._plan_after = True, now + _PLAN_RETRY_S
                 _LOG.exception('planning failed; trying again in %.0f s', _PLAN_RETRY_S)
         self.issuer.resend(self._online, now, self.cfg.resend_after_s)
+        try:
+            self.rollouts.step(now, self._online)
+        except Exception:  # noqa: BLE001 - a rollout's bug must not stop the planner
+            self.errors['rollout'] += 1
+            _LOG.exception('the rollout controller failed a step')
         if self.replica is not None:
             self._share_ledger()
             pending = self._snapshot_pending
@@ -467,6 +522,8 @@ class PlannerService:
                 elif outcome.progress is not None and outcome.robot_id is not None:
                     self._dirty |= self.progress.on_progress(
                         outcome.robot_id, outcome.progress, now, self.cfg.max_task_failures)
+                elif outcome.event is not None and outcome.robot_id is not None:
+                    self._model_event(outcome.robot_id, *outcome.event, now)
             except Exception:  # noqa: BLE001 - the per-message boundary
                 self.errors['ingest'] += 1
                 _LOG.exception('planner: %s on %s could not be handled', outcome,

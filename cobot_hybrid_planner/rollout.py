@@ -1,0 +1,475 @@
+"""Model rollouts across a fleet: canary first, gated steps, automatic rollback. No MQTT.
+
+A rollout (:class:`RolloutSpec`) takes a candidate model version to a fleet in steps
+(``[0.05, 0.25, 1.0]`` of the robots, picked by :mod:`rollout_waves`). The
+:class:`RolloutController` keeps everything in SQLite (``rollouts.db``: a restarted cloud
+resumes), and on every :meth:`RolloutController.step`:
+
+1. **reconciles**: each robot of the rollout has a desired model; a robot online whose
+   reported model differs and that was not sent a command within ``resend_s`` gets a signed
+   ``cmd/model`` with a new revision (higher than any before for that robot, so a re-send
+   supersedes, and a robot that was offline gets it when it returns: the command also waits
+   in its persistent MQTT session until it expires);
+2. **gates** a step once all its robots run the candidate and ``observe_s`` passed: the
+   canaries' metric windows against the champion robots' (:mod:`rollout_gates`). ``pass``
+   moves to the next step; ``fail`` rolls back; ``inconclusive`` (no data) waits and, after
+   ``step_timeout_s``, **pauses** the rollout with the reason: it never passes. A step whose
+   robots do not all report the candidate within ``step_timeout_s`` pauses too (robots that
+   never answer do not hold a rollout forever in silence).
+3. **rolls back** at once when any robot of the rollout reports ``failed`` or
+   ``rolled_back`` for it (download, hash, load, smoke check, crash loop): every robot that
+   was sent the candidate gets a ``rollback`` to the champion, and the rollout is ``failed``
+   with that robot's reason. Rollback commands keep being reconciled like any other, so a
+   robot offline during the rollback converges when it returns.
+4. **promotes** after the last step: the rollout is ``succeeded`` and ``on_promote`` moves the
+   registry's aliases (``champion`` to the candidate, ``previous`` to the old champion).
+
+Robots report with ``events/model_status`` (every step of a command) and
+``events/model_metrics`` (a summary per period, tagged with the running model's sha256);
+protective stops (``events/protective_stop``) are counted against the model a robot runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cobot_hybrid_planner.blob_store import BlobStore
+from cobot_hybrid_planner.errors import PlannerError
+from cobot_hybrid_planner.rollout_gates import GateConfig, Verdict, Window, judge
+from cobot_hybrid_planner.rollout_waves import waves
+from cobot_hybrid_protocol.model_update import (
+    Acceptance,
+    BlobRequest,
+    ModelCommand,
+    ModelMetrics,
+    ModelRef,
+    ModelStatus,
+    Source,
+    command_to_json,
+    model_ref_to_json,
+    validate_model_ref,
+)
+from cobot_hybrid_protocol.topics import blob_topic, command_topic
+
+__all__ = ['ROLLOUT_STATES', 'RolloutController', 'RolloutError', 'RolloutSpec']
+
+_LOG = logging.getLogger(__name__)
+ROLLOUT_STATES = ('running', 'paused', 'failed', 'succeeded', 'aborted')
+_ACTIVE_STATES = ('running', 'paused')
+_MAX_WINDOWS_AGE_S = 7 * 86_400.0
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rollouts (
+  rollout_id TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL, step INTEGER NOT NULL,
+  reason TEXT NOT NULL, created REAL NOT NULL, step_started REAL NOT NULL, step_ready REAL,
+  verdict TEXT NOT NULL DEFAULT '{}', updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS targets (
+  rollout_id TEXT NOT NULL, robot_id TEXT NOT NULL, desired TEXT NOT NULL,
+  action TEXT NOT NULL, revision INTEGER NOT NULL DEFAULT 0, sent_at REAL,
+  state TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '',
+  PRIMARY KEY (rollout_id, robot_id));
+CREATE TABLE IF NOT EXISTS robots (
+  robot_id TEXT PRIMARY KEY, active TEXT, revision INTEGER NOT NULL DEFAULT 0,
+  since REAL NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS windows (
+  robot_id TEXT NOT NULL, sha256 TEXT NOT NULL, frames INTEGER NOT NULL,
+  errors INTEGER NOT NULL, p99 REAL NOT NULL, detections REAL NOT NULL,
+  stops INTEGER NOT NULL, stamp REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS windows_by_time ON windows (stamp);
+CREATE TABLE IF NOT EXISTS stops (robot_id TEXT PRIMARY KEY, pending INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS history (
+  rollout_id TEXT NOT NULL, stamp REAL NOT NULL, text TEXT NOT NULL);
+"""
+
+
+class RolloutError(PlannerError, ValueError):
+    """A rollout cannot be created or changed as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """What to roll out, to whom, in which steps, judged how."""
+
+    rollout_id: str
+    candidate: ModelRef
+    champion: ModelRef | None
+    robots: Mapping[str, str]                   # robot id -> site
+    steps: tuple[float, ...] = (0.05, 0.25, 1.0)
+    gates: GateConfig = field(default_factory=GateConfig)
+    observe_s: float = 60.0
+    step_timeout_s: float = 1800.0
+    resend_s: float = 30.0
+    validity_s: float = 24 * 3600.0
+    chunk_bytes: int = 128 * 1024
+    acceptance: Acceptance = field(default_factory=Acceptance)
+
+    def __post_init__(self) -> None:
+        if not self.robots:
+            raise RolloutError('a rollout needs at least one robot')
+        steps = list(self.steps)
+        if not steps or steps != sorted(steps) or not 0.0 < steps[0] or steps[-1] != 1.0:
+            raise RolloutError(f'steps {steps} must grow from above 0 to 1.0 (the whole fleet)')
+        if self.champion is not None and self.champion.sha256 == self.candidate.sha256:
+            raise RolloutError(f'{self.candidate.label} is the champion already')
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the spec as stored."""
+        a = self.acceptance
+        return {'rollout_id': self.rollout_id, 'candidate': model_ref_to_json(self.candidate),
+                'champion': None if self.champion is None else
+                model_ref_to_json(self.champion),
+                'robots': dict(self.robots), 'steps': list(self.steps),
+                'gates': self.gates.to_json(), 'observe_s': self.observe_s,
+                'step_timeout_s': self.step_timeout_s, 'resend_s': self.resend_s,
+                'validity_s': self.validity_s, 'chunk_bytes': self.chunk_bytes,
+                'acceptance': dict(a.__dict__)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RolloutSpec:
+        """Read a stored spec back."""
+        champion = data['champion']
+        return cls(data['rollout_id'], validate_model_ref(data['candidate']),
+                   None if champion is None else validate_model_ref(champion),
+                   dict(data['robots']), tuple(data['steps']), GateConfig(**data['gates']),
+                   data['observe_s'], data['step_timeout_s'], data['resend_s'],
+                   data['validity_s'], data['chunk_bytes'], Acceptance(**data['acceptance']))
+
+
+#: ``sign(robot_id, command JSON) -> signed envelope bytes``.
+Signer = Callable[[str, dict[str, Any]], bytes]
+#: ``send(topic, payload, expiry_s)``: QoS 1, never retained.
+Sender = Callable[[str, bytes, float], None]
+
+
+class RolloutController:
+    """Every rollout of one fleet, in ``<folder>/rollouts.db``; files in ``<folder>/blobs``."""
+
+    def __init__(self, folder: Path, sign: Signer, send: Sender,
+                 on_promote: Callable[[ModelRef, ModelRef | None], None] | None = None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.blobs = BlobStore(folder / 'blobs')
+        self._sign, self._send, self._on_promote = sign, send, on_promote
+        self._db = sqlite3.connect(folder / 'rollouts.db', isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute('PRAGMA journal_mode=WAL')
+        self._db.executescript(_SCHEMA)
+        self.commands_sent = 0
+        self.chunks_sent = 0
+        self.bytes_sent = 0
+        self.requests_refused = 0
+
+    # --- operator ------------------------------------------------------------------------
+
+    def create(self, spec: RolloutSpec, model_file: Path, now: float,
+               check_file: bool = True) -> None:
+        """Store a rollout and its file; it starts on the next step."""
+        if self._db.execute('SELECT 1 FROM rollouts WHERE rollout_id = ?',
+                            (spec.rollout_id,)).fetchone():
+            raise RolloutError(f'rollout {spec.rollout_id!r} exists already')
+        running = self._db.execute("SELECT rollout_id FROM rollouts WHERE state IN "
+                                   "('running', 'paused')").fetchall()
+        if running:
+            raise RolloutError(f'rollout {running[0][0]!r} is still {self.state(running[0][0])}'
+                               ': abort it or let it finish first')
+        self.blobs.add(model_file, spec.candidate, check=check_file)
+        self._db.execute('INSERT INTO rollouts VALUES (?, ?, ?, 0, ?, ?, ?, NULL, ?, ?)',
+                         (spec.rollout_id, json.dumps(spec.to_json()), 'running', '', now,
+                          now, '{}', now))
+        self._log(spec.rollout_id, now, f'created: {spec.candidate.label} to '
+                  f'{len(spec.robots)} robots in steps {list(spec.steps)}')
+
+    def add_champion_file(self, model_file: Path, ref: ModelRef) -> None:
+        """Keep the champion's file too (robots that lost it can be sent it again)."""
+        self.blobs.add(model_file, ref)
+
+    def pause(self, rollout_id: str, now: float, reason: str = 'paused by the operator'
+              ) -> None:
+        """Stop taking steps (robots keep what they run)."""
+        self._set_state(rollout_id, 'paused', reason, now)
+
+    def resume(self, rollout_id: str, now: float) -> None:
+        """Continue a paused rollout; the step's timeout starts again."""
+        if self.state(rollout_id) != 'paused':
+            raise RolloutError(f'rollout {rollout_id!r} is {self.state(rollout_id)}, not '
+                               'paused')
+        self._db.execute("UPDATE rollouts SET state = 'running', reason = '', step_started = ?,"
+                         ' step_ready = NULL, updated = ? WHERE rollout_id = ?',
+                         (now, now, rollout_id))
+        self._log(rollout_id, now, 'resumed')
+
+    def abort(self, rollout_id: str, now: float, reason: str = 'aborted by the operator'
+              ) -> None:
+        """Roll every robot of the rollout back to the champion and end it."""
+        if self.state(rollout_id) not in _ACTIVE_STATES:
+            raise RolloutError(f'rollout {rollout_id!r} is {self.state(rollout_id)}: nothing '
+                               'to abort')
+        self._roll_back(rollout_id, now, reason, 'aborted')
+
+    # --- what robots say -----------------------------------------------------------------
+
+    def on_status(self, robot_id: str, status: ModelStatus, now: float) -> None:
+        """Take a robot's model status."""
+        if status.active is not None:
+            self._set_active(robot_id, status.active, now)
+        for rollout_id, revision, action, state in self._db.execute(
+                'SELECT t.rollout_id, t.revision, t.action, r.state FROM targets t JOIN '
+                'rollouts r USING (rollout_id) WHERE t.robot_id = ?', (robot_id,)).fetchall():
+            ours = status.rollout_id == rollout_id and status.revision == revision
+            crash = status.state == 'rolled_back' and status.code == 'crash_loop' \
+                and state in _ACTIVE_STATES
+            if not ours and not crash:
+                continue
+            self._db.execute('UPDATE targets SET state = ?, reason = ? WHERE rollout_id = ? '
+                             'AND robot_id = ?', (status.state, status.reason, rollout_id,
+                                                  robot_id))
+            if status.state not in ('failed', 'rolled_back') or status.code == 'superseded':
+                continue
+            if action == 'rollback' and status.code == 'not_cached':
+                # It lost the champion's file: send it the file (an install of the champion).
+                self._db.execute("UPDATE targets SET action = 'install', sent_at = NULL "
+                                 'WHERE rollout_id = ? AND robot_id = ?',
+                                 (rollout_id, robot_id))
+            elif state in _ACTIVE_STATES and action == 'install':
+                self._roll_back(rollout_id, now, f'{robot_id}: {status.reason}', 'failed')
+
+    def on_metrics(self, robot_id: str, metrics: ModelMetrics, now: float) -> None:
+        """Store one metrics window (with the protective stops seen since the last)."""
+        self._set_active(robot_id, metrics.model, now)
+        row = self._db.execute('SELECT pending FROM stops WHERE robot_id = ?',
+                               (robot_id,)).fetchone()
+        stops = row[0] if row else 0
+        self._db.execute('DELETE FROM stops WHERE robot_id = ?', (robot_id,))
+        self._db.execute('INSERT INTO windows VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+                         (robot_id, metrics.model.sha256, metrics.frames, metrics.errors,
+                          metrics.latency_p99_ms, metrics.detections_mean, stops, now))
+
+    def on_stop(self, robot_id: str) -> None:
+        """Count a protective stop against the robot's next metrics window."""
+        self._db.execute('INSERT INTO stops VALUES (?, 1) ON CONFLICT (robot_id) DO UPDATE '
+                         'SET pending = pending + 1', (robot_id,))
+
+    def on_blob_request(self, robot_id: str, request: BlobRequest) -> int:
+        """Send the chunks a robot asked for, if a rollout of ours sent it that file."""
+        wanted = self._db.execute(
+            "SELECT 1 FROM targets WHERE robot_id = ? AND json_extract(desired, '$.sha256') = ?"
+            ' AND revision > 0', (robot_id, request.sha256)).fetchone()
+        if wanted is None or not self.blobs.has(request.sha256):
+            self.requests_refused += 1
+            return 0
+        sent = 0
+        for offset, data in self.blobs.chunks(request):
+            self._send(blob_topic(robot_id, request.sha256, offset), data, 3600.0)
+            sent += 1
+            self.bytes_sent += len(data)
+        self.chunks_sent += sent
+        return sent
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def step(self, now: float, online: frozenset[str]) -> None:
+        """Advance every rollout: send what is due, judge steps, roll back, promote."""
+        for (rollout_id,) in self._db.execute(
+                "SELECT rollout_id FROM rollouts WHERE state IN ('running', 'paused')"
+                ).fetchall():
+            if self.state(rollout_id) == 'running':
+                self._advance(rollout_id, now)
+        self._reconcile(now, online)
+        self._db.execute('DELETE FROM windows WHERE stamp < ?', (now - _MAX_WINDOWS_AGE_S,))
+
+    def _advance(self, rollout_id: str, now: float) -> None:
+        spec = self.spec(rollout_id)
+        step, started, ready = self._db.execute(
+            'SELECT step, step_started, step_ready FROM rollouts WHERE rollout_id = ?',
+            (rollout_id,)).fetchone()
+        robots = waves(rollout_id, spec.robots, spec.steps)[step]
+        for robot_id in robots:
+            self._db.execute('INSERT OR IGNORE INTO targets (rollout_id, robot_id, desired, '
+                             "action) VALUES (?, ?, ?, 'install')",
+                             (rollout_id, robot_id, json.dumps(model_ref_to_json(
+                                 spec.candidate))))
+        behind = [r for r in robots if self._active_sha(r) != spec.candidate.sha256]
+        if behind:
+            if now - started > spec.step_timeout_s:
+                self._set_state(rollout_id, 'paused', f'timeout: {len(behind)} robot(s) of '
+                                f'step {step + 1} did not report {spec.candidate.label} within '
+                                f'{spec.step_timeout_s:.0f} s: {", ".join(behind[:10])}', now)
+            return
+        if ready is None:
+            ready = now
+            self._db.execute('UPDATE rollouts SET step_ready = ? WHERE rollout_id = ?',
+                             (now, rollout_id))
+            self._log(rollout_id, now, f'step {step + 1}: {len(robots)} robot(s) run '
+                      f'{spec.candidate.label}')
+        if step == len(spec.steps) - 1:
+            self._set_state(rollout_id, 'succeeded', f'{spec.candidate.label} runs on all '
+                            f'{len(robots)} robots', now)
+            if self._on_promote is not None:
+                try:
+                    self._on_promote(spec.candidate, spec.champion)
+                except Exception as exc:  # noqa: BLE001 - the registry is another service
+                    self._log(rollout_id, now, f'the registry did not take the promotion: '
+                              f'{type(exc).__name__}: {exc} (run cobot-hybrid model promote)')
+                    _LOG.exception('promotion of %s in the registry failed',
+                                   spec.candidate.label)
+            return
+        if now - ready < spec.observe_s:
+            return
+        verdict = self.verdict(rollout_id, robots, ready, spec)
+        self._db.execute('UPDATE rollouts SET verdict = ? WHERE rollout_id = ?',
+                         (json.dumps({'step': step + 1, 'outcome': verdict.outcome,
+                                      'reason': verdict.reason, 'values': verdict.values}),
+                          rollout_id))
+        if verdict.outcome == 'pass':
+            self._db.execute('UPDATE rollouts SET step = ?, step_started = ?, step_ready = NULL'
+                             ', updated = ? WHERE rollout_id = ?',
+                             (step + 1, now, now, rollout_id))
+            self._log(rollout_id, now, f'step {step + 1} passed: {verdict.reason}')
+        elif verdict.outcome == 'fail':
+            self._roll_back(rollout_id, now, f'gate {verdict.reason}', 'failed')
+        elif now - ready > spec.step_timeout_s:
+            self._set_state(rollout_id, 'paused', f'inconclusive: {verdict.reason}', now)
+
+    def verdict(self, rollout_id: str, robots: list[str], since: float, spec: RolloutSpec
+                ) -> Verdict:
+        """Judge the canaries of a step against the champion robots since ``since``."""
+        canaries = set(robots)
+        rows = self._db.execute('SELECT robot_id, sha256, frames, errors, p99, detections, '
+                                'stops, stamp FROM windows WHERE stamp >= ?',
+                                (since,)).fetchall()
+        windows = [Window(*row) for row in rows]
+        canary = [w for w in windows if w.robot_id in canaries
+                  and w.sha256 == spec.candidate.sha256]
+        champion_sha = spec.champion.sha256 if spec.champion else None
+        champion = [w for w in windows if w.robot_id not in canaries
+                    and w.robot_id in spec.robots and w.sha256 == champion_sha]
+        return judge(canary, champion, spec.gates)
+
+    def _reconcile(self, now: float, online: frozenset[str]) -> None:
+        for rollout_id, robot_id, desired, action, sent_at in self._db.execute(
+                'SELECT rollout_id, robot_id, desired, action, sent_at FROM targets '
+                "WHERE desired != 'null'").fetchall():
+            ref = validate_model_ref(json.loads(desired))
+            if self._active_sha(robot_id) == ref.sha256:
+                continue
+            if robot_id not in online:
+                continue
+            spec = self.spec(rollout_id)
+            if sent_at is not None and now - sent_at < spec.resend_s:
+                continue
+            self._command(spec, robot_id, ref, action, now)
+
+    def _command(self, spec: RolloutSpec, robot_id: str, ref: ModelRef, action: str,
+                 now: float) -> None:
+        row = self._db.execute('SELECT revision FROM robots WHERE robot_id = ?',
+                               (robot_id,)).fetchone()
+        revision = max((row[0] if row else 0) + 1, int(now * 1000))
+        self._db.execute('INSERT INTO robots (robot_id, revision) VALUES (?, ?) ON CONFLICT '
+                         '(robot_id) DO UPDATE SET revision = excluded.revision',
+                         (robot_id, revision))
+        command = ModelCommand(f'{spec.rollout_id}-{robot_id}-{revision}', robot_id,
+                               spec.rollout_id, revision, now, now + spec.validity_s, action,
+                               ref, Source('mqtt', spec.chunk_bytes), spec.acceptance)
+        payload = self._sign(robot_id, command_to_json(command))
+        self._send(command_topic(robot_id, 'model'), payload, spec.validity_s)
+        self.commands_sent += 1
+        self._db.execute('UPDATE targets SET revision = ?, sent_at = ?, state = ?, reason = '
+                         "'' WHERE rollout_id = ? AND robot_id = ?",
+                         (revision, now, f'sent {action}', spec.rollout_id, robot_id))
+
+    def _roll_back(self, rollout_id: str, now: float, reason: str, final: str) -> None:
+        spec = self.spec(rollout_id)
+        champion = spec.champion
+        for (robot_id,) in self._db.execute('SELECT robot_id FROM targets WHERE rollout_id = ?',
+                                            (rollout_id,)).fetchall():
+            if champion is None:
+                desired = 'null'
+            else:
+                desired = json.dumps(model_ref_to_json(champion))
+            self._db.execute("UPDATE targets SET desired = ?, action = 'rollback', sent_at = "
+                             'NULL WHERE rollout_id = ? AND robot_id = ?',
+                             (desired, rollout_id, robot_id))
+        self._set_state(rollout_id, final, reason, now)
+
+    # --- state ---------------------------------------------------------------------------
+
+    def _set_active(self, robot_id: str, ref: ModelRef, now: float) -> None:
+        self._db.execute('INSERT INTO robots (robot_id, active, since) VALUES (?, ?, ?) ON '
+                         'CONFLICT (robot_id) DO UPDATE SET active = excluded.active, since = '
+                         'CASE WHEN robots.active IS excluded.active THEN robots.since ELSE '
+                         'excluded.since END', (robot_id, json.dumps(model_ref_to_json(ref)),
+                                                now))
+
+    def _active_sha(self, robot_id: str) -> str | None:
+        row = self._db.execute("SELECT json_extract(active, '$.sha256') FROM robots WHERE "
+                               'robot_id = ?', (robot_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set_state(self, rollout_id: str, state: str, reason: str, now: float) -> None:
+        self._db.execute('UPDATE rollouts SET state = ?, reason = ?, updated = ? WHERE '
+                         'rollout_id = ?', (state, reason[:2000], now, rollout_id))
+        self._log(rollout_id, now, f'{state}: {reason}')
+        (_LOG.warning if state in ('failed', 'paused', 'aborted') else _LOG.info)(
+            'rollout %s %s: %s', rollout_id, state, reason)
+
+    def _log(self, rollout_id: str, now: float, text: str) -> None:
+        self._db.execute('INSERT INTO history VALUES (?, ?, ?)', (rollout_id, now, text[:2000]))
+
+    def spec(self, rollout_id: str) -> RolloutSpec:
+        """Return the stored spec of a rollout."""
+        row = self._db.execute('SELECT spec FROM rollouts WHERE rollout_id = ?',
+                               (rollout_id,)).fetchone()
+        if row is None:
+            raise RolloutError(f'no rollout {rollout_id!r}')
+        return RolloutSpec.from_json(json.loads(row[0]))
+
+    def state(self, rollout_id: str) -> str:
+        """Return the state: running, paused, failed, succeeded or aborted."""
+        row = self._db.execute('SELECT state FROM rollouts WHERE rollout_id = ?',
+                               (rollout_id,)).fetchone()
+        if row is None:
+            raise RolloutError(f'no rollout {rollout_id!r}')
+        return str(row[0])
+
+    def status(self, rollout_id: str) -> dict[str, Any]:
+        """Everything about one rollout: state, step, reason, verdict, robots, history."""
+        spec = self.spec(rollout_id)
+        state, step, reason, verdict = self._db.execute(
+            'SELECT state, step, reason, verdict FROM rollouts WHERE rollout_id = ?',
+            (rollout_id,)).fetchone()
+        targets = {robot: {'desired': json.loads(desired), 'action': action,
+                           'revision': revision, 'state': tstate, 'reason': treason,
+                           'active_sha256': self._active_sha(robot)}
+                   for robot, desired, action, revision, tstate, treason in self._db.execute(
+                       'SELECT robot_id, desired, action, revision, state, reason FROM '
+                       'targets WHERE rollout_id = ? ORDER BY robot_id', (rollout_id,))}
+        on_candidate = sum(1 for r in spec.robots
+                           if self._active_sha(r) == spec.candidate.sha256)
+        return {'rollout_id': rollout_id, 'state': state, 'step': step + 1,
+                'steps': list(spec.steps), 'reason': reason, 'verdict': json.loads(verdict),
+                'candidate': model_ref_to_json(spec.candidate),
+                'champion': None if spec.champion is None else
+                model_ref_to_json(spec.champion),
+                'robots': len(spec.robots), 'on_candidate': on_candidate, 'targets': targets,
+                'history': [{'stamp': s, 'text': t} for s, t in self._db.execute(
+                    'SELECT stamp, text FROM history WHERE rollout_id = ? ORDER BY rowid',
+                    (rollout_id,))]}
+
+    def rollouts(self) -> list[tuple[str, str]]:
+        """``(rollout_id, state)`` of every rollout, oldest first."""
+        return [(r, s) for r, s in self._db.execute(
+            'SELECT rollout_id, state FROM rollouts ORDER BY created')]
+
+    def windows(self, since: float = 0.0) -> list[Window]:
+        """Return the stored metric windows (for plots)."""
+        return [Window(*row) for row in self._db.execute(
+            'SELECT robot_id, sha256, frames, errors, p99, detections, stops, stamp FROM '
+            'windows WHERE stamp >= ? ORDER BY stamp', (since,))]
+
+    def close(self) -> None:
+        """Close the store."""
+        self._db.close()
