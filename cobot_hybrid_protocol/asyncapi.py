@@ -17,7 +17,16 @@ import hashlib
 import json
 from typing import Any
 
-from cobot_hybrid_protocol import delivery, envelope, mission, orders, schemas, signing, topics
+from cobot_hybrid_protocol import (
+    delivery,
+    envelope,
+    mission,
+    model_update,
+    orders,
+    schemas,
+    signing,
+    topics,
+)
 from cobot_hybrid_protocol.crdt import HLC, PNCounter, TelemetryState
 from cobot_hybrid_protocol.status import status_payload
 
@@ -67,7 +76,27 @@ def _examples() -> dict[str, Any]:
                                         'capability': 'pick', 'duration_s': 30, 'priority': 5,
                                         'deadline_s': 600, 'after': []}])
     env = envelope.build_envelope
+    ref = model_update.ModelRef('yolo11n-pose', 3, hashlib.sha256(b'example').hexdigest(),
+                                11_800_000, 320)
+    model_command = model_update.command_to_json(model_update.ModelCommand(
+        'r-7-cobot-1-12', EXAMPLE_ROBOT, 'r-7', 12, _NOW, _NOW + 86_400.0, 'install', ref))
+    model_status = model_update.status_to_json(model_update.ModelStatus(
+        'active', 'r-7', 12, ref, ref, '', {'agreement': 0.97, 'latency_p99_ms': 31.5,
+                                            'smoke_frames': 8, 'swap_ms': 0.4}, _NOW))
+    metrics = model_update.metrics_to_json(model_update.ModelMetrics(
+        ref, 10.0, 98, 0, 24.1, 31.0, 1.3, _NOW))
+    request = model_update.blob_request_to_json(model_update.BlobRequest(
+        ref.sha256, 0, 8 * 131072, 131072))
     return {
+        'ModelStatusEnvelope': _json(env(EXAMPLE_ROBOT, 46, _NOW, 'model_status',
+                                         envelope.CONTRACT_TYPES['model_status'],
+                                         model_status)),
+        'ModelMetricsEnvelope': _json(env(EXAMPLE_ROBOT, 47, _NOW, 'model_metrics',
+                                          envelope.CONTRACT_TYPES['model_metrics'], metrics)),
+        'BlobRequestEnvelope': _json(env(EXAMPLE_ROBOT, 48, _NOW, 'blob_request',
+                                         envelope.CONTRACT_TYPES['blob_request'], request)),
+        'ModelCommand': model_command,
+        'BlobChunk': '<131072 bytes of the file>',
         'Status': _json(status_payload('online', _NOW)),
         'StateEnvelope': _json(env(EXAMPLE_ROBOT, 41, _NOW, 'state',
                                    envelope.CONTRACT_TYPES['state'], state.to_json())),
@@ -116,6 +145,22 @@ CHANNELS: dict[str, tuple[str, dict[str, Any], str, str, int, bool, str]] = {
     'missionCommand': (f'{topics.TOPIC_ROOT}/{{robot_id}}/cmd/mission', _ROBOT,
                        'SignedCommand', 'cloud', 1, False, 'a signed mission (MQTT 5 message '
                        'expiry = its validity); never retained'),
+    'modelCommand': (f'{topics.TOPIC_ROOT}/{{robot_id}}/cmd/model', _ROBOT, 'SignedCommand',
+                     'cloud', 1, False, 'a signed model install or rollback (payload: '
+                     'ModelCommand; MQTT 5 message expiry = its validity); never retained'),
+    'modelStatus': (f'{topics.TOPIC_ROOT}/{{robot_id}}/{topics.MODEL_STATUS}', _ROBOT,
+                    'ModelStatusEnvelope', 'robot', 1, False, 'each step of a model command, '
+                    'and the model after a restart'),
+    'modelMetrics': (f'{topics.TOPIC_ROOT}/{{robot_id}}/{topics.MODEL_METRICS}', _ROBOT,
+                     'ModelMetricsEnvelope', 'robot', 1, False, 'a summary of the running '
+                     "model per period (the rollout's gates)"),
+    'blobRequest': (f'{topics.TOPIC_ROOT}/{{robot_id}}/{topics.BLOB_REQUEST}', _ROBOT,
+                    'BlobRequestEnvelope', 'robot', 1, False, 'a window of chunks of a model '
+                    'file (resume: from what the robot has; its bandwidth cap paces them)'),
+    'blobChunk': (f'{topics.TOPIC_ROOT}/{{robot_id}}/blob/{{sha256}}/{{offset}}',
+                  _ROBOT | {'sha256': {'description': 'the file'},
+                            'offset': {'description': 'where the chunk starts [bytes]'}},
+                  'BlobChunk', 'cloud', 1, False, 'one chunk a robot asked for, raw bytes'),
     'delivered': (f'{topics.TOPIC_ROOT}/{{robot_id}}/{topics.DELIVERED}', _ROBOT, 'Delivered',
                   'cloud', 1, False, 'seqs the cloud has stored (robots with delivery: '
                   'cloud delete them then)'),
@@ -130,7 +175,8 @@ CHANNELS: dict[str, tuple[str, dict[str, Any], str, str, int, bool, str]] = {
                     'subscription, forwarded to the owner'),
 }
 _HEADERS = {'StateEnvelope', 'MissionAckEnvelope', 'TaskProgressEnvelope',
-            'BridgeStatsEnvelope', 'TelemetryEnvelope'}
+            'BridgeStatsEnvelope', 'TelemetryEnvelope', 'ModelStatusEnvelope',
+            'ModelMetricsEnvelope', 'BlobRequestEnvelope'}
 
 
 def document() -> dict[str, Any]:
@@ -138,8 +184,8 @@ def document() -> dict[str, Any]:
     examples = _examples()
     messages: dict[str, Any] = {}
     for name, body in schemas.SCHEMAS.items():
-        if name == 'Mission':
-            continue   # the signed payload of SignedCommand, not a message of its own
+        if name in ('Mission', 'ModelCommand'):
+            continue   # the signed payloads of SignedCommand, not messages of their own
         message: dict[str, Any] = {
             'name': name, 'title': name, 'contentType': 'application/json',
             'summary': body.get('description', name),
@@ -147,9 +193,13 @@ def document() -> dict[str, Any]:
             'examples': [{'name': f'{name}-example', 'payload': examples[name]}]}
         if name in _HEADERS:
             message['headers'] = _USER_PROPERTIES
+        if name == 'BlobChunk':
+            message['contentType'] = 'application/octet-stream'
         messages[name] = message
     messages['SignedCommand']['description'] = (
-        'The payload decodes (base64) to a Mission: ' + json.dumps(examples['Mission']))
+        'The payload decodes (base64) to a Mission (cmd/mission): '
+        + json.dumps(examples['Mission']) + ' or a ModelCommand (cmd/model): '
+        + json.dumps(examples['ModelCommand']))
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     for channel_id, (address, params, kind, sender, qos, retain, summary) in \

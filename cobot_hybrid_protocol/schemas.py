@@ -12,7 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from cobot_hybrid_protocol import crdt, delivery, envelope, mission, orders, signing, status
+from cobot_hybrid_protocol import (
+    crdt,
+    delivery,
+    envelope,
+    mission,
+    model_update,
+    orders,
+    signing,
+    status,
+)
 from cobot_hybrid_protocol.limits import ID_MAX
 
 __all__ = ['SCHEMAS', 'schema']
@@ -184,6 +193,63 @@ LEDGER = {'type': 'object', 'required': ['fleet', 'epoch', 'tasks', 'missions'],
                          'missions': {'type': 'array', 'items': {'type': 'object'}}},
           'description': "the owner's mission ledger, for the next owner (retained)"}
 
+_M = model_update
+_SHA256 = {'type': 'string', 'pattern': '^[0-9a-f]{64}$', 'description': 'sha256, lower-case hex'}
+MODEL_REF = _object({
+    'name': _id(), 'version': _VERSION | {'description': 'the registry version'},
+    'sha256': _SHA256, 'size_bytes': _integer(1, _M.MAX_MODEL_BYTES, '[bytes]'),
+    'imgsz': _integer(32, _M.MAX_IMGSZ, 'input size [px]'), 'task': {'enum': list(_M.TASKS)},
+    'precision': {'enum': list(_M.PRECISIONS)}, 'format': {'enum': list(_M.FORMATS)},
+}, description='one model version and how to recognise its file')
+MODEL_COMMAND = _object({
+    'schema': {'const': _M.MODEL_COMMAND_SCHEMA}, 'kind': {'const': 'model'},
+    'command_id': _id(description='unique per command (replay protection)'),
+    'robot_id': _id(64), 'rollout_id': _id(),
+    'revision': _integer(1, mission.MAX_VERSION, 'per robot: a higher one supersedes'),
+    'issued_at': _UNIX, 'valid_until': _UNIX, 'action': {'enum': list(_M.ACTIONS)},
+    'model': MODEL_REF,
+    'source': {'oneOf': [
+        _object({'kind': {'const': 'mqtt'},
+                 'chunk_bytes': _integer(_M.MIN_CHUNK_BYTES, _M.MAX_CHUNK_BYTES, '[bytes]')},
+                required=['kind']),
+        _object({'kind': {'const': 'http'}, 'url': {'type': 'string', 'maxLength': _M.MAX_URL,
+                                                    'pattern': '^https?://'}})]},
+    'acceptance': _object({
+        'min_agreement': _number(0.0, 1.0, 'agreement with the running model, at least'),
+        'max_latency_ms': _number(1.0, 60_000.0, 'smoke-check p99 at most [ms]'),
+        'smoke_frames': _integer(1, 256), 'max_restarts': _integer(0, 100),
+        'watch_s': _number(0.0, 86_400.0, 'a crash loop within this of the swap [s]')}),
+}, description='install or roll back a model version (the signed payload of cmd/model)')
+_REASON = {'type': 'string', 'maxLength': mission.MAX_REASON, 'pattern': _NO_NUL,
+           'description': '"<code>: <detail>"; failed/rolled_back start with one of '
+           + ', '.join(_M.FAILURE_REASONS)}
+MODEL_STATUS = _object({
+    'schema': {'const': _M.STATUS_SCHEMA}, 'state': {'enum': list(_M.MODEL_STATES)},
+    'rollout_id': {'type': 'string', 'maxLength': ID_MAX},
+    'revision': _integer(0, mission.MAX_VERSION, '0: not about a command'),
+    'model': {'oneOf': [MODEL_REF, {'type': 'null'}]},
+    'active': {'oneOf': [MODEL_REF, {'type': 'null'}]}, 'reason': _REASON,
+    'metrics': {'type': 'object', 'additionalProperties': False,
+                'properties': {k: _number(0.0, 1e12) for k in _M._STATUS_METRICS}},
+    'stamp': _UNIX,
+}, description='one step of a model command on the robot, or its model after a restart')
+MODEL_METRICS = _object({
+    'schema': {'const': _M.METRICS_SCHEMA}, 'model': MODEL_REF,
+    'window_s': _number(0.0, 86_400.0, '[s]'), 'frames': _integer(0, 10**9),
+    'errors': _integer(0, 10**9), 'latency_p50_ms': _number(0.0, 1e6, '[ms]'),
+    'latency_p99_ms': _number(0.0, 1e6, '[ms]'),
+    'detections_mean': _number(0.0, 1e4, 'per frame'), 'stamp': _UNIX,
+}, description='what the running model did over one period (the gates of a rollout)')
+BLOB_REQUEST = _object({
+    'schema': {'const': _M.BLOB_REQUEST_SCHEMA}, 'sha256': _SHA256,
+    'offset': _integer(0, _M.MAX_MODEL_BYTES, 'a multiple of chunk_bytes [bytes]'),
+    'length': _integer(1, 64 * _M.MAX_CHUNK_BYTES, 'at most 64 chunks [bytes]'),
+    'chunk_bytes': _integer(_M.MIN_CHUNK_BYTES, _M.MAX_CHUNK_BYTES, '[bytes]'),
+}, description='a window of chunks of a model file the robot was sent a command for')
+BLOB_CHUNK = {'type': 'string', 'contentEncoding': 'binary',
+              'description': 'the raw bytes of one chunk (application/octet-stream); the '
+              "file's sha256 in the signed command authenticates the whole"}
+
 BRIDGE_STATS = {'type': 'object', 'description': 'link and queue statistics of the bridge'}
 ROS_MESSAGE = {'type': 'object', 'description': 'a ROS message as JSON (fields by name; '
                'byte arrays base64; non-finite floats as text). JSON integers are written '
@@ -197,8 +263,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     'TaskProgressEnvelope': _envelope(TASK_PROGRESS, 'a task progress report'),
     'BridgeStatsEnvelope': _envelope(BRIDGE_STATS, "the bridge's statistics"),
     'TelemetryEnvelope': _envelope(ROS_MESSAGE, 'a routed ROS message'),
+    'ModelStatusEnvelope': _envelope(MODEL_STATUS, 'a model status report'),
+    'ModelMetricsEnvelope': _envelope(MODEL_METRICS, 'a model metrics summary'),
+    'BlobRequestEnvelope': _envelope(BLOB_REQUEST, 'a request for chunks of a model file'),
     'SignedCommand': SIGNED_COMMAND,
     'Mission': MISSION,
+    'ModelCommand': MODEL_COMMAND,
+    'BlobChunk': BLOB_CHUNK,
     'Delivered': DELIVERED,
     'WorkOrder': WORK_ORDER,
     'Lease': LEASE,

@@ -40,10 +40,15 @@ WRITES = [
     ('cobot-a', 'cobot/v1/cobot-b/telemetry/bridge', False),      # another robot's prefix
     ('cobot-a', 'cobot/v1/cobot-a/cmd/mission', False),           # its own commands
     ('cobot-a', 'cobot/v1/cobot-a/delivered', False),
+    ('cobot-a', 'cobot/v1/cobot-a/events/blob_request', True),
+    ('cobot-a', 'cobot/v1/cobot-a/blob/' + 'a' * 64 + '/0', False),   # chunks come from the cloud
+    ('cobot-a', 'cobot/v1/cobot-a/cmd/model', False),
     ('cobot-a', 'cobot/v1/orders', False),
     ('cobot-a', 'cobot/v1/planners/site-1/lease', False),
     ('planner', 'cobot/v1/cobot-a/cmd/mission', True),
     ('planner', 'cobot/v1/cobot-a/delivered', True),
+    ('planner', 'cobot/v1/cobot-a/cmd/model', True),
+    ('planner', 'cobot/v1/cobot-a/blob/' + 'a' * 64 + '/0', True),
     ('planner', 'cobot/v1/planners/site-1/lease', True),
     ('planner', 'cobot/v1/planners/site-1/ledger', True),
     ('planner', 'cobot/v1/planners/site-1/orders', True),
@@ -78,6 +83,9 @@ READS = [
     ('orders', 'cobot/v1/orders', 'orders', False),
     ('cobot-b', 'cobot/v1/cobot-b/cmd/mission', 'planner', True),
     ('cobot-b', 'cobot/v1/cobot-b/delivered', 'planner', True),
+    ('cobot-b', 'cobot/v1/cobot-b/blob/' + 'a' * 64 + '/0', 'planner', True),
+    ('cobot-b', 'cobot/v1/cobot-a/blob/' + 'a' * 64 + '/0', 'planner', False),   # another's
+    ('observer', 'cobot/v1/cobot-a/blob/' + 'a' * 64 + '/0', 'planner', False),
     ('cobot-b', 'cobot/v1/cobot-a/cmd/mission', 'planner', False),   # another robot's
     ('cobot-b', 'cobot/v1/cobot-a/telemetry/bridge', 'cobot-a', False),
     ('cobot-b', 'cobot/v1/orders', 'orders', False),

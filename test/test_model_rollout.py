@@ -259,6 +259,38 @@ def test_a_rollout_goes_canary_first_then_to_everyone_and_promotes(
     assert fleet.planner.rollouts.bytes_sent == 20 * candidate.size_bytes
     for bridge in fleet.bridges.values():
         assert bridge.stats()['model_fetch'].get('chunks_dropped_not_asked', 0) == 0
+    _every_model_message_follows_the_api(fleet.broker)
+
+
+def _every_model_message_follows_the_api(broker: MemoryBroker) -> None:
+    import base64
+
+    import jsonschema
+
+    from cobot_hybrid_protocol import schemas
+
+    seen = set()
+    for _, message in broker.log:
+        kind = message.topic.split('/', 3)[-1]
+        name = {'events/model_status': 'ModelStatusEnvelope',
+                'events/model_metrics': 'ModelMetricsEnvelope',
+                'events/blob_request': 'BlobRequestEnvelope',
+                'cmd/model': 'SignedCommand'}.get(kind)
+        if kind.startswith('blob/'):
+            seen.add('BlobChunk')
+            assert len(message.payload) <= CHUNK and message.qos == 1
+            continue
+        if name is None:
+            continue
+        seen.add(name)
+        body = json.loads(message.payload)
+        jsonschema.Draft7Validator(schemas.SCHEMAS[name]).validate(body)
+        if name == 'SignedCommand':
+            jsonschema.Draft7Validator(schemas.MODEL_COMMAND).validate(
+                json.loads(base64.b64decode(body['payload'])))
+        assert not message.retained
+    assert seen == {'ModelStatusEnvelope', 'ModelMetricsEnvelope', 'BlobRequestEnvelope',
+                    'SignedCommand', 'BlobChunk'}, seen
 
 
 def test_no_data_never_passes_it_pauses(fleet: Fleet, files: dict[str, Path]) -> None:
