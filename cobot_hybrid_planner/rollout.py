@@ -57,7 +57,8 @@ from cobot_hybrid_protocol.model_update import (
 )
 from cobot_hybrid_protocol.topics import blob_topic, command_topic
 
-__all__ = ['ROLLOUT_STATES', 'RolloutController', 'RolloutError', 'RolloutSpec']
+__all__ = ['ROLLOUT_STATES', 'RolloutController', 'RolloutError', 'RolloutSpec',
+           'rollout_health']
 
 _LOG = logging.getLogger(__name__)
 ROLLOUT_STATES = ('running', 'paused', 'failed', 'succeeded', 'aborted')
@@ -473,3 +474,25 @@ class RolloutController:
     def close(self) -> None:
         """Close the store."""
         self._db.close()
+
+
+def rollout_health(statuses: list[dict[str, Any]]) -> tuple[str, str, dict[str, str]]:
+    """Level, message and values of the planner's rollout diagnostics (the newest rollout).
+
+    OK while running or after success, WARN while paused (it waits for an operator), ERROR
+    after a failure (robots were rolled back: the reason says why).
+    """
+    if not statuses:
+        return 'OK', 'no model rollouts', {}
+    newest = statuses[-1]
+    level = {'paused': 'WARN', 'failed': 'ERROR', 'aborted': 'WARN'}.get(newest['state'], 'OK')
+    message = (f'{newest["rollout_id"]} {newest["state"]}: step {newest["step"]}/'
+               f'{len(newest["steps"])}, {newest["on_candidate"]}/{newest["robots"]} robots on '
+               f'{newest["candidate"]["name"]} v{newest["candidate"]["version"]}')
+    if newest['reason']:
+        message += f' ({newest["reason"][:200]})'
+    values = {'rollout': newest['rollout_id'], 'state': newest['state'],
+              'step': str(newest['step']), 'on_candidate': str(newest['on_candidate']),
+              'robots': str(newest['robots']), 'reason': newest['reason'][:500],
+              'last_gate': json.dumps(newest['verdict'])[:500]}
+    return level, message, values

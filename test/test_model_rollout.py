@@ -23,7 +23,7 @@ from cobot_hybrid_bridge.bridge import EdgeBridge
 from cobot_hybrid_bridge.bridge_config import BridgeConfig
 from cobot_hybrid_bridge.memory_link import memory_link_factory
 from cobot_hybrid_bridge.routes import parse_routes
-from cobot_hybrid_planner.rollout import RolloutError, RolloutSpec
+from cobot_hybrid_planner.rollout import RolloutError, RolloutSpec, rollout_health
 from cobot_hybrid_planner.rollout_gates import GateConfig, Window, judge
 from cobot_hybrid_planner.rollout_waves import fleet_order, waves
 from cobot_hybrid_planner.service import PlannerConfig, PlannerService
@@ -253,6 +253,10 @@ def test_a_rollout_goes_canary_first_then_to_everyone_and_promotes(
     status = fleet.planner.rollouts.status('r-1')
     assert status['state'] == 'succeeded', status
     assert all(e.active == candidate for e in fleet.edges.values())
+    assert rollout_health([status])[:2] == ('OK', 'r-1 succeeded: step 3/3, 20/20 robots on '
+                                            'detector v2 (detector v2 (' +
+                                            candidate.sha256[:12] + ') runs on all 20 robots)')
+    assert rollout_health([]) == ('OK', 'no model rollouts', {})
     passed = [h['text'] for h in status['history'] if 'passed' in h['text']]
     assert len(passed) == 2, status['history']          # the 5 % and the 25 % gates
     # Each robot fetched the file once: bytes sent = robots x size.
@@ -301,6 +305,8 @@ def test_no_data_never_passes_it_pauses(fleet: Fleet, files: dict[str, Path]) ->
     status = fleet.planner.rollouts.status('r-quiet')
     assert status['state'] == 'paused' and status['reason'].startswith('inconclusive'), status
     assert status['on_candidate'] == 1
+    level, message, values = rollout_health([status])
+    assert level == 'WARN' and 'not enough data' in message and values['state'] == 'paused'
     fleet.run(10.0)
     assert fleet.planner.rollouts.status('r-quiet')['on_candidate'] == 1   # no further step
 
@@ -314,6 +320,7 @@ def test_a_canary_that_fails_its_gate_is_rolled_back(fleet: Fleet,
               candidate={'frames': 60, 'p99': 200.0})
     status = fleet.planner.rollouts.status('r-slow')
     assert status['state'] == 'failed' and 'latency_p99' in status['reason'], status
+    assert rollout_health([status])[0] == 'ERROR'
     fleet.run(8.0, metrics_every_s=1.0, all={'frames': 60})
     assert all(e.active == fleet.champion for e in fleet.edges.values())
     assert fleet.planner.rollouts.status('r-slow')['on_candidate'] == 0

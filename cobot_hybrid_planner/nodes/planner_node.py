@@ -20,6 +20,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from cobot_hybrid_planner import fleet_view
 from cobot_hybrid_planner.errors import PlannerError
+from cobot_hybrid_planner.rollout import rollout_health
 from cobot_hybrid_planner.service import (
     PlannerConfig,
     PlannerService,
@@ -85,6 +86,11 @@ class PlannerNode(Node):
             [t['status'] for t in service.task_status().values()])
         self._diag.publish(diagnostic_array(self.get_clock(), 'planner_node: fleet', level,
                                             message, values))
+        rollouts = service.rollouts
+        level, message, values = rollout_health([rollouts.status(r)
+                                                 for r, _ in rollouts.rollouts()[-1:]])
+        self._diag.publish(diagnostic_array(self.get_clock(), 'planner_node: model rollouts',
+                                            level, message, values))
 
     def _line_markers(self, line: fleet_view.MissionLine) -> tuple[Marker, Marker]:
         frame = self.site.frame_id
