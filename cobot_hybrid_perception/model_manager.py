@@ -334,6 +334,11 @@ class ModelManager:
         """The sha256 of the ``model`` parameter's file ('' when not given)."""
         return self._factory.sha256 if self._factory else ''
 
+    @property
+    def factory_model(self) -> Path | None:
+        """The ``model`` parameter's file (None when not given)."""
+        return self._factory.path if self._factory else None
+
     # --- start -----------------------------------------------------------------------------
 
     def boot(self) -> ModelRef | None:
@@ -423,6 +428,11 @@ class ModelManager:
             self._fail(command, ModelUpdateError('internal_error',
                                                  f'{type(exc).__name__}: {exc}'))
         return None
+
+    def busy(self, text: str | bytes, waiting: int) -> None:
+        """Refuse an update that found ``waiting`` others queued (said, never dropped silently)."""
+        self._fail(None, ModelUpdateError('rejected', f'busy: {waiting} model updates are '
+                                          f'waiting; {len(text)} bytes refused, send it again'))
 
     def _open(self, envelope: str) -> ModelCommand:
         def refuse(code: str, detail: str, command: ModelCommand | None = None) -> _Refused:

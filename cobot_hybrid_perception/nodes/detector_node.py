@@ -30,16 +30,29 @@ track; with ``tracking: false`` the index in the frame. Every detection scoring 
 more is published either way; the tracker is also fed the ones down to ``track_low_thresh``.
 Time is the image stamp (the arrival time for an image stamped 0).
 
+Model updates (``model_updates: true``, :mod:`cobot_hybrid_perception.model_manager`):
+subscribes ``model_update`` (``std_msgs/String``, a ``LocalUpdate`` JSON from the bridge:
+the signed command and the fetched file), publishes ``model_status`` (``std_msgs/String``
+JSON of ``ModelStatus``, reliable, transient local) and ``model_metrics`` (``ModelMetrics``
+JSON every ``metrics_period_s``). Updates are checked, loaded and smoke-tested on a thread of
+their own; a version that passed is swapped in between two frames (a reference assignment
+under the lock the frame worker holds per frame), so the pipeline never stops. At configure
+a version the store holds as active runs instead of the ``model`` parameter (which stays the
+fallback), after the crash-loop check.
+
 Lifecycle: the model is loaded in ``on_configure`` (a failure is FAILURE with the reason),
 frames flow while active, ``on_cleanup`` frees the runtime (GPU memory).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -49,9 +62,9 @@ from rcl_interfaces.srv import GetParameters
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from std_msgs.msg import ColorRGBA, Header
+from std_msgs.msg import ColorRGBA, Header, String
 from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -61,6 +74,18 @@ from cobot_hybrid_perception.detector_stats import DIAG_PERIOD_S, DetectorStats,
 from cobot_hybrid_perception.errors import ConfigError, PerceptionError
 from cobot_hybrid_perception.frame_policy import for_inference
 from cobot_hybrid_perception.model_info import COCO_KEYPOINTS
+from cobot_hybrid_perception.model_manager import (
+    MetricsWindow,
+    ModelManager,
+    ModelUpdateConfig,
+    Prepared,
+    SmokeFrames,
+    detector_loader,
+    factory_ref,
+    reference_samples,
+)
+from cobot_hybrid_perception.model_store import ModelStore
+from cobot_hybrid_perception.models import model_cache_dir, resolve_model
 from cobot_hybrid_perception.perception_budget import AgeWindow, BudgetWatch, limit_problem
 from cobot_hybrid_perception.tracking import (
     Tracker,
@@ -71,7 +96,15 @@ from cobot_hybrid_perception.tracking import (
     untracked_ids,
 )
 from cobot_hybrid_perception.yolo_decode import Detections
+from cobot_hybrid_protocol.errors import KeyFileError
+from cobot_hybrid_protocol.model_update import (
+    ModelRef,
+    ModelStatus,
+    metrics_to_json,
+    status_to_json,
+)
 from cobot_hybrid_protocol.settings import check_settings, same_as, setting
+from cobot_hybrid_protocol.signing import load_public_keys
 from cobot_hybrid_ros.diagnostics import diagnostic_array
 from cobot_hybrid_ros.errors import ImageCodecError
 from cobot_hybrid_ros.images import (
@@ -89,6 +122,11 @@ _BUDGET_STATUS = 'perception budget: detector_node'
 _LIMIT_REFRESH_S = 5.0
 #: Warm-up frames timed at configure (the first, lazy initialisation, is not counted).
 _WARMUP_FRAMES = 4
+#: Model updates waiting for the update thread; more are refused as busy.
+_UPDATES_WAITING = 8
+_STATUS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+_UPDATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
 @dataclass(frozen=True)
@@ -112,7 +150,7 @@ class DetectorNodeConfig:
 
 
 #: Every config whose settings this node declares (checked against config/*.yaml).
-CONFIGS = (DetectorConfig, DetectorNodeConfig, TrackerConfig)
+CONFIGS = (DetectorConfig, DetectorNodeConfig, TrackerConfig, ModelUpdateConfig)
 
 
 class DetectorNode(LifecycleNode):
@@ -124,6 +162,7 @@ class DetectorNode(LifecycleNode):
                                         on_change=self._reconfigure)
         self._shell = ParameterBinding(self, DetectorNodeConfig)   # read where used
         self._tracking = ParameterBinding(self, TrackerConfig, on_change=self._retrack)
+        self._updates = ParameterBinding(self, ModelUpdateConfig)   # all read-only
         refuse_unknown_parameters(self)   # a misspelt key is an error
         # One tracker for the node's life: its ids are never given twice, across
         # reconfigurations and tracking switched off and on.
@@ -146,6 +185,23 @@ class DetectorNode(LifecycleNode):
         self._limit_asked = -_LIMIT_REFRESH_S
         self._limit_at = -math.inf     # when the monitor last answered with a usable limit
         self._limit_problem = ''       # why its last answer was not usable
+        # Frames: the worker holds this per frame (detector read + detect); a swap takes it.
+        self._detect_lock = threading.Lock()
+        self._seq = 0                  # frames received
+        self._last_done: tuple[int, Any, float] | None = None   # seq, detector, publish time
+        self._swap_info: dict[str, str] = {}
+        # Model updates (model_updates: true): made at the first configure, kept for the life
+        # of the node (its boot is the crash-loop check of this process start).
+        self._manager: ModelManager | None = None
+        self._frames: SmokeFrames | None = None
+        self._metrics = MetricsWindow()
+        self._running_ref: ModelRef | None = None
+        self._update_queue: queue.Queue[str] = queue.Queue(maxsize=_UPDATES_WAITING)
+        self._update_thread: threading.Thread | None = None
+        self._updates_running = False
+        self._update_sub: Any = None
+        self._metrics_timer: Any = None
+        self._boot_choice: ModelRef | None = None   # what the crash-loop check chose
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -153,11 +209,17 @@ class DetectorNode(LifecycleNode):
         """Load the model into its backend (FAILURE with the reason when it cannot)."""
         cfg = self._params.config
         try:
-            self._detector = Detector(cfg)
-        except PerceptionError as exc:
+            if self._updates.config.model_updates:
+                self._start_updates()
+            stored = self._load_stored()
+            self._detector = stored[0] if stored else Detector(cfg)
+        except (PerceptionError, KeyFileError, OSError) as exc:
             self.get_logger().error(f'cannot load the model: {exc}')
+            self._stop_updates()
             return TransitionCallbackReturn.FAILURE
         d = self._detector
+        if self._manager is not None:
+            self._started(d, stored[1] if stored else None)
         warmup_s = self._warm_up(d)
         self._budget = BudgetWatch(AgeWindow(), startup_latency_s=warmup_s)
         self.get_logger().info(
@@ -204,14 +266,173 @@ class DetectorNode(LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Free the runtime (GPU memory included) and the publishers."""
+        self._stop_updates()
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Stop and free everything."""
-        self._stop_worker()
+        self._stop_threads()
         self._release()
         return TransitionCallbackReturn.SUCCESS
+
+    # --- model updates -----------------------------------------------------------------------
+
+    def _start_updates(self) -> None:
+        """Make the manager (once), the topics and the update thread."""
+        updates, cfg = self._updates.config, self._params.config
+        log = self.get_logger()
+        self._status_pub = self.create_publisher(String, 'model_status', _STATUS_QOS)
+        self._metrics_pub = self.create_publisher(String, 'model_metrics', 10)
+        if self._manager is None:
+            keys = load_public_keys(updates.key_paths())
+            if not keys:
+                log.warning('model_updates is on but cloud_public_keys is empty: every model '
+                            'command is refused')
+            try:
+                factory: Path | None = resolve_model(
+                    cfg.model, cfg.imgsz or 640, '.tflite' if cfg.backend == 'litert'
+                    else '.onnx')
+            except PerceptionError:
+                factory = None     # a stored version may still run; the fallback is missing
+            store = ModelStore(updates.store_path(model_cache_dir()), updates.keep_versions)
+            self._frames = SmokeFrames(updates.smoke_frames_kept)
+            self._manager = ModelManager(
+                store, keys, updates.robot_id,
+                lambda path, ref: detector_loader(self._params.config)(path, ref),
+                self._publish_status, self._frames, factory_model=factory)
+            self._boot_choice = self._manager.boot()
+            log.info(f'model updates on: store {store.root}, {len(store.known_good)} '
+                     f'known-good, robot {updates.robot_id}, {len(keys)} cloud key(s)')
+        self._update_sub = self.create_subscription(String, 'model_update', self._on_update,
+                                                    _UPDATE_QOS)
+        self._metrics_timer = self.create_timer(updates.metrics_period_s,
+                                                self._publish_metrics)
+        self._updates_running = True
+        self._update_thread = threading.Thread(target=self._work_updates,
+                                               name='model-updates', daemon=True)
+        self._update_thread.start()
+
+    def _load_stored(self) -> tuple[Detector, ModelRef] | None:
+        """Load the store's active version, falling back past any that does not load."""
+        manager = self._manager
+        if manager is None:
+            return None
+        to_run = self._boot_choice or manager.store.active
+        self._boot_choice = None
+        while to_run is not None:
+            try:
+                path = manager.store.add_file(None, to_run)     # its hash, checked again
+                detector = detector_loader(self._params.config)(path, to_run)
+            except PerceptionError as exc:
+                self.get_logger().error(f'stored model {to_run.label} does not load: {exc}')
+                to_run = manager.active_failed(to_run, exc)
+                continue
+            self.get_logger().warning(
+                f'running {to_run.label} from the model store {manager.store.root}: it '
+                f'overrides the model parameter ({self._params.config.model}), which stays '
+                'the fallback')
+            return detector, to_run
+        return None
+
+    def _started(self, detector: Detector, stored: ModelRef | None) -> None:
+        """Tell the manager what runs; keep the running model's boxes on the sample photos."""
+        manager, frames = self._manager, self._frames
+        assert manager is not None and frames is not None
+        running = stored
+        if running is None and detector.model_path == manager.factory_model:
+            running = factory_ref(detector.model_path, manager.factory_sha256,
+                                  detector.model_path.stat().st_size, detector.info.imgsz[0],
+                                  detector.info.task, detector.backend.precision)
+        if running is None:
+            self.get_logger().warning(
+                f'{detector.model_path.name} is not an ONNX file: model_metrics are not '
+                'published and updates are judged without a reference name')
+        self._running_ref = running
+        sha = running.sha256 if running is not None else manager.factory_sha256
+        frames.set_samples(reference_samples(detector, sha, detector.cfg.conf))
+        self._metrics.reset()
+        manager.started(running)
+
+    def _on_update(self, msg: String) -> None:
+        try:
+            self._update_queue.put_nowait(msg.data)
+        except queue.Full:
+            assert self._manager is not None
+            self._manager.busy(msg.data, _UPDATES_WAITING)
+
+    def _work_updates(self) -> None:
+        manager = self._manager
+        assert manager is not None
+        while self._updates_running:
+            try:
+                text = self._update_queue.get(timeout=0.5)
+            except queue.Empty:
+                manager.tick()
+                continue
+            prepared = manager.prepare(text)
+            if prepared is not None:
+                self._swap(prepared)
+            manager.tick()
+
+    def _swap(self, prepared: Prepared) -> None:
+        """Put the candidate in between two frames; close the old model off the frame path."""
+        manager = self._manager
+        assert manager is not None
+        candidate = prepared.candidate
+        assert isinstance(candidate, Detector)   # what detector_loader builds
+        with self._detect_lock:
+            start = time.perf_counter()
+            old, self._detector = self._detector, candidate
+            self._running_ref = prepared.model
+            swap_ms = 1e3 * (time.perf_counter() - start)
+        if old is not None:
+            # Live changes of conf, iou, max_det made while the candidate was checked.
+            self._reconfigure(self._params.config)
+        self._metrics.reset()
+        status = manager.commit(prepared, swap_ms)
+        self.get_logger().info(
+            f'now running {prepared.model.label}: frame path held {swap_ms:.3f} ms, load '
+            f'{prepared.load_ms:.0f} ms, smoke check {prepared.smoke_ms:.0f} ms, '
+            f'{status.metrics}')
+        self._swap_info = {'model_swap_ms': f'{swap_ms:.3f}',
+                           'model_load_ms': f'{prepared.load_ms:.0f}',
+                           'model_smoke_ms': f'{prepared.smoke_ms:.0f}'}
+        if old is not None:
+            old.close()
+
+    def _publish_status(self, status: ModelStatus) -> None:
+        pub = getattr(self, '_status_pub', None)
+        if pub is not None:
+            pub.publish(String(data=json.dumps(status_to_json(status))))
+
+    def _publish_metrics(self) -> None:
+        running, pub = self._running_ref, getattr(self, '_metrics_pub', None)
+        if running is None or pub is None:
+            return
+        summary = self._metrics.summary(running)
+        pub.publish(String(data=json.dumps(metrics_to_json(summary))))
+
+    def _stop_updates(self) -> None:
+        self._updates_running = False
+        if self._update_thread is not None:
+            self._update_thread.join(timeout=30.0)
+            self._update_thread = None
+        if self._update_sub is not None:
+            self.destroy_subscription(self._update_sub)
+            self._update_sub = None
+        if self._metrics_timer is not None:
+            self.destroy_timer(self._metrics_timer)
+            self._metrics_timer = None
+        for name in ('_status_pub', '_metrics_pub'):
+            pub = getattr(self, name, None)
+            if pub is not None:
+                self.destroy_publisher(pub)
+                setattr(self, name, None)
+
+    def _stop_threads(self) -> None:
+        self._stop_worker()
+        self._stop_updates()
 
     @staticmethod
     def _warm_up(detector: Detector) -> float:
@@ -275,8 +496,10 @@ class DetectorNode(LifecycleNode):
                 setattr(self, name, None)
 
     def _reconfigure(self, cfg: DetectorConfig) -> None:
-        if self._detector is not None:  # conf, iou, max_det apply from the next frame
-            self._detector.cfg = cfg
+        detector = self._detector
+        if detector is not None:  # conf, iou, max_det apply from the next frame
+            # A swapped-in version keeps its own file and size.
+            detector.cfg = replace(cfg, model=detector.cfg.model, imgsz=detector.cfg.imgsz)
 
     def _retrack(self, cfg: TrackerConfig) -> None:
         with self._track_lock:
@@ -294,7 +517,8 @@ class DetectorNode(LifecycleNode):
         with self._lock:
             if self._pending is not None:
                 self._stats.dropped += 1
-            self._pending = (msg, time.perf_counter(), arrived_s)
+            self._seq += 1
+            self._pending = (msg, time.perf_counter(), arrived_s, self._seq)
             self._lock.notify()
 
     def _stop_worker(self) -> None:
@@ -312,20 +536,17 @@ class DetectorNode(LifecycleNode):
                     self._lock.wait(timeout=0.5)
                 if not self._running:
                     return
-                msg, received, arrived_s = self._pending
+                msg, received, arrived_s, seq = self._pending
                 self._pending = None
             try:
-                self._process(msg, received, arrived_s)
+                self._process(msg, received, arrived_s, seq)
             except RCLError:
                 if self.context.ok():
                     raise
                 return  # shutting down (Ctrl-C): the context went away under the worker
 
-    def _process(self, msg: Image | CompressedImage, received: float, arrived_s: float
-                 ) -> None:
-        detector = self._detector
-        if detector is None:
-            return
+    def _process(self, msg: Image | CompressedImage, received: float, arrived_s: float,
+                 seq: int = 0) -> None:
         try:
             t0 = time.perf_counter()
             if isinstance(msg, CompressedImage):
@@ -334,15 +555,24 @@ class DetectorNode(LifecycleNode):
                 pixels, encoding = image_to_numpy(msg), msg.encoding
             pixels, encoding = for_inference(pixels, encoding)
             convert_ms = 1e3 * (time.perf_counter() - t0)
-            conf = detector.cfg.conf   # published; the tracker also takes lower scores
-            detections, times = detector.detect(pixels, encoding,
-                                                conf=decode_conf(conf, self._tracker.cfg))
+            with self._detect_lock:   # a swap happens between two frames, never in one
+                detector, running = self._detector, self._running_ref
+                if detector is None:
+                    return
+                conf = detector.cfg.conf   # published; the tracker also takes lower scores
+                detections, times = detector.detect(pixels, encoding,
+                                                    conf=decode_conf(conf, self._tracker.cfg))
         except (PerceptionError, ImageCodecError) as exc:
             self._stats.fail(str(exc))
+            self._metrics.error()
             self.get_logger().error(f'frame skipped: {exc}', throttle_duration_sec=2.0)
             self._publish_diagnostics(force=True)
             return
         self._stats.record(convert_ms, times, 1e3 * (time.perf_counter() - received))
+        frames = self._frames
+        if frames is not None and frames.offer(received):
+            frames.add(pixels, encoding, detections, conf,
+                       running.sha256 if running is not None else '', received)
         stamp = msg.header.stamp
         # The image stamp; an unstamped image (0) is timed by its arrival instead, else the
         # tracker's time would stand still and lost tracks never expire.
@@ -355,12 +585,28 @@ class DetectorNode(LifecycleNode):
             self.get_logger().error(f'tracking skipped: {exc}', throttle_duration_sec=2.0)
             detections, ids = untracked_ids(detections, conf, prefix='det-')
         self._publish(msg.header, detections, ids, pixels, encoding)
+        self._metrics.record(times.total_ms, len(ids))
+        self._count_swap(seq, detector)
         # The budget is on the ROS clock the stamps are on: capture (or arrival) to publish.
         captured_s = stamp.sec + stamp.nanosec * 1e-9 if stamp.sec or stamp.nanosec \
             else arrived_s
         self._budget.window.add(captured_s, self.get_clock().now().nanoseconds * 1e-9)
         if self._stats.level_changed():
             self._publish_diagnostics(force=True)
+
+    def _count_swap(self, seq: int, detector: Detector) -> None:
+        """After a swap, count the frames received between the last old and first new one."""
+        now = time.perf_counter()
+        last, self._last_done = self._last_done, (seq, detector, now)
+        if last is None or last[1] is detector or self._manager is None:
+            return
+        lost = max(0, seq - last[0] - 1)
+        gap_ms = 1e3 * (now - last[2])
+        self._swap_info.update(model_swap_frames_lost=str(lost),
+                               model_swap_gap_ms=f'{gap_ms:.1f}')
+        self.get_logger().info(f'first frame of the new model: {lost} frame(s) lost across '
+                               f'the swap, {gap_ms:.0f} ms between the last frame of the old '
+                               'model and the first of the new')
 
     # --- outputs -----------------------------------------------------------------------------
 
@@ -451,7 +697,9 @@ class DetectorNode(LifecycleNode):
             'tracks_confirmed': str(tracker.alive_confirmed),
             'track_ids_issued': str(tracker.stats.started),
             'track_time_resets': str(tracker.stats.time_resets),
-            'track_errors': str(self._track_errors)})
+            'track_errors': str(self._track_errors),
+            **({'model_version': self._running_ref.label if self._running_ref else 'unnamed',
+                **self._swap_info} if self._manager is not None else {})})
         array = diagnostic_array(self.get_clock(), _STATUS_NAME, stats.level(),
                                  stats.message(), values, detector.backend.name)
         self._poll_limit()
@@ -500,7 +748,7 @@ def _spin(node: DetectorNode) -> None:
 def main(args: list[str] | None = None) -> None:
     """Run the detector until interrupted."""
     run_node('detector_node', DetectorNode, (PerceptionError,), args, spin=_spin,
-             cleanup=lambda node: node._stop_worker())
+             cleanup=lambda node: node._stop_threads())
 
 if __name__ == '__main__':
     main()
