@@ -6,7 +6,9 @@
 * ``submit ORDERS.yaml [--site SITE.yaml]``: hand a work order to the planner over the broker
   (the ``orders`` role); checked first, and the broker's answer said plainly;
 * ``planner-health [--data-dir DIR]``: the container health check: the state folder takes
-  writes and the fleet store and ledger pass SQLite's quick check.
+  writes and the fleet store and ledger pass SQLite's quick check;
+* ``model register|list|show|promote|rollback|canary|fetch``: the model registry (MLflow,
+  :mod:`cobot_hybrid_planner.model_registry`; docs/models.md).
 """
 
 from __future__ import annotations
@@ -196,6 +198,189 @@ def _flag(parser: Any, flag: str, name: str, **kwargs: Any) -> None:
     parser.add_argument(flag, type=type(default), default=default, help=spec.text(), **kwargs)
 
 
+# --- the model registry (cobot_hybrid_planner.model_registry; MLflow, cloud side only) ---------
+
+def _registry(args: argparse.Namespace) -> Any:
+    import os
+
+    from cobot_hybrid_planner.model_registry import ModelRegistry, default_registry_uri
+
+    os.environ.setdefault('MLFLOW_LOGGING_LEVEL', 'WARNING')   # no INFO lines on migrations
+    return ModelRegistry(args.registry or default_registry_uri())
+
+
+def _aliases_line(aliases: dict[str, int]) -> str:
+    return ', '.join(f'{alias} v{version}' for alias, version in sorted(aliases.items())) \
+        or 'no aliases'
+
+
+def _cmd_model_register(args: argparse.Namespace) -> int:
+    from cobot_hybrid_planner.model_registry import RegistryError
+    from cobot_hybrid_protocol.errors import SchemaError
+    from cobot_hybrid_protocol.model_card import read_card
+
+    if not args.card:
+        raise RegistryError(f'a version needs its card: make it with `cobot-hybrid model-card '
+                            f'{args.file} --name {args.name} --version 1 --champion '
+                            'CHAMPION.onnx --out card.json`, then give --card card.json')
+    try:
+        card = read_card(Path(args.card))
+    except OSError as exc:
+        raise RegistryError(f'model card {args.card} cannot be read: {exc.strerror}') from None
+    except SchemaError as exc:
+        raise RegistryError(str(exc)) from None
+    if card.model.name != args.name:
+        raise RegistryError(f'the card {args.card} is for {card.model.name!r}, not '
+                            f'{args.name!r}: make the card with --name {args.name}')
+    registry = _registry(args)
+    version = registry.register(Path(args.file), card)
+    if args.json:
+        print(json.dumps({'name': args.name, 'version': version, 'sha256': card.model.sha256,
+                          'registry': registry.uri}))
+        return 0
+    note = '' if version == card.model.version else \
+        f' (the card said v{card.model.version}: the registry numbers the versions)'
+    print(f'{args.name} v{version}: {card.model.sha256[:12]}, {card.model.size_bytes} bytes, '
+          f'in {registry.uri}{note}')
+    return 0
+
+
+def _tag_value(text: str) -> Any:
+    """Decode a metric tag (JSON): a number, a string, or None (also for a garbled tag)."""
+    from cobot_hybrid_protocol.errors import PayloadError
+    from cobot_hybrid_protocol.limits import parse_json
+
+    try:
+        value = parse_json(text, what='a version tag')
+    except PayloadError:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    return value
+
+
+def _version_json(info: Any) -> dict[str, Any]:
+    tags = info.tags
+    metrics = {key.removeprefix('metrics.'): _tag_value(value)
+               for key, value in tags.items() if key.startswith('metrics.')}
+    return {'version': info.version, 'aliases': list(info.aliases),
+            'sha256': tags.get('sha256'), 'size_bytes': int(tags.get('size_bytes', 0)),
+            'imgsz': int(tags.get('imgsz', 0)), 'task': tags.get('task'),
+            'precision': tags.get('precision'), 'metrics': metrics,
+            'registered_at': info.created_at,
+            'rolled_back_at': float(tags['rolled_back_at']) if 'rolled_back_at' in tags
+            else None}
+
+
+def _cmd_model_list(args: argparse.Namespace) -> int:
+    import time
+
+    registry = _registry(args)
+    rows = [_version_json(info) for info in registry.list(args.name)]
+    if args.json:
+        print(json.dumps({'name': args.name, 'versions': rows}, indent=2))
+        return 0
+    if not rows:
+        print(f'{args.name}: no versions in {registry.uri}')
+        return 0
+    header = ('version', 'aliases', 'sha256', 'imgsz', 'task', 'precision', 'agreement',
+              'p50 ms', 'p99 ms', 'registered')
+    table = [header]
+    for row in rows:
+        m = row['metrics']
+        agreement = m.get('agreement')
+        p50, p99 = m.get('latency_p50_ms'), m.get('latency_p99_ms')
+        aliases = ','.join(row['aliases'] + (['rolled back'] if row['rolled_back_at'] else []))
+        table.append((str(row['version']), aliases or '-', str(row['sha256'])[:12],
+                      str(row['imgsz']), str(row['task']), str(row['precision']),
+                      f'{agreement:.3f}' if isinstance(agreement, (int, float)) else '-',
+                      f'{p50:.1f}' if isinstance(p50, (int, float)) else '-',
+                      f'{p99:.1f}' if isinstance(p99, (int, float)) else '-',
+                      time.strftime('%Y-%m-%d %H:%M', time.gmtime(row['registered_at']))))
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        cells = zip(line, widths, strict=True)
+        print('  '.join(cell.ljust(width) for cell, width in cells).rstrip())
+    return 0
+
+
+def _cmd_model_show(args: argparse.Namespace) -> int:
+    from cobot_hybrid_protocol.model_card import card_text
+
+    print(card_text(_registry(args).card(args.name, args.version)), end='')
+    return 0
+
+
+def _print_aliases(args: argparse.Namespace, aliases: dict[str, int]) -> int:
+    if args.json:
+        print(json.dumps({'name': args.name, 'aliases': aliases}))
+    else:
+        print(f'{args.name}: {_aliases_line(aliases)}')
+    return 0
+
+
+def _cmd_model_promote(args: argparse.Namespace) -> int:
+    return _print_aliases(args, _registry(args).promote(args.name, args.version))
+
+
+def _cmd_model_rollback(args: argparse.Namespace) -> int:
+    return _print_aliases(args, _registry(args).rollback(args.name))
+
+
+def _cmd_model_canary(args: argparse.Namespace) -> int:
+    from cobot_hybrid_planner.model_registry import RegistryError
+
+    registry = _registry(args)
+    if args.clear == (args.version is not None):
+        raise RegistryError('give --version V (the canary) or --clear')
+    if args.clear:
+        registry.clear_canary(args.name)
+    else:
+        registry.set_canary(args.name, args.version)
+    return _print_aliases(args, registry.aliases(args.name))
+
+
+def _cmd_model_fetch(args: argparse.Namespace) -> int:
+    path = _registry(args).fetch(args.name, args.version, Path(args.dest))
+    print(json.dumps({'path': str(path)}) if args.json else path)
+    return 0
+
+
+def _register_model(subparsers: Any) -> None:
+    """Add ``model register|list|show|promote|rollback|canary|fetch``."""
+    model = subparsers.add_parser('model', help='the model registry (MLflow; cloud side)')
+    commands = model.add_subparsers(dest='model_command', required=True)
+
+    def command(name: str, help_text: str, func: Any, version: bool = False) -> Any:
+        parser = commands.add_parser(name, help=help_text)
+        parser.add_argument('--name', required=True, help='registered model, e.g. yolo11n-pose')
+        if version:
+            parser.add_argument('--version', type=int, required=True)
+        parser.add_argument('--registry', default='', metavar='URI',
+                            help='sqlite:////abs/registry.db or http://HOST:PORT (default: '
+                            'registry.db in the planner data folder)')
+        parser.add_argument('--json', action='store_true')
+        parser.set_defaults(func=func)
+        return parser
+
+    register = command('register', 'store a model file and its card as a new version',
+                       _cmd_model_register)
+    register.add_argument('file', metavar='FILE.onnx')
+    register.add_argument('--card', default='', metavar='card.json',
+                          help='its card, from `cobot-hybrid model-card` (required)')
+    command('list', 'versions with aliases and metrics', _cmd_model_list)
+    command('show', "a version's card", _cmd_model_show, version=True)
+    command('promote', 'champion -> this version; previous -> the old champion',
+            _cmd_model_promote, version=True)
+    command('rollback', 'champion -> previous; previous cleared', _cmd_model_rollback)
+    canary = command('canary', 'point canary at a candidate (or --clear it)', _cmd_model_canary)
+    canary.add_argument('--version', type=int, default=None)
+    canary.add_argument('--clear', action='store_true')
+    fetch = command('fetch', "download a version's file, verified against its card",
+                    _cmd_model_fetch, version=True)
+    fetch.add_argument('--dest', default='.', metavar='DIR')
+
+
 def register(subparsers: Any) -> None:
     """Add ``plan`` and ``serve``."""
     plan_cmd = subparsers.add_parser('plan', help='plan a work order offline')
@@ -231,3 +416,4 @@ def register(subparsers: Any) -> None:
                                    '(container health check)')
     _flag(health, '--data-dir', 'data_dir')
     health.set_defaults(func=_cmd_health)
+    _register_model(subparsers)
