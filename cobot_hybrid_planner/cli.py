@@ -417,3 +417,5 @@ def register(subparsers: Any) -> None:
     _flag(health, '--data-dir', 'data_dir')
     health.set_defaults(func=_cmd_health)
     _register_model(subparsers)
+    from cobot_hybrid_planner import rollout_cli
+    rollout_cli.register(subparsers)
