@@ -95,7 +95,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                            plan_time_limit_s=args.time_limit, fleet_id=args.fleet,
                            lease_s=args.lease_s, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
                            tls_key=args.tls_key, username=args.username,
-                           password_file=args.password_file, password_env=args.password_env)
+                           password_file=args.password_file, password_env=args.password_env,
+                           model_registry=args.model_registry)
     params.require_files()
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
     service = PlannerService(params, load_site(Path(args.site)),
@@ -401,6 +402,7 @@ def register(subparsers: Any) -> None:
     _flag(serve, '--data-dir', 'data_dir')
     _flag(serve, '--orders', 'orders_file')
     _flag(serve, '--time-limit', 'plan_time_limit_s')
+    _flag(serve, '--model-registry', 'model_registry')
     for name in _AUTH:
         _flag(serve, '--' + name.replace('_', '-'), name)
     serve.set_defaults(func=_cmd_serve)
