@@ -2,7 +2,7 @@
 
 :class:`MqttLink` owns one paho client (client id = robot id, MQTT 5 with ``clean_start=False``
 and a session expiry, or MQTT 3.1.1) and runs it on one thread of its own through paho's
-external-loop API (``loop_read``/``loop_write``/``loop_misc`` around one ``select``), not
+external-loop API (``loop_read``/``loop_write``/``loop_misc`` around one ``poll``), not
 ``loop_start``: reading the queue, publishing and settling acknowledgements happen on that one
 thread, with no hand-over between threads per message. It reads committed messages ahead
 (``send_ahead`` beyond the window, through the queue's own read connection, so a commit never
@@ -48,6 +48,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import heapq
+import math
 import logging
 import os
 import random
@@ -391,17 +392,22 @@ class MqttLink:
         if sock is None:
             return
         pending = sock.pending() if hasattr(sock, 'pending') else 0  # TLS: already decrypted
-        readable, writable, _ = select.select([sock, self._wake_r],
-                                              [sock] if client.want_write() else [], [],
-                                              0.0 if pending else min(timeout, 1.0))
-        if self._wake_r in readable:
+        # poll, not select: select refuses descriptors above 1023 (a process holding many
+        # files or links, e.g. a simulated fleet, would lose its link with a ValueError).
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN | (select.POLLOUT if client.want_write()
+                                                        else 0))
+        poller.register(self._wake_r.fileno(), select.POLLIN)
+        events = dict(poller.poll(0 if pending else math.ceil(1000 * min(timeout, 1.0))))
+        if events.get(self._wake_r.fileno(), 0) & select.POLLIN:
             with contextlib.suppress(OSError):
                 self._wake_r.recv(4096)
+        ready = events.get(sock.fileno(), 0)
         rc = mqtt.MQTT_ERR_SUCCESS
-        if sock in readable or pending:
+        if ready & (select.POLLIN | select.POLLHUP | select.POLLERR) or pending:
             rc = client.loop_read()   # acknowledgements are settled in _on_publish
             self._log_acks()
-        if rc == mqtt.MQTT_ERR_SUCCESS and sock in writable:
+        if rc == mqtt.MQTT_ERR_SUCCESS and ready & select.POLLOUT:
             rc = client.loop_write()
         now = time.monotonic()
         if rc == mqtt.MQTT_ERR_SUCCESS and now >= self._misc_at:
