@@ -48,8 +48,8 @@ from __future__ import annotations
 import bisect
 import contextlib
 import heapq
-import math
 import logging
+import math
 import os
 import random
 import select
