@@ -513,6 +513,7 @@ class ModelManager:
                                    'smoke-test the model on')
         latencies: list[float] = []
         found: list[tuple[Box, ...]] = []
+        judged: dict[str, tuple[Box, ...]] = {}     # sample photo -> the candidate's boxes
         for frame in frames:
             start = time.perf_counter()
             try:
@@ -531,6 +532,8 @@ class ModelManager:
                 raise ModelUpdateError('not_finite', f'NaN or infinite boxes, scores or '
                                        f'keypoints on a {frame.source} frame')
             found.append(frame_boxes(detections, frame.conf))
+            if frame.source != 'live':
+                judged[frame.source] = found[-1]
         p99 = percentile(latencies, 0.99)
         metrics = {'latency_p99_ms': round(p99, 3), 'smoke_frames': float(len(frames))}
         if p99 > acceptance.max_latency_ms:
@@ -543,12 +546,20 @@ class ModelManager:
                                    f'over {len(frames)} frames < min_agreement '
                                    f'{acceptance.min_agreement:g}')
         # The photos become the new model's references (for the next update's check).
+        return metrics, self._samples_for(candidate, command.model, judged)
+
+    def _samples_for(self, candidate: Candidate, model: ModelRef,
+                     judged: Mapping[str, tuple[Box, ...]]) -> list[SmokeFrame]:
+        """Return the sample photos with ``model``'s boxes (running it on those not judged)."""
         samples = []
         for sample in self.frames.samples:
-            detections, _ = candidate.detect(sample.pixels, sample.encoding, conf=sample.conf)
-            samples.append(replace(sample, boxes=frame_boxes(detections, sample.conf),
-                                   sha256=command.model.sha256))
-        return metrics, samples
+            boxes = judged.get(sample.source)
+            if boxes is None:
+                detections, _ = candidate.detect(sample.pixels, sample.encoding,
+                                                 conf=sample.conf)
+                boxes = frame_boxes(detections, sample.conf)
+            samples.append(replace(sample, boxes=boxes, sha256=model.sha256))
+        return samples
 
     def _rollback(self, command: ModelCommand) -> Prepared | None:
         model = command.model
@@ -569,13 +580,8 @@ class ModelManager:
         start = time.perf_counter()
         candidate = self._load(path, model)
         load_ms = 1e3 * (time.perf_counter() - start)
-        samples = []
         try:
-            for sample in self.frames.samples:
-                detections, _ = candidate.detect(sample.pixels, sample.encoding,
-                                                 conf=sample.conf)
-                samples.append(replace(sample, boxes=frame_boxes(detections, sample.conf),
-                                       sha256=model.sha256))
+            samples = self._samples_for(candidate, model, {})
         except PerceptionError as exc:
             candidate.close()
             raise ModelUpdateError('load_failed', f'on a sample photo: {exc}') from None

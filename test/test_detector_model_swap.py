@@ -11,6 +11,7 @@ and runs the stored 640 version instead of its ``model`` parameter.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +29,10 @@ pytestmark = pytest.mark.ros
 
 NODE = 'cobot_hybrid_perception.nodes.detector_node'
 MAX_AGE_S = 0.5      # the monitor's limit in these tests (test_safety_monitor_node says why)
+# A camera 10 m up, pitched 35 degrees down, with a long lens: zidane's two people stand about
+# 12 m from the robot, far enough for RUN, so a stop would be the watchdog's (not theirs).
+CAMERA_TO_BASE = [-2.0, 0.0, 10.0, -0.627211, 0.627211, -0.326506, 0.326506]
+CAMERA_K = [9000.0, 0.0, 640.0, 0.0, 9000.0, 360.0, 0.0, 0.0, 1.0]
 
 
 @dataclass
@@ -47,11 +52,12 @@ class Heard:
     def last_detector(self) -> dict[str, str]:
         return self.detector[-1][1] if self.detector else {}
 
-    def stale_s(self) -> float:
-        """Seconds the monitor has charged to stale perception so far."""
-        if not self.monitor:
+    def stale_s(self, until: float = float('inf')) -> float:
+        """Seconds the monitor had charged to stale perception by ``until`` (monotonic)."""
+        reports = [values for t, values in self.monitor if t <= until]
+        if not reports:
             return 0.0
-        return sum(float(v) for k, v in self.monitor[-1][1].items()
+        return sum(float(v) for k, v in reports[-1].items()
                    if k.startswith('time_s.') and 'stale_perception' in k)
 
 
@@ -109,12 +115,12 @@ def test_a_signed_install_swaps_the_model_between_frames_under_the_watchdog(
     heard = listen(harness)
     info_pub = harness.node.create_publisher(CameraInfo, 'camera_info', 10)
     update_pub = harness.node.create_publisher(String, 'model_update', 10)
-    monitor = start_monitor(ros_process, tmp_path, max_perception_age_s=MAX_AGE_S)
+    monitor = start_monitor(ros_process, tmp_path, max_perception_age_s=MAX_AGE_S,
+                            camera_to_base=CAMERA_TO_BASE)
     detector = start_detector(ros_process, store, public_key)
     camera = ros_process(SOURCE, '--ros-args', '-p', 'source:=sample:zidane',
                          '-p', 'rate_hz:=10.0')
-    info = CameraInfo(width=1280, height=720,
-                      k=[900.0, 0.0, 640.0, 0.0, 900.0, 360.0, 0.0, 0.0, 1.0])
+    info = CameraInfo(width=1280, height=720, k=CAMERA_K)
 
     def spin_until(predicate: Any, timeout_s: float) -> bool:
         def check() -> bool:
@@ -130,8 +136,8 @@ def test_a_signed_install_swaps_the_model_between_frames_under_the_watchdog(
     def steady() -> bool:
         return bool(heard.statuses) and len(heard.detections) >= 10 \
             and heard.last_detector().get('model') == small.name \
-            and any(float(v.get('perception_age_s', 'inf')) < MAX_AGE_S
-                    for _, v in heard.monitor[-3:])
+            and bool(heard.monitor) and heard.monitor[-1][1].get('state') == 'RUN' \
+            and heard.monitor[-1][1].get('people') == '2'
     assert spin_until(steady, 60.0), (detector.log()[-3000:], monitor.log()[-2000:],
                                       camera.log()[-1000:])
     boot = heard.statuses[0][1]
@@ -166,8 +172,10 @@ def test_a_signed_install_swaps_the_model_between_frames_under_the_watchdog(
     diag = heard.last_detector()
     assert diag['model_hash'] == big.sha256[:16] != old_hash
     assert diag['model_version'] == big.label
-    lost = int(diag['model_swap_frames_lost'])
-    assert lost <= 1, diag
+    # At most one frame more than the load alone lost between two frames just before (0 on
+    # a quiet machine: the frame path is held for a reference assignment).
+    lost, before = int(diag['model_swap_frames_lost']), int(diag['model_swap_frames_lost_before'])
+    assert lost <= before + 1, diag
     # Metrics of the new model come tagged with it, and detections keep coming.
     assert spin_until(lambda: any(m.model == big and m.frames > 0 for m in heard.metrics),
                       15.0), heard.metrics[-3:]
@@ -176,13 +184,25 @@ def test_a_signed_install_swaps_the_model_between_frames_under_the_watchdog(
 
     # The watchdog across the swap: no stale perception; had there been, it would have stopped.
     stale = heard.stale_s() - stale_before
-    stops_in_window = [stop for t, stop in heard.stops if sent_at <= t]
-    assert stale == 0.0 or True in stops_in_window, (stale, heard.monitor[-1])
-    ages = heard.monitor[-1][1]
-    print(f'swap: {active.metrics}, frames lost {lost}, gap {diag["model_swap_gap_ms"]} ms, '
+    stopped_for_stale = [v for t, v in heard.monitor if t >= sent_at
+                         and v.get('state') == 'PROTECTIVE_STOP'
+                         and 'stale' in v.get('cause', '')]
+    if stale == 0.0:      # the robot ran through the swap
+        assert True not in [stop for t, stop in heard.stops if t >= sent_at], heard.monitor
+    else:                 # perception went stale (a busy machine): the watchdog stopped it
+        assert stopped_for_stale, (stale, heard.monitor[-1])
+    # Reported, not asserted: on a busy machine the 640 model itself (after the swap) or the
+    # smoke check beside the 320 one (before it) may be too slow for the limit.
+    checking = heard.stale_s(active_at) - stale_before
+    swapping = heard.stale_s(active_at + 1.0) - stale_before - checking
+    print(f'swap: {active.metrics}, frames lost {lost} (before: {before}), '
+          f'gap {diag["model_swap_gap_ms"]} ms, '
           f'load {diag["model_load_ms"]} ms, smoke {diag["model_smoke_ms"]} ms, '
-          f'status after {active_at - sent_at:.2f} s; stale perception {stale:.2f} s, '
-          f'monitor perception age {ages.get("perception_age_s")} s')
+          f'status after {active_at - sent_at:.2f} s; stale perception {stale:.2f} s '
+          f'({checking:.2f} s while checking, {swapping:.2f} s within 1 s of the swap, the '
+          f'rest while the 640 model ran), '
+          f'load average {os.getloadavg()[0]:.1f}; monitor states '
+          f'{sorted({(v.get("state"), v.get("cause")) for _, v in heard.monitor})}')
 
     # A restart runs the stored version, over the model parameter, and says so.
     detector.stop()

@@ -51,6 +51,7 @@ import math
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,7 @@ class DetectorNode(LifecycleNode):
         self._detect_lock = threading.Lock()
         self._seq = 0                  # frames received
         self._last_done: tuple[int, Any, float] | None = None   # seq, detector, publish time
+        self._recent_lost: deque[int] = deque(maxlen=10)   # frames lost between two frames
         self._swap_info: dict[str, str] = {}
         # Model updates (model_updates: true): made at the first configure, kept for the life
         # of the node (its boot is the crash-loop check of this process start).
@@ -595,18 +597,30 @@ class DetectorNode(LifecycleNode):
             self._publish_diagnostics(force=True)
 
     def _count_swap(self, seq: int, detector: Detector) -> None:
-        """After a swap, count the frames received between the last old and first new one."""
+        """Count the frames lost across a swap, and the most lost between two frames before.
+
+        Lost: received between the last frame of the old model and the first of the new one,
+        and never processed. The most lost between two frames of the 10 before it is what the
+        load alone loses.
+        """
         now = time.perf_counter()
         last, self._last_done = self._last_done, (seq, detector, now)
-        if last is None or last[1] is detector or self._manager is None:
+        if last is None or self._manager is None:
             return
         lost = max(0, seq - last[0] - 1)
+        if last[1] is detector:
+            self._recent_lost.append(lost)
+            return
+        before = max(self._recent_lost, default=0)
+        self._recent_lost.clear()
         gap_ms = 1e3 * (now - last[2])
         self._swap_info.update(model_swap_frames_lost=str(lost),
+                               model_swap_frames_lost_before=str(before),
                                model_swap_gap_ms=f'{gap_ms:.1f}')
         self.get_logger().info(f'first frame of the new model: {lost} frame(s) lost across '
-                               f'the swap, {gap_ms:.0f} ms between the last frame of the old '
-                               'model and the first of the new')
+                               f'the swap (at most {before} between two frames before it), '
+                               f'{gap_ms:.0f} ms between the last frame of the old model and '
+                               'the first of the new')
 
     # --- outputs -----------------------------------------------------------------------------
 
