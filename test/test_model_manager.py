@@ -483,6 +483,21 @@ def test_a_stored_version_that_no_longer_loads_falls_back_at_start(
     assert again.statuses[0].code == 'load_failed'
 
 
+def test_a_candidate_that_cannot_be_swapped_in_is_closed_and_reported(
+        make_robot: Callable[..., Robot], fleet: Fleet,
+        versions: dict[str, tuple[Path, ModelRef]]) -> None:
+    from cobot_hybrid_perception.model_store import ModelUpdateError
+
+    robot = make_robot(fleet=fleet)
+    path, v2 = versions['v2']
+    prepared = robot.manager.prepare(fleet.update(fleet.command(v2, robot.clock.wall()), path))
+    assert prepared is not None and robot.manager.store.has(v2)
+    robot.manager.discard(prepared, ModelUpdateError('internal_error', 'the node stopped'))
+    assert robot.statuses[-1].state == 'failed' and robot.statuses[-1].code == 'internal_error'
+    assert not robot.manager.store.has(v2) and robot.manager.store.active is None
+    assert robot.manager.running == factory()
+
+
 def test_agreement_is_f1_per_class() -> None:
     person = ('person', 0.0, 0.0, 10.0, 10.0)
     shifted = ('person', 1.0, 0.0, 11.0, 10.0)
