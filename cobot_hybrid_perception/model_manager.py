@@ -328,6 +328,7 @@ class ModelManager:
         self._watch_from: float | None = None     # monotonic start of this run's watch
         self._boot_events: list[tuple[str, ModelRef | None, str]] = []
         self.rejected = 0
+        self.duplicates = 0       # the last applied update delivered again
 
     @property
     def factory_sha256(self) -> str:
@@ -413,6 +414,14 @@ class ModelManager:
         try:
             command = self._open(update.command)
         except _Refused as exc:
+            if exc.command is not None and exc.error.reason == 'superseded' \
+                    and exc.command.revision == self.store.highest_revision:
+                # The update this detector applied last, delivered again (the bridge keeps
+                # it transient local for a detector that was down): counted, not answered.
+                self.duplicates += 1
+                _LOG.info('model update revision %d seen again: already handled',
+                          exc.command.revision)
+                return None
             self._fail(exc.command, exc.error)
             return None
         self.store.note_revision(command.revision)

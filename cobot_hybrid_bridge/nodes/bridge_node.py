@@ -86,10 +86,13 @@ class BridgeNode(Node):
         self.create_subscription(String, 'task_progress', self._on_progress, 100)
         # Model updates: fetched files to the detector (it opens the signed command itself),
         # its statuses and metrics up.
-        updates = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self._update_pub = self.create_publisher(String, 'model_update', updates)
-        self.create_subscription(String, 'model_status', self._on_model_status, updates)
+        # The newest update only (depth 1): a detector that was down gets it when it returns.
+        newest = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._update_pub = self.create_publisher(String, 'model_update', newest)
+        statuses = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.create_subscription(String, 'model_status', self._on_model_status, statuses)
         self.create_subscription(String, 'model_metrics', self._on_model_metrics, 10)
         self._latest_images: dict[int, Any] = {}
         # One subscription per topic, type and reliability: routes sharing a topic (people and

@@ -127,7 +127,10 @@ _WARMUP_FRAMES = 4
 _UPDATES_WAITING = 8
 _STATUS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
-_UPDATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+#: The bridge keeps its newest update transient local: a detector that was down when the file
+#: was handed over gets it when it comes back (the one it applied last is ignored, counted).
+_UPDATE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 @dataclass(frozen=True)
