@@ -330,9 +330,17 @@ class ModelStore:
 
     def begin_trial(self, model: ModelRef, revision: int, rollout_id: str, max_restarts: int,
                     watch_s: float) -> Trial:
-        """Make ``model`` (swapped in now) active and on trial; what ran before is kept."""
+        """Make ``model`` (swapped in now) active and on trial; what ran before is kept.
+
+        A version still on trial when the next install comes ran without a crash loop until
+        the cloud replaced it: it becomes known-good and the one a rollback returns to.
+        """
         with self._lock:
-            previous = self.active if self.trial is None else self.trial.previous
+            if self.trial is not None:
+                ran = self.trial.model
+                self.known_good = (ran, *(m for m in self.known_good
+                                         if m.sha256 != ran.sha256))[:self.keep]
+            previous = self.active
             self.trial = Trial(model, revision, rollout_id, self.clock.wall(), 0, max_restarts,
                                watch_s, previous)
             self.active = model

@@ -414,6 +414,26 @@ def test_rollback_swaps_to_a_kept_version_without_a_smoke_check(
     assert statuses[-1].code == 'not_cached' and store.active is None
 
 
+def test_a_version_replaced_while_on_trial_can_be_rolled_back_to(
+        make_robot: Callable[..., Robot], fleet: Fleet,
+        versions: dict[str, tuple[Path, ModelRef]]) -> None:
+    """v2 promoted fleet-wide, v3 sent within v2's watch time, v3's canary gate fails."""
+    robot = make_robot(fleet=fleet)
+    path, v2 = versions['v2']
+    assert robot.handle(fleet.update(fleet.command(v2, robot.clock.wall()), path))[-1].state \
+        == 'active'
+    robot.clock.advance(5.0)                                 # v2 still on trial
+    big_path, big = versions['640']
+    wide = replace(PASS, min_agreement=0.8)
+    assert robot.handle(fleet.update(fleet.command(big, robot.clock.wall(), acceptance=wide),
+                                     big_path))[-1].state == 'active'
+    store = robot.manager.store
+    assert v2 in store.known_good and store.trial is not None and store.trial.previous == v2
+    statuses = robot.handle(fleet.update(fleet.command(v2, robot.clock.wall(),
+                                                       action='rollback')))
+    assert statuses[-1].state == 'active' and statuses[-1].active == v2, statuses[-1].reason
+
+
 def test_a_crash_loop_after_a_swap_rolls_back_to_the_previous_version(
         make_robot: Callable[..., Robot], fleet: Fleet,
         versions: dict[str, tuple[Path, ModelRef]]) -> None:
