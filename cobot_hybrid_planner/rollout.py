@@ -151,10 +151,12 @@ class RolloutController:
     """Every rollout of one fleet, in ``<folder>/rollouts.db``; files in ``<folder>/blobs``."""
 
     def __init__(self, folder: Path, sign: Signer, send: Sender,
-                 on_promote: Callable[[ModelRef, ModelRef | None], None] | None = None) -> None:
+                 on_promote: Callable[[ModelRef, ModelRef | None], None] | None = None,
+                 on_fail: Callable[[ModelRef], None] | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.blobs = BlobStore(folder / 'blobs')
         self._sign, self._send, self._on_promote = sign, send, on_promote
+        self._on_fail = on_fail
         self._db = sqlite3.connect(folder / 'rollouts.db', isolation_level=None,
                                    check_same_thread=False)
         self._db.execute('PRAGMA journal_mode=WAL')
@@ -310,13 +312,8 @@ class RolloutController:
             self._set_state(rollout_id, 'succeeded', f'{spec.candidate.label} runs on all '
                             f'{len(robots)} robots', now)
             if self._on_promote is not None:
-                try:
-                    self._on_promote(spec.candidate, spec.champion)
-                except Exception as exc:  # noqa: BLE001 - the registry is another service
-                    self._log(rollout_id, now, f'the registry did not take the promotion: '
-                              f'{type(exc).__name__}: {exc} (run cobot-hybrid model promote)')
-                    _LOG.exception('promotion of %s in the registry failed',
-                                   spec.candidate.label)
+                self._hook(rollout_id, now, 'the promotion (run cobot-hybrid model promote)',
+                           self._on_promote, spec.candidate, spec.champion)
             return
         if now - ready < spec.observe_s:
             return
@@ -334,6 +331,16 @@ class RolloutController:
             self._roll_back(rollout_id, now, f'gate {verdict.reason}', 'failed')
         elif now - ready > spec.step_timeout_s:
             self._set_state(rollout_id, 'paused', f'inconclusive: {verdict.reason}', now)
+
+    def _hook(self, rollout_id: str, now: float, what: str, call: Callable[..., None],
+              *args: Any) -> None:
+        """Tell the registry; a registry that is down is logged in the history, not fatal."""
+        try:
+            call(*args)
+        except Exception as exc:  # noqa: BLE001 - the registry is another service
+            self._log(rollout_id, now, f'the registry did not take {what}: '
+                      f'{type(exc).__name__}: {exc}')
+            _LOG.exception('the registry did not take %s', what)
 
     def verdict(self, rollout_id: str, robots: list[str], since: float, spec: RolloutSpec
                 ) -> Verdict:
@@ -384,6 +391,7 @@ class RolloutController:
 
     def _roll_back(self, rollout_id: str, now: float, reason: str, final: str) -> None:
         spec = self.spec(rollout_id)
+        was = self.state(rollout_id)
         champion = spec.champion
         for (robot_id,) in self._db.execute('SELECT robot_id FROM targets WHERE rollout_id = ?',
                                             (rollout_id,)).fetchall():
@@ -395,6 +403,8 @@ class RolloutController:
                              'NULL WHERE rollout_id = ? AND robot_id = ?',
                              (desired, rollout_id, robot_id))
         self._set_state(rollout_id, final, reason, now)
+        if was in _ACTIVE_STATES and self._on_fail is not None:
+            self._hook(rollout_id, now, 'the canary mark', self._on_fail, spec.candidate)
 
     # --- state ---------------------------------------------------------------------------
 

@@ -231,7 +231,8 @@ class PlannerService:
         self.issuer = MissionIssuer(self.ledger, self.fleet, self.site, self.private_key,
                                     self.cfg.key_id, self.transport)
         self.rollouts = RolloutController(self.cfg.data_path / 'rollouts', self._sign_command,
-                                          self._send_command, on_promote=self._promote)
+                                          self._send_command, on_promote=self._promote,
+                                          on_fail=self._unmark)
         self.model_events: Counter[str] = Counter()
 
     # --- model rollouts ----------------------------------------------------------------------
@@ -249,6 +250,15 @@ class PlannerService:
             return
         from cobot_hybrid_planner.model_registry import ModelRegistry
         ModelRegistry(self.cfg.model_registry).promote(candidate.name, candidate.version)
+
+    def _unmark(self, candidate: ModelRef) -> None:
+        """Clear the registry's canary mark of a failed or aborted rollout."""
+        if not self.cfg.model_registry:
+            return
+        from cobot_hybrid_planner.model_registry import ModelRegistry
+        registry = ModelRegistry(self.cfg.model_registry)
+        if registry.aliases(candidate.name).get('canary') == candidate.version:
+            registry.clear_canary(candidate.name)
 
     def _model_event(self, robot_id: str, kind: str, data: Any, now: float) -> None:
         """Hand a robot's model status, metrics, chunk request or stop to the rollouts."""
