@@ -15,7 +15,7 @@ KUBECTL_LAYER := 2.2.2
 CHECKOV := 3.3.30
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup test lint typecheck pytest demo soak images litert-model constraints clean
+.PHONY: setup test lint typecheck pytest demo demo-rollout soak images litert-model constraints clean
 
 setup: $(STAMP)
 
@@ -72,6 +72,10 @@ soak: setup
 
 demo: setup
 	tools/run_isolated.sh $(PY) tools/demo.py
+
+# A canary model rollout that is promoted, then one rolled back by its gate (docs/models.md)
+demo-rollout: setup
+	tools/run_isolated.sh $(PY) tools/demo_rollout.py
 
 # Container images (not part of `make test`; root, podman/buildah/debootstrap): the names and
 # tag are in deploy/images.env. Builds cobot-hybrid-cloud and cobot-hybrid-edge (x86_64) and
