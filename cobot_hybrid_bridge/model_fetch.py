@@ -22,6 +22,11 @@ detector once the file is complete and its size and sha256 match the signed comm
   count.
 * **Space**: less free space than the file plus a margin is ``no_space`` before anything is
   written; a write that fails for lack of space is ``no_space`` too.
+* **HTTP** (``source.kind = http``, for robots that reach the artifact store): the same file,
+  resumed with a ``Range`` request from the partial file's size (a server without Range
+  support is read from the start again, counted), at most the cap, on a thread of its own; a
+  failed request is retried after ``chunk_timeout_s``, a server sending more than the signed
+  size is ``size_mismatch``, and the sha256 check is the same.
 
 A newer command replaces the one in progress (the same file keeps its progress). Completed
 files stay in the folder (the last ``keep_files``) so a rollback to one of them needs no
@@ -33,10 +38,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import http.client
 import json
 import logging
 import os
 import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,6 +112,11 @@ class _Fetch:
     early: dict[int, bytes] = field(default_factory=dict)   # arrived ahead of `written`
     last_progress: float = 0.0
     started: bool = False
+    # source http: one download thread at a time, retried after chunk_timeout_s
+    thread: threading.Thread | None = None
+    error: str = ''
+    retry_at: float = 0.0
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
 class ModelFetcher:
@@ -154,6 +169,9 @@ class ModelFetcher:
             return
         keep = current if current is not None and \
             current.command.model.sha256 == command.model.sha256 else None
+        if keep is not None and keep.thread is not None:   # the new command's source instead
+            keep.stop.set()
+            keep.thread.join(timeout=5.0)
         self._fetch = _Fetch(command, envelope, written=self._part_size(command) if keep is None
                              else keep.written, last_progress=self._now())
         self._save_pending()
@@ -199,6 +217,8 @@ class ModelFetcher:
             self._discard(fetch)
             return step
         model = fetch.command.model
+        if fetch.command.source.kind == 'http':
+            return self._tick_http(fetch, step, now)
         if fetch.written >= model.size_bytes:
             self._finish(fetch, step)
             return step
@@ -219,6 +239,79 @@ class ModelFetcher:
                 self.counters['chunks_asked_again'] += 1
         step.requests.extend(self._requests(fetch, now))
         return step
+
+    # --- source http: Range requests on a thread ------------------------------------------
+
+    def _tick_http(self, fetch: _Fetch, step: FetchStep, now: float) -> FetchStep:
+        model = fetch.command.model
+        running = fetch.thread is not None and fetch.thread.is_alive()
+        if not running and fetch.written >= model.size_bytes and not fetch.error:
+            self._finish(fetch, step)
+            return step
+        code = fetch.error.split(':', 1)[0]
+        if not running and code in ('size_mismatch', 'no_space'):
+            step.statuses.append(self._status('failed', fetch.command, fetch.error))
+            self._discard(fetch)
+            return step
+        if now - fetch.last_progress > self.cfg.model_fetch_stall_timeout_s:
+            step.statuses.append(self._status(
+                'failed', fetch.command, f'download_timeout: nothing from '
+                f'{fetch.command.source.url[:200]} for {now - fetch.last_progress:.0f} s at '
+                f'{fetch.written}/{model.size_bytes} bytes'
+                + (f' (last error: {fetch.error})' if fetch.error else '')))
+            self._discard(fetch)
+            return step
+        if not running and now >= fetch.retry_at:
+            if fetch.error:
+                self.counters['http_retries'] += 1
+            fetch.error = ''
+            fetch.retry_at = now + self.cfg.model_fetch_chunk_timeout_s
+            fetch.thread = threading.Thread(target=self._download, args=(fetch,),
+                                            name='model-fetch', daemon=True)
+            fetch.thread.start()
+        return step
+
+    def _download(self, fetch: _Fetch) -> None:
+        """Fetch the rest of the file with a Range request, at most the cap (a thread)."""
+        command, cap = fetch.command, self.cfg.model_fetch_max_bytes_per_s
+        size = command.model.size_bytes
+        headers = {'Range': f'bytes={fetch.written}-'} if fetch.written else {}
+        try:
+            request = urllib.request.Request(command.source.url, headers=headers)
+            with urllib.request.urlopen(request,
+                                        timeout=self.cfg.model_fetch_chunk_timeout_s) as reply, \
+                    open(self._part(command), 'ab') as part:
+                if fetch.written and reply.status != 206:   # no Range support: from 0
+                    part.truncate(0)
+                    fetch.written = 0
+                    self.counters['http_no_range'] += 1
+                started, got = time.monotonic(), 0
+                while not fetch.stop.is_set():
+                    block = reply.read(min(64 * 1024, size - fetch.written + 1))
+                    if not block:
+                        break
+                    if fetch.written + len(block) > size:
+                        fetch.error = (f'size_mismatch: {command.source.url[:200]} sends more '
+                                       f'than the {size} bytes the command says')
+                        break
+                    part.write(block)
+                    fetch.written += len(block)
+                    got += len(block)
+                    self.bytes_received += len(block)
+                    fetch.last_progress = self._now()
+                    ahead = got / cap - (time.monotonic() - started)
+                    if ahead > 0:
+                        fetch.stop.wait(ahead)
+                part.flush()
+                os.fsync(part.fileno())
+        except OSError as exc:
+            no_space = getattr(exc, 'errno', None) == errno.ENOSPC
+            fetch.error = f'{"no_space" if no_space else "download_failed"}: {exc}'[:500]
+        except (http.client.HTTPException, ValueError) as exc:
+            fetch.error = f'download_failed: {type(exc).__name__}: {exc}'[:500]
+        if fetch.error:
+            _LOG.warning('model download from %s: %s (retried)', command.source.url[:200],
+                         fetch.error)
 
     # --- internals -----------------------------------------------------------------------
 
@@ -308,6 +401,9 @@ class ModelFetcher:
                 old.unlink(missing_ok=True)
 
     def _discard(self, fetch: _Fetch) -> None:
+        fetch.stop.set()
+        if fetch.thread is not None:
+            fetch.thread.join(timeout=5.0)
         self._part(fetch.command).unlink(missing_ok=True)
         if self._fetch is fetch:
             self._fetch = None

@@ -43,6 +43,7 @@ from cobot_hybrid_planner.blob_store import BlobStore
 from cobot_hybrid_planner.errors import PlannerError
 from cobot_hybrid_planner.rollout_gates import GateConfig, Verdict, Window, judge
 from cobot_hybrid_planner.rollout_waves import waves
+from cobot_hybrid_protocol.errors import SchemaError
 from cobot_hybrid_protocol.model_update import (
     Acceptance,
     BlobRequest,
@@ -54,6 +55,7 @@ from cobot_hybrid_protocol.model_update import (
     command_to_json,
     model_ref_to_json,
     validate_model_ref,
+    validate_source,
 )
 from cobot_hybrid_protocol.topics import blob_topic, command_topic
 
@@ -108,6 +110,9 @@ class RolloutSpec:
     validity_s: float = 24 * 3600.0
     chunk_bytes: int = 128 * 1024
     acceptance: Acceptance = field(default_factory=Acceptance)
+    #: robots fetch over HTTP from here instead of chunks over MQTT ('' = MQTT); ``{sha256}``
+    #: is replaced by the file's digest (an artifact store, a CDN)
+    http_url: str = ''
 
     def __post_init__(self) -> None:
         if not self.robots:
@@ -117,6 +122,20 @@ class RolloutSpec:
             raise RolloutError(f'steps {steps} must grow from above 0 to 1.0 (the whole fleet)')
         if self.champion is not None and self.champion.sha256 == self.candidate.sha256:
             raise RolloutError(f'{self.candidate.label} is the champion already')
+        if self.http_url:
+            try:
+                self.source(self.candidate)
+            except (SchemaError, KeyError, ValueError, IndexError) as exc:
+                raise RolloutError(f'http_url {self.http_url[:200]!r} is not an http(s) URL '
+                                   f'template with {{sha256}}: {exc}') from None
+
+    def source(self, ref: ModelRef) -> Source:
+        """Where robots fetch ``ref``: chunks over MQTT, or the HTTP URL."""
+        if not self.http_url:
+            return Source('mqtt', self.chunk_bytes)
+        url = self.http_url.format(sha256=ref.sha256)
+        validate_source({'kind': 'http', 'url': url})
+        return Source('http', url=url)
 
     def to_json(self) -> dict[str, Any]:
         """Return the spec as stored."""
@@ -128,7 +147,7 @@ class RolloutSpec:
                 'gates': self.gates.to_json(), 'observe_s': self.observe_s,
                 'step_timeout_s': self.step_timeout_s, 'resend_s': self.resend_s,
                 'validity_s': self.validity_s, 'chunk_bytes': self.chunk_bytes,
-                'acceptance': dict(a.__dict__)}
+                'acceptance': dict(a.__dict__), 'http_url': self.http_url}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RolloutSpec:
@@ -138,7 +157,8 @@ class RolloutSpec:
                    None if champion is None else validate_model_ref(champion),
                    dict(data['robots']), tuple(data['steps']), GateConfig(**data['gates']),
                    data['observe_s'], data['step_timeout_s'], data['resend_s'],
-                   data['validity_s'], data['chunk_bytes'], Acceptance(**data['acceptance']))
+                   data['validity_s'], data['chunk_bytes'], Acceptance(**data['acceptance']),
+                   data.get('http_url', ''))
 
 
 #: ``sign(robot_id, command JSON) -> signed envelope bytes``.
@@ -381,7 +401,7 @@ class RolloutController:
                          (robot_id, revision))
         command = ModelCommand(f'{spec.rollout_id}-{robot_id}-{revision}', robot_id,
                                spec.rollout_id, revision, now, now + spec.validity_s, action,
-                               ref, Source('mqtt', spec.chunk_bytes), spec.acceptance)
+                               ref, spec.source(ref), spec.acceptance)
         payload = self._sign(robot_id, command_to_json(command))
         self._send(command_topic(robot_id, 'model'), payload, spec.validity_s)
         self.commands_sent += 1

@@ -80,7 +80,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
                                         max_latency_ratio=args.max_latency_ratio),
         args.observe_s, args.step_timeout_s,
         acceptance=Acceptance(min_agreement=args.min_agreement,
-                              max_latency_ms=args.max_latency_ms))
+                              max_latency_ms=args.max_latency_ms), http_url=args.http_url)
     controller = _controller(args.data_dir)
     with tempfile.TemporaryDirectory() as tmp:
         path = registry.fetch(args.name, args.version, Path(tmp))
@@ -154,6 +154,8 @@ def register(subparsers: Any) -> None:
                        help="the robot's own smoke check against its running model")
     start.add_argument('--max-latency-ms', type=float, default=250.0,
                        help="the robot's own smoke check: p99 at most [ms]")
+    start.add_argument('--http-url', default='', help='robots fetch from this URL instead of '
+                       "chunks over MQTT; {sha256} is replaced by the file's digest")
     start.set_defaults(func=_cmd_start)
     status = commands.add_parser('status', help='state, step, gate verdicts')
     common(status)

@@ -66,7 +66,7 @@ __all__ = ['ACTIONS', 'BLOB_REQUEST_SCHEMA', 'FAILURE_REASONS', 'FORMATS',
            'blob_request_to_json', 'command_to_json', 'is_sha256', 'metrics_to_json',
            'model_ref_to_json', 'status_to_json', 'validate_blob_request',
            'validate_model_command', 'validate_model_ref', 'validate_metrics',
-           'validate_status']
+           'validate_source', 'validate_status']
 
 MODEL_COMMAND_SCHEMA = 'cobot_hybrid/model_command/v1'
 STATUS_SCHEMA = 'cobot_hybrid/model_status/v1'
@@ -214,6 +214,11 @@ class ModelCommand:
     def version(self) -> int:
         """The replay store's ordering: the revision."""
         return self.revision
+
+
+def validate_source(data: Any) -> Source:
+    """Check a decoded source (``{"kind": "mqtt", ...}`` or ``{"kind": "http", "url": ...}``)."""
+    return _source(data)
 
 
 def _source(data: Any) -> Source:

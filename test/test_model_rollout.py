@@ -297,6 +297,38 @@ def _every_model_message_follows_the_api(broker: MemoryBroker) -> None:
                     'SignedCommand', 'BlobChunk'}, seen
 
 
+def test_robots_that_reach_the_artifact_store_fetch_over_http(
+        fleet: Fleet, files: dict[str, Path]) -> None:
+    import functools
+    import http.server
+    import threading
+
+    blobs = fleet.planner.rollouts.blobs.folder
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(blobs))
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    httpd.RequestHandlerClass.log_message = lambda *a: None   # type: ignore[method-assign]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        candidate = _ref(files['candidate'], 2)
+        url = f'http://127.0.0.1:{httpd.server_address[1]}/{{sha256}}.onnx'
+        fleet.planner.rollouts.create(fleet.spec('r-http', candidate, steps=(1.0,),
+                                                 http_url=url), files['candidate'],
+                                      fleet.clock.wall())
+        for _ in range(100):
+            fleet.run(0.5)
+            if fleet.planner.rollouts.state('r-http') != 'running':
+                break
+        assert fleet.planner.rollouts.state('r-http') == 'succeeded'
+        assert all(e.active == candidate for e in fleet.edges.values())
+        assert fleet.planner.rollouts.bytes_sent == 0           # nothing through the broker
+    finally:
+        httpd.shutdown()
+    with pytest.raises(RolloutError, match='http_url'):
+        fleet.spec('r-bad', candidate, http_url='ftp://x/{sha256}')
+    with pytest.raises(RolloutError, match='http_url'):
+        fleet.spec('r-bad', candidate, http_url='http://x/{digest}')
+
+
 def test_no_data_never_passes_it_pauses(fleet: Fleet, files: dict[str, Path]) -> None:
     candidate = _ref(files['candidate'], 2)
     fleet.planner.rollouts.create(fleet.spec('r-quiet', candidate, step_timeout_s=10.0),
