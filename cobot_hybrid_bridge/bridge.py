@@ -181,7 +181,8 @@ class EdgeBridge:
                 data / 'replay.db', max_bytes=self.cfg.max_command_bytes,
                 max_clock_skew_s=self.cfg.max_clock_skew_s, clock=self.clock)
             self._fetcher = ModelFetcher(data / 'models', project(self.cfg, FetchConfig),
-                                         self._reopen_model, self.clock.wall)
+                                         self._reopen_model, self.clock.wall,
+                                         self.clock.monotonic)
         self._clock = HLC(self.cfg.robot_id)
         self._state_path = data / 'telemetry_state.json'
         if self._state_path.is_file():

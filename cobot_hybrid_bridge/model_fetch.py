@@ -124,15 +124,17 @@ class ModelFetcher:
 
     def __init__(self, folder: Path, cfg: FetchConfig,
                  reopen: Callable[[bytes], ModelCommand],
-                 now: Callable[[], float]) -> None:
+                 now: Callable[[], float],
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.folder = folder
         self.cfg = cfg
-        self._now = now
+        self._wall = now           # the stamps of statuses
+        self._now = monotonic      # every timer: a wall clock that jumps is not a stall
         self.counters: Counter[str] = Counter()
         self.bytes_received = 0
         self._fetch: _Fetch | None = None
         self._budget = 0.0
-        self._budget_at = now()
+        self._budget_at = monotonic()
         self._pending_step = FetchStep()
         folder.mkdir(parents=True, exist_ok=True)
         self._resume(reopen)
@@ -427,7 +429,7 @@ class ModelFetcher:
     def _status(self, state: str, command: ModelCommand, reason: str = '',
                 metrics: dict[str, float] | None = None) -> ModelStatus:
         return ModelStatus(state, command.rollout_id, command.revision, command.model,
-                           None, reason[:1000], dict(metrics or {}), self._now())
+                           None, reason[:1000], dict(metrics or {}), self._wall())
 
     def _save_pending(self) -> None:
         fetch = self._fetch

@@ -326,7 +326,8 @@ class ModelManager:
             digest, size = file_sha256(factory_model)
             self._factory = _Factory(Path(factory_model), digest, size)
         self._watch_from: float | None = None     # monotonic start of this run's watch
-        self._boot_events: list[tuple[str, ModelRef | None, str]] = []
+        # (state, model, reason, rollout id, revision) to report once the detector runs
+        self._boot_events: list[tuple[str, ModelRef | None, str, str, int]] = []
         self.rejected = 0
         self.duplicates = 0       # the last applied update delivered again
 
@@ -363,7 +364,7 @@ class ModelManager:
                         'rolled_back', trial.model,
                         f'crash_loop: {trial.restarts} restarts within {trial.watch_s:g} s of '
                         f'the swap to {trial.model.label} (max_restarts '
-                        f'{trial.max_restarts})'))
+                        f'{trial.max_restarts})', trial.rollout_id, trial.revision))
                 else:
                     self._watch_from = self.clock.monotonic()
         return self.store.active
@@ -371,20 +372,24 @@ class ModelManager:
     def active_failed(self, model: ModelRef, error: Exception) -> ModelRef | None:
         """Fall back from a stored version that did not load at start; return what to run."""
         trial = self.store.trial
+        rollout_id, revision = ('', 0) if trial is None or trial.model.sha256 != model.sha256 \
+            else (trial.rollout_id, trial.revision)
         if trial is not None and trial.model.sha256 == model.sha256:
             self.store.abandon_trial()
         else:
             rest = self.store.forget(model)
             self.store.activate(rest[0] if rest else None)
         self._watch_from = None
-        self._boot_events.append(('rolled_back', model, f'load_failed: {error}'))
+        self._boot_events.append(('rolled_back', model, f'load_failed: {error}', rollout_id,
+                                  revision))
         return self.store.active
 
     def started(self, running: ModelRef | None) -> None:
         """Record that the detector runs ``running``; report it and what the start found."""
         self.running = running
-        for state, model, reason in self._boot_events:
-            self._report(state, model=model, reason=reason)
+        for state, model, reason, rollout_id, revision in self._boot_events:
+            self._report(state, model=model, reason=reason, rollout_id=rollout_id,
+                         revision=revision)
         self._boot_events.clear()
         self._report('active', model=running)
 
@@ -631,10 +636,11 @@ class ModelManager:
 
     def _report(self, state: str, command: ModelCommand | None = None, *,
                 model: ModelRef | None = None, reason: str = '',
-                metrics: dict[str, float] | None = None) -> ModelStatus:
+                metrics: dict[str, float] | None = None, rollout_id: str = '',
+                revision: int = 0) -> ModelStatus:
         status = ModelStatus(state=state,
-                             rollout_id=command.rollout_id if command else '',
-                             revision=command.revision if command else 0,
+                             rollout_id=command.rollout_id if command else rollout_id,
+                             revision=command.revision if command else revision,
                              model=command.model if command else model,
                              active=self.running, reason=reason, metrics=metrics or {},
                              stamp=self.clock.wall())

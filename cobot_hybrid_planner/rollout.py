@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +43,7 @@ from typing import Any
 
 from cobot_hybrid_planner.blob_store import BlobStore
 from cobot_hybrid_planner.errors import PlannerError
-from cobot_hybrid_planner.rollout_gates import GateConfig, Verdict, Window, judge
+from cobot_hybrid_planner.rollout_gates import GateConfig, Verdict, Window, judge, judge_alone
 from cobot_hybrid_planner.rollout_waves import waves
 from cobot_hybrid_protocol.errors import SchemaError
 from cobot_hybrid_protocol.model_update import (
@@ -54,6 +56,7 @@ from cobot_hybrid_protocol.model_update import (
     Source,
     command_to_json,
     model_ref_to_json,
+    validate_model_command,
     validate_model_ref,
     validate_source,
 )
@@ -63,6 +66,13 @@ __all__ = ['ROLLOUT_STATES', 'RolloutController', 'RolloutError', 'RolloutSpec',
            'rollout_health']
 
 _LOG = logging.getLogger(__name__)
+MIN_ISSUE_S = 1_700_000_000.0      # a stand-in issue time for checking a spec's commands
+#: A refusal of the current command that is not the model's fault: sent again, not failed.
+_TRANSIENT_REFUSALS = ('replayed', 'store_rebuilt', 'expired', 'not_yet_valid', 'superseded')
+#: Bytes of chunks one robot is sent per second at most, and in one burst (8 MB/s: twice the
+#: robots' default cap); a request beyond it is refused and asked again later.
+BLOB_RATE_BYTES_PER_S = 8e6
+BLOB_BURST_BYTES = 16 * 1024 * 1024
 ROLLOUT_STATES = ('running', 'paused', 'failed', 'succeeded', 'aborted')
 _ACTIVE_STATES = ('running', 'paused')
 _MAX_WINDOWS_AGE_S = 7 * 86_400.0
@@ -118,10 +128,37 @@ class RolloutSpec:
         if not self.robots:
             raise RolloutError('a rollout needs at least one robot')
         steps = list(self.steps)
-        if not steps or steps != sorted(steps) or not 0.0 < steps[0] or steps[-1] != 1.0:
+        if not steps or steps != sorted(steps) or not all(
+                isinstance(x, (int, float)) and math.isfinite(x) for x in steps) \
+                or not 0.0 < steps[0] or steps[-1] != 1.0:
             raise RolloutError(f'steps {steps} must grow from above 0 to 1.0 (the whole fleet)')
-        if self.champion is not None and self.champion.sha256 == self.candidate.sha256:
+        if self.champion is None:
+            raise RolloutError(f'no champion to roll back to or to compare {self.candidate.label} '
+                               'with: promote the version the robots run now first (cobot-'
+                               'hybrid model register + promote; the factory model is fine)')
+        if self.champion.sha256 == self.candidate.sha256:
             raise RolloutError(f'{self.candidate.label} is the champion already')
+        for name, low, high in (('observe_s', 0.0, 86_400.0),
+                                ('step_timeout_s', 1.0, 7 * 86_400.0),
+                                ('resend_s', 0.1, 86_400.0), ('validity_s', 60.0, 86_400.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or not low <= value <= high:
+                raise RolloutError(f'{name} = {value!r} must be in [{low:g}, {high:g}] s '
+                                   '(validity: robots refuse commands valid longer than a day)')
+        if not isinstance(self.gates, GateConfig):
+            raise RolloutError('gates must be a GateConfig')
+        # What every robot will be sent must be what every robot accepts (ids, acceptance).
+        longest = max(self.robots, key=len)
+        try:
+            validate_model_command(command_to_json(ModelCommand(
+                f'{self.rollout_id}-{longest}-{2**62}', longest, self.rollout_id, 2**62,
+                MIN_ISSUE_S, MIN_ISSUE_S + self.validity_s, 'install', self.candidate,
+                self.source(self.candidate) if not self.http_url else Source(
+                    'http', url='http://placeholder'), self.acceptance)))
+        except (SchemaError, ValueError) as exc:
+            raise RolloutError(f"robots would refuse this rollout's commands: {exc} (a "
+                               'shorter rollout id, acceptance within its bounds)') from None
         if self.http_url:
             try:
                 self.source(self.candidate)
@@ -177,14 +214,38 @@ class RolloutController:
         self.blobs = BlobStore(folder / 'blobs')
         self._sign, self._send, self._on_promote = sign, send, on_promote
         self._on_fail = on_fail
-        self._db = sqlite3.connect(folder / 'rollouts.db', isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute('PRAGMA journal_mode=WAL')
-        self._db.executescript(_SCHEMA)
+        path = folder / 'rollouts.db'
+        try:
+            self._db = self._open(path)
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            aside = path.with_name(f'rollouts.db.corrupt-{int(time.time())}')
+            for suffix in ('', '-wal', '-shm'):
+                source = Path(f'{path}{suffix}')
+                if source.exists():
+                    source.replace(Path(f'{aside}{suffix}'))
+            _LOG.error('the rollout store %s is unreadable (%s): moved aside to %s and '
+                       'started empty; the robots keep what they run (start the rollout '
+                       'again)', path, exc, aside)
+            self._db = self._open(path)
+        self._blob_budget: dict[str, tuple[float, float]] = {}   # robot -> (bytes, at)
         self.commands_sent = 0
         self.chunks_sent = 0
         self.bytes_sent = 0
         self.requests_refused = 0
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute('PRAGMA journal_mode=WAL')
+            check = db.execute('PRAGMA quick_check').fetchone()[0]
+            if check != 'ok':
+                raise sqlite3.DatabaseError(f'quick_check: {check}')
+            db.executescript(_SCHEMA)
+        except (sqlite3.DatabaseError, UnicodeDecodeError):
+            db.close()
+            raise
+        return db
 
     # --- operator ------------------------------------------------------------------------
 
@@ -200,6 +261,8 @@ class RolloutController:
             raise RolloutError(f'rollout {running[0][0]!r} is still {self.state(running[0][0])}'
                                ': abort it or let it finish first')
         self.blobs.add(model_file, spec.candidate, check=check_file)
+        # The newest rollout decides what every robot should run: older ones stop sending.
+        self._db.execute("UPDATE targets SET desired = 'null'")
         self._db.execute('INSERT INTO rollouts VALUES (?, ?, ?, 0, ?, ?, ?, NULL, ?, ?)',
                          (spec.rollout_id, json.dumps(spec.to_json()), 'running', '', now,
                           now, '{}', now))
@@ -213,6 +276,9 @@ class RolloutController:
     def pause(self, rollout_id: str, now: float, reason: str = 'paused by the operator'
               ) -> None:
         """Stop taking steps (robots keep what they run)."""
+        if self.state(rollout_id) != 'running':
+            raise RolloutError(f'rollout {rollout_id!r} is {self.state(rollout_id)}, not '
+                               'running: nothing to pause')
         self._set_state(rollout_id, 'paused', reason, now)
 
     def resume(self, rollout_id: str, now: float) -> None:
@@ -241,20 +307,28 @@ class RolloutController:
             self._set_active(robot_id, status.active, now)
         for rollout_id, revision, action, state in self._db.execute(
                 'SELECT t.rollout_id, t.revision, t.action, r.state FROM targets t JOIN '
-                'rollouts r USING (rollout_id) WHERE t.robot_id = ?', (robot_id,)).fetchall():
-            ours = status.rollout_id == rollout_id and status.revision == revision
-            crash = status.state == 'rolled_back' and status.code == 'crash_loop' \
-                and state in _ACTIVE_STATES
-            if not ours and not crash:
-                continue
+                "rollouts r USING (rollout_id) WHERE t.robot_id = ? AND t.desired != 'null'",
+                (robot_id,)).fetchall():
+            if status.rollout_id != rollout_id or status.revision != revision:
+                continue     # a crash loop names the rollout and revision of its trial too
             self._db.execute('UPDATE targets SET state = ?, reason = ? WHERE rollout_id = ? '
                              'AND robot_id = ?', (status.state, status.reason, rollout_id,
                                                   robot_id))
             if status.state not in ('failed', 'rolled_back') or status.code == 'superseded':
                 continue
+            detail = status.reason.split(':', 2)[1].strip() if status.code == 'rejected' \
+                and ':' in status.reason else ''
+            if detail in _TRANSIENT_REFUSALS:
+                # Not the model's fault (a duplicate delivery, a robot whose replay store was
+                # rebuilt, clocks): a new revision goes out, nothing fails.
+                if detail != 'replayed':
+                    self._db.execute('UPDATE targets SET sent_at = NULL WHERE rollout_id = ? '
+                                     'AND robot_id = ?', (rollout_id, robot_id))
+                continue
             if action == 'rollback' and status.code == 'not_cached':
-                # It lost the champion's file: send it the file (an install of the champion).
-                self._db.execute("UPDATE targets SET action = 'install', sent_at = NULL "
+                # It lost the champion's file: send it the file (an install of the champion,
+                # a "restore").
+                self._db.execute("UPDATE targets SET action = 'restore', sent_at = NULL "
                                  'WHERE rollout_id = ? AND robot_id = ?',
                                  (rollout_id, robot_id))
             elif state in _ACTIVE_STATES and action == 'install':
@@ -279,14 +353,24 @@ class RolloutController:
     def on_blob_request(self, robot_id: str, request: BlobRequest) -> int:
         """Send the chunks a robot asked for, if a rollout of ours sent it that file."""
         wanted = self._db.execute(
-            "SELECT 1 FROM targets WHERE robot_id = ? AND json_extract(desired, '$.sha256') = ?"
-            ' AND revision > 0', (robot_id, request.sha256)).fetchone()
-        if wanted is None or not self.blobs.has(request.sha256):
+            "SELECT rollout_id FROM targets WHERE robot_id = ? AND json_extract(desired, "
+            "'$.sha256') = ? AND revision > 0", (robot_id, request.sha256)).fetchone()
+        if wanted is None or not self.blobs.has(request.sha256) \
+                or request.chunk_bytes != self.spec(wanted[0]).chunk_bytes:
             self.requests_refused += 1
             return 0
+        # At most BLOB_RATE_BYTES_PER_S per robot: a request is small, its answer is not.
+        mono = time.monotonic()
+        budget, at = self._blob_budget.get(robot_id, (float(BLOB_BURST_BYTES), mono))
+        budget = min(float(BLOB_BURST_BYTES), budget + (mono - at) * BLOB_RATE_BYTES_PER_S)
+        if request.length > budget:
+            self._blob_budget[robot_id] = (budget, mono)
+            self.requests_refused += 1
+            return 0
+        self._blob_budget[robot_id] = (budget - request.length, mono)
         sent = 0
         for offset, data in self.blobs.chunks(request):
-            self._send(blob_topic(robot_id, request.sha256, offset), data, 3600.0)
+            self._send(blob_topic(robot_id, request.sha256, offset), data, 120.0)
             sent += 1
             self.bytes_sent += len(data)
         self.chunks_sent += sent
@@ -297,19 +381,30 @@ class RolloutController:
     def step(self, now: float, online: frozenset[str]) -> None:
         """Advance every rollout: send what is due, judge steps, roll back, promote."""
         for (rollout_id,) in self._db.execute(
-                "SELECT rollout_id FROM rollouts WHERE state IN ('running', 'paused')"
-                ).fetchall():
-            if self.state(rollout_id) == 'running':
+                "SELECT rollout_id FROM rollouts WHERE state = 'running'").fetchall():
+            try:
                 self._advance(rollout_id, now)
+            except RolloutError as exc:      # an unreadable spec: that rollout stops
+                self._set_state(rollout_id, 'failed', str(exc), now)
         self._reconcile(now, online)
         self._db.execute('DELETE FROM windows WHERE stamp < ?', (now - _MAX_WINDOWS_AGE_S,))
+
+    def waves(self, spec: RolloutSpec) -> list[list[str]]:
+        """Return the steps as robots (a step that adds nobody is merged into the next)."""
+        out: list[list[str]] = []
+        for wave in waves(spec.rollout_id, spec.robots, spec.steps):
+            if out and len(wave) == len(out[-1]):
+                continue
+            out.append(wave)
+        return out
 
     def _advance(self, rollout_id: str, now: float) -> None:
         spec = self.spec(rollout_id)
         step, started, ready = self._db.execute(
             'SELECT step, step_started, step_ready FROM rollouts WHERE rollout_id = ?',
             (rollout_id,)).fetchone()
-        robots = waves(rollout_id, spec.robots, spec.steps)[step]
+        steps = self.waves(spec)
+        robots = steps[step]
         for robot_id in robots:
             self._db.execute('INSERT OR IGNORE INTO targets (rollout_id, robot_id, desired, '
                              "action) VALUES (?, ?, ?, 'install')",
@@ -328,29 +423,46 @@ class RolloutController:
                              (now, rollout_id))
             self._log(rollout_id, now, f'step {step + 1}: {len(robots)} robot(s) run '
                       f'{spec.candidate.label}')
-        if step == len(spec.steps) - 1:
-            self._set_state(rollout_id, 'succeeded', f'{spec.candidate.label} runs on all '
-                            f'{len(robots)} robots', now)
-            if self._on_promote is not None:
-                self._hook(rollout_id, now, 'the promotion (run cobot-hybrid model promote)',
-                           self._on_promote, spec.candidate, spec.champion)
+        last = step == len(steps) - 1
+        # The last step is watched too: at least observe_s with data from every robot, and
+        # the robots' own crash-loop watch, before anything is promoted.
+        hold = max(spec.observe_s, spec.acceptance.watch_s) if last else spec.observe_s
+        if now - ready < hold:
             return
-        if now - ready < spec.observe_s:
-            return
-        verdict = self.verdict(rollout_id, robots, ready, spec)
+        verdict = judge_alone(self._windows_since(ready, spec, robots), robots, spec.gates) \
+            if last else self.verdict(rollout_id, robots, ready, spec)
         self._db.execute('UPDATE rollouts SET verdict = ? WHERE rollout_id = ?',
                          (json.dumps({'step': step + 1, 'outcome': verdict.outcome,
                                       'reason': verdict.reason, 'values': verdict.values}),
                           rollout_id))
-        if verdict.outcome == 'pass':
-            self._db.execute('UPDATE rollouts SET step = ?, step_started = ?, step_ready = NULL'
-                             ', updated = ? WHERE rollout_id = ?',
-                             (step + 1, now, now, rollout_id))
-            self._log(rollout_id, now, f'step {step + 1} passed: {verdict.reason}')
-        elif verdict.outcome == 'fail':
+        if verdict.outcome == 'fail':
             self._roll_back(rollout_id, now, f'gate {verdict.reason}', 'failed')
-        elif now - ready > spec.step_timeout_s:
-            self._set_state(rollout_id, 'paused', f'inconclusive: {verdict.reason}', now)
+            return
+        if verdict.outcome == 'inconclusive':
+            if now - ready > spec.step_timeout_s:
+                self._set_state(rollout_id, 'paused', f'inconclusive: {verdict.reason}', now)
+            return
+        if last:
+            self._set_state(rollout_id, 'succeeded', f'{spec.candidate.label} runs on all '
+                            f'{len(robots)} robots ({verdict.reason})', now)
+            # Done: nothing more is sent for it (a later crash loop is the robot's own
+            # rollback, and the next rollout decides what robots run).
+            self._db.execute("UPDATE targets SET desired = 'null' WHERE rollout_id = ?",
+                             (rollout_id,))
+            if self._on_promote is not None:
+                self._hook(rollout_id, now, 'the promotion (run cobot-hybrid model promote)',
+                           self._on_promote, spec.candidate, spec.champion)
+            return
+        self._db.execute('UPDATE rollouts SET step = ?, step_started = ?, step_ready = NULL'
+                         ', updated = ? WHERE rollout_id = ?',
+                         (step + 1, now, now, rollout_id))
+        self._log(rollout_id, now, f'step {step + 1} passed: {verdict.reason}')
+
+    def _windows_since(self, since: float, spec: RolloutSpec, robots: list[str]
+                       ) -> list[Window]:
+        members = set(robots)
+        return [w for w in self.windows(since) if w.robot_id in members
+                and w.sha256 == spec.candidate.sha256]
 
     def _hook(self, rollout_id: str, now: float, what: str, call: Callable[..., None],
               *args: Any) -> None:
@@ -375,14 +487,19 @@ class RolloutController:
         champion_sha = spec.champion.sha256 if spec.champion else None
         champion = [w for w in windows if w.robot_id not in canaries
                     and w.robot_id in spec.robots and w.sha256 == champion_sha]
-        return judge(canary, champion, spec.gates)
+        return judge(canary, champion, spec.gates, robots)
 
     def _reconcile(self, now: float, online: frozenset[str]) -> None:
-        for rollout_id, robot_id, desired, action, sent_at in self._db.execute(
-                'SELECT rollout_id, robot_id, desired, action, sent_at FROM targets '
-                "WHERE desired != 'null'").fetchall():
+        for rollout_id, robot_id, desired, action, sent_at, state in self._db.execute(
+                'SELECT t.rollout_id, t.robot_id, t.desired, t.action, t.sent_at, r.state '
+                "FROM targets t JOIN rollouts r USING (rollout_id) WHERE t.desired != 'null' "
+                "AND (r.state IN ('running', 'paused') OR t.action IN ('rollback', 'restore'))"
+                ).fetchall():
             ref = validate_model_ref(json.loads(desired))
             if self._active_sha(robot_id) == ref.sha256:
+                if state not in _ACTIVE_STATES:     # a rollback that arrived: done
+                    self._db.execute("UPDATE targets SET desired = 'null' WHERE rollout_id = ? "
+                                     'AND robot_id = ?', (rollout_id, robot_id))
                 continue
             if robot_id not in online:
                 continue
@@ -400,14 +517,23 @@ class RolloutController:
                          '(robot_id) DO UPDATE SET revision = excluded.revision',
                          (robot_id, revision))
         command = ModelCommand(f'{spec.rollout_id}-{robot_id}-{revision}', robot_id,
-                               spec.rollout_id, revision, now, now + spec.validity_s, action,
-                               ref, spec.source(ref), spec.acceptance)
+                               spec.rollout_id, revision, now, now + spec.validity_s,
+                               'install' if action == 'restore' else action, ref,
+                               spec.source(ref), self._restore_acceptance(spec, action))
         payload = self._sign(robot_id, command_to_json(command))
         self._send(command_topic(robot_id, 'model'), payload, spec.validity_s)
         self.commands_sent += 1
         self._db.execute('UPDATE targets SET revision = ?, sent_at = ?, state = ?, reason = '
                          "'' WHERE rollout_id = ? AND robot_id = ?",
                          (revision, now, f'sent {action}', spec.rollout_id, robot_id))
+
+    @staticmethod
+    def _restore_acceptance(spec: RolloutSpec, action: str) -> Acceptance:
+        """Return the acceptance of a command (a restore is not judged against the candidate)."""
+        if action != 'restore':
+            return spec.acceptance
+        return Acceptance(0.0, spec.acceptance.max_latency_ms, spec.acceptance.smoke_frames,
+                          spec.acceptance.max_restarts, spec.acceptance.watch_s)
 
     def _roll_back(self, rollout_id: str, now: float, reason: str, final: str) -> None:
         spec = self.spec(rollout_id)
@@ -425,6 +551,14 @@ class RolloutController:
         self._set_state(rollout_id, final, reason, now)
         if was in _ACTIVE_STATES and self._on_fail is not None:
             self._hook(rollout_id, now, 'the canary mark', self._on_fail, spec.candidate)
+
+    def rebase(self, step_s: float) -> None:
+        """Shift the stored times by a wall-clock step (re-sends, step timers, windows)."""
+        for sql in ('UPDATE targets SET sent_at = sent_at + ? WHERE sent_at IS NOT NULL',
+                    'UPDATE rollouts SET step_started = step_started + ?, '
+                    'step_ready = step_ready + ?',
+                    'UPDATE windows SET stamp = stamp + ?'):
+            self._db.execute(sql, (step_s,) * sql.count('?'))
 
     # --- state ---------------------------------------------------------------------------
 
@@ -456,7 +590,11 @@ class RolloutController:
                                (rollout_id,)).fetchone()
         if row is None:
             raise RolloutError(f'no rollout {rollout_id!r}')
-        return RolloutSpec.from_json(json.loads(row[0]))
+        try:
+            return RolloutSpec.from_json(json.loads(row[0]))
+        except (ValueError, KeyError, TypeError) as exc:   # SchemaError is a ValueError
+            raise RolloutError(f'rollout {rollout_id!r} in the store is unreadable '
+                               f'({type(exc).__name__}: {exc}): abort it') from None
 
     def state(self, rollout_id: str) -> str:
         """Return the state: running, paused, failed, succeeded or aborted."""
@@ -481,7 +619,8 @@ class RolloutController:
         on_candidate = sum(1 for r in spec.robots
                            if self._active_sha(r) == spec.candidate.sha256)
         return {'rollout_id': rollout_id, 'state': state, 'step': step + 1,
-                'steps': list(spec.steps), 'reason': reason, 'verdict': json.loads(verdict),
+                'steps': list(spec.steps), 'waves': [len(w) for w in self.waves(spec)],
+                'reason': reason, 'verdict': json.loads(verdict),
                 'candidate': model_ref_to_json(spec.candidate),
                 'champion': None if spec.champion is None else
                 model_ref_to_json(spec.champion),
@@ -489,6 +628,14 @@ class RolloutController:
                 'history': [{'stamp': s, 'text': t} for s, t in self._db.execute(
                     'SELECT stamp, text FROM history WHERE rollout_id = ? ORDER BY rowid',
                     (rollout_id,))]}
+
+    def status_reason(self, rollout_id: str) -> str:
+        """Return why the rollout is in its state ('' while nothing went wrong)."""
+        row = self._db.execute('SELECT reason FROM rollouts WHERE rollout_id = ?',
+                               (rollout_id,)).fetchone()
+        if row is None:
+            raise RolloutError(f'no rollout {rollout_id!r}')
+        return str(row[0])
 
     def rollouts(self) -> list[tuple[str, str]]:
         """``(rollout_id, state)`` of every rollout, oldest first."""
@@ -517,7 +664,7 @@ def rollout_health(statuses: list[dict[str, Any]]) -> tuple[str, str, dict[str, 
     newest = statuses[-1]
     level = {'paused': 'WARN', 'failed': 'ERROR', 'aborted': 'WARN'}.get(newest['state'], 'OK')
     message = (f'{newest["rollout_id"]} {newest["state"]}: step {newest["step"]}/'
-               f'{len(newest["steps"])}, {newest["on_candidate"]}/{newest["robots"]} robots on '
+               f'{len(newest["waves"])}, {newest["on_candidate"]}/{newest["robots"]} robots on '
                f'{newest["candidate"]["name"]} v{newest["candidate"]["version"]}')
     if newest['reason']:
         message += f' ({newest["reason"][:200]})'

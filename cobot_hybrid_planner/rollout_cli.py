@@ -72,7 +72,11 @@ def _cmd_start(args: argparse.Namespace) -> int:
     champion_version = registry.aliases(args.name).get('champion')
     champion = None if champion_version is None else \
         registry.card(args.name, champion_version).model
-    steps = tuple(float(s) for s in args.steps.split(','))
+    try:
+        steps = tuple(float(s) for s in args.steps.split(','))
+    except ValueError:
+        raise RolloutError(f'--steps {args.steps[:80]!r} must be fractions of the fleet, '
+                           'e.g. 0.05,0.25,1.0') from None
     spec = RolloutSpec(
         args.id or f'{args.name}-v{args.version}-{int(time.time())}', card.model, champion,
         _fleet(args), steps, GateConfig(min_frames=args.min_frames,
@@ -105,7 +109,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if not statuses:
         print('no rollouts')
     for s in statuses:
-        print(f'{s["rollout_id"]}: {s["state"]} at step {s["step"]}/{len(s["steps"])} '
+        print(f'{s["rollout_id"]}: {s["state"]} at step {s["step"]}/{len(s["waves"])} '
               f'{s["steps"]}, {s["on_candidate"]}/{s["robots"]} robots run '
               f'{s["candidate"]["name"]} v{s["candidate"]["version"]}'
               + (f' - {s["reason"]}' if s['reason'] else ''))

@@ -6,13 +6,15 @@ the controller adds the protective stops it saw from the robot in that time. :fu
 compares the windows of the canary robots (running the candidate) with those of the other
 robots (running the champion) over the same span:
 
-* **no data never passes**: fewer than ``min_frames`` frames, or fewer than
-  ``min_windows`` windows, on either side is ``inconclusive`` (the controller waits, and
-  pauses the rollout after the step's timeout), the complaint every canary tool gets ("no
-  values found") turned into a state of its own;
-* ``latency_p99``: the canary windows' median p99 at most ``max_latency_ratio`` times the
-  champion windows' median p99 (and at most ``max_latency_ms`` when set): the same statistic
-  on both sides, so one slow window (a busy moment on one robot) is not a verdict;
+* **no data never passes**: fewer than ``min_frames`` frames on either side, a canary with
+  fewer than ``min_windows`` windows, or fewer champion windows than that, is
+  ``inconclusive`` (the controller waits, and pauses the rollout after the step's timeout),
+  the complaint every canary tool gets ("no values found") turned into a state of its own;
+* every figure is the **median robot** of its side (each robot's own median p99 and its
+  rates over its frames), so each robot counts once however often it reports, and every
+  canary must have sent ``min_windows`` windows: one chatty robot cannot pass or fail a step;
+* ``latency_p99``: the canary median p99 at most ``max_latency_ratio`` times the champion's
+  (and at most ``max_latency_ms`` when set);
 * ``error_rate``: inference errors per frame at most the champion's plus
   ``max_error_rate_increase``;
 * ``detection_rate``: mean detections per frame within ``max_detection_drift`` (relative) of
@@ -25,12 +27,19 @@ Each gate gives its measured values, so the operator sees why a step passed or f
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ['GateConfig', 'Verdict', 'Window', 'judge']
+from cobot_hybrid_planner.errors import PlannerError
+
+__all__ = ['GateConfig', 'GateError', 'Verdict', 'Window', 'judge', 'judge_alone']
+
+
+class GateError(PlannerError, ValueError):
+    """A gate threshold that cannot judge anything (negative, NaN, zero windows...)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,16 @@ class GateConfig:
     max_detection_drift: float = 0.5
     max_stop_rate_increase: float = 5.0  # stops per 1,000 frames
 
+    def __post_init__(self) -> None:
+        for name, value in self.__dict__.items():
+            low = 1 if name in ('min_frames', 'min_windows') else 0
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or value < low:
+                raise GateError(f'gate setting {name} = {value!r} must be a finite number '
+                                f'of at least {low}')
+        if self.max_latency_ratio <= 0:
+            raise GateError('gate setting max_latency_ratio must be above 0')
+
     def to_json(self) -> dict[str, Any]:
         """Return the thresholds as JSON (stored with the rollout)."""
         return dict(self.__dict__)
@@ -73,12 +92,11 @@ class Verdict:
     values: dict[str, float] = field(default_factory=dict)
 
 
-def _side(windows: Sequence[Window]) -> dict[str, float]:
+def _robot(windows: Sequence[Window]) -> dict[str, float]:
+    """Return one robot's figures over its windows (median p99; rates over its frames)."""
     frames = sum(w.frames for w in windows)
-    return {'windows': float(len(windows)), 'frames': float(frames),
-            'p99_ms': max((w.latency_p99_ms for w in windows if w.frames), default=0.0),
-            'median_p99_ms': statistics.median([w.latency_p99_ms for w in windows
-                                                if w.frames] or [0.0]),
+    return {'p99_ms': statistics.median([w.latency_p99_ms for w in windows if w.frames]
+                                        or [0.0]),
             'error_rate': sum(w.errors for w in windows) / frames if frames else 0.0,
             'detections_mean': sum(w.detections_mean * w.frames for w in windows) / frames
             if frames else 0.0,
@@ -86,16 +104,73 @@ def _side(windows: Sequence[Window]) -> dict[str, float]:
             else 0.0}
 
 
-def judge(canary: Sequence[Window], champion: Sequence[Window], cfg: GateConfig) -> Verdict:
-    """Judge a step; ``inconclusive`` unless both sides have enough data."""
-    c, b = _side(canary), _side(champion)
+def _side(windows: Sequence[Window]) -> tuple[dict[str, float], dict[str, int]]:
+    """Return the median robot of a side (each robot counts once, however often it reports)."""
+    by_robot: dict[str, list[Window]] = {}
+    for window in windows:
+        if window.frames:
+            by_robot.setdefault(window.robot_id, []).append(window)
+    robots = [_robot(ws) for ws in by_robot.values()]
+    side = {'robots': float(len(robots)), 'windows': float(len(windows)),
+            'frames': float(sum(w.frames for w in windows))}
+    for key in ('p99_ms', 'error_rate', 'detections_mean', 'stops_per_1000'):
+        side[key] = statistics.median([r[key] for r in robots] or [0.0])
+    side['median_p99_ms'] = side['p99_ms']
+    return side, {robot: len(ws) for robot, ws in by_robot.items()}
+
+
+def _enough(name: str, side: dict[str, float], counts: dict[str, int],
+            required: Sequence[str], cfg: GateConfig) -> str:
+    """Say why a side has too little data ('' when it has enough)."""
+    if side['frames'] < cfg.min_frames:
+        return (f'not enough data: the {name} robots sent {side["frames"]:.0f} frames in '
+                f'{side["windows"]:.0f} metric windows (need {cfg.min_frames} frames)')
+    if not required:
+        required = list(counts) or ['(none)']
+        if sum(counts.values()) < cfg.min_windows:
+            return (f'not enough data: the {name} robots sent {sum(counts.values())} metric '
+                    f'windows (need {cfg.min_windows})')
+    short = [r for r in required if counts.get(r, 0) < cfg.min_windows]
+    if short:
+        return (f'not enough data: {len(short)} {name} robot(s) sent fewer than '
+                f'{cfg.min_windows} metric windows: {", ".join(sorted(short)[:10])}')
+    return ''
+
+
+def judge_alone(candidate: Sequence[Window], robots: Sequence[str], cfg: GateConfig
+                ) -> Verdict:
+    """Judge the last step (no champion robots left): enough data from every robot.
+
+    And the absolute latency limit when one is set; ``inconclusive`` without data.
+    """
+    c, counts = _side(candidate)
+    values = {f'candidate_{k}': round(v, 4) for k, v in c.items()}
+    missing = _enough('candidate', c, counts, robots, cfg)
+    if missing:
+        return Verdict('inconclusive', missing, values)
+    if cfg.max_latency_ms and c['p99_ms'] > cfg.max_latency_ms:
+        return Verdict('fail', f'latency_p99: the median robot p99 {c["p99_ms"]:.1f} ms > '
+                       f'{cfg.max_latency_ms:g} ms', values)
+    return Verdict('pass', f'{c["frames"]:.0f} frames from all {len(robots)} robots on the '
+                   'candidate', values)
+
+
+def judge(canary: Sequence[Window], champion: Sequence[Window], cfg: GateConfig,
+          canaries: Sequence[str] = ()) -> Verdict:
+    """Judge a step; ``inconclusive`` unless both sides have enough data.
+
+    Each robot counts once (the median robot of each side), and every robot of
+    ``canaries`` must have sent ``min_windows`` windows: one chatty robot cannot pass or
+    fail a step alone.
+    """
+    (c, c_counts), (b, b_counts) = _side(canary), _side(champion)
     values = {f'canary_{k}': round(v, 4) for k, v in c.items()} | \
         {f'champion_{k}': round(v, 4) for k, v in b.items()}
-    for name, side in (('canary', c), ('champion', b)):
-        if side['frames'] < cfg.min_frames or side['windows'] < cfg.min_windows:
-            return Verdict('inconclusive', f'not enough data: the {name} robots sent '
-                           f'{side["windows"]:.0f} metric windows, {side["frames"]:.0f} frames '
-                           f'(need {cfg.min_windows} and {cfg.min_frames})', values)
+    for name, side, counts, required in (('canary', c, c_counts, canaries),
+                                         ('champion', b, b_counts, ())):
+        missing = _enough(name, side, counts, required, cfg)
+        if missing:
+            return Verdict('inconclusive', missing, values)
     limit = cfg.max_latency_ratio * b['median_p99_ms']
     if cfg.max_latency_ms:
         limit = min(limit, cfg.max_latency_ms) if b['median_p99_ms'] else cfg.max_latency_ms

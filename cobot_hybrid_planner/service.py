@@ -124,7 +124,8 @@ class PlannerConfig:
     lease_s: float = setting(6.0, 'replicas: an owner silent this long is replaced', unit='s',
                              low=1.0, high=600.0)
     model_registry: str = setting('', 'MLflow registry the rollouts promote in (sqlite:///... '
-                                  'or http://127.0.0.1:5000; "" = aliases not moved)')
+                                  'or http://127.0.0.1:5000; "" = the embedded one in '
+                                  'data_dir, as cobot-hybrid rollout start uses)')
     delivery_ack_period_s: float = setting(0.5, 'robots (delivery: cloud) hear what was stored '
                                            'at most this often', unit='s', low=0.01,
                                            high=60.0)
@@ -243,20 +244,16 @@ class PlannerService:
     def _send_command(self, topic: str, payload: bytes, expiry_s: float) -> None:
         self.transport.publish(topic, payload, qos=1, expiry_s=max(1, int(expiry_s)))
 
+    def _registry(self) -> Any:
+        from cobot_hybrid_planner.model_registry import ModelRegistry, default_registry_uri
+        return ModelRegistry(self.cfg.model_registry or default_registry_uri(self.cfg.data_dir))
+
     def _promote(self, candidate: ModelRef, champion: ModelRef | None) -> None:
-        if not self.cfg.model_registry:
-            _LOG.warning('rollout of %s succeeded; no model_registry configured: the '
-                         'aliases were not moved', candidate.label)
-            return
-        from cobot_hybrid_planner.model_registry import ModelRegistry
-        ModelRegistry(self.cfg.model_registry).promote(candidate.name, candidate.version)
+        self._registry().promote(candidate.name, candidate.version)
 
     def _unmark(self, candidate: ModelRef) -> None:
         """Clear the registry's canary mark of a failed or aborted rollout."""
-        if not self.cfg.model_registry:
-            return
-        from cobot_hybrid_planner.model_registry import ModelRegistry
-        registry = ModelRegistry(self.cfg.model_registry)
+        registry = self._registry()
         if registry.aliases(candidate.name).get('canary') == candidate.version:
             registry.clear_canary(candidate.name)
 
@@ -564,6 +561,7 @@ class PlannerService:
                      step_s)
         self.ledger.rebase(step_s)
         self.fleet.rebase(step_s)
+        self.rollouts.rebase(step_s)
 
 
 def load_orders_file(path: Path) -> Any:

@@ -94,6 +94,14 @@ def listen(harness: Any) -> Heard:
     return heard
 
 
+def _update_qos() -> Any:
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    # the bridge's: the newest update, kept for a detector that comes later
+    return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
 def start_detector(ros_process: Any, store: Path, public_key: Path) -> Any:
     return ros_process(NODE, '--ros-args', '--params-file', str(PERCEPTION_YAML),
                        '-p', 'backend:=ort-cpu', '-p', 'threads:=1', '-p', 'imgsz:=320',
@@ -114,7 +122,7 @@ def test_a_signed_install_swaps_the_model_between_frames_under_the_watchdog(
     harness = make_node('model_bridge')
     heard = listen(harness)
     info_pub = harness.node.create_publisher(CameraInfo, 'camera_info', 10)
-    update_pub = harness.node.create_publisher(String, 'model_update', 10)
+    update_pub = harness.node.create_publisher(String, 'model_update', _update_qos())
     monitor = start_monitor(ros_process, tmp_path, max_perception_age_s=MAX_AGE_S,
                             camera_to_base=CAMERA_TO_BASE)
     detector = start_detector(ros_process, store, public_key)

@@ -440,7 +440,8 @@ def test_a_crash_loop_after_a_swap_rolls_back_to_the_previous_version(
     robot = make_robot(fleet=fleet)
     path, v2 = versions['v2']
     crashy = replace(PASS, max_restarts=2, watch_s=60.0)
-    robot.handle(fleet.update(fleet.command(v2, robot.clock.wall(), acceptance=crashy), path))
+    installed = robot.handle(fleet.update(fleet.command(v2, robot.clock.wall(),
+                                                        acceptance=crashy), path))[-1]
     clock = robot.clock
     for restart in (1, 2):                  # the process dies and starts again, within watch_s
         clock.advance(5.0)
@@ -454,6 +455,9 @@ def test_a_crash_loop_after_a_swap_rolls_back_to_the_previous_version(
     rolled = [s for s in last.statuses if s.state == 'rolled_back']
     assert len(rolled) == 1 and rolled[0].code == 'crash_loop', last.statuses
     assert rolled[0].model == v2 and rolled[0].active == factory()
+    # It names the rollout and revision of the trial (the cloud acts only on its own).
+    assert (rolled[0].rollout_id, rolled[0].revision) == (installed.rollout_id,
+                                                          installed.revision) != ('', 0)
     assert '3 restarts within 60 s' in rolled[0].reason
     assert last.statuses[-1].state == 'active' and last.statuses[-1].active == factory()
     store = last.manager.store

@@ -167,7 +167,7 @@ class Fleet:
         base: dict[str, Any] = {
             'gates': GateConfig(min_frames=100, min_windows=2), 'observe_s': 3.0,
             'step_timeout_s': 30.0, 'resend_s': 5.0, 'chunk_bytes': CHUNK,
-            'acceptance': Acceptance()}
+            'acceptance': Acceptance(watch_s=2.0)}
         base.update(kwargs)
         return RolloutSpec(rollout_id, candidate, self.champion,
                            {r: f'site-{i % 3}' for i, r in enumerate(self.ids)}, **base)
@@ -253,9 +253,10 @@ def test_a_rollout_goes_canary_first_then_to_everyone_and_promotes(
     status = fleet.planner.rollouts.status('r-1')
     assert status['state'] == 'succeeded', status
     assert all(e.active == candidate for e in fleet.edges.values())
-    assert rollout_health([status])[:2] == ('OK', 'r-1 succeeded: step 3/3, 20/20 robots on '
-                                            'detector v2 (detector v2 (' +
-                                            candidate.sha256[:12] + ') runs on all 20 robots)')
+    level, message, _ = rollout_health([status])
+    assert level == 'OK' and message.startswith(
+        f'r-1 succeeded: step 3/3, 20/20 robots on detector v2 (detector v2 '
+        f'({candidate.sha256[:12]}) runs on all 20 robots'), message
     assert rollout_health([]) == ('OK', 'no model rollouts', {})
     passed = [h['text'] for h in status['history'] if 'passed' in h['text']]
     assert len(passed) == 2, status['history']          # the 5 % and the 25 % gates
@@ -315,7 +316,7 @@ def test_robots_that_reach_the_artifact_store_fetch_over_http(
                                                  http_url=url), files['candidate'],
                                       fleet.clock.wall())
         for _ in range(100):
-            fleet.run(0.5)
+            fleet.run(0.5, metrics_every_s=0.2, all={'frames': 60})
             if fleet.planner.rollouts.state('r-http') != 'running':
                 break
         assert fleet.planner.rollouts.state('r-http') == 'succeeded'
@@ -323,6 +324,7 @@ def test_robots_that_reach_the_artifact_store_fetch_over_http(
         assert fleet.planner.rollouts.bytes_sent == 0           # nothing through the broker
     finally:
         httpd.shutdown()
+    candidate = _ref(files['candidate'], 2)
     with pytest.raises(RolloutError, match='http_url'):
         fleet.spec('r-bad', candidate, http_url='ftp://x/{sha256}')
     with pytest.raises(RolloutError, match='http_url'):
