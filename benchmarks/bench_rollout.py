@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.serialization import (
 from cobot_hybrid_perception.models import default_model_path
 from cobot_hybrid_planner.rollout import RolloutController, RolloutSpec
 from cobot_hybrid_planner.rollout_gates import GateConfig
-from cobot_hybrid_protocol.model_update import ModelRef
+from cobot_hybrid_protocol.model_update import Acceptance, ModelRef
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tools'))
 from fleet_sim import Cloud, SimRobot  # noqa: E402
@@ -117,7 +117,8 @@ def fleet_rollout(work: Path, port: int, n: int, observe_s: float, model: Path) 
     spec = RolloutSpec('bench', candidate, champion, {r: f'site-{i % 5}'
                                                       for i, r in enumerate(robots)},
                        gates=GateConfig(min_frames=20, min_windows=2), observe_s=observe_s,
-                       step_timeout_s=600.0, chunk_bytes=128 * 1024)
+                       step_timeout_s=600.0, chunk_bytes=128 * 1024,
+                       acceptance=Acceptance(watch_s=observe_s))
     start = time.monotonic()
     rollouts.create(spec, candidate_file, time.time())
     reached: dict[int, float] = {}
@@ -223,7 +224,7 @@ def main() -> None:
           f'{size_mb / capped_s:.1f} |')
     n = fleet['robots']
     reached = fleet['reached']
-    gates = fleet['gated_steps'] * fleet['observe_s']
+    gates = (fleet['gated_steps'] + 1) * fleet['observe_s']   # the last step is watched too
     print(f'\nRollout to {n} robots (5 % -> 25 % -> 100 %, {fleet["observe_s"]:g} s of '
           f'metrics per gate, 4 MB/s cap per robot): {fleet["state"]}')
     print('| robots on the candidate | seconds from the start |')

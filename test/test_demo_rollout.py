@@ -26,7 +26,10 @@ def test_the_rollout_demo_promotes_v2_and_rolls_v3_back(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(ROOT / 'tools' / 'demo_rollout.py'),
                              '--robots', '4', '--observe-s', '6', '--out', str(out)],
                             capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    report_file = out / 'report.json'
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-1500:],
+                                    report_file.read_text()[:3000] if report_file.is_file()
+                                    else 'no report')
     report = json.loads((out / 'report.json').read_text())
     assert report['v2']['state'] == 'succeeded' and report['v2']['on_candidate'] == 4
     assert report['v3']['state'] == 'failed' and 'latency_p99' in report['v3']['reason']

@@ -92,7 +92,8 @@ def run(work: Path, out: Path, robots: int, observe_s: float) -> dict[str, Any]:
             time.sleep(0.2)
         time.sleep(2 * observe_s / 3)    # the champion's first windows
         gates = GateConfig(min_frames=6, min_windows=2)
-        acceptance = Acceptance(min_agreement=0.8, max_latency_ms=5000.0, smoke_frames=4)
+        acceptance = Acceptance(min_agreement=0.8, max_latency_ms=5000.0, smoke_frames=4,
+                                watch_s=observe_s)
         for rollout_id, version, steps in (('v2', 2, (0.1, 0.5, 1.0)), ('v3', 3, (0.1, 1.0))):
             champion = registry.aliases(NAME)['champion']
             spec = RolloutSpec(f'rollout-{rollout_id}', cards[version], cards[champion],
