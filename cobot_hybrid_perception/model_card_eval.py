@@ -86,20 +86,9 @@ def _onnx_file(path: Path, what: str) -> Path:
 
 def _frames(specs: Sequence[str], limit: int) -> Iterator[Any]:
     """Stream the frames of every spec in turn, at most ``limit`` in all (resolved now)."""
-    from cobot_hybrid_perception.runtime_bench import bench_frames
+    from cobot_hybrid_perception.runtime_bench import bench_frames, take_frames
 
-    sources = [bench_frames(spec, limit) for spec in specs]
-
-    def generate() -> Iterator[Any]:
-        produced = 0
-        for source in sources:
-            for frame in source:
-                yield frame
-                produced += 1
-                if produced >= limit:
-                    return
-
-    return generate()
+    return take_frames([bench_frames(spec, limit) for spec in specs], limit)
 
 
 def _load(path: Path, request: CardRequest, imgsz: int) -> Detector:

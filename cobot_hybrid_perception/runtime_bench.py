@@ -140,8 +140,11 @@ def bench_frames(spec: str, limit: int) -> Iterator[Any]:
 
     if not 1 <= limit <= MAX_FRAMES:
         raise ConfigError(f'frames {limit}: use 1..{MAX_FRAMES}')
-    sources = [iter_frames(one, 'bgr8') for one in _expand(spec)]
+    return take_frames([iter_frames(one, 'bgr8') for one in _expand(spec)], limit)
 
+
+def take_frames(sources: list[Iterator[Any]], limit: int) -> Iterator[Any]:
+    """Stream the frames of each source in turn, at most ``limit`` in all."""
     def generate() -> Iterator[Any]:
         produced = 0
         for source in sources:
