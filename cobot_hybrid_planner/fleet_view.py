@@ -92,3 +92,23 @@ def diagnostic_values(missions: Mapping[str, Mapping[str, Any]], online: Iterabl
               'owner': str(is_owner), 'epoch': str(epoch)}
     values.update({f'tasks_{s}': str(statuses.count(s)) for s in TASK_STATUSES})
     return values
+
+
+def model_tags(rollout: Mapping[str, Any] | None) -> dict[str, str]:
+    """Return per robot the second label line of the newest rollout (``status()`` of it).
+
+    ``yolo11n-pose v2 (candidate, running)`` on a robot that runs the candidate, ``v1
+    (champion)`` on one that still runs the champion; robots the rollout never reached: none.
+    """
+    if not rollout:
+        return {}
+    candidate, champion = rollout['candidate'], rollout['champion'] or {}
+    tags = {}
+    for robot_id, target in rollout['targets'].items():
+        sha = target['active_sha256']
+        if sha == candidate['sha256']:
+            tags[robot_id] = (f'{candidate["name"]} v{candidate["version"]} (candidate, '
+                              f'{rollout["state"]})')
+        elif sha is not None and sha == champion.get('sha256'):
+            tags[robot_id] = f'{champion["name"]} v{champion["version"]} (champion)'
+    return tags

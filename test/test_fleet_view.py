@@ -69,3 +69,14 @@ def test_every_task_status_has_a_counter_even_at_zero() -> None:
     assert {f'tasks_{s}' for s in TASK_STATUSES} <= set(values)
     assert values['robots_online'] == '' and values['owner'] == 'False'
     assert all(values[f'tasks_{s}'] == '0' for s in TASK_STATUSES)
+
+
+def test_model_tags_show_what_each_robot_of_the_newest_rollout_runs() -> None:
+    candidate = {'name': 'det', 'version': 2, 'sha256': 'b' * 64}
+    champion = {'name': 'det', 'version': 1, 'sha256': 'a' * 64}
+    rollout = {'state': 'running', 'candidate': candidate, 'champion': champion, 'targets': {
+        'r1': {'active_sha256': 'b' * 64}, 'r2': {'active_sha256': 'a' * 64},
+        'r3': {'active_sha256': None}}}
+    assert fleet_view.model_tags(rollout) == {'r1': 'det v2 (candidate, running)',
+                                              'r2': 'det v1 (champion)'}
+    assert fleet_view.model_tags(None) == {}

@@ -3,8 +3,9 @@
 Runs :class:`~cobot_hybrid_planner.service.PlannerService` (MQTT in and out) on a timer and
 shows the fleet's missions in rviz: ``fleet_missions`` (``visualization_msgs/MarkerArray``,
 one line per robot through its task stations, labelled with the mission version and whether
-the robot acknowledged it) and ``diagnostics`` (robots online, open tasks, rejected tasks,
-missions sent and acknowledged).
+the robot acknowledged it, and during a model rollout with the model it runs) and
+``diagnostics`` (robots online, open tasks, rejected tasks, missions sent and acknowledged;
+``planner_node: model rollouts``: the newest rollout's state, step and reason).
 """
 
 from __future__ import annotations
@@ -77,8 +78,11 @@ class PlannerNode(Node):
             + [site.stations[service.task_station(t)] for t in mission['tasks']])]
             for robot_id, mission in missions.items()}
         lines = fleet_view.mission_lines(missions, stations)
+        rollouts = service.rollouts
+        newest = [rollouts.status(r) for r, _ in rollouts.rollouts()[-1:]]
+        tags = fleet_view.model_tags(newest[0] if newest else None)
         self._markers.publish(MarkerArray(markers=[Marker(action=Marker.DELETEALL)] + [
-            marker for line in lines for marker in self._line_markers(line)]))
+            marker for line in lines for marker in self._line_markers(line, tags)]))
         level, message = fleet_view.fleet_health(missions)
         values = fleet_view.diagnostic_values(
             missions, service.online(), service.sent, len(service.rejected_tasks),
@@ -86,13 +90,12 @@ class PlannerNode(Node):
             [t['status'] for t in service.task_status().values()])
         self._diag.publish(diagnostic_array(self.get_clock(), 'planner_node: fleet', level,
                                             message, values))
-        rollouts = service.rollouts
-        level, message, values = rollout_health([rollouts.status(r)
-                                                 for r, _ in rollouts.rollouts()[-1:]])
+        level, message, values = rollout_health(newest)
         self._diag.publish(diagnostic_array(self.get_clock(), 'planner_node: model rollouts',
                                             level, message, values))
 
-    def _line_markers(self, line: fleet_view.MissionLine) -> tuple[Marker, Marker]:
+    def _line_markers(self, line: fleet_view.MissionLine, tags: dict[str, str]
+                      ) -> tuple[Marker, Marker]:
         frame = self.site.frame_id
         marker = Marker(ns='missions', id=line.index, type=Marker.LINE_STRIP,
                         action=Marker.ADD)
@@ -101,8 +104,9 @@ class PlannerNode(Node):
         marker.pose.orientation.w = 1.0
         marker.color = _colour(line.rgba)
         marker.points = [Point(x=x, y=y, z=z) for x, y, z in line.points]
+        tag = tags.get(line.robot_id)
         label = Marker(ns='labels', id=line.index, type=Marker.TEXT_VIEW_FACING,
-                       action=Marker.ADD, text=line.label)
+                       action=Marker.ADD, text=f'{line.label}\n{tag}' if tag else line.label)
         label.header.frame_id = frame
         x, y, z = line.label_at
         label.pose.position = Point(x=x, y=y, z=z)
