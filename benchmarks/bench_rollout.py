@@ -205,7 +205,7 @@ def main() -> None:
         try:
             http_s = single_fetch_http(model)
             (work / 'a').mkdir()
-            mqtt_s = single_fetch_mqtt(work / 'a', port, model, 1e10, 'solo-a')
+            mqtt_s = single_fetch_mqtt(work / 'a', port, model, 8e6, 'solo-a')
             (work / 'b').mkdir()
             capped_s = single_fetch_mqtt(work / 'b', port, model, 4e6, 'solo-b')
             (work / 'fleet').mkdir()
@@ -218,7 +218,7 @@ def main() -> None:
     print('| fetch | seconds | MB/s |')
     print('|---|---|---|')
     print(f'| plain HTTP GET (peer: an artifact URL) | {http_s:.3f} | {size_mb / http_s:.0f} |')
-    print(f'| ours: chunks over MQTT, uncapped, command to active | {mqtt_s:.3f} | '
+    print(f'| ours: chunks over MQTT, 8 MB/s cap (the highest), to active | {mqtt_s:.3f} | '
           f'{size_mb / mqtt_s:.0f} |')
     print(f'| ours: chunks over MQTT, 4 MB/s cap, command to active | {capped_s:.3f} | '
           f'{size_mb / capped_s:.1f} |')

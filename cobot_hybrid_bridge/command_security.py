@@ -163,14 +163,18 @@ class CommandVerifier:
             raise CommandRejected('schema', str(exc)) from None
         if mission.robot_id != self.robot_id:
             raise CommandRejected('wrong_robot', f'command is for {mission.robot_id!r}')
+        # A model command refused for time names its rollout, so the cloud sees why (signed
+        # and for this robot: it is the cloud's own); a mission ack keeps its old shape.
+        own = mission if isinstance(mission, ModelCommand) else None
         if mission.issued_at > now + self.max_clock_skew_s:
             raise CommandRejected('not_yet_valid', f'issued {mission.issued_at - now:.0f} s '
-                                  'in the future (clock skew?)')
+                                  'in the future (clock skew?)', own)
         if mission.valid_until <= now:
-            raise CommandRejected('expired', f'expired {now - mission.valid_until:.0f} s ago')
+            raise CommandRejected('expired', f'expired {now - mission.valid_until:.0f} s ago',
+                                  own)
         if mission.valid_until - mission.issued_at > self.max_validity_s:
             raise CommandRejected('validity_too_long', f'valid for more than '
-                                  f'{self.max_validity_s:.0f} s')
+                                  f'{self.max_validity_s:.0f} s', own)
         if self.rebuilt_at is not None and mission.issued_at < self.rebuilt_at:
             raise CommandRejected('store_rebuilt', 'issued before the replay store was '
                                   f'rebuilt at {self.rebuilt_at:.0f}: send a new version',

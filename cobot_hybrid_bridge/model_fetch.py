@@ -56,6 +56,7 @@ from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_protocol.errors import PayloadError, SchemaError, SignatureError
 from cobot_hybrid_protocol.limits import Limits, read_json_file
 from cobot_hybrid_protocol.model_update import (
+    MAX_FETCH_BYTES_PER_S,
     BlobRequest,
     LocalUpdate,
     ModelCommand,
@@ -78,7 +79,8 @@ class FetchConfig:
     """How model files are fetched (``bridge_node`` re-exposes these)."""
 
     model_fetch_max_bytes_per_s: float = setting(
-        4e6, 'bandwidth cap of a model download', unit='bytes/s', low=1e3, high=1e10)
+        4e6, 'bandwidth cap of a model download (the cloud serves a robot at most 8 MB/s)',
+        unit='bytes/s', low=1e3, high=MAX_FETCH_BYTES_PER_S)
     model_fetch_window_chunks: int = setting(8, 'chunks of a model file asked for at once',
                                              low=1, high=64)
     model_fetch_chunk_timeout_s: float = setting(
@@ -133,6 +135,7 @@ class ModelFetcher:
         self.counters: Counter[str] = Counter()
         self.bytes_received = 0
         self._fetch: _Fetch | None = None
+        self._write_lock = threading.Lock()     # HTTP threads' writes against stopping them
         self._budget = 0.0
         self._budget_at = monotonic()
         self._pending_step = FetchStep()
@@ -171,11 +174,11 @@ class ModelFetcher:
             return
         keep = current if current is not None and \
             current.command.model.sha256 == command.model.sha256 else None
-        if keep is not None and keep.thread is not None:   # the new command's source instead
-            keep.stop.set()
-            keep.thread.join(timeout=5.0)
-        self._fetch = _Fetch(command, envelope, written=self._part_size(command) if keep is None
-                             else keep.written, last_progress=self._now())
+        if keep is not None:
+            self._stop_thread(keep)     # the new command's source instead
+        # Whole chunks of the partial file only (an HTTP thread writes 64 KiB blocks).
+        self._fetch = _Fetch(command, envelope, written=self._part_size(command),
+                             last_progress=self._now())
         self._save_pending()
 
     def on_chunk(self, sha256: str, offset: int, data: bytes) -> None:
@@ -292,12 +295,16 @@ class ModelFetcher:
                     block = reply.read(min(64 * 1024, size - fetch.written + 1))
                     if not block:
                         break
-                    if fetch.written + len(block) > size:
-                        fetch.error = (f'size_mismatch: {command.source.url[:200]} sends more '
-                                       f'than the {size} bytes the command says')
-                        break
-                    part.write(block)
-                    fetch.written += len(block)
+                    with self._write_lock:      # a stopped thread never writes again
+                        if fetch.stop.is_set():
+                            return
+                        if fetch.written + len(block) > size:
+                            fetch.error = (f'size_mismatch: {command.source.url[:200]} sends '
+                                           f'more than the {size} bytes the command says')
+                            break
+                        part.write(block)
+                        part.flush()
+                        fetch.written += len(block)
                     got += len(block)
                     self.bytes_received += len(block)
                     fetch.last_progress = self._now()
@@ -402,10 +409,15 @@ class ModelFetcher:
             if old != keep:
                 old.unlink(missing_ok=True)
 
-    def _discard(self, fetch: _Fetch) -> None:
-        fetch.stop.set()
+    def _stop_thread(self, fetch: _Fetch) -> None:
+        """Stop a download thread: after this it writes nothing more, even if still blocked."""
+        with self._write_lock:
+            fetch.stop.set()
         if fetch.thread is not None:
-            fetch.thread.join(timeout=5.0)
+            fetch.thread.join(timeout=1.0)
+
+    def _discard(self, fetch: _Fetch) -> None:
+        self._stop_thread(fetch)
         self._part(fetch.command).unlink(missing_ok=True)
         if self._fetch is fetch:
             self._fetch = None

@@ -468,18 +468,21 @@ class ModelManager:
         if command.robot_id != self.robot_id:
             raise refuse('rejected', f'wrong_robot: the command is for {command.robot_id!r}',
                          command)
-        if command.issued_at > now + self.max_clock_skew_s:
-            raise refuse('rejected', f'not_yet_valid: issued {command.issued_at - now:.0f} s '
-                         'in the future (clock skew?)', command)
-        if command.valid_until <= now:
-            raise refuse('rejected', f'expired {now - command.valid_until:.0f} s ago', command)
+        # Ordering first: the update applied last, delivered again after a restart a day
+        # later, is a duplicate, not an expired command.
+        if command.revision <= self.store.highest_revision:
+            raise refuse('superseded', f'revision {command.revision} <= the applied '
+                         f'{self.store.highest_revision}', command)
         rebuilt = self.store.rebuilt_at
         if rebuilt is not None and command.issued_at < rebuilt:
             raise refuse('superseded', f'issued before the model store was rebuilt at '
                          f'{rebuilt:.0f}: send a new revision', command)
-        if command.revision <= self.store.highest_revision:
-            raise refuse('superseded', f'revision {command.revision} <= the applied '
-                         f'{self.store.highest_revision}', command)
+        if command.issued_at > now + self.max_clock_skew_s:
+            raise refuse('rejected', f'not_yet_valid: issued {command.issued_at - now:.0f} s '
+                         'in the future (clock skew?)', command)
+        if command.valid_until <= now:
+            raise refuse('rejected', f'expired: {now - command.valid_until:.0f} s ago',
+                         command)
         return command
 
     def _install(self, command: ModelCommand, path: str) -> Prepared | None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -47,6 +48,7 @@ from cobot_hybrid_planner.rollout_gates import GateConfig, Verdict, Window, judg
 from cobot_hybrid_planner.rollout_waves import waves
 from cobot_hybrid_protocol.errors import SchemaError
 from cobot_hybrid_protocol.model_update import (
+    MAX_FETCH_BYTES_PER_S,
     Acceptance,
     BlobRequest,
     ModelCommand,
@@ -67,11 +69,12 @@ __all__ = ['ROLLOUT_STATES', 'RolloutController', 'RolloutError', 'RolloutSpec',
 
 _LOG = logging.getLogger(__name__)
 MIN_ISSUE_S = 1_700_000_000.0      # a stand-in issue time for checking a spec's commands
+_REVISION_DIGITS = 99_999_999_999_999    # revisions are wall-clock ms: 14 digits until 5138
 #: A refusal of the current command that is not the model's fault: sent again, not failed.
 _TRANSIENT_REFUSALS = ('replayed', 'store_rebuilt', 'expired', 'not_yet_valid', 'superseded')
-#: Bytes of chunks one robot is sent per second at most, and in one burst (8 MB/s: twice the
-#: robots' default cap); a request beyond it is refused and asked again later.
-BLOB_RATE_BYTES_PER_S = 8e6
+#: Bytes of chunks one robot is sent per second at most (the highest cap a robot may set),
+#: and in one burst; beyond it a request is served in part and the rest asked again later.
+BLOB_RATE_BYTES_PER_S = MAX_FETCH_BYTES_PER_S
 BLOB_BURST_BYTES = 16 * 1024 * 1024
 ROLLOUT_STATES = ('running', 'paused', 'failed', 'succeeded', 'aborted')
 _ACTIVE_STATES = ('running', 'paused')
@@ -152,7 +155,8 @@ class RolloutSpec:
         longest = max(self.robots, key=len)
         try:
             validate_model_command(command_to_json(ModelCommand(
-                f'{self.rollout_id}-{longest}-{2**62}', longest, self.rollout_id, 2**62,
+                f'{self.rollout_id}-{longest}-{_REVISION_DIGITS}', longest, self.rollout_id,
+                _REVISION_DIGITS,
                 MIN_ISSUE_S, MIN_ISSUE_S + self.validity_s, 'install', self.candidate,
                 self.source(self.candidate) if not self.http_url else Source(
                     'http', url='http://placeholder'), self.acceptance)))
@@ -232,6 +236,7 @@ class RolloutController:
         self.chunks_sent = 0
         self.bytes_sent = 0
         self.requests_refused = 0
+        self.requests_trimmed = 0
 
     @staticmethod
     def _open(path: Path) -> sqlite3.Connection:
@@ -261,8 +266,9 @@ class RolloutController:
             raise RolloutError(f'rollout {running[0][0]!r} is still {self.state(running[0][0])}'
                                ': abort it or let it finish first')
         self.blobs.add(model_file, spec.candidate, check=check_file)
-        # The newest rollout decides what every robot should run: older ones stop sending.
-        self._db.execute("UPDATE targets SET desired = 'null'")
+        # The newest rollout decides what robots run: older installs stop now; a rollback of an
+        # older rollout still goes on until its robot is back, or the new rollout reaches it.
+        self._db.execute("UPDATE targets SET desired = 'null' WHERE action = 'install'")
         self._db.execute('INSERT INTO rollouts VALUES (?, ?, ?, 0, ?, ?, ?, NULL, ?, ?)',
                          (spec.rollout_id, json.dumps(spec.to_json()), 'running', '', now,
                           now, '{}', now))
@@ -316,14 +322,11 @@ class RolloutController:
                                                   robot_id))
             if status.state not in ('failed', 'rolled_back') or status.code == 'superseded':
                 continue
-            detail = status.reason.split(':', 2)[1].strip() if status.code == 'rejected' \
-                and ':' in status.reason else ''
-            if detail in _TRANSIENT_REFUSALS:
+            found = re.match(r'rejected:\s*(\w+)', status.reason)
+            if found and found.group(1) in _TRANSIENT_REFUSALS:
                 # Not the model's fault (a duplicate delivery, a robot whose replay store was
-                # rebuilt, clocks): a new revision goes out, nothing fails.
-                if detail != 'replayed':
-                    self._db.execute('UPDATE targets SET sent_at = NULL WHERE rollout_id = ? '
-                                     'AND robot_id = ?', (rollout_id, robot_id))
+                # rebuilt, clocks): sent again after resend_s (the reason stays in the target
+                # for the operator), nothing fails.
                 continue
             if action == 'rollback' and status.code == 'not_cached':
                 # It lost the champion's file: send it the file (an install of the champion,
@@ -363,10 +366,14 @@ class RolloutController:
         mono = time.monotonic()
         budget, at = self._blob_budget.get(robot_id, (float(BLOB_BURST_BYTES), mono))
         budget = min(float(BLOB_BURST_BYTES), budget + (mono - at) * BLOB_RATE_BYTES_PER_S)
-        if request.length > budget:
+        allowed = int(budget // request.chunk_bytes) * request.chunk_bytes
+        if allowed <= 0:
             self._blob_budget[robot_id] = (budget, mono)
             self.requests_refused += 1
             return 0
+        if allowed < request.length:     # the part the budget allows; the rest is asked again
+            request = BlobRequest(request.sha256, request.offset, allowed, request.chunk_bytes)
+            self.requests_trimmed += 1
         self._blob_budget[robot_id] = (budget - request.length, mono)
         sent = 0
         for offset, data in self.blobs.chunks(request):
@@ -406,10 +413,13 @@ class RolloutController:
         steps = self.waves(spec)
         robots = steps[step]
         for robot_id in robots:
-            self._db.execute('INSERT OR IGNORE INTO targets (rollout_id, robot_id, desired, '
-                             "action) VALUES (?, ?, ?, 'install')",
-                             (rollout_id, robot_id, json.dumps(model_ref_to_json(
-                                 spec.candidate))))
+            added = self._db.execute(
+                'INSERT OR IGNORE INTO targets (rollout_id, robot_id, desired, action) VALUES '
+                "(?, ?, ?, 'install')", (rollout_id, robot_id,
+                                         json.dumps(model_ref_to_json(spec.candidate))))
+            if added.rowcount:     # this rollout takes the robot over from any older one
+                self._db.execute("UPDATE targets SET desired = 'null' WHERE robot_id = ? AND "
+                                 'rollout_id != ?', (robot_id, rollout_id))
         behind = [r for r in robots if self._active_sha(r) != spec.candidate.sha256]
         if behind:
             if now - started > spec.step_timeout_s:
@@ -429,7 +439,8 @@ class RolloutController:
         hold = max(spec.observe_s, spec.acceptance.watch_s) if last else spec.observe_s
         if now - ready < hold:
             return
-        verdict = judge_alone(self._windows_since(ready, spec, robots), robots, spec.gates) \
+        verdict = judge_alone(self._windows_since(ready, spec, robots), robots, spec.gates,
+                              self._baseline(spec, started)) \
             if last else self.verdict(rollout_id, robots, ready, spec)
         self._db.execute('UPDATE rollouts SET verdict = ? WHERE rollout_id = ?',
                          (json.dumps({'step': step + 1, 'outcome': verdict.outcome,
@@ -457,6 +468,13 @@ class RolloutController:
                          ', updated = ? WHERE rollout_id = ?',
                          (step + 1, now, now, rollout_id))
         self._log(rollout_id, now, f'step {step + 1} passed: {verdict.reason}')
+
+    def _baseline(self, spec: RolloutSpec, before: float) -> list[Window]:
+        """Return the champion robots' windows of the observation time before ``before``."""
+        since = before - max(spec.observe_s, 60.0)
+        champion = spec.champion.sha256 if spec.champion else None
+        return [w for w in self.windows(since) if w.stamp < before and w.sha256 == champion
+                and w.robot_id in spec.robots]
 
     def _windows_since(self, since: float, spec: RolloutSpec, robots: list[str]
                        ) -> list[Window]:

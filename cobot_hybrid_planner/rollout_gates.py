@@ -137,22 +137,39 @@ def _enough(name: str, side: dict[str, float], counts: dict[str, int],
     return ''
 
 
-def judge_alone(candidate: Sequence[Window], robots: Sequence[str], cfg: GateConfig
-                ) -> Verdict:
-    """Judge the last step (no champion robots left): enough data from every robot.
+def judge_alone(candidate: Sequence[Window], robots: Sequence[str], cfg: GateConfig,
+                baseline: Sequence[Window] = ()) -> Verdict:
+    """Judge the last step, where no robot runs the champion any more.
 
-    And the absolute latency limit when one is set; ``inconclusive`` without data.
+    Against ``baseline`` (the champion robots' windows from before the step) with every gate
+    of :func:`judge` when it holds enough data; else on absolute limits: errors per frame at
+    most ``max_error_rate_increase``, protective stops per 1,000 frames at most
+    ``max_stop_rate_increase``, and ``max_latency_ms`` when set. ``inconclusive`` without
+    data from every robot.
     """
     c, counts = _side(candidate)
-    values = {f'candidate_{k}': round(v, 4) for k, v in c.items()}
     missing = _enough('candidate', c, counts, robots, cfg)
     if missing:
-        return Verdict('inconclusive', missing, values)
+        return Verdict('inconclusive', missing,
+                       {f'candidate_{k}': round(v, 4) for k, v in c.items()})
+    b, b_counts = _side(baseline)
+    if not _enough('champion', b, b_counts, (), cfg):
+        verdict = judge(candidate, baseline, cfg, robots)
+        return Verdict(verdict.outcome, verdict.reason.replace(
+            'the champion', 'the champion before this step'), verdict.values)
+    values = {f'candidate_{k}': round(v, 4) for k, v in c.items()}
     if cfg.max_latency_ms and c['p99_ms'] > cfg.max_latency_ms:
         return Verdict('fail', f'latency_p99: the median robot p99 {c["p99_ms"]:.1f} ms > '
                        f'{cfg.max_latency_ms:g} ms', values)
+    if c['error_rate'] > cfg.max_error_rate_increase:
+        return Verdict('fail', f'error_rate: {c["error_rate"]:.4f} errors per frame > '
+                       f'{cfg.max_error_rate_increase:g} (no champion baseline)', values)
+    if c['stops_per_1000'] > cfg.max_stop_rate_increase:
+        return Verdict('fail', f'safety_stops: {c["stops_per_1000"]:.1f} protective stops per '
+                       f'1,000 frames > {cfg.max_stop_rate_increase:g} (no champion '
+                       'baseline)', values)
     return Verdict('pass', f'{c["frames"]:.0f} frames from all {len(robots)} robots on the '
-                   'candidate', values)
+                   'candidate, within the absolute limits (no champion baseline)', values)
 
 
 def judge(canary: Sequence[Window], champion: Sequence[Window], cfg: GateConfig,

@@ -60,6 +60,7 @@ from cobot_hybrid_protocol.mission import (
 )
 
 __all__ = ['ACTIONS', 'BLOB_REQUEST_SCHEMA', 'FAILURE_REASONS', 'FORMATS',
+           'MAX_FETCH_BYTES_PER_S',
            'MAX_CHUNK_BYTES', 'MAX_MODEL_BYTES', 'METRICS_SCHEMA', 'MODEL_COMMAND_SCHEMA',
            'MODEL_STATES', 'PRECISIONS', 'STATUS_SCHEMA', 'Acceptance', 'BlobRequest',
            'ModelCommand', 'ModelMetrics', 'ModelRef', 'ModelStatus', 'Source',
@@ -80,6 +81,8 @@ SOURCE_KINDS = ('mqtt', 'http')
 MAX_MODEL_BYTES = 2 * 1024**3          # 2 GiB: larger is not a detector for a Jetson
 MIN_CHUNK_BYTES, MAX_CHUNK_BYTES = 4 * 1024, 256 * 1024
 MAX_IMGSZ = 4096
+#: The highest download rate a robot may ask for, and what the cloud serves one robot at most.
+MAX_FETCH_BYTES_PER_S = 8e6
 MAX_URL = 2048
 #: Every state a robot reports, in the order an install goes through them.
 MODEL_STATES = ('received', 'downloading', 'verifying', 'loading', 'smoke_testing', 'active',

@@ -549,3 +549,16 @@ def test_the_update_parameters_are_validated() -> None:
                 {'keep_versions': 0}, {'metrics_period_s': 0.0}):
         with pytest.raises(ConfigError):
             ModelUpdateConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_a_detector_restarted_after_the_command_expired_ignores_the_applied_update(
+        make_robot: Callable[..., Robot], fleet: Fleet,
+        versions: dict[str, tuple[Path, ModelRef]]) -> None:
+    """The bridge's transient-local update, delivered again a day later: a duplicate."""
+    robot = make_robot(fleet=fleet)
+    path, v2 = versions['v2']
+    first = fleet.update(fleet.command(v2, robot.clock.wall(), revision=5), path)
+    assert robot.handle(first)[-1].state == 'active'
+    robot.clock.advance(2 * 3600.0)             # past valid_until
+    again = make_robot(clock=robot.clock, fleet=fleet)
+    assert again.handle(first) == [] and again.manager.duplicates == 1

@@ -132,7 +132,7 @@ class Fleet:
                                          data_dir=str(self.tmp / 'edge'),
                                          cloud_public_keys=(f'planner={self.pub}',),
                                          state_period_s=1.0, delivery='cloud',
-                                         model_fetch_max_bytes_per_s=1e9),
+                                         model_fetch_max_bytes_per_s=8e6),
                             ROUTES, clock=self.clock,
                             link_factory=memory_link_factory(self.broker))
         bridge.start()

@@ -16,8 +16,11 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from test_model_rollout import Fleet, _model_file, _ref
+from test_model_rollout import ROUTES, Fleet, _model_file, _ref
 
+from cobot_hybrid_bridge.bridge import EdgeBridge
+from cobot_hybrid_bridge.bridge_config import BridgeConfig
+from cobot_hybrid_bridge.memory_link import memory_link_factory
 from cobot_hybrid_bridge.model_fetch import FetchConfig, ModelFetcher
 from cobot_hybrid_planner.rollout import RolloutController, RolloutError, RolloutSpec
 from cobot_hybrid_planner.rollout_gates import GateConfig, GateError
@@ -259,7 +262,7 @@ def test_a_finished_rollout_cannot_be_paused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(('change', 'error'), [
-    ({'rollout_id': 'r' * 110}, 'refuse'),
+    ({'rollout_id': 'r' * 120}, 'refuse'),
     ({'acceptance': Acceptance(min_agreement=7.0)}, 'refuse'),
     ({'step_timeout_s': math.nan}, 'step_timeout_s'),
     ({'validity_s': 3 * 86_400.0}, 'validity_s'),
@@ -322,3 +325,41 @@ def test_store_rows_survive_a_reopen(tmp_path: Path) -> None:
     assert again.state('r-1') == 'running'
     assert sqlite3.connect(tmp_path / 'r' / 'rollouts.db').execute(
         'PRAGMA quick_check').fetchone()[0] == 'ok'
+
+
+class Behind:
+    """A robot's clock ``offset`` seconds off the fleet's."""
+
+    def __init__(self, clock: Any, offset: float) -> None:
+        self.c, self.off = clock, offset
+
+    def wall(self) -> float:
+        return float(self.c.wall() + self.off)
+
+    def monotonic(self) -> float:
+        return float(self.c.monotonic())
+
+
+def test_a_robot_whose_clock_is_behind_shows_why_in_the_rollout(
+        tmp_path: Path, files: dict[str, Path]) -> None:
+    fleet = Fleet(tmp_path, 2, files['champion'])
+    try:
+        bad = fleet.ids[0]
+        fleet.stop_robot(bad)
+        b = EdgeBridge(BridgeConfig(robot_id=bad, data_dir=str(fleet.tmp / 'edge'),
+                                    cloud_public_keys=(f'planner={fleet.pub}',),
+                                    state_period_s=1.0, delivery='cloud',
+                                    model_fetch_max_bytes_per_s=8e6),
+                       ROUTES, clock=Behind(fleet.clock, -600.0),
+                       link_factory=memory_link_factory(fleet.broker))
+        b.start()
+        fleet.bridges[bad] = b
+        v2 = _ref(files['candidate'], 2)
+        fleet.planner.rollouts.create(fleet.spec('r-c', v2, steps=(1.0,), step_timeout_s=20.0),
+                                      files['candidate'], fleet.clock.wall())
+        fleet.run(40.0, metrics_every_s=0.5, all={'frames': 60})
+        st = fleet.planner.rollouts.status('r-c')
+        assert 'not_yet_valid' in (st['reason'] + str(st['targets'].get(bad))), \
+            'the refusal reason is nowhere in the rollout status'
+    finally:
+        fleet.close()
