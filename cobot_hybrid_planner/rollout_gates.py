@@ -188,17 +188,6 @@ def judge(canary: Sequence[Window], champion: Sequence[Window], cfg: GateConfig,
         missing = _enough(name, side, counts, required, cfg)
         if missing:
             return Verdict('inconclusive', missing, values)
-    limit = cfg.max_latency_ratio * b['median_p99_ms']
-    if cfg.max_latency_ms:
-        limit = min(limit, cfg.max_latency_ms) if b['median_p99_ms'] else cfg.max_latency_ms
-    if c['median_p99_ms'] > limit:
-        return Verdict('fail', f'latency_p99: the canary median p99 {c["median_p99_ms"]:.1f} '
-                       f'ms > {limit:.1f} ms ({cfg.max_latency_ratio:g} x the champion median '
-                       f'{b["median_p99_ms"]:.1f} ms)', values)
-    if c['error_rate'] > b['error_rate'] + cfg.max_error_rate_increase:
-        return Verdict('fail', f'error_rate: the canary {c["error_rate"]:.4f} errors per frame '
-                       f'> the champion {b["error_rate"]:.4f} + '
-                       f'{cfg.max_error_rate_increase:g}', values)
     reference = max(b['detections_mean'], 0.1)
     drift = abs(c['detections_mean'] - b['detections_mean']) / reference
     values['detection_drift'] = round(drift, 4)
@@ -206,9 +195,20 @@ def judge(canary: Sequence[Window], champion: Sequence[Window], cfg: GateConfig,
         return Verdict('fail', f'detection_rate: the canary sees {c["detections_mean"]:.2f} '
                        f'detections per frame, the champion {b["detections_mean"]:.2f} '
                        f'(drift {drift:.0%} > {cfg.max_detection_drift:.0%})', values)
+    if c['error_rate'] > b['error_rate'] + cfg.max_error_rate_increase:
+        return Verdict('fail', f'error_rate: the canary {c["error_rate"]:.4f} errors per frame '
+                       f'> the champion {b["error_rate"]:.4f} + '
+                       f'{cfg.max_error_rate_increase:g}', values)
     if c['stops_per_1000'] > b['stops_per_1000'] + cfg.max_stop_rate_increase:
         return Verdict('fail', f'safety_stops: the canary {c["stops_per_1000"]:.1f} '
                        f'protective stops per 1,000 frames > the champion '
                        f'{b["stops_per_1000"]:.1f} + {cfg.max_stop_rate_increase:g}', values)
+    limit = cfg.max_latency_ratio * b['median_p99_ms']
+    if cfg.max_latency_ms:
+        limit = min(limit, cfg.max_latency_ms) if b['median_p99_ms'] else cfg.max_latency_ms
+    if c['median_p99_ms'] > limit:
+        return Verdict('fail', f'latency_p99: the canary median p99 {c["median_p99_ms"]:.1f} '
+                       f'ms > {limit:.1f} ms ({cfg.max_latency_ratio:g} x the champion median '
+                       f'{b["median_p99_ms"]:.1f} ms)', values)
     return Verdict('pass', f'every gate passed on {c["frames"]:.0f} canary and '
                    f'{b["frames"]:.0f} champion frames', values)

@@ -149,8 +149,11 @@ def test_a_fleet_of_20_gets_the_canary_then_everyone_and_bad_versions_roll_back(
 
         # --- v2: 5 % canary (one robot), gates, 25 %, 100 %, promotion -----------------
         away = ROBOTS[5]
+        # v2 computes what v1 does: on this loaded 2-core machine identical networks differ by
+        # up to 3x in p99, so the latency gate is wide here (its logic: test_model_rollout)
         spec = RolloutSpec('r-v2', v2, v1, {r: f'site-{i % 3}' for i, r in enumerate(ROBOTS)},
-                           gates=GateConfig(min_frames=4, min_windows=2), observe_s=6.0,
+                           gates=GateConfig(min_frames=4, min_windows=2,
+                                            max_latency_ratio=4.0), observe_s=6.0,
                            step_timeout_s=180.0, resend_s=5.0, acceptance=ACCEPT)
         with cloud.lock:
             rollouts.create(spec, v2_file, time.time())
@@ -195,7 +198,8 @@ def test_a_fleet_of_20_gets_the_canary_then_everyone_and_bad_versions_roll_back(
                 replace(ACCEPT, max_latency_ms=5.0), 'too_slow')]
         for rollout_id, ref, path, check, acceptance, reason in bad:
             spec = RolloutSpec(rollout_id, ref, v2, {r: 'site' for r in ROBOTS},
-                               gates=GateConfig(min_frames=4, min_windows=2), observe_s=6.0,
+                               gates=GateConfig(min_frames=4, min_windows=2,
+                                                max_latency_ratio=4.0), observe_s=6.0,
                                step_timeout_s=120.0, resend_s=5.0, acceptance=acceptance)
             with cloud.lock:
                 rollouts.create(spec, path, time.time(), check_file=check)

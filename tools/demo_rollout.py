@@ -9,9 +9,11 @@ link, the detector's model manager, a real ONNX Runtime detector on a real photo
 2. v2 (the same network, released again: another file and sha256) goes to one robot, its
    gate compares that robot's own metrics with the others', then to half the fleet, then to
    all: promoted in the registry;
-3. v3, the 640 export, passes each robot's own smoke check (a generous latency limit) but is
-   several times slower than the champion on the same robots: the canary's gate fails on
-   latency and the canary is rolled back automatically.
+3. v3, the same network with its confidences scaled down to a tenth, sees nobody: it passes
+   each robot's own smoke check (set lenient here: agreement 0) but the canary's gate finds
+   no detections where the champion robots see people, and the canary is rolled back
+   automatically (the detection-rate gate: load on this machine does not change it, as it
+   would a latency comparison).
 
 Writes ``demo_rollout_out/report.html`` (the gate metrics per robot over time, the rollouts'
 history) and ``report.json``; exits 1 if the two rollouts did not end as described.
@@ -59,22 +61,42 @@ def relabelled(source: Path, target: Path) -> Path:
     return target
 
 
+def blind(source: Path, target: Path) -> Path:
+    """Save the same network with every confidence scaled by 0.1: it detects nobody."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(source))
+    output = model.graph.output[0]
+    rows = output.type.tensor_type.shape.dim[1].dim_value
+    for node in model.graph.node:
+        node.output[:] = ['raw_output' if o == output.name else o for o in node.output]
+    scale = np.ones((1, rows, 1), np.float32)
+    scale[0, 4, 0] = 0.1                       # the person score row of a pose head
+    model.graph.initializer.append(numpy_helper.from_array(scale, 'blind_scale'))
+    model.graph.node.append(helper.make_node('Mul', ['raw_output', 'blind_scale'],
+                                             [output.name]))
+    onnx.save(model, str(target))
+    return target
+
+
 def run(work: Path, out: Path, robots: int, observe_s: float) -> dict[str, Any]:
     """Register the versions, start the fleet, run both rollouts; return their outcome."""
-    small, big = default_model_path(320), default_model_path(640)
-    for path in (small, big):
-        if not path.is_file():
-            raise SystemExit(f'{path} is missing: run `make setup`')
+    small = default_model_path(320)
+    if not small.is_file():
+        raise SystemExit(f'{small} is missing: run `make setup`')
     uri = f'sqlite:///{work / "registry.db"}'
     registry = ModelRegistry(uri, work / 'artifacts')
     now = time.time()
     v2_file = relabelled(small, work / 'v2.onnx')
-    print('registering v1 (320), v2 (320, released again), v3 (640) with their cards ...')
+    v3_file = blind(small, work / 'v3.onnx')
+    print('registering v1 (320), v2 (320, released again), v3 (blind) with their cards ...')
     registry.register(small, measure_card(CardRequest(small, NAME, 1, runs=3), now))
     registry.register(v2_file, measure_card(CardRequest(v2_file, NAME, 2, champion=small,
                                                         runs=3), now))
-    registry.register(big, measure_card(CardRequest(big, NAME, 3, champion=small, runs=3),
-                                        now))
+    registry.register(v3_file, measure_card(CardRequest(v3_file, NAME, 3, champion=small,
+                                                        runs=3), now))
     registry.promote(NAME, 1)
     cards = {v: registry.card(NAME, v).model for v in (1, 2, 3)}
     broker, port = start_mosquitto(work)
@@ -91,8 +113,11 @@ def run(work: Path, out: Path, robots: int, observe_s: float) -> dict[str, Any]:
         while set(cloud.service.online()) != set(ids) and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(2 * observe_s / 3)    # the champion's first windows
-        gates = GateConfig(min_frames=6, min_windows=2)
-        acceptance = Acceptance(min_agreement=0.8, max_latency_ms=5000.0, smoke_frames=4,
+        # latency within 2.5x: identical networks on one loaded 2-core machine differ by up
+        # to about 3x in p99 (measured); v3 fails on what it sees, not on its speed
+        gates = GateConfig(min_frames=6, min_windows=2, max_latency_ratio=2.5)
+        # lenient on the robot (agreement 0): the fleet's gate is what this demo shows
+        acceptance = Acceptance(min_agreement=0.0, max_latency_ms=5000.0, smoke_frames=4,
                                 watch_s=observe_s)
         for rollout_id, version, steps in (('v2', 2, (0.1, 0.5, 1.0)), ('v3', 3, (0.1, 1.0))):
             champion = registry.aliases(NAME)['champion']
@@ -149,7 +174,7 @@ def write_report(out: Path, outcome: dict[str, Any], windows: list[Window],
     t0 = start
     colours = {cards[1].sha256: ('tab:blue', 'v1 (champion at start)'),
                cards[2].sha256: ('tab:green', 'v2 (promoted)'),
-               cards[3].sha256: ('tab:red', 'v3 (rolled back)')}
+               cards[3].sha256: ('tab:red', 'v3 (blind, rolled back)')}
     figs = []
     for metric, label in (('latency_p99_ms', 'inference p99 per window [ms]'),
                           ('detections_mean', 'detections per frame')):
@@ -196,7 +221,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     v2, v3 = outcome['v2'], outcome['v3']
     ok = v2['state'] == 'succeeded' and v3['state'] == 'failed' \
-        and 'latency_p99' in v3['reason'] and v3['on_candidate'] == 0 \
+        and 'detection_rate' in v3['reason'] and v3['on_candidate'] == 0 \
         and outcome['aliases'] == {'champion': 2, 'previous': 1}
     print(f'\nv2: {v2["state"]} ({v2["on_candidate"]}/{v2["robots"]} robots); v3: '
           f'{v3["state"]}: {v3["reason"][:160]}; robots on v3 now: {v3["on_candidate"]}; '
