@@ -258,7 +258,8 @@ def test_a_rollout_goes_canary_first_then_to_everyone_and_promotes(
         f'r-1 succeeded: step 3/3, 20/20 robots on detector v2 (detector v2 '
         f'({candidate.sha256[:12]}) runs on all 20 robots'), message
     assert rollout_health([]) == ('OK', 'no model rollouts', {})
-    passed = [h['text'] for h in status['history'] if 'passed' in h['text']]
+    passed = [h['text'] for h in status['history']
+              if h['text'].startswith('step') and 'passed' in h['text']]
     assert len(passed) == 2, status['history']          # the 5 % and the 25 % gates
     # Each robot fetched the file once: bytes sent = robots x size.
     assert fleet.planner.rollouts.bytes_sent == 20 * candidate.size_bytes
