@@ -62,7 +62,7 @@ typecheck: setup
 	    cobot_hybrid_ros/cli.py cobot_hybrid_ros/profile_input.py --exclude '/nodes/'
 
 pytest: setup
-	tools/run_isolated.sh $(PY) -m pytest -n $(JOBS) --durations=10
+	tools/run_isolated.sh $(PY) -m pytest -n $(JOBS) --dist loadgroup --durations=10
 
 test: lint typecheck pytest
 

@@ -12,7 +12,10 @@ import pytest
 from conftest import ROOT
 from test_profile import own_rate
 
-pytestmark = [pytest.mark.ros, pytest.mark.broker, pytest.mark.slow]
+# One worker runs the whole-machine tests one after another (make test: --dist loadgroup):
+# side by side on 2 cores they starved each other's detectors.
+pytestmark = [pytest.mark.ros, pytest.mark.broker, pytest.mark.slow,
+              pytest.mark.xdist_group('whole_machine')]
 
 
 def test_short_demo_loop_loses_nothing(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 from cobot_hybrid_perception.models import default_model_path
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.xdist_group('whole_machine')]
 
 
 def test_the_rollout_demo_promotes_v2_and_rolls_v3_back(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from cobot_hybrid_protocol.model_update import Acceptance, ModelRef
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tools'))
 from fleet_sim import Cloud, SimRobot  # noqa: E402
 
-pytestmark = [pytest.mark.ros, pytest.mark.broker]
+pytestmark = [pytest.mark.ros, pytest.mark.broker, pytest.mark.xdist_group('whole_machine')]
 
 NAME = 'yolo11n-pose'
 REAL = 'cobot-real'
