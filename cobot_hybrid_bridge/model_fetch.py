@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import http.client
 import json
 import logging
@@ -61,6 +60,7 @@ from cobot_hybrid_protocol.model_update import (
     LocalUpdate,
     ModelCommand,
     ModelStatus,
+    file_digest,
 )
 from cobot_hybrid_protocol.settings import check_settings, setting
 
@@ -71,7 +71,6 @@ _PENDING = 'pending.json'
 _PENDING_LIMITS = Limits(max_bytes=512 * 1024, max_depth=2, max_string=400 * 1024,
                          max_items=8, max_values=16)
 _SPACE_MARGIN = 64 * 1024 * 1024
-_HASH_BLOCK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -388,15 +387,12 @@ class ModelFetcher:
                                               f'has {size} bytes, the command says '
                                               f'{model.size_bytes}'))
             return False
-        digest = hashlib.sha256()
-        with open(path, 'rb') as handle:
-            for block in iter(lambda: handle.read(_HASH_BLOCK), b''):
-                digest.update(block)
-        if digest.hexdigest() != model.sha256:
+        digest, _ = file_digest(path)
+        if digest != model.sha256:
             path.unlink(missing_ok=True)
             self.counters['hash_mismatch'] += 1
             step.statuses.append(self._status(
-                'failed', command, f'hash_mismatch: the file is sha256 {digest.hexdigest()}, '
+                'failed', command, f'hash_mismatch: the file is sha256 {digest}, '
                 f'the command says {model.sha256} (a wrong file in the registry, or a wrong '
                 'command: not fetched again)'))
             return False

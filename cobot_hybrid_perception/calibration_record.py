@@ -24,6 +24,7 @@ import numpy.typing as npt
 from cobot_hybrid_perception.errors import ModelLoadError
 from cobot_hybrid_protocol.errors import PayloadError
 from cobot_hybrid_protocol.limits import Limits, is_number_in, read_json_file, refusal
+from cobot_hybrid_protocol.model_update import file_digest
 
 __all__ = ['CalibrationRecord', 'CalibrationRecordError', 'ImageHash', 'file_sha256',
            'pixels_sha256', 'read_record', 'record_path', 'write_record']
@@ -81,11 +82,7 @@ def pixels_sha256(pixels: npt.NDArray[Any]) -> str:
 
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open('rb') as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path)[0]
 
 
 def record_path(model: Path) -> Path:

@@ -52,6 +52,7 @@ from cobot_hybrid_protocol.model_update import (
     model_ref_to_json,
     validate_model_ref,
 )
+from cobot_hybrid_protocol.model_update import file_digest as file_sha256
 
 __all__ = ['MANIFEST', 'MANIFEST_FORMAT', 'ModelStore', 'ModelUpdateError', 'Trial',
            'file_sha256']
@@ -88,20 +89,6 @@ class Trial:
     max_restarts: int
     watch_s: float
     previous: ModelRef | None       # what ran before it (None: the model parameter's file)
-
-
-def file_sha256(path: Path, limit: int | None = None) -> tuple[str, int]:
-    """Return (sha256 hex, size) of a file, reading at most ``limit`` + 1 bytes of it."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, 'rb') as handle:
-        while chunk := handle.read(_CHUNK if limit is None else min(_CHUNK,
-                                                                     limit + 1 - size)):
-            digest.update(chunk)
-            size += len(chunk)
-            if limit is not None and size > limit:
-                break
-    return digest.hexdigest(), size
 
 
 def _fsync_dir(path: Path) -> None:

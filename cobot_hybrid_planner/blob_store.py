@@ -8,29 +8,19 @@ not discovered by twenty robots); :meth:`BlobStore.chunks` reads the window a ro
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from cobot_hybrid_planner.errors import PlannerError
-from cobot_hybrid_protocol.model_update import BlobRequest, ModelRef
+from cobot_hybrid_protocol.model_update import BlobRequest, ModelRef, file_digest
 
-__all__ = ['BlobError', 'BlobStore', 'file_sha256']
+__all__ = ['BlobError', 'BlobStore']
 
 
 class BlobError(PlannerError, ValueError):
     """A model file is missing, or is not the file its sha256 names."""
-
-
-def file_sha256(path: Path) -> str:
-    """Return the hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for block in iter(lambda: handle.read(1024 * 1024), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class BlobStore:
@@ -59,7 +49,7 @@ class BlobStore:
         if check:
             if size != ref.size_bytes:
                 raise BlobError(f'{source} has {size} bytes, {ref.label} says {ref.size_bytes}')
-            actual = file_sha256(source)
+            actual, _ = file_digest(source)
             if actual != ref.sha256:
                 raise BlobError(f'{source} is sha256 {actual}, not {ref.sha256} ({ref.label}): '
                                 'register the file again or fix the card')

@@ -37,7 +37,6 @@ afterwards. Every MLflow error is a :class:`RegistryError` with MLflow's message
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -58,6 +57,7 @@ from cobot_hybrid_protocol.model_card import (
     card_to_json,
     validate_card,
 )
+from cobot_hybrid_protocol.model_update import file_digest
 from cobot_hybrid_protocol.paths import planner_data_dir
 
 __all__ = ['ALIASES', 'CANARY', 'CHAMPION', 'EXPERIMENT', 'MLFLOW_REQUIREMENT', 'PREVIOUS',
@@ -112,16 +112,6 @@ class Engine:
 def default_registry_uri(data_dir: str = '') -> str:
     """``sqlite:///<planner data dir>/registry.db`` (``data_dir`` as the planner takes it)."""
     return f'sqlite:///{(planner_data_dir(data_dir) / "registry.db").resolve()}'
-
-
-def _file_facts(path: Path) -> tuple[int, str]:
-    """Size and sha256 of a file, from one read."""
-    digest, size = hashlib.sha256(), 0
-    with path.open('rb') as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def _check_name(name: str) -> str:
@@ -249,7 +239,7 @@ class ModelRegistry:
         name = _check_name(card.model.name)
         model_file = Path(model_file)
         try:
-            size, sha256 = _file_facts(model_file)
+            sha256, size = file_digest(model_file)
         except OSError as exc:
             raise RegistryError(f'model file {model_file} cannot be read: {exc.strerror}') \
                 from None
@@ -379,7 +369,7 @@ class ModelRegistry:
                     raise RegistryError(f'{label}: the artifact store holds {got_size} bytes, '
                                         f'the card says {size}: refused (sha256 should be '
                                         f'{sha256})')
-                _, got = _file_facts(path)
+                got, _ = file_digest(path)
                 if got != sha256:
                     raise RegistryError(f'{label}: the artifact store holds sha256 {got}, the '
                                         f'card says {sha256}: refused, the file was changed')
@@ -485,7 +475,7 @@ class ModelRegistry:
             raise RegistryError(f'trt_version {str(trt_version)[:40]!r}: a version like 10.3.0')
         engine_file = Path(engine_file)
         try:
-            size, sha256 = _file_facts(engine_file)
+            sha256, size = file_digest(engine_file)
         except OSError as exc:
             raise RegistryError(f'engine file {engine_file} cannot be read: {exc.strerror}') \
                 from None

@@ -43,7 +43,9 @@ summary, never frames), both tagged with the model version, for the rollout's ga
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,8 +66,8 @@ __all__ = ['ACTIONS', 'BLOB_REQUEST_SCHEMA', 'FAILURE_REASONS', 'FORMATS',
            'MAX_CHUNK_BYTES', 'MAX_MODEL_BYTES', 'METRICS_SCHEMA', 'MODEL_COMMAND_SCHEMA',
            'MODEL_STATES', 'PRECISIONS', 'STATUS_SCHEMA', 'Acceptance', 'BlobRequest',
            'ModelCommand', 'ModelMetrics', 'ModelRef', 'ModelStatus', 'Source',
-           'blob_request_to_json', 'command_to_json', 'is_sha256', 'metrics_to_json',
-           'model_ref_to_json', 'status_to_json', 'validate_blob_request',
+           'blob_request_to_json', 'command_to_json', 'file_digest', 'is_sha256',
+           'metrics_to_json', 'model_ref_to_json', 'status_to_json', 'validate_blob_request',
            'validate_model_command', 'validate_model_ref', 'validate_metrics',
            'validate_source', 'validate_status']
 
@@ -92,6 +94,25 @@ FAILURE_REASONS = ('download_failed', 'download_timeout', 'size_mismatch', 'hash
                    'no_space', 'load_failed', 'not_finite', 'too_slow', 'disagrees',
                    'crash_loop', 'not_cached', 'superseded', 'rejected', 'internal_error')
 _SHA256 = re.compile(r'[0-9a-f]{64}')
+_DIGEST_BLOCK = 1024 * 1024
+
+
+def file_digest(path: str | os.PathLike[str], limit: int | None = None) -> tuple[str, int]:
+    """Return (sha256 hex, size) of a file: what a :class:`ModelRef` names it by.
+
+    With ``limit``, at most ``limit`` + 1 bytes are read (a file larger than the signed size
+    is known to be wrong without reading all of it).
+    """
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, 'rb') as handle:
+        while block := handle.read(_DIGEST_BLOCK if limit is None
+                                   else min(_DIGEST_BLOCK, limit + 1 - size)):
+            digest.update(block)
+            size += len(block)
+            if limit is not None and size > limit:
+                break
+    return digest.hexdigest(), size
 
 
 def is_sha256(value: Any) -> bool:
