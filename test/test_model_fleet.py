@@ -36,6 +36,7 @@ from cobot_hybrid_protocol.model_update import Acceptance, ModelRef
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tools'))
 from fleet_sim import Cloud, SimRobot  # noqa: E402
+from model_variants import relabelled, scaled_output  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.broker, pytest.mark.xdist_group('whole_machine')]
 
@@ -49,36 +50,6 @@ ACCEPT = Acceptance(min_agreement=0.8, max_latency_ms=2000.0, smoke_frames=4,
 def _ref(path: Path, version: int, imgsz: int = 320) -> ModelRef:
     data = path.read_bytes()
     return ModelRef(NAME, version, hashlib.sha256(data).hexdigest(), len(data), imgsz)
-
-
-def _relabelled(source: Path, target: Path) -> Path:
-    import onnx
-
-    model = onnx.load(str(source))
-    entry = model.metadata_props.add()
-    entry.key, entry.value = 'release', 'v2: the same weights, released again'
-    onnx.save(model, str(target))
-    return target
-
-
-def _shifted(source: Path, target: Path) -> Path:
-    """The same network with every box's centre x scaled by 0.6: it disagrees."""
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.load(str(source))
-    output = model.graph.output[0]
-    rows = output.type.tensor_type.shape.dim[1].dim_value
-    for node in model.graph.node:
-        node.output[:] = ['raw_output' if o == output.name else o for o in node.output]
-    scale = np.ones((1, rows, 1), np.float32)
-    scale[0, 0, 0] = 0.6
-    model.graph.initializer.append(numpy_helper.from_array(scale, 'shift_scale'))
-    model.graph.node.append(helper.make_node('Mul', ['raw_output', 'shift_scale'],
-                                             [output.name]))
-    onnx.save(model, str(target))
-    return target
 
 
 def _start_real_robot(ros_process: Any, tmp: Path, port: int, pub: Path) -> list[Any]:
@@ -118,7 +89,7 @@ def test_a_fleet_of_20_gets_the_canary_then_everyone_and_bad_versions_roll_back(
         pytest.skip(f'the default model exports are missing ({small}, {big}): make setup')
     uri = f'sqlite:///{tmp_path / "registry.db"}'
     registry = ModelRegistry(uri, tmp_path / 'artifacts')
-    v2_file = _relabelled(small, tmp_path / 'v2.onnx')
+    v2_file = relabelled(small, tmp_path / 'v2.onnx', 'v2: the same weights, released again')
     registry.register(small, measure_card(CardRequest(small, NAME, 1, runs=2), time.time()))
     registry.register(v2_file, measure_card(CardRequest(v2_file, NAME, 2, champion=small,
                                                         runs=2), time.time()))
@@ -189,7 +160,7 @@ def test_a_fleet_of_20_gets_the_canary_then_everyone_and_bad_versions_roll_back(
         # --- bad versions: each rolled back on its own, with its reason ------------------
         corrupt = tmp_path / 'corrupt.onnx'
         corrupt.write_bytes(hashlib.sha256(b'not a model').digest() * 4096)
-        shifted = _shifted(small, tmp_path / 'shifted.onnx')
+        shifted = scaled_output(small, tmp_path / 'shifted.onnx', 0, 0.6)   # box centres x
         wrong = _ref(shifted, 7)
         wrong = replace(wrong, sha256=hashlib.sha256(b'another file').hexdigest())
         bad = [('r-corrupt', _ref(corrupt, 3), corrupt, True, ACCEPT, 'load_failed'),

@@ -39,6 +39,7 @@ os.environ.setdefault('MLFLOW_DISABLE_TELEMETRY', 'true')
 
 from fleet_sim import Cloud, SimRobot  # noqa: E402
 from local_broker import start_mosquitto  # noqa: E402
+from model_variants import relabelled, scaled_output  # noqa: E402
 
 from cobot_hybrid_perception.model_card_eval import CardRequest, measure_card  # noqa: E402
 from cobot_hybrid_perception.models import default_model_path  # noqa: E402
@@ -50,37 +51,6 @@ from cobot_hybrid_protocol.model_update import Acceptance  # noqa: E402
 NAME = 'yolo11n-pose'
 
 
-def relabelled(source: Path, target: Path) -> Path:
-    """Save the same network with one more metadata entry: a re-release (another sha256)."""
-    import onnx
-
-    model = onnx.load(str(source))
-    entry = model.metadata_props.add()
-    entry.key, entry.value = 'release', 'v2: the same weights, released again'
-    onnx.save(model, str(target))
-    return target
-
-
-def blind(source: Path, target: Path) -> Path:
-    """Save the same network with every confidence scaled by 0.1: it detects nobody."""
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.load(str(source))
-    output = model.graph.output[0]
-    rows = output.type.tensor_type.shape.dim[1].dim_value
-    for node in model.graph.node:
-        node.output[:] = ['raw_output' if o == output.name else o for o in node.output]
-    scale = np.ones((1, rows, 1), np.float32)
-    scale[0, 4, 0] = 0.1                       # the person score row of a pose head
-    model.graph.initializer.append(numpy_helper.from_array(scale, 'blind_scale'))
-    model.graph.node.append(helper.make_node('Mul', ['raw_output', 'blind_scale'],
-                                             [output.name]))
-    onnx.save(model, str(target))
-    return target
-
-
 def run(work: Path, out: Path, robots: int, observe_s: float) -> dict[str, Any]:
     """Register the versions, start the fleet, run both rollouts; return their outcome."""
     small = default_model_path(320)
@@ -89,8 +59,8 @@ def run(work: Path, out: Path, robots: int, observe_s: float) -> dict[str, Any]:
     uri = f'sqlite:///{work / "registry.db"}'
     registry = ModelRegistry(uri, work / 'artifacts')
     now = time.time()
-    v2_file = relabelled(small, work / 'v2.onnx')
-    v3_file = blind(small, work / 'v3.onnx')
+    v2_file = relabelled(small, work / 'v2.onnx', 'v2: the same weights, released again')
+    v3_file = scaled_output(small, work / 'v3.onnx', 4, 0.1)   # person scores: sees nobody
     print('registering v1 (320), v2 (320, released again), v3 (blind) with their cards ...')
     registry.register(small, measure_card(CardRequest(small, NAME, 1, runs=3), now))
     registry.register(v2_file, measure_card(CardRequest(v2_file, NAME, 2, champion=small,
