@@ -232,6 +232,7 @@ class RolloutController:
                        'again)', path, exc, aside)
             self._db = self._open(path)
         self._blob_budget: dict[str, tuple[float, float]] = {}   # robot -> (bytes, at)
+        self._specs: dict[str, tuple[str, RolloutSpec]] = {}     # id -> (stored text, spec)
         self.commands_sent = 0
         self.chunks_sent = 0
         self.bytes_sent = 0
@@ -608,8 +609,13 @@ class RolloutController:
                                (rollout_id,)).fetchone()
         if row is None:
             raise RolloutError(f'no rollout {rollout_id!r}')
+        cached = self._specs.get(rollout_id)
+        if cached is not None and cached[0] == row[0]:
+            return cached[1]    # read (and its commands checked) once, not per robot and step
         try:
-            return RolloutSpec.from_json(json.loads(row[0]))
+            spec = RolloutSpec.from_json(json.loads(row[0]))
+            self._specs[rollout_id] = (row[0], spec)
+            return spec
         except (ValueError, KeyError, TypeError) as exc:   # SchemaError is a ValueError
             raise RolloutError(f'rollout {rollout_id!r} in the store is unreadable '
                                f'({type(exc).__name__}: {exc}): abort it') from None
