@@ -95,6 +95,7 @@ class FleetReplica:
                                   protocol=mqtt.MQTTv5, manual_ack=True)
         apply_auth(self.client, self.auth)
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
 
@@ -128,8 +129,15 @@ class FleetReplica:
         if reason.is_failure:
             _LOG.error('replica %s: broker refused the connection: %s', self.replica_id, reason)
             return
+        _LOG.info('replica %s: connected to the broker', self.replica_id)
         client.subscribe([(lease_topic(self.fleet_id), 1), (ledger_topic(self.fleet_id), 1),
                           (shared_orders_filter(self.fleet_id), 1)])
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        # Said, so that a standby that never took over tells whether it could have heard.
+        _LOG.warning('replica %s: disconnected from the broker (%s); reconnecting',
+                     self.replica_id, reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: Any) -> None:
         topic, payload = message.topic, bytes(message.payload)
@@ -170,9 +178,15 @@ class FleetReplica:
         with self._lock:
             while self._records:
                 self.lease.observe(self._records.popleft(), now)
+            state = self.lease.state
             record = self.lease.tick(now)
             if record is not None:
-                self.client.publish(lease_topic(self.fleet_id), record, qos=1, retain=True)
+                info = self.client.publish(lease_topic(self.fleet_id), record, qos=1,
+                                           retain=True)
+                if self.lease.state == 'claiming' and state != 'claiming':
+                    _LOG.info('replica %s claims fleet %s (%s)', self.replica_id,
+                              self.fleet_id, 'sent' if info.rc == mqtt.MQTT_ERR_SUCCESS
+                              else f'not sent: {mqtt.error_string(info.rc)}')
             while self._retry and self._retry[0].due <= now:
                 self._forward(self._retry.popleft())
             owner, was = self.lease.is_owner, self._was_owner

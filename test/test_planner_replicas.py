@@ -34,7 +34,8 @@ from cobot_hybrid_planner.orders import ORDERS_SCHEMA
 from cobot_hybrid_planner.service import EPOCH_STRIDE
 from cobot_hybrid_protocol.mission import Mission, TaskProgress, progress_to_json
 
-pytestmark = [pytest.mark.broker]
+# A 2 s lease measured against wall time: run beside nothing heavy (the fleet and demo tests).
+pytestmark = [pytest.mark.broker, pytest.mark.xdist_group('whole_machine')]
 
 SITE = {'stations': {'press': {'x': 0, 'y': 0}, 'tray': {'x': 3, 'y': 4}},
         'robots': {'cobot-a': {'capabilities': ['pick'], 'start': 'tray'}}}
