@@ -23,6 +23,8 @@ $(STAMP): requirements/base.txt requirements/dev.txt requirements/models.txt req
           requirements/constraints.txt setup.py \
           tools/build_interfaces.py $(wildcard tools/interfaces/*/msg/*.msg) \
           $(wildcard tools/interfaces/*/srv/*.srv) \
+          $(wildcard interfaces/*/msg/*.msg) $(wildcard interfaces/*/action/*.action) \
+          $(wildcard interfaces/*/CMakeLists.txt) \
           $(wildcard cobot_hybrid_*/__init__.py)
 	PYTHON=$(PYTHON) tools/install_system_deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -1,7 +1,13 @@
-"""Build the ROS interface packages kept in tools/interfaces/ into the current venv.
+"""Build the ROS interface packages of this repository into the current venv.
 
-Used by `make setup` where no ROS distribution provides them (PyPI-only ROS 2 Kilted).
-A package that already imports is left alone, so a sourced ROS install is never shadowed.
+Two kinds, used by `make setup` where no ROS distribution provides them (PyPI-only ROS 2):
+
+* ``tools/interfaces/*``: copies of upstream packages without a wheel (vision_msgs...). One
+  that already imports is left alone, so a sourced ROS install is never shadowed;
+* ``interfaces/*``: the suite's own (cobot_hybrid_msgs). Rebuilt whenever the definitions
+  installed in the venv differ from the ones in the repository (an edited .msg is picked up
+  by the next `make setup`), left alone when they are equal.
+
 Run with the venv's interpreter: `.venv/bin/python tools/build_interfaces.py`.
 """
 
@@ -11,6 +17,7 @@ import argparse
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -18,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 INTERFACES = ROOT / 'tools' / 'interfaces'
+OWN_INTERFACES = ROOT / 'interfaces'
+_DEFINITIONS = ('msg', 'srv', 'action')
 _WHEEL_PYTHON = re.compile(r'/opt/python/cp\d+-cp\d+/(include/python[\d.]+|lib/python[\d.]+/'
                            r'site-packages/numpy/_core/include)')
 
@@ -57,8 +66,21 @@ def _build(pkg_dir: Path, prefix: Path, build_root: Path, jobs: int) -> None:
     subprocess.run(['cmake', '--install', str(build_dir)], check=True, env=env)
 
 
+def _definitions(root: Path) -> dict[str, bytes]:
+    """Return the interface files (msg/srv/action) under a package or install share dir."""
+    return {f'{kind}/{path.name}': path.read_bytes() for kind in _DEFINITIONS
+            for path in sorted((root / kind).glob(f'*.{kind}'))}
+
+
+def _up_to_date(pkg_dir: Path, prefix: Path) -> bool:
+    """Whether the venv holds this package built from exactly these definitions."""
+    if importlib.util.find_spec(pkg_dir.name) is None:
+        return False
+    return _definitions(prefix / 'share' / pkg_dir.name) == _definitions(pkg_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Build every interface package under tools/interfaces that does not import yet."""
+    """Build the interface packages the venv lacks (or holds from older definitions)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--build-dir', type=Path, default=ROOT / 'build' / 'interfaces')
     parser.add_argument('--force', action='store_true', help='rebuild even if importable')
@@ -70,11 +92,19 @@ def main(argv: list[str] | None = None) -> int:
         print('build_interfaces: run this with the venv interpreter (.venv/bin/python); '
               'refusing to install into the system Python', file=sys.stderr)
         return 2
-    for pkg_dir in sorted(p for p in INTERFACES.iterdir() if (p / 'package.xml').exists()):
+    upstream = sorted(p for p in INTERFACES.iterdir() if (p / 'package.xml').exists())
+    own = sorted(p for p in OWN_INTERFACES.iterdir() if (p / 'package.xml').exists())
+    for pkg_dir in upstream + own:
         name = pkg_dir.name
-        if not args.force and importlib.util.find_spec(name) is not None:
+        if not args.force and pkg_dir in upstream and importlib.util.find_spec(name) is not None:
             print(f'build_interfaces: {name} already importable, not rebuilt')
             continue
+        if not args.force and pkg_dir in own and _up_to_date(pkg_dir, prefix):
+            print(f'build_interfaces: {name} is up to date')
+            continue
+        if pkg_dir in own:   # no definition of a removed message is left behind
+            for kind in _DEFINITIONS:
+                shutil.rmtree(prefix / 'share' / name / kind, ignore_errors=True)
         fixed = _fix_wheel_cmake_paths(prefix)
         print(f'build_interfaces: building {name} into {prefix} '
               f'({fixed} wheel CMake files re-pointed at this venv)')
