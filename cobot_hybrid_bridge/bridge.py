@@ -48,6 +48,7 @@ from cobot_hybrid_protocol.mission import (
     MAX_REASON,
     Mission,
     MissionAck,
+    TaskProgress,
     ack_to_json,
     progress_to_json,
     validate_progress,
@@ -146,6 +147,8 @@ class EdgeBridge:
         self._chunks: deque[tuple[str, int, bytes]] = deque(maxlen=_MAX_CHUNKS_HELD)
         self.chunks_overflowed = 0
         self.model_updates: deque[LocalUpdate] = deque(maxlen=16)
+        #: Every ack sent up, for the node to show on ROS (``mission_ack``); the newest kept.
+        self.acks: deque[MissionAck] = deque(maxlen=64)
         self._fetcher: ModelFetcher | None = None
         self._verifier = None
         self._state = TelemetryState()
@@ -425,7 +428,9 @@ class EdgeBridge:
     def _ack(self, mission_id: str | None, version: int | None, status: str,
              reason: str) -> None:
         now = self.clock.wall()
-        body = ack_to_json(MissionAck(status, mission_id, version, reason[:MAX_REASON]))
+        ack = MissionAck(status, mission_id, version, reason[:MAX_REASON])
+        self.acks.append(ack)
+        body = ack_to_json(ack)
         self._enqueue(MISSION_ACK, lambda seq: build_envelope(
             self.cfg.robot_id, seq, now, 'mission_ack', CONTRACT_TYPES['mission_ack'], body),
             1, _ACK_PRIORITY, False)
@@ -508,7 +513,7 @@ class EdgeBridge:
         return True
 
     def report_progress(self, text: str) -> bool:
-        """Send up a task progress report (JSON v1 from the robot's executor).
+        """Send up a task progress report given as JSON v1 (the deprecated String topic).
 
         A malformed report is counted as ``progress_rejected``, logged with its reason and
         not sent; the executor's next report is unaffected.
@@ -516,17 +521,24 @@ class EdgeBridge:
         try:
             progress = validate_progress(parse_json(text, COMMAND_LIMITS, 'task progress'))
         except (PayloadError, SchemaError) as exc:
-            self.rejected['progress_rejected'] += 1
-            _LOG.warning('task progress not sent: %s (see cobot_hybrid_protocol.mission, task '
-                         'progress v1)',
-                         exc)
+            self.refuse_progress(exc)
             return False
+        self.send_progress(progress)
+        return True
+
+    def refuse_progress(self, exc: Exception) -> None:
+        """Count and log a task progress report the contract refuses (it is not sent)."""
+        self.rejected['progress_rejected'] += 1
+        _LOG.warning('task progress not sent: %s (see cobot_hybrid_protocol.mission, task '
+                     'progress v1)', exc)
+
+    def send_progress(self, progress: TaskProgress) -> None:
+        """Send up a validated task progress report, next to the mission acks."""
         body = progress_to_json(progress)
         self.record(f'tasks_{progress.status}')
         self._enqueue(TASK_PROGRESS, lambda seq: build_envelope(
             self.cfg.robot_id, seq, progress.stamp, 'task_progress',
             CONTRACT_TYPES['task_progress'], body), 1, _ACK_PRIORITY, False)
-        return True
 
     # --- observability -----------------------------------------------------------------------
 

@@ -59,6 +59,10 @@ class BridgeConfig:
     model_fetch_chunk_timeout_s: float = same_as(FetchConfig, 'model_fetch_chunk_timeout_s')
     model_fetch_stall_timeout_s: float = same_as(FetchConfig, 'model_fetch_stall_timeout_s')
     model_keep_files: int = same_as(FetchConfig, 'model_keep_files')
+    json_topics: bool = setting(True, 'also publish missions as std_msgs/String JSON on '
+                                '`mission_json` and take JSON task progress on '
+                                '`task_progress_json` (deprecated: removed in the next '
+                                'release; use the typed cobot_hybrid_msgs topics)')
     state_period_s: float = setting(5.0, 'CRDT telemetry state snapshot period', unit='s',
                                     low=0.1, high=3600.0)
     stats_period_s: float = setting(2.0, 'diagnostics and link telemetry period', unit='s',

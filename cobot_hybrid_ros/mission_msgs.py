@@ -27,6 +27,8 @@ from cobot_hybrid_msgs.msg import TaskPose
 from cobot_hybrid_msgs.msg import TaskProgress as TaskProgressMsg
 from diagnostic_msgs.msg import KeyValue
 from geometry_msgs.msg import PoseStamped
+from std_msgs.msg import ColorRGBA
+from visualization_msgs.msg import Marker, MarkerArray
 
 from cobot_hybrid_protocol.mission import (
     MISSION_SCHEMA,
@@ -39,8 +41,12 @@ from cobot_hybrid_protocol.mission import (
     validate_progress,
 )
 
-__all__ = ['ack_to_msg', 'mission_from_msg', 'mission_to_msg', 'progress_from_msg',
-           'progress_to_msg', 'task_goal', 'task_to_msg']
+__all__ = ['ack_to_msg', 'mission_from_msg', 'mission_markers', 'mission_to_msg',
+           'progress_from_msg', 'progress_to_msg', 'task_goal', 'task_to_msg']
+
+#: rviz colours of the task markers, by task type.
+_TYPE_COLOURS = {'pick': (0.2, 0.6, 1.0), 'place': (0.1, 0.8, 0.4), 'inspect': (1.0, 0.8, 0.1),
+                 'move': (0.7, 0.7, 0.7), 'wait': (0.6, 0.4, 0.9), 'charge': (1.0, 0.4, 0.2)}
 
 
 def task_to_msg(task: Task) -> TaskMsg:
@@ -119,3 +125,33 @@ def task_goal(mission: Mission, task: Task, parameters: Mapping[str, str],
         type=task.type, station=task.station, pose=item.pose, target=target,
         duration_s=task.duration_s, deadline=item.deadline,
         parameters=[KeyValue(key=k, value=v) for k, v in sorted(parameters.items())])
+
+
+def mission_markers(mission: Mission, stamp: Time) -> MarkerArray:
+    """Return rviz markers of a mission: per task an arrow at its pose and a label above.
+
+    The first marker deletes every earlier one, so the tasks of a superseded version vanish.
+    """
+    clear = Marker(action=Marker.DELETEALL)
+    clear.header.frame_id = mission.frame_id
+    markers = [clear]
+    for index, task in enumerate(mission.tasks):
+        r, g, b = _TYPE_COLOURS.get(task.type, (1.0, 1.0, 1.0))
+        arrow = Marker(ns='mission_tasks', id=index, type=Marker.ARROW, action=Marker.ADD,
+                       color=ColorRGBA(r=r, g=g, b=b, a=0.9))
+        arrow.header.frame_id, arrow.header.stamp = mission.frame_id, stamp
+        arrow.pose.position.x, arrow.pose.position.y = task.pose.x, task.pose.y
+        arrow.pose.position.z = task.pose.z
+        arrow.pose.orientation.z = math.sin(task.pose.yaw / 2.0)
+        arrow.pose.orientation.w = math.cos(task.pose.yaw / 2.0)
+        arrow.scale.x, arrow.scale.y, arrow.scale.z = 0.4, 0.08, 0.08
+        label = Marker(ns='mission_task_labels', id=index, type=Marker.TEXT_VIEW_FACING,
+                       action=Marker.ADD, color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0),
+                       text=f'{index + 1}. {task.type} {task.task_id} @ {task.station}')
+        label.header = arrow.header
+        label.pose.position.x, label.pose.position.y = task.pose.x, task.pose.y
+        label.pose.position.z = task.pose.z + 0.3
+        label.pose.orientation.w = 1.0
+        label.scale.z = 0.15
+        markers += [arrow, label]
+    return MarkerArray(markers=markers)

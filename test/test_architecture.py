@@ -15,7 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ['cobot_hybrid_perception', 'cobot_hybrid_bridge', 'cobot_hybrid_planner']
 ROS_MODULE = re.compile(r'^(rclpy|rcl_interfaces|\w+_msgs|\w+_interfaces|launch|launch_ros)\b')
-OURS = re.compile(r'^(cobot_hybrid_\w+)')
+#: Our Python packages; cobot_hybrid_msgs is a ROS interface package (ROS_MODULE), not one.
+OURS = re.compile(r'^(cobot_hybrid_(?!msgs\b)\w+)')
 #: The pure part of cobot_hybrid_ros (no ROS import): perception's cores use the codec too.
 ROS_HELPERS_PURE = frozenset({'cobot_hybrid_ros.image_codec', 'cobot_hybrid_ros.errors'})
 

@@ -57,13 +57,13 @@ def start_bridge(ros_process: Any, tmp_path: Path, port: int) -> Any:
 
 def mission_listener(harness: Any) -> list[Any]:
     """The robot side's latched subscription to the missions ``bridge_node`` publishes."""
+    from cobot_hybrid_msgs.msg import Mission as MissionMsg
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from std_msgs.msg import String
 
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
     missions: list[Any] = []
-    harness.node.create_subscription(String, 'mission', missions.append, latched)
+    harness.node.create_subscription(MissionMsg, 'mission', missions.append, latched)
     return missions
 
 
@@ -162,9 +162,13 @@ def test_only_exceptions_and_summaries_go_up(make_node: Any, ros_process: Any, t
 def test_signed_missions_come_down_and_bad_ones_do_not(make_node: Any, ros_process: Any,
                                                        tmp_path: Path,
                                                        mosquitto_broker: Any) -> None:
+    from cobot_hybrid_msgs.msg import BridgeStatus
+    from cobot_hybrid_msgs.msg import Mission as MissionMsg
+    from cobot_hybrid_msgs.msg import MissionAck as MissionAckMsg
     from nav_msgs.msg import Path as PathMsg
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from std_msgs.msg import String
+    from visualization_msgs.msg import MarkerArray
 
     cloud = Cloud(mosquitto_broker.port)
     bridge = start_bridge(ros_process, tmp_path, mosquitto_broker.port)
@@ -172,9 +176,17 @@ def test_signed_missions_come_down_and_bad_ones_do_not(make_node: Any, ros_proce
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
     missions: list[Any] = []
+    legacy: list[Any] = []
     paths: list[Any] = []
-    harness.node.create_subscription(String, 'mission', missions.append, latched)
+    markers: list[Any] = []
+    typed_acks: list[Any] = []
+    statuses: list[Any] = []
+    harness.node.create_subscription(MissionMsg, 'mission', missions.append, latched)
+    harness.node.create_subscription(String, 'mission_json', legacy.append, latched)
     harness.node.create_subscription(PathMsg, 'mission_path', paths.append, latched)
+    harness.node.create_subscription(MarkerArray, 'mission_markers', markers.append, latched)
+    harness.node.create_subscription(MissionAckMsg, 'mission_ack', typed_acks.append, 10)
+    harness.node.create_subscription(BridgeStatus, 'bridge_status', statuses.append, 10)
     assert harness.spin_until(lambda: cloud.on('cobot-a/status'), 30.0), bridge.log()
     wait_until_commands_get_through(harness, cloud, bridge)
     now = time.time()
@@ -187,12 +199,24 @@ def test_signed_missions_come_down_and_bad_ones_do_not(make_node: Any, ros_proce
                         {'command_id': 'm-1-v1b'}), 'cobot-a'),                   # older
                     b'{"garbage": true'):
         cloud.client.publish(topic, payload, qos=1).wait_for_publish(5)
-    assert harness.spin_until(lambda: missions and paths and len(
-        mission_acks(cloud)) >= 5, 20.0), (bridge.log(), cloud.on('mission_ack'))
+    assert harness.spin_until(lambda: missions and legacy and paths and markers and len(
+        mission_acks(cloud)) >= 5 and statuses and len(
+            [a for a in typed_acks if f"kind '{PROBE}'" not in a.reason]) >= 5, 20.0), \
+        (bridge.log(), cloud.on('mission_ack'))
     harness.spin_for(0.5)   # the subject: time for a second mission that must not come
-    assert len(missions) == 1
-    received = json.loads(missions[0].data)
-    assert (received['mission_id'], received['version']) == ('m-1', 2)
+    assert len(missions) == 1 and len(legacy) == 1
+    received = missions[0]
+    assert (received.mission_id, received.version, received.header.frame_id) == \
+        ('m-1', 2, 'map')
+    assert [(t.task_id, t.pose.x) for t in received.tasks] == [('t1', 1.0), ('t2', 3.0)]
+    assert json.loads(legacy[0].data)['version'] == 2   # the deprecated JSON, the same one
+    assert [m.text for m in markers[0].markers if m.text][0].startswith('1. ')
+    typed_acks = [a for a in typed_acks if f"kind '{PROBE}'" not in a.reason]
+    assert sorted(a.status for a in typed_acks) == ['accepted'] + ['rejected'] * 4
+    assert any(a.mission_id == '' and a.version == 0 for a in typed_acks)   # the garbage
+    assert statuses[-1].robot_id == 'cobot-a' and statuses[-1].connected
+    rejected = {c.reason: c.count for c in statuses[-1].commands_rejected}
+    assert sum(rejected.values()) >= 4, rejected
     assert [(p.pose.position.x, p.pose.position.y) for p in paths[0].poses] == \
         [(1.0, 2.0), (3.0, 1.0)]
     acks = [json.loads(p)['data'] for p in mission_acks(cloud)]

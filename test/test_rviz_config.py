@@ -38,7 +38,7 @@ def test_every_display_shows_a_topic_a_node_publishes_with_its_type() -> None:
         assert DISPLAY_TYPES[display['Class']] in published[topic], (display, published[topic])
         shown[topic] = display['Name']
     assert {'annotated_image', 'detection_markers', 'safety_markers', 'mission_path',
-            'fleet_missions'} <= set(shown), shown
+            'mission_markers', 'fleet_missions'} <= set(shown), shown
     assert config['Visualization Manager']['Global Options']['Fixed Frame'] == 'base_link'
 
 

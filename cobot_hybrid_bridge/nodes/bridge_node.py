@@ -1,13 +1,24 @@
 """``bridge_node``: ROS 2 <-> MQTT with a durable offline queue (see :mod:`..bridge`).
 
 Subscribes the ROS topics of the routes file (any message type, resolved at run time) and
-publishes what the cloud sends down once verified: ``mission`` (``std_msgs/String``, mission
-JSON v1, transient local: the robot keeps its last valid mission), ``mission_path``
-(``nav_msgs/Path`` of the mission's poses, for rviz) and ``diagnostics`` (link state, backlog,
-drops by reason, drain rate, RTT, rejected commands). It sends up the robot's
-``task_progress`` reports (``std_msgs/String``, task progress JSON v1) next to the mission
-acknowledgements, and watches ``protective_stop`` and ``speed_scale`` (when routed) for the
-CRDT telemetry state it sends up.
+publishes what the cloud sends down once verified:
+
+* ``mission`` (``cobot_hybrid_msgs/Mission``, transient local: the robot keeps its last valid
+  mission), ``mission_path`` (``nav_msgs/Path`` of the mission's poses) and
+  ``mission_markers`` (``visualization_msgs/MarkerArray``: one labelled marker per task), for
+  rviz;
+* ``mission_ack`` (``cobot_hybrid_msgs/MissionAck``): every answer it sends up to a mission
+  command, accepted or rejected with its reason;
+* ``bridge_status`` (``cobot_hybrid_msgs/BridgeStatus``) and ``diagnostics`` (link state,
+  backlog, drops by reason, drain rate, RTT, rejected commands), every stats period.
+
+It sends up the robot's ``task_progress`` (``cobot_hybrid_msgs/TaskProgress``) next to the
+mission acknowledgements, and watches ``protective_stop`` and ``speed_scale`` (when routed)
+for the CRDT telemetry state it sends up.
+
+Deprecated, for one release (``json_topics``, on by default): the same missions as
+``std_msgs/String`` JSON v1 on ``mission_json`` and JSON task progress taken on
+``task_progress_json``.
 
 Model updates (``cmd/model``): the file is fetched in chunks over MQTT
 (:mod:`..model_fetch`), then handed to the detector on ``model_update`` (``std_msgs/String``,
@@ -24,6 +35,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cobot_hybrid_msgs.msg import BridgeStatus, ReasonCount
+from cobot_hybrid_msgs.msg import Mission as MissionMsg
+from cobot_hybrid_msgs.msg import MissionAck as MissionAckMsg
+from cobot_hybrid_msgs.msg import TaskProgress as TaskProgressMsg
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Path as PathMsg
@@ -31,6 +46,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.serialization import serialize_message
 from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
 
 from cobot_hybrid_bridge.bridge import EdgeBridge, routes_path
 from cobot_hybrid_bridge.bridge_config import BridgeConfig
@@ -38,9 +54,16 @@ from cobot_hybrid_bridge.codecs import message_to_dict
 from cobot_hybrid_bridge.errors import BridgeError
 from cobot_hybrid_bridge.robot_state import link_health, state_update
 from cobot_hybrid_bridge.routes import Route, load_routes
+from cobot_hybrid_protocol.errors import SchemaError
 from cobot_hybrid_protocol.mission import Mission, mission_to_json
 from cobot_hybrid_protocol.model_update import local_update_to_json
 from cobot_hybrid_ros.diagnostics import diagnostic_array
+from cobot_hybrid_ros.mission_msgs import (
+    ack_to_msg,
+    mission_markers,
+    mission_to_msg,
+    progress_from_msg,
+)
 from cobot_hybrid_ros.params import ParameterBinding, refuse_unknown_parameters
 from cobot_hybrid_ros.runner import run_node
 from cobot_hybrid_ros.share import share_dir
@@ -80,10 +103,17 @@ class BridgeNode(Node):
         self.bridge = EdgeBridge(cfg, routes)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self._mission_pub = self.create_publisher(String, 'mission', latched)
+        self._mission_pub = self.create_publisher(MissionMsg, 'mission', latched)
         self._path_pub = self.create_publisher(PathMsg, 'mission_path', latched)
+        self._markers_pub = self.create_publisher(MarkerArray, 'mission_markers', latched)
+        self._ack_pub = self.create_publisher(MissionAckMsg, 'mission_ack', 10)
+        self._status_pub = self.create_publisher(BridgeStatus, 'bridge_status', 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, 'diagnostics', 10)
-        self.create_subscription(String, 'task_progress', self._on_progress, 100)
+        self.create_subscription(TaskProgressMsg, 'task_progress', self._on_progress, 100)
+        self._json_pub = None
+        if cfg.json_topics:   # deprecated: std_msgs/String JSON, for one release
+            self._json_pub = self.create_publisher(String, 'mission_json', latched)
+            self.create_subscription(String, 'task_progress_json', self._on_json_progress, 100)
         # Model updates: fetched files to the detector (it opens the signed command itself),
         # its statuses and metrics up.
         # The newest update only (depth 1): a detector that was down gets it when it returns.
@@ -129,8 +159,19 @@ class BridgeNode(Node):
             self.get_logger().error(f'{what}: {type(exc).__name__}: {exc} (the bridge goes '
                                     'on)', throttle_duration_sec=5.0)
 
-    def _on_progress(self, msg: String) -> None:
-        self._guarded('task_progress', self.bridge.report_progress, msg.data)
+    def _on_progress(self, msg: TaskProgressMsg) -> None:
+        self._guarded('task_progress', self._send_progress, msg)
+
+    def _send_progress(self, msg: TaskProgressMsg) -> None:
+        try:
+            progress = progress_from_msg(msg)
+        except SchemaError as exc:
+            self.bridge.refuse_progress(exc)
+            return
+        self.bridge.send_progress(progress)
+
+    def _on_json_progress(self, msg: String) -> None:
+        self._guarded('task_progress_json', self.bridge.report_progress, msg.data)
 
     def _on_model_status(self, msg: String) -> None:
         self._guarded('model_status', self.bridge.report_model_status, msg.data)
@@ -194,16 +235,22 @@ class BridgeNode(Node):
     def _take_commands(self) -> None:
         for mission in self.bridge.take_commands():
             self._publish_mission(mission)
+        while self.bridge.acks:
+            self._ack_pub.publish(ack_to_msg(self.bridge.acks.popleft()))
         for update in self.bridge.take_model_updates():
             self._update_pub.publish(String(data=json.dumps(local_update_to_json(update))))
             where = update.path or '(a rollback to a version it keeps)'
             self.get_logger().info(f'model file ready for the detector: {where}')
 
     def _publish_mission(self, mission: Mission) -> None:
-        self._mission_pub.publish(String(data=json.dumps(mission_to_json(mission))))
+        stamp = self.get_clock().now().to_msg()
+        self._mission_pub.publish(mission_to_msg(mission, stamp))
+        if self._json_pub is not None:
+            self._json_pub.publish(String(data=json.dumps(mission_to_json(mission))))
+        self._markers_pub.publish(mission_markers(mission, stamp))
         path = PathMsg()
         path.header.frame_id = mission.frame_id
-        path.header.stamp = self.get_clock().now().to_msg()
+        path.header.stamp = stamp
         for task in mission.tasks:
             pose = PoseStamped()
             pose.header = path.header
@@ -218,9 +265,27 @@ class BridgeNode(Node):
 
     def _stats(self) -> None:
         stats = self.bridge.send_stats()
+        self._status_pub.publish(self._bridge_status(stats))
         level, message = link_health(stats)
         self._diag_pub.publish(diagnostic_array(self.get_clock(), 'bridge_node: link', level,
                                                 message, stats, self._params.config.robot_id))
+
+    def _bridge_status(self, stats: dict[str, Any]) -> BridgeStatus:
+        msg = BridgeStatus(
+            robot_id=self._params.config.robot_id, connected=bool(stats['connected']),
+            rtt_ms=float(stats['rtt_ms']), drain_rate_hz=float(stats['drain_rate_hz']),
+            inflight=int(stats['inflight']), committed=int(stats['committed']),
+            delivered=int(stats['delivered']),
+            backlog_messages=int(stats['backlog_messages']),
+            backlog_bytes=int(stats['backlog_bytes']),
+            oldest_age_s=float(stats['oldest_age_s']),
+            dropped=[ReasonCount(reason=k, count=int(v))
+                     for k, v in sorted(stats['dropped'].items())],
+            commands_rejected=[ReasonCount(reason=k, count=int(v))
+                               for k, v in sorted(stats['commands_rejected'].items())],
+            internal_errors=int(stats['internal_errors']))
+        msg.header.stamp = self.get_clock().now().to_msg()
+        return msg
 
 
 def main(args: list[str] | None = None) -> None:
