@@ -32,6 +32,7 @@ setup(
             'detector_node = cobot_hybrid_perception.nodes.detector_node:main',
             'bridge_node = cobot_hybrid_bridge.nodes.bridge_node:main',
             'mission_executor_node = cobot_hybrid_bridge.nodes.mission_executor_node:main',
+            'skill_server_node = cobot_hybrid_bridge.nodes.skill_server_node:main',
             'planner_node = cobot_hybrid_planner.nodes.planner_node:main',
             'lifecycle_manager_node = cobot_hybrid_ros.nodes.lifecycle_manager_node:main',
             'static_transform_node = cobot_hybrid_ros.nodes.static_transform_node:main',

@@ -7,6 +7,7 @@ import pytest
 from cobot_hybrid_bridge.mission_executor import (
     ExecutorConfig,
     MissionExecutor,
+    SendGoal,
     fresh_speed_scale,
 )
 from cobot_hybrid_protocol.mission import Mission, Pose, Task
@@ -29,37 +30,67 @@ def test_fresh_speed_scale(sample: tuple[float, float] | None, now: float,
     assert fresh_speed_scale(sample, now, timeout_s=1.0) == scale
 
 
+def _running(executor: MissionExecutor, now: float = 0.0) -> int:
+    """Send and accept the next goal; return its key."""
+    executor.step(now, 1.0)
+    intents, _ = executor.take()
+    (goal,) = intents
+    assert isinstance(goal, SendGoal)
+    executor.on_accepted(goal.key, now)
+    executor.take()
+    return goal.key
+
+
+def _ready(cfg: ExecutorConfig | None = None) -> MissionExecutor:
+    executor = MissionExecutor(cfg or ExecutorConfig())
+    executor.servers_ready({'execute_task': True})
+    return executor
+
+
 def test_idle_executor_is_ok() -> None:
     executor = MissionExecutor()
     assert executor.health(rejected=0) == ('OK', 'idle')
     assert executor.diagnostic_values(0) == {
-        'mission': '', 'active': '', 'active_fraction': '0.0', 'pending': '0', 'done': '0',
-        'failed': '0', 'missions_rejected': '0'}
+        'mission': '', 'active': '', 'goal': '', 'goal_progress': '0.0', 'stopped': 'True',
+        'pending': '0', 'done': '0', 'failed': '0', 'goals_sent': '0', 'retries': '0',
+        'resumes': '0', 'cancels': '0', 'cancel_timeouts': '0', 'odd_events': '0',
+        'missions_rejected': '0'}
 
 
 def test_a_rejected_mission_warns() -> None:
     assert MissionExecutor().health(rejected=1) == ('WARN', 'idle')
 
 
-def test_running_task_is_named() -> None:
-    executor = MissionExecutor()
-    executor.accept(_mission(('a', 4.0), ('b', 1.0)))
-    executor.step(0.0, 1.0)
-    executor.step(1.0, 1.0)
+def test_running_task_and_its_feedback_are_named() -> None:
+    executor = _ready()
+    executor.accept(_mission(('a', 4.0), ('b', 1.0)), 0.0)
+    key = _running(executor)
+    executor.on_feedback(key, 0.25, 'running')
     assert executor.health(0) == ('OK', 'running a')
     values = executor.diagnostic_values(2)
-    assert values['mission'] == 'm v1' and values['active_fraction'] == '0.25'
+    assert values['mission'] == 'm v1' and values['goal_progress'] == '0.25'
+    assert values['goal'] == 'running' and values['goals_sent'] == '1'
     assert values['pending'] == '1' and values['missions_rejected'] == '2'
     assert list(values)[-1] == 'missions_rejected'
 
 
+def test_odd_events_are_shown_by_reason() -> None:
+    executor = _ready()
+    executor.on_result(99, 'done', '', 0.0)
+    executor.on_result(98, 'done', '', 0.0)
+    values = executor.diagnostic_values(0)
+    assert values['odd_events'] == '2' and values['odd_result_of_an_unknown_goal'] == '2'
+
+
 def test_a_failed_task_warns_until_it_is_forgotten() -> None:
-    executor = MissionExecutor(ExecutorConfig(max_remembered=1))
-    executor.accept(_mission(('a', 4.0), ('b', 1.0)))
-    executor.step(0.0, 0.0)
-    stalled = executor.cfg.stall_timeout_s + 1.0
-    executor.step(stalled, 0.0)                   # held at scale 0: a failed, b started
+    executor = _ready(ExecutorConfig(max_remembered=1, max_retries=0))
+    executor.accept(_mission(('a', 4.0), ('b', 1.0)), 0.0)
+    key = _running(executor)
+    executor.on_result(key, 'failed', 'gripper jammed', 1.0)
+    _, reports = executor.take()
+    assert [(r.task_id, r.status) for r in reports] == [('a', 'failed')]
+    key = _running(executor, 2.0)
     assert executor.health(0) == ('WARN', 'running b')
     assert executor.diagnostic_values(0)['failed'] == '1'
-    executor.step(stalled + 2.0, 1.0)             # b done; only one finished task is kept
+    executor.on_result(key, 'done', '', 3.0)     # b done; only one finished task is kept
     assert executor.health(0) == ('OK', 'idle')
