@@ -1,8 +1,9 @@
 """Launch the edge bridge: ``ros2 launch cobot_hybrid bridge.launch.py robot_id:=cobot-7``.
 
 Arguments: ``params_file`` (default: the package's config/bridge.yaml), ``namespace``,
-``robot_id``, ``log_level``, ``executor`` (``true`` also starts the reference
-``mission_executor_node``, which runs the missions and reports task progress).
+``robot_id``, ``log_level``, ``executor`` (``true`` also starts ``mission_executor_node``,
+which sends every task of the mission to a skill server and reports task progress, and the
+reference ``skill_server_node`` serving ``execute_task``; docs/skills.md).
 """
 
 from pathlib import Path
@@ -38,6 +39,16 @@ def generate_launch_description() -> LaunchDescription:
             package='cobot_hybrid',
             executable='mission_executor_node',
             name='mission_executor_node',
+            namespace=LaunchConfiguration('namespace'),
+            parameters=[LaunchConfiguration('params_file')],
+            arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
+            output='screen',
+            condition=IfCondition(LaunchConfiguration('executor')),
+        ),
+        Node(
+            package='cobot_hybrid',
+            executable='skill_server_node',
+            name='skill_server_node',
             namespace=LaunchConfiguration('namespace'),
             parameters=[LaunchConfiguration('params_file')],
             arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],

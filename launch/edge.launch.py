@@ -2,7 +2,8 @@
 
 Starts ``safety_monitor_node`` and ``detector_node`` (lifecycle nodes), ``bridge_node``, and on
 request ``image_source_node`` (a stand-in camera), ``driver_adapter_node`` (the safety decision
-in your driver's own interface) and the reference ``mission_executor_node``, all in
+in your driver's own interface) and ``mission_executor_node`` with the reference
+``skill_server_node``, all in
 ``namespace``, each with its shipped parameter file (``config/perception.yaml``,
 ``safety.yaml``, ``driver_adapter.yaml``, ``bridge.yaml``, keyed ``/**/<node>`` so they apply in
 any namespace) and then ``params_file`` on top (your overrides, for every node).
@@ -31,7 +32,8 @@ Arguments:
   transform ``base_frame -> camera_frame`` on ``/tf_static`` (for rviz; leave it off when your
   robot description already places the camera);
 * ``image_source`` (``false``): also start ``image_source_node`` publishing ``image``;
-* ``executor`` (``false``): also start ``mission_executor_node``.
+* ``executor`` (``false``): also start ``mission_executor_node`` and the reference
+  ``skill_server_node`` it sends the tasks to (``execute_task``; docs/skills.md).
 """
 
 from pathlib import Path
@@ -115,6 +117,10 @@ def generate_launch_description() -> LaunchDescription:
              remappings=remaps, arguments=log, output='screen'),
         Node(package='cobot_hybrid', executable='mission_executor_node',
              name='mission_executor_node', namespace=namespace,
+             parameters=params('bridge.yaml'), remappings=remaps, arguments=log,
+             output='screen', condition=IfCondition(arg('executor'))),
+        Node(package='cobot_hybrid', executable='skill_server_node',
+             name='skill_server_node', namespace=namespace,
              parameters=params('bridge.yaml'), remappings=remaps, arguments=log,
              output='screen', condition=IfCondition(arg('executor'))),
     ])

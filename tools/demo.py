@@ -574,6 +574,8 @@ def main() -> int:
         'executor': start(ros_node('cobot_hybrid_bridge.nodes.mission_executor_node',
                                    'stall_timeout_s:=30.0'), work / 'executor.log',
                           BACKGROUND_NICE),
+        'skill': start(ros_node('cobot_hybrid_bridge.nodes.skill_server_node'),
+                       work / 'skill.log', BACKGROUND_NICE),
         'detector': start(ros_node('cobot_hybrid_perception.nodes.detector_node',
                                    'backend:=ort-cpu', f'imgsz:={settings["imgsz"]}',
                                    'threads:=1'),
@@ -639,7 +641,8 @@ def main() -> int:
     finally:
         if profiler is not None and profiler.poll() is None:
             profiler.kill()
-        for name in ('camera', 'detector', 'safety', 'executor', 'bridge', 'planner', 'frames'):
+        for name in ('camera', 'detector', 'safety', 'executor', 'skill', 'bridge', 'planner',
+                     'frames'):
             proc = procs[name]
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
