@@ -315,6 +315,7 @@ def test_corrupt_replay_store_and_outbox_are_rebuilt_and_the_bridge_runs(
 def test_the_executor_runs_a_mission_and_its_progress_goes_up(
         make_node: Any, ros_process: Any, tmp_path: Path, mosquitto_broker: Any) -> None:
     """bridge_node and mission_executor_node as processes; speed scale from this process."""
+    from cobot_hybrid_msgs.msg import TaskProgress
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from std_msgs.msg import Float64, String
 
@@ -322,33 +323,42 @@ def test_the_executor_runs_a_mission_and_its_progress_goes_up(
     bridge = start_bridge(ros_process, tmp_path, mosquitto_broker.port)
     executor = ros_process('cobot_hybrid_bridge.nodes.mission_executor_node', '--ros-args',
                            '-p', 'stall_timeout_s:=30.0')
+    skill = ros_process('cobot_hybrid_bridge.nodes.skill_server_node')
     harness = make_node('robot_side')
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
     scale_pub = harness.node.create_publisher(Float64, 'speed_scale', latched)
-    junk_pub = harness.node.create_publisher(String, 'task_progress', 10)
+    junk_pub = harness.node.create_publisher(TaskProgress, 'task_progress', 10)
+    json_pub = harness.node.create_publisher(String, 'task_progress_json', 10)
     harness.node.create_timer(0.1, lambda: scale_pub.publish(Float64(data=1.0)))
     assert harness.spin_until(lambda: cloud.on('cobot-a/status'), 30.0), bridge.log()
     wait_until_commands_get_through(harness, cloud, bridge)
     # The executor hears the missions and the speed scale; the bridge hears the reports.
     assert harness.spin_until(lambda: harness.node.count_subscribers('/mission') > 0
-                              and scale_pub.get_subscription_count() >= 2   # and bridge
-                              and junk_pub.get_subscription_count() > 0, 30.0), \
-        (bridge.log(), executor.log())
-    junk_pub.publish(String(data='{"schema": "nope"}'))   # a bad report is not sent up
+                              and scale_pub.get_subscription_count() >= 3   # skill, bridge
+                              and junk_pub.get_subscription_count() > 0
+                              and json_pub.get_subscription_count() > 0, 30.0), \
+        (bridge.log(), executor.log(), skill.log())
+    # Bad reports are not sent up, typed (a status outside the contract) or JSON.
+    junk_pub.publish(TaskProgress(mission_id='m-1', version=1, task_id='t1',
+                                  status='exploded', stamp=time.time()))
+    junk_pub.publish(TaskProgress(mission_id='m-1', version=1, task_id='t1',
+                                  status='done', stamp=float('nan')))
+    json_pub.publish(String(data='{"schema": "nope"}'))
     body = mission(1, time.time())
     for task in body['tasks']:
         task['duration_s'] = 1.0
     cloud.client.publish('cobot/v1/cobot-a/cmd/mission', sign_command(
         KEY, 'planner', body, 'cobot-a'), qos=1).wait_for_publish(5)
     assert harness.spin_until(lambda: len(cloud.on('events/task_progress')) >= 4, 30.0), \
-        (bridge.log(), executor.log())
+        (bridge.log(), executor.log(), skill.log())
     harness.spin_for(0.5)   # the subject: time for a report that must not go up
     reports = [json.loads(p)['data'] for p in cloud.on('events/task_progress')]
     assert [(r['task_id'], r['status']) for r in reports] == [
         ('t1', 'started'), ('t1', 'done'), ('t2', 'started'), ('t2', 'done')]
     assert all(r['mission_id'] == 'm-1' and r['version'] == 1 for r in reports)
     assert reports[1]['stamp'] - reports[0]['stamp'] >= 0.9   # one second of work at scale 1
+    assert bridge.log().count('task progress not sent') == 3, bridge.log()
     cloud.close()
 
 

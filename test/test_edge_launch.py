@@ -27,7 +27,7 @@ TOPICS = ('image', 'camera_info', 'robot_speed', 'joint_states', 'speed_scale',
 SHIPPED = {'image_source_node': 'perception.yaml', 'detector_node': 'perception.yaml',
            'safety_monitor_node': 'safety.yaml', 'driver_adapter_node': 'driver_adapter.yaml',
            'bridge_node': 'bridge.yaml', 'mission_executor_node': 'bridge.yaml',
-           'planner_node': 'planner.yaml'}
+           'skill_server_node': 'bridge.yaml', 'planner_node': 'planner.yaml'}
 LIFECYCLE_NODES = ('safety_monitor_node', 'detector_node', 'driver_adapter_node')
 
 

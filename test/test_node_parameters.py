@@ -32,6 +32,8 @@ NODES = {
     'bridge_node': ('cobot_hybrid_bridge.nodes.bridge_node', 'BridgeNode', 'bridge.yaml'),
     'mission_executor_node': ('cobot_hybrid_bridge.nodes.mission_executor_node',
                               'MissionExecutorNode', 'bridge.yaml'),
+    'skill_server_node': ('cobot_hybrid_bridge.nodes.skill_server_node', 'SkillServerNode',
+                          'bridge.yaml'),
     'planner_node': ('cobot_hybrid_planner.nodes.planner_node', 'PlannerNode',
                      'planner.yaml'),
     'driver_adapter_node': ('cobot_hybrid_perception.nodes.driver_adapter_node',
@@ -279,8 +281,10 @@ def test_the_shipped_yaml_reaches_the_node_in_any_namespace(node: str, namespace
         probe = next(name for name, value in values.items()
                      if isinstance(value, list) and value and isinstance(value[0], str))
         new = [f'{v}_moved' for v in values[probe]]
-    changed.write_text(re.sub(rf'^(\s+){probe}: .*$', rf'\g<1>{probe}: {new!r}', text,
-                              count=1, flags=re.M))
+    section = text.index(f'/**/{node}:')   # the node's own section: files hold several
+    changed.write_text(text[:section] + re.sub(rf'^(\s+){probe}: .*$',
+                                               rf'\g<1>{probe}: {new!r}', text[section:],
+                                               count=1, flags=re.M))
     instance = make_node(node, namespace=namespace, params_file=changed)
     assert instance.get_namespace() == '/' + namespace if namespace else '/'
     got = instance.get_parameter(probe).value

@@ -35,8 +35,9 @@ ORDER = {'schema': ORDERS_SCHEMA, 'order_id': 'o-1', 'tasks': [
 
 def test_a_signed_mission_reaches_the_robot_and_is_acknowledged(
         make_node: Any, ros_process: Any, tmp_path: Path, mosquitto_broker: Any) -> None:
+    from cobot_hybrid_msgs.msg import Mission as MissionMsg
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from std_msgs.msg import Float64, String
+    from std_msgs.msg import Float64
 
     key = Ed25519PrivateKey.generate()
     pub = tmp_path / 'planner.pub'
@@ -52,8 +53,9 @@ def test_a_signed_mission_reaches_the_robot_and_is_acknowledged(
     missions: list[Any] = []
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    harness.node.create_subscription(String, 'mission', missions.append, latched)
+    harness.node.create_subscription(MissionMsg, 'mission', missions.append, latched)
     executor = ros_process('cobot_hybrid_bridge.nodes.mission_executor_node')
+    skill = ros_process('cobot_hybrid_bridge.nodes.skill_server_node')   # runs each task
     scale = harness.node.create_publisher(Float64, 'speed_scale', latched)
     harness.node.create_timer(0.1, lambda: scale.publish(Float64(data=1.0)))  # path clear
 
@@ -79,8 +81,7 @@ def test_a_signed_mission_reaches_the_robot_and_is_acknowledged(
         assert harness.spin_until(acked, 30.0), (planner.missions(), bridge.log())
         orders.loop_stop()
         orders.disconnect()
-        mission = json.loads(missions[-1].data)
-        assert [t['task_id'] for t in mission['tasks']] == ['unload', 'stack']
+        assert [t.task_id for t in missions[-1].tasks] == ['unload', 'stack']
         assert "capability 'weld'" in planner.rejected_tasks['weld']
 
         # The executor runs both tasks; their progress comes back and closes them.
@@ -88,7 +89,8 @@ def test_a_signed_mission_reaches_the_robot_and_is_acknowledged(
             planner.step()
             status = planner.task_status()
             return all(status[t]['status'] == 'done' for t in ('unload', 'stack'))
-        assert harness.spin_until(done, 30.0), (planner.task_status(), executor.log())
+        assert harness.spin_until(done, 30.0), (planner.task_status(), executor.log(),
+                                                skill.log())
         assert [s for _, s, _ in planner.fleet.progress_of('unload')] == ['started', 'done']
         sent = planner.sent
         version = planner.missions()['cobot-a']['version']

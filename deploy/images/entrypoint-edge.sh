@@ -112,7 +112,9 @@ stack() {
     -p "output:=\"$driver\""
   start detector_node perception.yaml -p autostart:=false
   start bridge_node bridge.yaml -p "robot_id:=\"$robot_id\"" -p "data_dir:=\"$data_dir\""
+  # The executor sends each task to an ExecuteTask server: the reference one comes with it.
   [ "$executor" = true ] && start mission_executor_node bridge.yaml
+  [ "$executor" = true ] && start skill_server_node bridge.yaml
   lifecycle_manager_node --ros-args --log-level "$log_level" \
     -r __node:=lifecycle_manager_node "${common[@]}" \
     --params-file "$CONFIG/lifecycle_manager.yaml" --params-file "$params" \
