@@ -18,7 +18,11 @@ Subscribes (relative names):
 
 Publishes ``speed_scale`` (``std_msgs/Float64`` in [0, 1], as cobot drivers' speed scaling),
 ``protective_stop`` (``std_msgs/Bool``), both reliable + transient local, on every input and
-every ``evaluation_period_s``; ``diagnostics`` (state, reason, distances, at 2 Hz and on every
+every ``evaluation_period_s``; ``safety_status`` (``cobot_hybrid_msgs/SafetyStatus``, reliable +
+transient local, depth 500) with every decision: ``header.stamp`` is the exact ``now`` it was
+computed at, ``perception_stamp`` the header stamp of the detections it was made on, so
+``cobot-hybrid replay`` can evaluate the recorded inputs again at the same times;
+``diagnostics`` (state, reason, distances, at 2 Hz and on every
 state change) and ``safety_markers`` (``visualization_msgs/MarkerArray`` of zones and people).
 The diagnostics also carry the time spent per state and cause since activation
 (``time_s.PROTECTIVE_STOP.stale_perception``, ``time_s.SLOW.person``...) and a second status,
@@ -42,6 +46,7 @@ from typing import Any
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
+from cobot_hybrid_msgs.msg import SafetyStatus
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TransformStamped, TwistStamped
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -54,51 +59,32 @@ from rclpy.qos import (
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool, ColorRGBA, Float64
 from tf2_msgs.msg import TFMessage
-from vision_msgs.msg import Detection2D, Detection2DArray
+from vision_msgs.msg import Detection2DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
-from cobot_hybrid_perception import safety_view
+from cobot_hybrid_perception import safety_inputs, safety_view
 from cobot_hybrid_perception.errors import ConfigError, PerceptionError
-from cobot_hybrid_perception.frame_policy import depth_scale_m
 from cobot_hybrid_perception.perception_budget import AgeWindow, BudgetWatch
-from cobot_hybrid_perception.safety_pipeline import (
-    PersonDetection,
-    SafetyConfig,
-    SafetyPipeline,
-    SafetyReport,
-    measured_at,
-    speed_from_twist,
-)
+from cobot_hybrid_perception.safety_pipeline import SafetyConfig, SafetyPipeline, SafetyReport
 from cobot_hybrid_perception.ssm import SafetyState
 from cobot_hybrid_protocol.settings import check_settings, same_as, setting
-from cobot_hybrid_ros.diagnostics import diagnostic_array, level_name
-from cobot_hybrid_ros.images import image_to_numpy
+from cobot_hybrid_ros.diagnostics import diagnostic_array
 from cobot_hybrid_ros.params import ParameterBinding, refuse_unknown_parameters
 from cobot_hybrid_ros.runner import AutostartSetting, autostart, run_node
 
 _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Latched with ~5 s of history (a 30 Hz camera makes ~110 decisions a second): a recorder
+# discovering the monitor after it started still gets its first decision, which a replay
+# needs (the monitor's state is known from a fault stop on). Depth 50 lost them.
+_STATUS_QOS = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 _MARKER_KINDS = {'cylinder': Marker.CYLINDER, 'text': Marker.TEXT_VIEW_FACING}
+_seconds = safety_inputs.stamp_s
 
 
-def _seconds(stamp: Time) -> float:
-    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
-
-
-def _to_person_detection(det: Detection2D, keypoints: dict[str, np.ndarray]) -> PersonDetection:
-    if not det.results:
-        raise PerceptionError(f'detection {det.id!r} has no class hypothesis')
-    best = max(det.results, key=lambda r: r.hypothesis.score)
-    cx, cy = det.bbox.center.position.x, det.bbox.center.position.y
-    hw, hh = det.bbox.size_x / 2.0, det.bbox.size_y / 2.0
-    return PersonDetection(best.hypothesis.class_id, float(best.hypothesis.score),
-                           (cx - hw, cy - hh, cx + hw, cy + hh), keypoints.get(det.id), det.id)
-
-
-def _keypoint_table(msg: Detection2DArray) -> dict[str, np.ndarray]:
-    return {det.id: np.array([(r.pose.pose.position.x, r.pose.pose.position.y,
-                               r.hypothesis.score) for r in det.results], dtype=np.float64)
-            for det in msg.detections}
+def _time(sec_nsec: tuple[int, int]) -> Time:
+    return Time(sec=sec_nsec[0], nanosec=sec_nsec[1])
 
 
 @dataclass(frozen=True)
@@ -138,6 +124,8 @@ class SafetyMonitorNode(LifecycleNode):
         self._active = False
         self._entities: list[Any] = []
         self._keypoints: OrderedDict[tuple[int, int], dict[str, np.ndarray]] = OrderedDict()
+        self._detections_stamp = (0, 0)   # of the last detections the pipeline took
+        self._now: tuple[int, int] | None = None   # the input's arrival, for its evaluation
         self._last_state: SafetyState | None = None
         self._last_diag_s = 0.0
         self._published = 0
@@ -154,6 +142,8 @@ class SafetyMonitorNode(LifecycleNode):
         self._stop_pub = self.create_lifecycle_publisher(Bool, 'protective_stop', _LATCHED)
         self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, 'diagnostics', 10)
         self._marker_pub = self.create_lifecycle_publisher(MarkerArray, 'safety_markers', 1)
+        self._status_pub = self.create_lifecycle_publisher(SafetyStatus, 'safety_status',
+                                                           _STATUS_QOS)
         sensor = qos_profile_sensor_data
         speed_type = self._shell.config.robot_speed_type
         if speed_type == 'twist':
@@ -228,12 +218,13 @@ class SafetyMonitorNode(LifecycleNode):
         if getattr(self, '_timer', None) is not None:
             self.destroy_timer(self._timer)
             self._timer = None
-        for name in ('_scale_pub', '_stop_pub', '_diag_pub', '_marker_pub'):
+        for name in ('_scale_pub', '_stop_pub', '_diag_pub', '_marker_pub', '_status_pub'):
             pub = getattr(self, name, None)
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
                 setattr(self, name, None)
         self._pipeline = None
+        self._detections_stamp = (0, 0)
 
     def _reconfigure(self, cfg: SafetyConfig) -> None:
         if self._pipeline is not None:
@@ -256,31 +247,39 @@ class SafetyMonitorNode(LifecycleNode):
     # --- inputs ------------------------------------------------------------------------------
 
     def _guard(self, handler: Callable[..., None], evaluate: bool = True) -> Callable[..., None]:
-        """Run an input handler, then evaluate; any exception becomes a protective stop."""
+        """Run an input handler, then evaluate; any exception becomes a protective stop.
+
+        The handler and its evaluation share one ``now`` (the input's arrival), so an input
+        aged by its arrival and the decision on it agree on the time, as a replay does.
+        """
         def wrapped(*args: Any) -> None:
             if self._pipeline is None:
                 return
+            self._now = safety_inputs.ns_to_sec_nsec(self.get_clock().now().nanoseconds)
             try:
                 handler(*args)
             except Exception as exc:  # noqa: BLE001 - the fail-safe boundary of the node
                 self.get_logger().error(f'protective stop: {type(exc).__name__}: {exc}')
-                self._publish(self._pipeline.fault(f'input error: {type(exc).__name__}: {exc}'))
+                self._publish(self._pipeline.fault(f'input error: {type(exc).__name__}: {exc}'),
+                              self._now)
                 return
+            finally:
+                now, self._now = self._now, None
             if evaluate:
-                self._evaluate()
+                self._evaluate(now)
         return wrapped
 
     def _on_detections(self, msg: Detection2DArray) -> None:
-        stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-        keypoints = self._keypoints.get(stamp, {})
-        detections = [_to_person_detection(det, keypoints) for det in msg.detections]
+        stamp = safety_inputs.stamp_key(msg.header.stamp)
         assert self._pipeline is not None
-        self._pipeline.on_detections(_seconds(msg.header.stamp), detections)
-        self._ages.window.add(_seconds(msg.header.stamp), self._now_s())
+        stamp_s = safety_inputs.feed_detections(self._pipeline, msg,
+                                                self._keypoints.get(stamp, {}))
+        self._detections_stamp = stamp
+        self._ages.window.add(stamp_s, self._now_s())
 
     def _on_keypoints(self, msg: Detection2DArray) -> None:
-        stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-        self._keypoints[stamp] = _keypoint_table(msg)
+        stamp = safety_inputs.stamp_key(msg.header.stamp)
+        self._keypoints[stamp] = safety_inputs.keypoint_table(msg)
         while len(self._keypoints) > 8:
             self._keypoints.popitem(last=False)
 
@@ -289,53 +288,52 @@ class SafetyMonitorNode(LifecycleNode):
         self._pipeline.on_camera_info(list(msg.k), msg.height)
 
     def _on_depth(self, msg: Image) -> None:
-        unit_m = depth_scale_m(msg.encoding)
         assert self._pipeline is not None
-        self._pipeline.on_depth(_seconds(msg.header.stamp), image_to_numpy(msg), unit_m)
-
-    def _stamp_or_now(self, stamp: Time) -> float:
-        """Return when a message was measured (:func:`measured_at`; zero: no stamp)."""
-        return measured_at(_seconds(stamp) if (stamp.sec or stamp.nanosec) else None,
-                           self._now_s())
+        safety_inputs.feed_depth(self._pipeline, msg)
 
     def _on_twist(self, msg: TwistStamped) -> None:
         assert self._pipeline is not None
-        linear = msg.twist.linear
-        self._pipeline.on_robot_speed(self._stamp_or_now(msg.header.stamp),
-                                      speed_from_twist((linear.x, linear.y, linear.z)))
+        safety_inputs.feed_twist(self._pipeline, msg, self._now_s())
 
     def _on_joint_state(self, msg: JointState) -> None:
         assert self._pipeline is not None
-        # Not copied: the core refuses more than MAX_JOINT_STATE names before reading them.
-        self._pipeline.on_joint_state(self._stamp_or_now(msg.header.stamp), msg.name,
-                                      msg.position)
+        safety_inputs.feed_joint_state(self._pipeline, msg, self._now_s())
 
     def _on_scalar_speed(self, msg: Float64) -> None:
         assert self._pipeline is not None
         self._pipeline.on_robot_speed(self._now_s(), abs(float(msg.data)))
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
-        healthy = safety_view.detector_healthy(
-            ((s.name, level_name(s.level)) for s in msg.status),
-            self._shell.config.detector_status_prefix)
+        healthy = safety_inputs.detector_health(msg.status,
+                                                self._shell.config.detector_status_prefix)
         if healthy is not None and self._pipeline is not None:
             self._pipeline.on_detector_health(healthy)
 
     # --- outputs -----------------------------------------------------------------------------
 
+    def _clock_now(self) -> tuple[int, int]:
+        """Now as (sec, nanosec): the arrival of the input being handled, else the clock."""
+        if self._now is not None:
+            return self._now
+        return safety_inputs.ns_to_sec_nsec(self.get_clock().now().nanoseconds)
+
     def _now_s(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
+        sec, nanosec = self._clock_now()
+        return float(sec) + float(nanosec) * 1e-9   # as safety_inputs.stamp_s reads a stamp
 
-    def _evaluate(self) -> None:
+    def _evaluate(self, now: tuple[int, int] | None = None) -> None:
         if self._active and self._pipeline is not None:
-            self._publish(self._pipeline.evaluate(self._now_s()))
+            now = self._clock_now() if now is None else now
+            self._publish(self._pipeline.evaluate(float(now[0]) + float(now[1]) * 1e-9), now)
 
-    def _publish(self, report: SafetyReport) -> None:
+    def _publish(self, report: SafetyReport, at: tuple[int, int] | None = None) -> None:
         if not self._active:
             return
         decision = report.decision
         self._scale_pub.publish(Float64(data=float(decision.speed_scale)))
         self._stop_pub.publish(Bool(data=safety_view.stop_requested(decision.state)))
+        self._status_pub.publish(self._status(report, self._clock_now() if at is None
+                                              else at))
         self._published += 1
         now = time.monotonic()
         self._times.record(now, decision)
@@ -347,6 +345,19 @@ class SafetyMonitorNode(LifecycleNode):
             self._last_diag_s = now
             self._diag_pub.publish(self._diagnostics(report))
             self._marker_pub.publish(self._markers(report))
+
+    def _status(self, report: SafetyReport, now: tuple[int, int]) -> SafetyStatus:
+        d = report.decision
+        msg = SafetyStatus(state=d.state.value, cause=d.cause, reason=d.reason,
+                           speed_scale=float(d.speed_scale),
+                           closest_distance_m=float(d.closest_distance_m),
+                           required_separation_m=float(d.required_separation_m),
+                           allowed_speed_mps=float(d.allowed_speed_mps),
+                           perception_age_s=float(report.perception_age_s),
+                           perception_stamp=_time(self._detections_stamp))
+        msg.header.stamp = _time(now)
+        msg.header.frame_id = self._shell.config.base_frame
+        return msg
 
     def _diagnostics(self, report: SafetyReport) -> DiagnosticArray:
         d = report.decision
