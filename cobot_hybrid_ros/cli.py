@@ -1,4 +1,7 @@
-"""The ROS-graph sub-command of ``cobot-hybrid``: profile (the dispatcher calls :func:`register`).
+"""The ROS-graph sub-commands of ``cobot-hybrid``: profile, record (see :func:`register`).
+
+``cobot-hybrid record BAG --topics NAME[:pkg/msg/Type] ...`` writes the topics into a new
+MCAP bag until Ctrl-C, SIGTERM or ``--duration`` (:mod:`cobot_hybrid_ros.bag_recorder`).
 
 ``cobot-hybrid profile`` joins the running graph (the environment's ROS_DOMAIN_ID and
 discovery settings) for ``--seconds``, measures topics, nodes and processes
@@ -16,6 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cobot_hybrid_ros.bag import BagError
 from cobot_hybrid_ros.errors import ProfileError
 from cobot_hybrid_ros.link_probe import LinkProbeError
 from cobot_hybrid_ros.profile_input import read_sample
@@ -23,7 +27,7 @@ from cobot_hybrid_ros.profile_input import read_sample
 __all__ = ['ERRORS', 'register']
 
 #: What the sub-command raises for bad input or an unreachable system (one line, exit 2).
-ERRORS = (ProfileError, LinkProbeError)
+ERRORS = (ProfileError, LinkProbeError, BagError)
 #: Characters of a broker host name at most (DNS: 253).
 MAX_HOST = 253
 
@@ -108,8 +112,24 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_record(args: argparse.Namespace) -> int:
+    from cobot_hybrid_ros.bag_recorder import parse_topic, record
+
+    record(Path(args.bag), [parse_topic(t) for t in args.topics], args.duration)
+    return 0
+
+
 def register(subparsers: Any) -> None:
-    """Add the profile sub-command."""
+    """Add the profile and record sub-commands."""
+    rec = subparsers.add_parser(
+        'record', help='record topics into a ROS 2 bag (MCAP) until Ctrl-C or --duration')
+    rec.add_argument('bag', help='the new bag (a folder; must not exist)')
+    rec.add_argument('--topics', nargs='+', required=True, metavar='NAME[:TYPE]',
+                     help='topics to record; TYPE (pkg/msg/Name) must match the publishers, '
+                          'without it the type comes from the graph')
+    rec.add_argument('--duration', type=float, default=None,
+                     help='stop after this many seconds (default: at Ctrl-C or SIGTERM)')
+    rec.set_defaults(func=_cmd_record)
     profile = subparsers.add_parser(
         'profile', help='measure a running ROS graph and place its workloads (edge or cloud)')
     profile.add_argument('--seconds', type=float, default=5.0, help='how long to measure')
