@@ -1,4 +1,4 @@
-"""The perception sub-commands of ``cobot-hybrid``: detect, bench, quantize, export, models.
+"""The perception sub-commands of ``cobot-hybrid``: detect, bench, quantize, export, replay...
 
 The dispatcher is :mod:`cobot_hybrid_cli`; it calls :func:`register` and maps :data:`ERRORS`.
 """
@@ -203,8 +203,61 @@ def _card_settings(parser: argparse.ArgumentParser) -> None:
                             default=default, help=spec.text())
 
 
+def _fmt(value: Any) -> str:
+    return f'{value:.6g}' if isinstance(value, float) else str(value)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from cobot_hybrid_perception.safety_replay import load_params, monitor_topics, replay
+
+    settings = load_params([Path(p) for p in args.params or []], args.namespace) \
+        if args.params or not args.print_topics else None
+    if args.print_topics:
+        speed = settings.robot_speed_type if settings else 'twist'
+        geometry = settings.safety.robot_geometry if settings else 'tcp_point'
+        print(' '.join(f'{t}:{m}' for t, m in
+                       monitor_topics(args.namespace, speed, geometry).items()))
+        return 0
+    if not args.bag:
+        raise PerceptionError('replay: name the bag to replay (or --print-topics)')
+    assert settings is not None
+    result = replay(Path(args.bag), settings, args.namespace)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0 if result.ok else 1
+    print(f'{args.bag}: {result.decisions} decisions, {result.compared} compared, '
+          f'{result.matched} matched, {len(result.mismatches)} mismatched '
+          f'({result.skipped_before_sync} before the first fault stop, {result.forced} forced '
+          f'stops applied as recorded, {result.input_errors} inputs raised)')
+    print('  recorded states: ' + ', '.join(f'{k} {v}' for k, v in sorted(result.states.items()))
+          + '; inputs fed: ' + ', '.join(f'{k} {v}' for k, v in sorted(result.inputs.items())))
+    for note in result.notes:
+        print(f'  note: {note}')
+    for m in result.mismatches[:args.show]:
+        print(f'  decision {m.index} at {m.now_s:.9f}:')
+        for name, (recorded, replayed) in m.differences.items():
+            print(f'    {name}: recorded {_fmt(recorded)}, replayed {_fmt(replayed)}')
+        print(f'    recorded reason: {m.recorded_reason}\n    replayed reason: '
+              f'{m.replayed_reason}')
+    print('replay: every decision matched' if result.ok else 'replay: MISMATCH')
+    return 0 if result.ok else 1
+
+
 def register(subparsers: Any) -> None:
     """Add the perception sub-commands."""
+    rep = subparsers.add_parser(
+        'replay', help="replay a bag's safety monitor inputs offline and check each recorded "
+                       'decision (exit 1 on a mismatch)')
+    rep.add_argument('bag', nargs='?', default='', help='the bag (cobot-hybrid record)')
+    rep.add_argument('--params', action='append', metavar='YAML',
+                     help='a params file the monitor ran with (repeat in its order, e.g. '
+                          'config/safety.yaml then an override)')
+    rep.add_argument('--namespace', default='/', help="the monitor's namespace")
+    rep.add_argument('--json', action='store_true', help='print the result as one JSON object')
+    rep.add_argument('--show', type=int, default=10, help='mismatches to print')
+    rep.add_argument('--print-topics', action='store_true',
+                     help='print the TOPIC:TYPE list to give cobot-hybrid record --topics')
+    rep.set_defaults(func=_cmd_replay)
     detect = subparsers.add_parser('detect', help='detect objects in image files')
     detect.add_argument('images', nargs='+', metavar='IMAGE')
     _detector_args(detect)
