@@ -146,7 +146,7 @@ def monitor_topics(namespace: str = '/', robot_speed_type: str = 'twist',
     """Topic -> ``type:qos`` of everything a replay needs (``cobot-hybrid record --topics``).
 
     The inputs best effort (it matches every publisher), ``safety_status`` latched (reliable,
-    with the monitor's history of 50: its first decisions reach a recorder that joins late).
+    with the monitor's history of 500: its first decisions reach a recorder that joins late).
     """
     topics = {_resolve(namespace, k): f'{v}:sensor' for k, v in _TYPES.items()
               if k != 'joint_states' or robot_geometry == 'arm'}
@@ -239,8 +239,16 @@ class _Feeder:
             OrderedDict()
         self.detections_stamp = (0, 0)
         self.detection_stamps = {i.stamp for i in self.queues['detections']}
+        self.keypoints_used: tuple[tuple[int, int], bool] = ((0, 0), True)
 
-    def feed_until(self, now: tuple[int, int], perception: tuple[int, int]) -> None:
+    def feed_until(self, now: tuple[int, int], perception: tuple[int, int],
+                   keypoints_used: bool = True) -> None:
+        """Feed what the monitor had taken before a decision at ``now`` on ``perception``.
+
+        ``keypoints_used`` (the decision's own word) says whether the keypoints of the frame
+        it decided on had come before that frame did: they travel on their own topic.
+        """
+        self.keypoints_used = (perception, keypoints_used)
         while True:
             best: _Input | None = None
             for kind, queue in self.queues.items():
@@ -269,7 +277,10 @@ class _Feeder:
                 while len(self.keypoints) > 8:
                     self.keypoints.popitem(last=False)
             elif kind == 'detections':
-                safety_inputs.feed_detections(pipeline, msg, self.keypoints.get(item.stamp, {}))
+                frame, used = self.keypoints_used
+                keypoints = self.keypoints.get(item.stamp, {}) \
+                    if used or item.stamp != frame else {}
+                safety_inputs.feed_detections(pipeline, msg, keypoints)
                 self.detections_stamp = item.stamp
             elif kind == 'camera_info':
                 pipeline.on_camera_info(list(msg.k), msg.height)
@@ -383,7 +394,7 @@ def replay(bag: Path, settings: ReplaySettings, namespace: str = '/') -> ReplayR
     for index, recorded in enumerate(decisions[sync:], start=sync):
         now = _stamp_key(recorded)
         perception = safety_inputs.stamp_key(recorded.perception_stamp)
-        feeder.feed_until(now, perception)
+        feeder.feed_until(now, perception, bool(recorded.keypoints_used))
         now_s = safety_inputs.stamp_s(recorded.header.stamp)
         if recorded.cause == 'fault':
             report = pipeline.fault(recorded.reason)

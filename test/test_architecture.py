@@ -18,7 +18,8 @@ ROS_MODULE = re.compile(r'^(rclpy|rcl_interfaces|\w+_msgs|\w+_interfaces|launch|
 #: Our Python packages; cobot_hybrid_msgs is a ROS interface package (ROS_MODULE), not one.
 OURS = re.compile(r'^(cobot_hybrid_(?!msgs\b)\w+)')
 #: The pure part of cobot_hybrid_ros (no ROS import): perception's cores use the codec too.
-ROS_HELPERS_PURE = frozenset({'cobot_hybrid_ros.image_codec', 'cobot_hybrid_ros.errors'})
+ROS_HELPERS_PURE = frozenset({'cobot_hybrid_ros.image_codec', 'cobot_hybrid_ros.errors',
+                              'cobot_hybrid_ros.bag'})   # and bags: the safety replay reads them
 
 
 def _python_files(package: str) -> list[Path]:

@@ -38,7 +38,8 @@ def _status(store: Any, sec: int, state: str = 'RUN') -> Any:
     return types[STATUS](header=header, state=state, cause='clear', reason='clear',
                          speed_scale=1.0, closest_distance_m=math.inf,
                          required_separation_m=0.0, allowed_speed_mps=1.0,
-                         perception_age_s=0.01, perception_stamp=time(sec=sec, nanosec=0))
+                         perception_age_s=0.01, perception_stamp=time(sec=sec, nanosec=0),
+                         keypoints_used=False)
 
 
 def _write(store: Any, path: Path, count: int = 3) -> None:

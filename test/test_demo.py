@@ -29,6 +29,17 @@ def test_short_demo_loop_loses_nothing(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = result.stdout.split('demo report', 1)[1]
     assert ' lost                               0' in report
+    # The run's bag replays into the safety monitor's core with the very same decisions.
+    replay = [ln for ln in report.splitlines() if 'safety replay (bag)' in ln][0]
+    assert 'same decisions' in replay, replay
+    again = subprocess.run([sys.executable, '-m', 'cobot_hybrid_cli', 'replay',
+                            str(tmp_path / 'safety_bag'), '--params',
+                            str(tmp_path / 'safety_params.yaml'), '--json'],
+                           capture_output=True, text=True, timeout=240, check=False)
+    summary = json.loads(again.stdout)
+    assert again.returncode == 0 and summary['ok'], again.stdout[-3000:]
+    assert summary['compared'] > 50 and summary['matched'] == summary['compared']
+    assert summary['states'].get('PROTECTIVE_STOP', 0) > 0, summary   # people in the scene
     assert 'missions acknowledged              1' in report
     progress = [line for line in report.splitlines() if 'task progress reports' in line][0]
     assert int(progress.split()[-1]) >= 1   # the executor started a task of the mission

@@ -115,7 +115,8 @@ def test_the_execute_task_goal_is_a_task_of_a_mission_version() -> None:
 def test_safety_status_carries_the_monitors_decision() -> None:
     fields = _fields(SafetyStatus)
     assert fields.pop('header') == 'std_msgs/Header'
-    assert fields.pop('perception_stamp') == 'builtin_interfaces/Time'
+    assert fields.pop('perception_stamp') == 'builtin_interfaces/Time'   # for the replay
+    assert fields.pop('keypoints_used') == 'boolean'                       # for the replay
     report = {f.name for f in dataclasses.fields(SafetyReport)}
     decision = {f.name for f in dataclasses.fields(Decision)}
     assert 'perception_age_s' in report and fields.pop('perception_age_s') == 'double'

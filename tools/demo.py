@@ -31,6 +31,7 @@ import argparse
 import base64
 import io
 import json
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -41,12 +42,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / 'tools'))
 from fault_proxy import FaultProxy  # noqa: E402
 from local_broker import start_mosquitto  # noqa: E402
 from loopback_env import configure_ros_environment  # noqa: E402
 
+from cobot_hybrid_perception.safety_replay import monitor_topics  # noqa: E402
 from cobot_hybrid_protocol.topics import DELIVERED, STATUS, parse_topic, robot_filter  # noqa: E402
 
 RVIZ_CONFIG = ROOT / 'rviz' / 'cobot_hybrid.rviz'
@@ -272,11 +276,12 @@ class RobotSide:
 
     def __init__(self) -> None:
         import rclpy
+        from cobot_hybrid_msgs.msg import Mission, TaskProgress
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import TwistStamped
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image
-        from std_msgs.msg import Bool, Float64, String
+        from std_msgs.msg import Bool, Float64
         from vision_msgs.msg import Detection2DArray
 
         from cobot_hybrid_ros.frames import FrameWatcher
@@ -298,7 +303,7 @@ class RobotSide:
         self.image_times: list[float] = []
         self.detection_times: list[float] = []
         self.budgets: dict[str, tuple[int, str]] = {}
-        self.missions: list[dict[str, Any]] = []
+        self.missions: list[Any] = []   # cobot_hybrid_msgs/Mission as the robot got them
         self.progress: list[tuple[float, str, str]] = []
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -315,9 +320,8 @@ class RobotSide:
             (time.monotonic() - self.t0, m.data)), latched)
         node.create_subscription(Bool, 'protective_stop', self._on_stop, latched)
         node.create_subscription(DiagnosticArray, 'diagnostics', self._on_diag, 10)
-        node.create_subscription(String, 'mission', lambda m: self.missions.append(
-            json.loads(m.data)), latched)
-        node.create_subscription(String, 'task_progress', self._on_progress, 100)
+        node.create_subscription(Mission, 'mission', self.missions.append, latched)
+        node.create_subscription(TaskProgress, 'task_progress', self._on_progress, 100)
         self._last_stop = False
 
     def _on_image(self, raw: bytes) -> None:
@@ -344,8 +348,7 @@ class RobotSide:
         self.speed_pub.publish(twist)
 
     def _on_progress(self, msg: Any) -> None:
-        data = json.loads(msg.data)
-        self.progress.append((time.monotonic() - self.t0, data['task_id'], data['status']))
+        self.progress.append((time.monotonic() - self.t0, msg.task_id, msg.status))
 
     def _on_detections(self, msg: Any) -> None:
         self.detections += 1
@@ -460,6 +463,24 @@ def start(command: list[str], log: Path, nice: int = 0) -> subprocess.Popen[byte
                                 preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
+def replay_bag(bag: Path, params: Path, out: Path) -> str:
+    """Replay the run's safety bag into the monitor's core; one line on how it compared."""
+    command = [sys.executable, '-m', 'cobot_hybrid_cli', 'replay', str(bag), '--params',
+               str(params), '--json']
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            check=False)
+    out.write_text(result.stdout + result.stderr)
+    again = f'cobot-hybrid replay {bag} --params {params}'
+    try:
+        summary = json.loads(result.stdout)
+    except ValueError:
+        return f'not replayed: {(result.stderr or result.stdout).strip()[-300:]} ({again})'
+    counts = f'{summary["matched"]} of {summary["compared"]} decisions'
+    if result.returncode == 0 and summary.get('ok'):
+        return f'same decisions: {counts} ({again})'
+    return f'DIFFERENT: {counts} matched, see {out} ({again})'
+
+
 def ros_node(module: str, *params: str) -> list[str]:
     """Command line of a node module with ``-p`` parameters."""
     command = [sys.executable, '-m', module, '--ros-args']
@@ -551,7 +572,20 @@ def main() -> int:
     orders.write_text(json.dumps(DEMO_ORDER))
     rate_hz = settings['rate_hz']
     source = build_scene(work / 'scene', rate_hz) if args.source == 'scene' else args.source
+    # The safety monitor's inputs and decisions go into a bag, recorded from before the
+    # monitor starts, that `cobot-hybrid replay` plays back into the monitor's core offline.
+    # The monitor reads its settings from a file, so the replay can read the same one.
+    bag = out / 'safety_bag'
+    shutil.rmtree(bag, ignore_errors=True)
+    safety_params = out / 'safety_params.yaml'
+    safety_params.write_text(yaml.safe_dump({'safety_monitor_node': {'ros__parameters': {
+        'publish_camera_tf': True, 'max_perception_age_s': settings['limit_s']}}}))
+    recorder = start([sys.executable, '-m', 'cobot_hybrid_cli', 'record', str(bag),
+                      '--topics', *[f'{topic}:{kind}' for topic, kind in
+                                    monitor_topics('/').items()]],
+                     work / 'recorder.log', BACKGROUND_NICE)
     procs = {
+        'recorder': recorder,
         'planner': start(ros_node('cobot_hybrid_planner.nodes.planner_node',
                                   f'site_file:={examples / "site.yaml"}',
                                   f'private_key_file:={private}',
@@ -564,10 +598,8 @@ def main() -> int:
                                  f'cloud_public_keys:=[planner={public}]',
                                  'state_period_s:=2.0', 'reconnect_max_s:=2.0'),
                          work / 'bridge.log', BACKGROUND_NICE),
-        'safety': start(ros_node('cobot_hybrid_perception.nodes.safety_monitor_node',
-                                 'publish_camera_tf:=true',
-                                 f'max_perception_age_s:={settings["limit_s"]}'),
-                        work / 'safety.log'),
+        'safety': start([*ros_node('cobot_hybrid_perception.nodes.safety_monitor_node'),
+                         '--params-file', str(safety_params)], work / 'safety.log'),
         'frames': start(ros_node('cobot_hybrid_ros.nodes.static_transform_node',
                                  'parents:=[map]', 'children:=[base_link]'),
                         work / 'frames.log', BACKGROUND_NICE),
@@ -642,7 +674,7 @@ def main() -> int:
         if profiler is not None and profiler.poll() is None:
             profiler.kill()
         for name in ('camera', 'detector', 'safety', 'executor', 'skill', 'bridge', 'planner',
-                     'frames'):
+                     'frames', 'recorder'):
             proc = procs[name]
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
@@ -656,6 +688,7 @@ def main() -> int:
         proxy.close()
         broker.terminate()
         broker.wait(timeout=10)
+    replay = replay_bag(bag, safety_params, work / 'replay.json')
     stats = queue_stats(queue_file) or {}
     committed = set(range(1, stats.get('next_seq', 1)))
     missions, tasks = ledger(work / 'cloud' / 'ledger.db')
@@ -680,6 +713,7 @@ def main() -> int:
         'messages up by topic': json.dumps(cloud.by_topic),
         'frames published': json.dumps({f: sorted(t) for f, t in robot.watcher.frames.items()}),
         'TF tree': tf_verdict(robot.watcher),
+        'safety replay (bag)': replay,
         'rviz': f'rviz2 -d {RVIZ_CONFIG.relative_to(ROOT)} (fixed frame {rviz_fixed_frame()})',
     }
     matrix = out / 'profile' / 'decision_matrix.md'
@@ -710,7 +744,8 @@ def main() -> int:
         print('demo: WARNING: a perception budget ended at ERROR (above): the last seconds '
               'of the run did not fit the age limit on this machine')
     ok = (report['lost'] == 0 and robot.frames > 0 and report['missions acknowledged'] >= 1
-          and report['TF tree'].startswith('complete') and stale_ok)
+          and report['TF tree'].startswith('complete') and stale_ok
+          and replay.startswith('same decisions'))
     print('demo:', 'OK' if ok else 'FAILED')
     return 0 if ok else 1
 

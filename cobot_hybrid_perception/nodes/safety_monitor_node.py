@@ -125,6 +125,7 @@ class SafetyMonitorNode(LifecycleNode):
         self._entities: list[Any] = []
         self._keypoints: OrderedDict[tuple[int, int], dict[str, np.ndarray]] = OrderedDict()
         self._detections_stamp = (0, 0)   # of the last detections the pipeline took
+        self._keypoints_used = False       # whether their keypoints had arrived before them
         self._now: tuple[int, int] | None = None   # the input's arrival, for its evaluation
         self._last_state: SafetyState | None = None
         self._last_diag_s = 0.0
@@ -272,9 +273,10 @@ class SafetyMonitorNode(LifecycleNode):
     def _on_detections(self, msg: Detection2DArray) -> None:
         stamp = safety_inputs.stamp_key(msg.header.stamp)
         assert self._pipeline is not None
-        stamp_s = safety_inputs.feed_detections(self._pipeline, msg,
-                                                self._keypoints.get(stamp, {}))
-        self._detections_stamp = stamp
+        keypoints = self._keypoints.get(stamp)
+        stamp_s = safety_inputs.feed_detections(self._pipeline, msg, keypoints or {})
+        # Said in safety_status: the keypoints travel apart and may come after their frame.
+        self._detections_stamp, self._keypoints_used = stamp, keypoints is not None
         self._ages.window.add(stamp_s, self._now_s())
 
     def _on_keypoints(self, msg: Detection2DArray) -> None:
@@ -354,7 +356,8 @@ class SafetyMonitorNode(LifecycleNode):
                            required_separation_m=float(d.required_separation_m),
                            allowed_speed_mps=float(d.allowed_speed_mps),
                            perception_age_s=float(report.perception_age_s),
-                           perception_stamp=_time(self._detections_stamp))
+                           perception_stamp=_time(self._detections_stamp),
+                           keypoints_used=self._keypoints_used)
         msg.header.stamp = _time(now)
         msg.header.frame_id = self._shell.config.base_frame
         return msg
