@@ -180,6 +180,7 @@ def test_a_recorded_run_replays_decision_for_decision(make_node: Any, ros_proces
     detector.kill()   # perception goes stale
     assert harness.spin_until(lambda: any('perception stale' in r
                                           for r in heard.reasons_since(0.0)), 10.0)
+    harness.spin_for(1.0)   # the stale decisions reach the recorder too (it is a subscriber)
     assert recorder.stop(timeout_s=20.0) == 0, recorder.log()
     assert 'record: closed' in recorder.log(), recorder.log()
 
