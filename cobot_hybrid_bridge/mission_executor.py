@@ -226,7 +226,7 @@ class _Goal:
     """A goal sent: waiting for its answer, running, or cancelled and not ended yet."""
 
     task: ActiveTask | None          # None: a stray goal being cancelled
-    state: str                       # sending | running | cancelling
+    state: str                       # sending | running | cancelling | abandoned
     since: float
     then: str = ''                   # after its cancel: pause | retry | fail | '' (nothing)
     reason: str = ''                 # the failure to report after a cancel (then fail/retry)
@@ -256,6 +256,9 @@ class MissionExecutor:
     def accept(self, mission: Mission, now: float) -> bool:
         """Take a mission; False (and no change) if it is not newer than the current one."""
         current = self.mission
+        if now >= mission.valid_until:   # expired on arrival: it changes nothing here
+            self._count('missions_expired_on_arrival')
+            return False
         if current is not None and mission.mission_id == current.mission_id \
                 and mission.version <= current.version:
             return False
@@ -315,6 +318,9 @@ class MissionExecutor:
     def on_rejected(self, key: int, now: float, reason: str = '') -> None:
         """Take the skill's refusal of goal ``key`` (or: it could not be sent)."""
         goal = self._goals.get(key)
+        if goal is not None and goal.state == 'abandoned':
+            del self._goals[key]   # refused after all: nothing runs
+            return
         if goal is None or goal.state != 'sending':
             self._odd('rejection_of_a_goal_not_sent')
             return
@@ -431,11 +437,15 @@ class MissionExecutor:
     def _expire_goals(self, now: float) -> None:
         for key, goal in list(self._goals.items()):
             if goal.state == 'sending' and now - goal.since >= self.cfg.accept_timeout_s:
-                del self._goals[key]   # a late accept is answered with a cancel
-                if goal.task is not None:
-                    goal.task.goal = None
-                    self._attempt_failed(goal.task, 'accept_timeout', f'no answer to the goal '
+                task = goal.task
+                self._abandon(goal, now)   # a late accept is answered with a cancel
+                if task is not None:
+                    task.goal = None
+                    self._attempt_failed(task, 'accept_timeout', f'no answer to the goal '
                                          f'in {self.cfg.accept_timeout_s:g} s', now)
+            elif goal.state == 'abandoned' and now - goal.since >= self.cfg.accept_timeout_s:
+                del self._goals[key]   # never answered at all: the skill never had it
+                self._count('abandoned_unanswered')
             elif goal.state == 'cancelling' and now - goal.since >= self.cfg.cancel_timeout_s:
                 del self._goals[key]
                 self._count('cancel_timeouts')
@@ -468,7 +478,7 @@ class MissionExecutor:
                 self._close(active, 'failed', reason, now)
             return
         if goal.state == 'sending':
-            del self._goals[active.goal]   # not started: dropped; a late accept is cancelled
+            self._abandon(goal, now)   # not started: dropped; a late accept is cancelled
             self._count('dropped_unstarted')
             return
         if goal.state == 'running':
@@ -508,8 +518,17 @@ class MissionExecutor:
         self._reports.append(TaskProgress(active.mission.mission_id, active.mission.version,
                                           active.task.task_id, status, now, reason[:1000]))
 
+    @staticmethod
+    def _abandon(goal: _Goal, now: float) -> None:
+        """Give up a goal not answered yet; it holds the skill until its answer or a timeout.
+
+        Forgetting it would let the next goal go out while the skill may still accept this
+        one: two goals at once (a late accept is answered with a cancel, then it ends).
+        """
+        goal.state, goal.since, goal.task = 'abandoned', now, None
+
     def _draining(self) -> bool:
-        return any(g.state == 'cancelling' for g in self._goals.values())
+        return any(g.state in ('cancelling', 'abandoned') for g in self._goals.values())
 
     def _count(self, name: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + 1

@@ -41,6 +41,8 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_TOPICS = 64
 #: Most messages read from one bag (a 10 min run at ~2 kHz over every topic).
 MAX_MESSAGES = 2_000_000
+#: Bytes of the messages asked for, all together: a replay holds them all in memory.
+MAX_TOTAL_BYTES = 4 * 1024**3
 _MSG_NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_]*/msg/[A-Z][A-Za-z0-9]*$')
 _MAX_MSG_FILE = 64 * 1024
 
@@ -204,7 +206,8 @@ def bag_topics(path: Path) -> dict[str, tuple[str, int]]:
 
 def read_messages(path: Path, typestore: Any, topics: Mapping[str, Sequence[str]],
                   max_message_bytes: int = MAX_MESSAGE_BYTES,
-                  max_messages: int = MAX_MESSAGES) -> Iterator[BagMessage]:
+                  max_messages: int = MAX_MESSAGES,
+                  max_total_bytes: int = MAX_TOTAL_BYTES) -> Iterator[BagMessage]:
     """Deserialized messages of ``topics`` (topic -> accepted types), in the bag's order.
 
     Topics of the bag not asked for are skipped unread; one asked for with another type, a
@@ -230,7 +233,7 @@ def read_messages(path: Path, typestore: Any, topics: Mapping[str, Sequence[str]
             wanted.append(conn)
         if not wanted:
             return
-        count = 0
+        count = total = 0
         messages = reader.messages(connections=wanted)
         while True:
             try:
@@ -249,6 +252,11 @@ def read_messages(path: Path, typestore: Any, topics: Mapping[str, Sequence[str]
             if len(data) > max_message_bytes:
                 raise BagError(f'{path}: message {count} on {conn.topic} is {len(data)} bytes '
                                f'(more than {max_message_bytes}); not read')
+            total += len(data)
+            if total > max_total_bytes:
+                raise BagError(f'{path}: the topics asked for hold more than '
+                               f'{max_total_bytes} bytes (at message {count}); split the bag '
+                               'or record fewer topics (depth images are the large ones)')
             try:
                 msg = typestore.deserialize_cdr(data, conn.msgtype)
             except Exception as exc:  # noqa: BLE001 - any junk in CDR

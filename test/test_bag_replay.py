@@ -101,6 +101,10 @@ def test_reading_refuses_a_huge_message_and_a_wrong_type(store: Any, tmp_path: P
                            max_message_bytes=10))
     with pytest.raises(BagError, match='expected vision_msgs'):
         list(read_messages(tmp_path / 'bag', store, {'/safety_status': [DETECTIONS]}))
+    # Small messages, too many bytes in all (a replay holds them): refused, not swapped in.
+    with pytest.raises(BagError, match='hold more than 300 bytes'):
+        list(read_messages(tmp_path / 'bag', store, {'/safety_status': [STATUS]},
+                           max_total_bytes=300))
 
 
 @pytest.mark.parametrize(('text', 'topic', 'msgtype'), [

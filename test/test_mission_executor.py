@@ -160,7 +160,10 @@ def test_retries_by_policy_then_failed_with_the_cause(event: str) -> None:
     cell = Cell(ExecutorConfig(max_retries=2, retry_delay_s=0.5, accept_timeout_s=1.0))
     cell.accept(mission(1, ('a', 1.0), ('b', 1.0)))
     for attempt in range(3):
-        goal = cell.goal(within_s=0.1 if attempt == 0 else 0.7)   # after the retry delay
+        # After the retry delay; after an accept timeout, once the unanswered goal is given
+        # up too (one more accept timeout: the skill may still take it until then).
+        goal = cell.goal(within_s=0.1 if attempt == 0 else
+                         1.2 if event == 'accept_timeout' else 0.7)
         assert goal.task.task_id == 'a'
         if event == 'rejected':
             cell.rejected(goal.key)
@@ -171,7 +174,7 @@ def test_retries_by_policy_then_failed_with_the_cause(event: str) -> None:
             cell.result(goal.key, event, 'gripper jammed')
         if attempt < 2:
             assert cell.step() == []      # not at once: the retry delay
-    cell.run(0.2)
+    cell.run(1.2 if event == 'accept_timeout' else 0.2)
     assert ('a', 'failed') in cell.reports
     cause = {'failed': 'aborted'}.get(event, event)
     assert cell.reasons[-1].startswith(f'{cause}: ') and 'attempt 3 of 3' in cell.reasons[-1]
@@ -465,3 +468,50 @@ def test_progress_reports_round_trip_and_bad_ones_are_named() -> None:
         validate_progress(bad)
     with pytest.raises(SchemaError, match='unknown fields'):
         validate_progress(progress_to_json(report) | {'extra': 1})
+
+
+def test_no_retry_goes_out_while_a_timed_out_goal_may_still_be_accepted() -> None:
+    # A skill slow to answer must never end up with the retry and the late goal at once.
+    cell = Cell(ExecutorConfig(accept_timeout_s=1.0, retry_delay_s=0.5))
+    cell.accept(mission(1, ('a', 1.0)))
+    late = cell.goal()
+    cell.run(1.1)                                 # no answer: one failed attempt
+    cell.run(0.7)                                 # past the retry delay
+    assert len(cell.sent) == 1                    # held: the first may still be accepted
+    cell.accepted(late.key)                       # it is: cancelled, still nothing new
+    assert cell.cancels[-1].key == late.key and len(cell.sent) == 1
+    cell.result(late.key, 'canceled')
+    assert cell.goal(within_s=1.0).task.task_id == 'a'
+
+
+def test_a_timed_out_goal_never_answered_at_all_frees_the_skill_after_a_second_timeout() -> None:
+    cell = Cell(ExecutorConfig(accept_timeout_s=1.0, retry_delay_s=0.1))
+    cell.accept(mission(1, ('a', 1.0)))
+    cell.goal()
+    cell.run(1.1)
+    assert cell.goal(within_s=1.5).task.task_id == 'a'   # the retry, once it is given up
+    assert cell.ex.counts.get('abandoned_unanswered') == 1
+
+
+def test_a_superseded_unanswered_goal_holds_the_next_task_until_its_answer() -> None:
+    cell = Cell()
+    cell.accept(mission(1, ('a', 1.0), ('b', 1.0)))
+    dropped = cell.goal()
+    cell.accept(mission(2, ('b', 1.0)))
+    cell.run(0.5)
+    assert len(cell.sent) == 1                    # b waits: the skill may still take a
+    cell.rejected(dropped.key)                    # refused after all: nothing runs
+    assert cell.goal().task.task_id == 'b'
+    assert cell.ex.odd == {}
+
+
+def test_a_mission_expired_on_arrival_changes_nothing() -> None:
+    cell = Cell()
+    cell.accept(mission(1, ('a', 5.0)))
+    running = cell.goal()
+    cell.accepted(running.key)
+    cell.now = 100.0
+    assert not cell.accept(mission(2, ('b', 1.0), valid_until=50.0))
+    assert cell.cancels == [] and cell.ex.counts.get('missions_expired_on_arrival') == 1
+    cell.result(running.key)
+    assert ('a', 'done') in cell.reports
