@@ -61,7 +61,7 @@ typecheck: setup
 	    cobot_hybrid_planner cobot_hybrid_cli cobot_hybrid_ros/image_codec.py \
 	    cobot_hybrid_ros/errors.py cobot_hybrid_ros/bringup.py cobot_hybrid_ros/frames.py \
 	    cobot_hybrid_ros/placement.py cobot_hybrid_ros/link_probe.py cobot_hybrid_ros/graph_profile.py \
-	    cobot_hybrid_ros/cli.py cobot_hybrid_ros/profile_input.py cobot_hybrid_ros/bag.py \
+	    cobot_hybrid_ros/cli.py cobot_hybrid_ros/profile_input.py cobot_hybrid_ros/bag.py cobot_hybrid_ros/diagnostic_levels.py \
 	    cobot_hybrid_ros/bag_recorder.py --exclude '/nodes/'
 
 pytest: setup

@@ -27,14 +27,13 @@ from cobot_hybrid_perception.safety_pipeline import (
     measured_at,
     speed_from_twist,
 )
+from cobot_hybrid_ros.diagnostic_levels import level_name
 from cobot_hybrid_ros.image_codec import image_view
 
-__all__ = ['LEVEL_NAMES', 'KeypointTable', 'detector_health', 'feed_depth', 'feed_detections',
-           'feed_joint_state', 'feed_twist', 'has_stamp', 'keypoint_table', 'level_name',
+__all__ = ['KeypointTable', 'detector_health', 'feed_depth', 'feed_detections',
+           'feed_joint_state', 'feed_twist', 'has_stamp', 'keypoint_table',
            'ns_to_sec_nsec', 'person_detections', 'stamp_key', 'stamp_s']
 
-#: ``diagnostic_msgs/DiagnosticStatus`` levels by number (as cobot_hybrid_ros.diagnostics).
-LEVEL_NAMES = {0: 'OK', 1: 'WARN', 2: 'ERROR', 3: 'STALE'}
 KeypointTable = dict[str, npt.NDArray[Any]]
 
 
@@ -56,12 +55,6 @@ def has_stamp(stamp: Any) -> bool:
 def ns_to_sec_nsec(ns: int) -> tuple[int, int]:
     """Clock nanoseconds as a stamp's (sec, nanosec)."""
     return divmod(int(ns), 1_000_000_000)
-
-
-def level_name(level: Any) -> str:
-    """Return a received diagnostic level as its name (``LEVEL_<n>`` outside the four)."""
-    number = level[0] if isinstance(level, (bytes, bytearray)) else int(level)
-    return LEVEL_NAMES.get(number, f'LEVEL_{number}')
 
 
 def keypoint_table(msg: Any) -> KeypointTable:

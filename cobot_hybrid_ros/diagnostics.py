@@ -14,12 +14,13 @@ from collections.abc import Mapping
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.clock import Clock
 
+from cobot_hybrid_ros.diagnostic_levels import level_name
+
 __all__ = ['LEVELS', 'diagnostic_array', 'diagnostic_value', 'level_byte', 'level_name']
 
 #: The four levels of ``diagnostic_msgs/DiagnosticStatus``, by the names cores use.
 LEVELS: dict[str, bytes] = {'OK': DiagnosticStatus.OK, 'WARN': DiagnosticStatus.WARN,
                             'ERROR': DiagnosticStatus.ERROR, 'STALE': DiagnosticStatus.STALE}
-_NAMES = {value[0]: name for name, value in LEVELS.items()}
 
 
 def level_byte(name: str) -> bytes:
@@ -29,16 +30,6 @@ def level_byte(name: str) -> bytes:
     except KeyError:
         raise ValueError(f'unknown diagnostic level {name!r}; use one of '
                          f'{", ".join(LEVELS)}') from None
-
-
-def level_name(level: bytes | int) -> str:
-    """Return the name of a received level; one outside the four defined reads ``LEVEL_<n>``.
-
-    rclpy holds the level as one byte; a foreign publisher may send any value, which must
-    still compare as "not OK" rather than end the callback.
-    """
-    number = level[0] if isinstance(level, bytes) else int(level)
-    return _NAMES.get(number, f'LEVEL_{number}')
 
 
 def diagnostic_value(value: object) -> str:

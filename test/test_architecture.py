@@ -17,9 +17,10 @@ PACKAGES = ['cobot_hybrid_perception', 'cobot_hybrid_bridge', 'cobot_hybrid_plan
 ROS_MODULE = re.compile(r'^(rclpy|rcl_interfaces|\w+_msgs|\w+_interfaces|launch|launch_ros)\b')
 #: Our Python packages; cobot_hybrid_msgs is a ROS interface package (ROS_MODULE), not one.
 OURS = re.compile(r'^(cobot_hybrid_(?!msgs\b)\w+)')
-#: The pure part of cobot_hybrid_ros (no ROS import): perception's cores use the codec too.
+#: The pure part of cobot_hybrid_ros (no ROS import): perception's cores use the codec, and the
+#: safety replay the bags and the diagnostic level names, too.
 ROS_HELPERS_PURE = frozenset({'cobot_hybrid_ros.image_codec', 'cobot_hybrid_ros.errors',
-                              'cobot_hybrid_ros.bag'})   # and bags: the safety replay reads them
+                              'cobot_hybrid_ros.bag', 'cobot_hybrid_ros.diagnostic_levels'})
 
 
 def _python_files(package: str) -> list[Path]:
