@@ -7,12 +7,13 @@ compares the windows of the canary robots (running the candidate) with those of 
 robots (running the champion) over the same span:
 
 * **no data never passes**: fewer than ``min_frames`` frames on either side, a canary with
-  fewer than ``min_windows`` windows, or fewer champion windows than that, is
+  fewer than ``min_windows`` windows, or no champion robot with that many, is
   ``inconclusive`` (the controller waits, and pauses the rollout after the step's timeout),
   the complaint every canary tool gets ("no values found") turned into a state of its own;
 * every figure is the **median robot** of its side (each robot's own median p99 and its
   rates over its frames), so each robot counts once however often it reports, and every
   canary must have sent ``min_windows`` windows: one chatty robot cannot pass or fail a step;
+  a champion robot with fewer (gone away, or just back) is left out of the champion median;
 * ``latency_p99``: the canary median p99 at most ``max_latency_ratio`` times the champion's
   (and at most ``max_latency_ms`` when set);
 * ``error_rate``: inference errors per frame at most the champion's plus
@@ -119,6 +120,22 @@ def _side(windows: Sequence[Window]) -> tuple[dict[str, float], dict[str, int]]:
     return side, {robot: len(ws) for robot, ws in by_robot.items()}
 
 
+def _settled(windows: Sequence[Window], cfg: GateConfig) -> list[Window]:
+    """Keep the windows of the robots that sent at least ``min_windows`` of them.
+
+    The champion side is the reference: a robot that went away, or has just come back, is
+    left out of its median rather than holding the step (the canaries, who are judged, must
+    each report). With no robot settled the side keeps all its windows, and
+    :func:`_enough` then says why it is not enough.
+    """
+    counts: dict[str, int] = {}
+    for window in windows:
+        if window.frames:
+            counts[window.robot_id] = counts.get(window.robot_id, 0) + 1
+    kept = [w for w in windows if counts.get(w.robot_id, 0) >= cfg.min_windows]
+    return kept or list(windows)
+
+
 def _enough(name: str, side: dict[str, float], counts: dict[str, int],
             required: Sequence[str], cfg: GateConfig) -> str:
     """Say why a side has too little data ('' when it has enough)."""
@@ -126,10 +143,10 @@ def _enough(name: str, side: dict[str, float], counts: dict[str, int],
         return (f'not enough data: the {name} robots sent {side["frames"]:.0f} frames in '
                 f'{side["windows"]:.0f} metric windows (need {cfg.min_frames} frames)')
     if not required:
-        required = list(counts) or ['(none)']
-        if sum(counts.values()) < cfg.min_windows:
-            return (f'not enough data: the {name} robots sent {sum(counts.values())} metric '
-                    f'windows (need {cfg.min_windows})')
+        if not any(n >= cfg.min_windows for n in counts.values()):
+            return (f'not enough data: no {name} robot sent {cfg.min_windows} metric windows '
+                    f'({sum(counts.values())} windows from {len(counts)} robot(s))')
+        return ''
     short = [r for r in required if counts.get(r, 0) < cfg.min_windows]
     if short:
         return (f'not enough data: {len(short)} {name} robot(s) sent fewer than '
@@ -152,7 +169,7 @@ def judge_alone(candidate: Sequence[Window], robots: Sequence[str], cfg: GateCon
     if missing:
         return Verdict('inconclusive', missing,
                        {f'candidate_{k}': round(v, 4) for k, v in c.items()})
-    b, b_counts = _side(baseline)
+    b, b_counts = _side(_settled(baseline, cfg))
     if not _enough('champion', b, b_counts, (), cfg):
         verdict = judge(candidate, baseline, cfg, robots)
         return Verdict(verdict.outcome, verdict.reason.replace(
@@ -180,7 +197,7 @@ def judge(canary: Sequence[Window], champion: Sequence[Window], cfg: GateConfig,
     ``canaries`` must have sent ``min_windows`` windows: one chatty robot cannot pass or
     fail a step alone.
     """
-    (c, c_counts), (b, b_counts) = _side(canary), _side(champion)
+    (c, c_counts), (b, b_counts) = _side(canary), _side(_settled(champion, cfg))
     values = {f'canary_{k}': round(v, 4) for k, v in c.items()} | \
         {f'champion_{k}': round(v, 4) for k, v in b.items()}
     for name, side, counts, required in (('canary', c, c_counts, canaries),

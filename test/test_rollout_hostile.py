@@ -363,3 +363,38 @@ def test_a_robot_whose_clock_is_behind_shows_why_in_the_rollout(
             'the refusal reason is nowhere in the rollout status'
     finally:
         fleet.close()
+
+
+def test_a_champion_robot_that_goes_away_does_not_hold_the_step(tmp_path: Path) -> None:
+    ctl, new, old, fleet, canaries, _ = _controller(tmp_path)
+    t = _step_ready(ctl, new, fleet, canaries)
+    champions = [r for r in fleet if r not in canaries]
+    away = champions[0]
+    t += 10
+    ctl.on_metrics(away, _m(old, 30.0, t), t)                # one window, then gone
+    for _ in range(7):
+        t += 10
+        for r in canaries:
+            ctl.on_metrics(r, _m(new, 30.0, t), t)
+        for r in champions[1:]:
+            ctl.on_metrics(r, _m(old, 30.0, t), t)
+    ctl.step(t + 1, frozenset(fleet) - {away})
+    verdict = ctl.status('r-1')['verdict']
+    assert verdict['outcome'] == 'pass', verdict
+
+
+def test_no_settled_champion_robot_is_still_inconclusive(tmp_path: Path) -> None:
+    ctl, new, old, fleet, canaries, _ = _controller(tmp_path)
+    t = _step_ready(ctl, new, fleet, canaries)
+    champions = [r for r in fleet if r not in canaries]
+    t += 10
+    for r in champions:
+        ctl.on_metrics(r, _m(old, 30.0, t, frames=600), t)   # one big window each
+    for _ in range(7):
+        t += 10
+        for r in canaries:
+            ctl.on_metrics(r, _m(new, 30.0, t), t)
+    ctl.step(t + 1, frozenset(fleet))
+    verdict = ctl.status('r-1')['verdict']
+    assert verdict['outcome'] == 'inconclusive', verdict
+    assert 'no champion robot sent 2' in verdict['reason'], verdict
