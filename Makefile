@@ -50,7 +50,7 @@ $(STAMP): requirements/base.txt requirements/dev.txt requirements/models.txt req
 	test -x build/checkov/bin/python || $(PYTHON) -m venv build/checkov
 	build/checkov/bin/python -m pip install -q --disable-pip-version-check checkov==$(CHECKOV)
 	$(PIP) --no-build-isolation --no-deps -e .
-	$(PY) -m cobot_hybrid_perception.models >/dev/null
+	$(PY) -m cobot_hybrid_perception.models --sizes 640 320 1280 >/dev/null
 	touch $@
 
 lint: setup

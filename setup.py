@@ -38,5 +38,9 @@ setup(
             'static_transform_node = cobot_hybrid_ros.nodes.static_transform_node:main',
             'cobot-hybrid = cobot_hybrid_cli:main',
         ],
+        # cloud offload jobs, found by name by `cobot-hybrid worker` (docs/offload.md)
+        'cobot_hybrid.jobs': [
+            'snapshot = cobot_hybrid_perception.snapshot_analysis:make_job',
+        ],
     },
 )

@@ -35,7 +35,7 @@ from cobot_hybrid_bridge.mqtt_link import LinkConfig, MqttLink
 from cobot_hybrid_bridge.routes import Route
 from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock
 from cobot_hybrid_protocol.crdt import HLC, HlcTimestamp, PNCounter, TelemetryState
-from cobot_hybrid_protocol.envelope import CONTRACT_TYPES, build_envelope
+from cobot_hybrid_protocol.envelope import CONTRACT_TYPES, MAX_SEQ, build_envelope
 from cobot_hybrid_protocol.errors import KeyFileError, PayloadError, SchemaError
 from cobot_hybrid_protocol.limits import (
     COMMAND_LIMITS,
@@ -66,6 +66,8 @@ from cobot_hybrid_protocol.model_update import (
 )
 from cobot_hybrid_protocol.settings import project
 from cobot_hybrid_protocol.signing import load_public_keys, open_signed
+from cobot_hybrid_protocol.snapshot import HEADER_LIMITS as SNAPSHOT_HEADER_LIMITS
+from cobot_hybrid_protocol.snapshot import SNAPSHOT_TYPE, build_snapshot
 from cobot_hybrid_protocol.topics import (
     BLOB_REQUEST,
     BRIDGE_TELEMETRY,
@@ -97,6 +99,9 @@ class RouteState:
     filter: Filter
     limiter: RateLimiter
     trigger: EventTrigger | None = None      # on the trigger route of a snapshot route
+    keep_latest: bool = False                # a snapshot route sends its newest message
+    latest: tuple[float, dict[str, Any]] | None = None   # (wall stamp, message)
+    fired: dict[str, Any] | None = None      # a snapshot route: what triggered it last
     offered: int = 0
     sent: int = 0
 
@@ -174,6 +179,13 @@ class EdgeBridge:
                 for other in self.states:
                     if other.route.ros_topic == spec['trigger_topic'] and other.trigger is None:
                         other.trigger = EventTrigger(str(spec['field']), spec['equals'])
+                    if other.route.ros_topic in spec.get('context', ()):
+                        other.keep_latest = True
+                known = {other.route.ros_topic for other in self.states}
+                missing = sorted(set(spec.get('context', ())) - known)
+                if missing:
+                    raise BridgeError(f'snapshot route {state.route.ros_topic}: context '
+                                      f'{missing} are not the ROS topics of any route')
         if self.cfg.cloud_public_keys:
             try:
                 keys = load_public_keys(self.cfg.key_paths())
@@ -235,10 +247,16 @@ class EdgeBridge:
         state = self.states[index]
         state.offered += 1
         fired: list[int] = []
+        if state.keep_latest and data is not None:
+            state.latest = (now, data)
         if state.trigger is not None and data is not None and state.trigger.fires(data):
             fired = [i for i, s in enumerate(self.states) if isinstance(s.filter, Snapshot)
                      and dict(s.route.filter_spec or {}).get('trigger_topic')
                      == state.route.ros_topic]
+            for i in fired:
+                self.states[i].fired = {'topic': state.route.ros_topic,
+                                        'field': state.trigger.field_path,
+                                        'value': state.trigger.equals, 'stamp': round(now, 6)}
         if state.route.encoding == 'cdr' and raw is not None:
             outputs: list[Any] = [raw] if state.limiter.allow(mono) else []
         else:
@@ -248,11 +266,48 @@ class EdgeBridge:
             self._send(state, output, now)
         return fired
 
-    def send_snapshot(self, index: int, jpeg: bytes) -> None:
-        """Queue the JPEG of a snapshot route (the node encoded its latest image)."""
+    def send_snapshot(self, index: int, jpeg: bytes, width: int, height: int,
+                      frame_id: str = '', image_stamp: float | None = None,
+                      now_s: float | None = None) -> None:
+        """Queue a snapshot: the JPEG of the route's latest image, its trigger, its context.
+
+        The node encoded the JPEG; the context is the newest message of each topic the
+        route's ``context`` names. A context that would make the header larger than the contract allows is left out
+        and counted (``uplink_refused['snapshot_context_too_large']``): the image still goes.
+        """
         state = self.states[index]
-        self._enqueue(state.route.mqtt_topic, jpeg, state.route.qos, state.route.priority,
-                      state.route.retain)
+        route = state.route
+        now = self.clock.wall() if now_s is None else now_s
+        context = {}
+        for topic in dict(route.filter_spec or {}).get('context', ()):
+            for other in self.states:
+                if other.route.ros_topic == topic and other.latest is not None:
+                    context[topic] = {'stamp': round(other.latest[0], 6),
+                                      'data': other.latest[1]}
+                    break
+        data = {'image': {'width': int(width), 'height': int(height),
+                          'frame_id': str(frame_id)[:256],
+                          'stamp': round(now if image_stamp is None else image_stamp, 6),
+                          'bytes': len(jpeg)},
+                'trigger': state.fired or {'topic': '', 'field': '', 'value': None,
+                                           'stamp': round(now, 6)},
+                'context': context}
+        try:
+            check_tree(data, SNAPSHOT_HEADER_LIMITS, f'{route.ros_topic} snapshot header')
+            probe = build_envelope(self.cfg.robot_id, MAX_SEQ, now, route.ros_topic,
+                                   SNAPSHOT_TYPE, data)
+            if len(probe) > SNAPSHOT_HEADER_LIMITS.max_bytes:
+                raise PayloadError('too_large', f'{len(probe)} bytes')
+        except PayloadError as exc:
+            self.uplink_refused['snapshot_context_too_large'] += 1
+            _LOG.warning('%s snapshot sent without its context: the header would be too '
+                         'large (%s)', route.ros_topic, exc.detail)
+            data['context'] = {}
+
+        def payload(seq: int) -> bytes:
+            return build_snapshot(build_envelope(self.cfg.robot_id, seq, now, route.ros_topic,
+                                                 SNAPSHOT_TYPE, data), jpeg)
+        self._enqueue(route.mqtt_topic, payload, route.qos, route.priority, route.retain)
         state.sent += 1
 
     def _send(self, state: RouteState, output: Any, now: float) -> None:

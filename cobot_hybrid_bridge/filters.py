@@ -10,8 +10,10 @@ goes up now (:meth:`offer`) and what goes up periodically (:meth:`tick`):
   ``status.0.level``) differ from the last message sent;
 * ``aggregate``: nothing per message; every ``period_s`` a summary of the numeric value at
   ``field`` (or the length of the list there): count, rate, min, max, mean, p50, p99;
-* ``snapshot``: nothing per message; the route's latest message is sent (as a JPEG for
-  images) when :class:`EventTrigger` on another route fires.
+* ``snapshot``: nothing per message; the route's latest message is sent when
+  :class:`EventTrigger` on another route fires: an image as a snapshot
+  (:mod:`cobot_hybrid_protocol.snapshot`: the JPEG, what triggered it, and the newest message
+  of each ROS topic named in ``context``, such as the detections the robot had).
 """
 
 from __future__ import annotations
@@ -229,7 +231,7 @@ def make_filter(spec: Mapping[str, Any] | None) -> Filter:
     kind = spec.pop('kind', 'pass')
     allowed = {'pass': set(), 'classes': {'classes', 'min_score'}, 'on_change': {'fields'},
                'aggregate': {'field', 'period_s'},
-               'snapshot': {'trigger_topic', 'field', 'equals'}}
+               'snapshot': {'trigger_topic', 'field', 'equals', 'context'}}
     if not isinstance(kind, str) or kind not in allowed:
         raise FilterError(f'filter kind {str(kind)[:40]!r}: use one of {FILTER_KINDS}')
     unknown = set(spec) - allowed[kind]
@@ -253,5 +255,7 @@ def make_filter(spec: Mapping[str, Any] | None) -> Filter:
                 or isinstance(spec['equals'], (list, dict)):
             raise FilterError('filter snapshot needs trigger_topic, field (names) and equals '
                               '(a value)')
+        if 'context' in spec:
+            _strings(spec['context'], 'filter snapshot: "context" (ROS topics of other routes)')
         return Snapshot()
     return PassThrough()

@@ -20,12 +20,13 @@ from typing import Any
 
 from cobot_hybrid_planner.errors import PlannerError
 from cobot_hybrid_planner.service import PlannerConfig
+from cobot_hybrid_protocol.errors import BrokerAuthError
 from cobot_hybrid_protocol.settings import specs
 
 __all__ = ['ERRORS', 'register']
 
 #: What the planner sub-commands raise for bad input (one line, exit status 2).
-ERRORS = (PlannerError,)
+ERRORS = (PlannerError, BrokerAuthError)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -421,3 +422,5 @@ def register(subparsers: Any) -> None:
     _register_model(subparsers)
     from cobot_hybrid_planner import rollout_cli
     rollout_cli.register(subparsers)
+    from cobot_hybrid_planner.offload import worker_cli
+    worker_cli.register(subparsers)

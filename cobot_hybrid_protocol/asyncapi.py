@@ -25,6 +25,7 @@ from cobot_hybrid_protocol import (
     orders,
     schemas,
     signing,
+    snapshot,
     topics,
 )
 from cobot_hybrid_protocol.crdt import HLC, PNCounter, TelemetryState
@@ -112,6 +113,19 @@ def _examples() -> dict[str, Any]:
         'SignedCommand': _json(signed),
         'Mission': json.loads(base64.b64decode(_json(signed)['payload'])),
         'Delivered': _json(delivery.delivered_payload(EXAMPLE_ROBOT, [(1, 40), (42, 45)])),
+        'Snapshot': '<a SnapshotHeader>\n<image.bytes bytes of JPEG>',
+        'SnapshotHeader': _json(env(EXAMPLE_ROBOT, 49, _NOW, 'image', snapshot.SNAPSHOT_TYPE, {
+            'image': {'width': 640, 'height': 480, 'frame_id': 'camera_optical',
+                      'stamp': _NOW - 0.05, 'bytes': 48213},
+            'trigger': {'topic': 'protective_stop', 'field': 'data', 'value': True,
+                        'stamp': _NOW},
+            'context': {'detections': {'stamp': _NOW - 0.04, 'data': {'detections': []}}}})),
+        'WorkerStatus': {'group': 'default', 'worker': 'worker-0', 'stamp': _NOW,
+                         'backlog': 3, 'running': 1, 'backlog_bytes': 151000,
+                         'oldest_wait_s': 1.2, 'done': 120, 'dead': 0,
+                         'latency_p50_s': 0.61, 'latency_p99_s': 2.4,
+                         'end_to_end_p50_s': 0.9, 'end_to_end_p99_s': 3.1, 'vectors': 1610,
+                         'counters': {'duplicates': 2}, 'replica': {'taken': 64, 'ran': 63}},
         'WorkOrder': order,
         'Lease': {'fleet': 'cell-a', 'owner': 'planner-a', 'epoch': 3},
         'Ledger': {'fleet': 'cell-a', 'epoch': 3, 'tasks': [], 'missions': []},
@@ -140,8 +154,8 @@ CHANNELS: dict[str, tuple[str, dict[str, Any], str, str, int, bool, str]] = {
                        'routed ROS topics (bridge_routes.yaml; QoS and retain per route)'),
     'robotEvents': (f'{topics.TOPIC_ROOT}/{{robot_id}}/events/{{name}}', _ROBOT | _NAME,
                     'TelemetryEnvelope', 'robot', 1, False, 'routed events (never retained; '
-                    'a JPEG snapshot route sends image/jpeg with its seq in the user '
-                    'properties); mission_ack and task_progress have their own channels'),
+                    'a snapshot route sends a Snapshot); mission_ack, task_progress and '
+                    'stop_snapshot have their own channels'),
     'missionCommand': (f'{topics.TOPIC_ROOT}/{{robot_id}}/cmd/mission', _ROBOT,
                        'SignedCommand', 'cloud', 1, False, 'a signed mission (MQTT 5 message '
                        'expiry = its validity); never retained'),
@@ -161,6 +175,15 @@ CHANNELS: dict[str, tuple[str, dict[str, Any], str, str, int, bool, str]] = {
                   _ROBOT | {'sha256': {'description': 'the file'},
                             'offset': {'description': 'where the chunk starts [bytes]'}},
                   'BlobChunk', 'cloud', 1, False, 'one chunk a robot asked for, raw bytes'),
+    'stopSnapshot': (f'{topics.TOPIC_ROOT}/{{robot_id}}/events/stop_snapshot', _ROBOT,
+                     'Snapshot', 'robot', 1, False, 'the camera when a protective stop '
+                     'begins, with its trigger and the detections the robot had; cloud '
+                     'workers take each once through $share/workers-<group>/cobot/v1/+/'
+                     'events/stop_snapshot'),
+    'workerStatus': (f'{topics.TOPIC_ROOT}/workers/{{group}}/status',
+                     {'group': {'description': 'the worker group'}}, 'WorkerStatus',
+                     'cloud worker', 1, True, "a worker group's backlog, latency, done and "
+                     'dead (what its autoscaler reads)'),
     'delivered': (f'{topics.TOPIC_ROOT}/{{robot_id}}/{topics.DELIVERED}', _ROBOT, 'Delivered',
                   'cloud', 1, False, 'seqs the cloud has stored (robots with delivery: '
                   'cloud delete them then)'),
@@ -184,8 +207,8 @@ def document() -> dict[str, Any]:
     examples = _examples()
     messages: dict[str, Any] = {}
     for name, body in schemas.SCHEMAS.items():
-        if name in ('Mission', 'ModelCommand'):
-            continue   # the signed payloads of SignedCommand, not messages of their own
+        if name in ('Mission', 'ModelCommand', 'SnapshotHeader'):
+            continue   # parts of other messages (signed payloads, a snapshot's first line)
         message: dict[str, Any] = {
             'name': name, 'title': name, 'contentType': 'application/json',
             'summary': body.get('description', name),
@@ -193,8 +216,12 @@ def document() -> dict[str, Any]:
             'examples': [{'name': f'{name}-example', 'payload': examples[name]}]}
         if name in _HEADERS:
             message['headers'] = _USER_PROPERTIES
-        if name == 'BlobChunk':
+        if name in ('BlobChunk', 'Snapshot'):
             message['contentType'] = 'application/octet-stream'
+        if name == 'Snapshot':
+            message['description'] = ('The first line is a SnapshotHeader: '
+                                      + json.dumps(examples['SnapshotHeader']))
+            message['headers'] = _USER_PROPERTIES
         messages[name] = message
     messages['SignedCommand']['description'] = (
         'The payload decodes (base64) to a Mission (cmd/mission): '

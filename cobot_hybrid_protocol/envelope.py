@@ -9,7 +9,8 @@
 ``(robot_id, seq)``), ``stamp`` the robot's wall clock [unix s] when the message was made,
 ``topic`` the ROS topic (or the contract's own name: ``state``, ``mission_ack``,
 ``task_progress``, ``bridge``), ``type`` the ROS type or the contract's type name
-(:data:`CONTRACT_TYPES`). Messages that are not JSON (JPEG snapshots, CDR) carry their
+(:data:`CONTRACT_TYPES`). A camera snapshot is this envelope, a newline and the JPEG
+(:mod:`~cobot_hybrid_protocol.snapshot`); CDR messages, which are not JSON, carry their
 ``robot_id`` and ``seq`` in MQTT 5 user properties instead.
 """
 
@@ -41,7 +42,8 @@ CONTRACT_TYPES = {'state': 'cobot_hybrid/TelemetryState',
                   'bridge': 'cobot_hybrid/BridgeStats',
                   'model_status': 'cobot_hybrid/ModelStatus',
                   'model_metrics': 'cobot_hybrid/ModelMetrics',
-                  'blob_request': 'cobot_hybrid/BlobRequest'}
+                  'blob_request': 'cobot_hybrid/BlobRequest',
+                  'snapshot': 'cobot_hybrid/Snapshot'}
 _FIELDS = frozenset({'robot_id', 'seq', 'stamp', 'topic', 'type', 'data'})
 
 

@@ -40,7 +40,7 @@ ID_MAX = 128    # characters of an id (task, station, mission, order, frame)
 
 PAYLOAD_REASONS = ('too_large', 'not_utf8', 'not_json', 'not_yaml', 'too_deep', 'big_integer',
                    'non_finite', 'long_string', 'too_many_items', 'too_many_values',
-                   'duplicate_key', 'bad_string', 'bad_type')
+                   'duplicate_key', 'bad_string', 'bad_type', 'no_header')
 
 
 

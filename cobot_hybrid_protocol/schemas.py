@@ -250,6 +250,37 @@ BLOB_CHUNK = {'type': 'string', 'contentEncoding': 'binary',
               'description': 'the raw bytes of one chunk (application/octet-stream); the '
               "file's sha256 in the signed command authenticates the whole"}
 
+SNAPSHOT_HEADER = _envelope(_object({
+    'image': _object({'width': _integer(1, 16384, '[px]'), 'height': _integer(1, 16384, '[px]'),
+                      'frame_id': {'type': 'string', 'maxLength': 256},
+                      'stamp': _number(0.0, mission.MAX_UNIX_S, "the image's own stamp "
+                                       '[unix s]'),
+                      'bytes': _integer(0, 8 * 1024 * 1024, 'length of the JPEG that '
+                                        'follows the header')}),
+    'trigger': {'type': 'object', 'required': ['topic', 'field', 'stamp'],
+                'description': 'what made the robot send it (topic, field, value, stamp)'},
+    'context': {'type': 'object', 'description': 'per ROS topic named by the route, the '
+                'newest message the robot had: {"stamp": unix s, "data": ROS message}'}},
+    required=['image', 'trigger']), 'a snapshot header')
+SNAPSHOT = {'type': 'string', 'contentEncoding': 'binary',
+            'description': 'a SnapshotHeader (compact JSON, no newline inside), one newline '
+            '(0x0a), then the JPEG (image.bytes long): cobot_hybrid_protocol.snapshot'}
+WORKER_STATUS = _object({
+    'group': _id(), 'worker': _id(256, 'the replica that published it'),
+    'stamp': _number(0.0, mission.MAX_UNIX_S, '[unix s]'),
+    'backlog': _integer(0, _MAX_SEQ, 'uploads taken and not yet done (the autoscaling input)'),
+    'running': _integer(0, _MAX_SEQ), 'backlog_bytes': _integer(0, _MAX_SEQ),
+    'oldest_wait_s': _number(0.0, 1e9, '[s]'),
+    'done': _integer(0, _MAX_SEQ), 'dead': _integer(0, _MAX_SEQ, 'jobs given up on (the '
+                                                    'dead-letter record)'),
+    'latency_p50_s': {'type': ['number', 'null']}, 'latency_p99_s': {'type': ['number', 'null']},
+    'end_to_end_p50_s': {'type': ['number', 'null']},
+    'end_to_end_p99_s': {'type': ['number', 'null']},
+    'vectors': _integer(0, _MAX_SEQ, 'embeddings in the incident index'),
+    'counters': {'type': 'object'}, 'replica': {'type': 'object'}},
+    required=['group', 'worker', 'stamp', 'backlog', 'done', 'dead'],
+    description="a worker group's backlog and latency (retained; every status_period_s)")
+
 BRIDGE_STATS = {'type': 'object', 'description': 'link and queue statistics of the bridge'}
 ROS_MESSAGE = {'type': 'object', 'description': 'a ROS message as JSON (fields by name; '
                'byte arrays base64; non-finite floats as text). JSON integers are written '
@@ -270,6 +301,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     'Mission': MISSION,
     'ModelCommand': MODEL_COMMAND,
     'BlobChunk': BLOB_CHUNK,
+    'Snapshot': SNAPSHOT,
+    'SnapshotHeader': SNAPSHOT_HEADER,
+    'WorkerStatus': WORKER_STATUS,
     'Delivered': DELIVERED,
     'WorkOrder': WORK_ORDER,
     'Lease': LEASE,

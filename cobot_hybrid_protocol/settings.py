@@ -28,7 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ['Spec', 'check_settings', 'project', 'same_as', 'setting', 'sources', 'specs']
+__all__ = ['Spec', 'check_settings', 'from_options', 'project', 'same_as', 'setting', 'sources',
+           'specs']
 
 _KEY = 'cobot_hybrid.setting'
 
@@ -146,3 +147,36 @@ def check_settings(config: Any, error: type[Exception]) -> None:
 
 def _unit(spec: Spec) -> str:
     return f' {spec.unit}' if spec.unit else ''
+
+
+def from_options(config_type: type, options: Mapping[str, str], error: type[Exception]) -> Any:
+    """Build a config from ``name=value`` text (a command line's ``--option`` pairs).
+
+    Each value is read as its setting's type (``true``/``false``, integer, number, text, or a
+    comma-separated list); an unknown name or a value of the wrong type raises ``error``
+    naming it, and the config's own checks run as always.
+    """
+    known = specs(config_type)
+    values: dict[str, Any] = {}
+    for name, text in options.items():
+        if name not in known:
+            raise error(f'unknown option {str(name)[:80]!r}; known: {", ".join(known)}')
+        initial, spec = known[name]
+        try:
+            if isinstance(initial, bool):
+                if text.lower() not in ('true', 'false'):
+                    raise ValueError(text)
+                values[name] = text.lower() == 'true'
+            elif isinstance(initial, int):
+                values[name] = int(text)
+            elif isinstance(initial, float):
+                values[name] = float(text)
+            elif isinstance(initial, tuple):
+                items = [t.strip() for t in text.split(',') if t.strip()]
+                kind = {'integer': int, 'double': float}.get(spec.array_type, str)
+                values[name] = tuple(kind(t) for t in items)
+            else:
+                values[name] = text
+        except ValueError:
+            raise error(f'option {name}={str(text)[:80]!r}: {spec.text()}') from None
+    return config_type(**values)

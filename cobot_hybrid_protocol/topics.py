@@ -16,11 +16,15 @@
     cobot/v1/orders                               operator -> cloud: work orders
     cobot/v1/planners/<fleet_id>/<kind>           between planner replicas: lease, ledger,
                                                   orders
+    cobot/v1/workers/<group>/status               cloud workers, retained: backlog, latency
+    $share/workers-<group>/cobot/v1/+/events/<n>  what the workers of a group split between
+                                                  them (one replica takes each upload)
 
 Robot ids and fleet ids are one topic level (and a robot id is the MQTT client id): 1-64
-printable characters without ``/ + # $`` or spaces. ``planners`` and ``orders`` are taken by
-the cloud, so no robot may be called that: its prefix would overlap them. :func:`parse_topic`
-reads any topic of the tree back into a :class:`Topic`, or raises :class:`TopicError`.
+printable characters without ``/ + # $`` or spaces. ``planners``, ``workers`` and ``orders``
+are taken by the cloud, so no robot may be called that: its prefix would overlap them.
+:func:`parse_topic` reads any topic of the tree back into a :class:`Topic`, or raises
+:class:`TopicError`.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ __all__ = ['BLOB_REQUEST', 'COMMAND_KINDS', 'MISSION_ACK', 'MODEL_METRICS', 'MOD
            'shared_orders_filter', 'status_topic']
 
 TOPIC_ROOT = 'cobot/v1'
-RESERVED_ROBOT_IDS = frozenset({'planners', 'orders'})
+RESERVED_ROBOT_IDS = frozenset({'planners', 'workers', 'orders'})
 ORDERS_TOPIC = f'{TOPIC_ROOT}/orders'
 MAX_TOPIC = 256                       # characters; longer topics are not part of the tree
 
@@ -145,6 +149,22 @@ def planner_topic(fleet_id: str, kind: str) -> str:
     return f'{TOPIC_ROOT}/planners/{check_fleet_id(fleet_id)}/{kind}'
 
 
+def worker_status_topic(group: str) -> str:
+    """Return ``cobot/v1/workers/<group>/status`` (retained: what the group has to do)."""
+    return f'{TOPIC_ROOT}/workers/{check_fleet_id(group)}/status'
+
+
+def shared_uploads_filter(group: str, kind: str) -> str:
+    """Return the shared subscription through which one worker of a group takes each upload.
+
+    ``cobot/v1/<any robot>/<kind>``, ``kind``: ``events/<name>`` or ``telemetry/<name>``.
+    """
+    if not kind.startswith(UPLINK_BRANCHES) or any(c in kind for c in '+#') \
+            or kind.endswith('/') or len(kind.split('/')) != 2:
+        raise TopicError(f'a worker takes events/<name> or telemetry/<name>, not {kind[:80]!r}')
+    return f'$share/workers-{check_fleet_id(group)}/{TOPIC_ROOT}/+/{kind}'
+
+
 def shared_orders_filter(fleet_id: str) -> str:
     """Return the shared subscription through which one replica of a fleet takes each order."""
     return f'$share/planners-{check_fleet_id(fleet_id)}/{ORDERS_TOPIC}'
@@ -154,9 +174,9 @@ def shared_orders_filter(fleet_id: str) -> str:
 class Topic:
     """A topic of the tree, read back: which part of it, for whom, and what follows."""
 
-    scope: str                  # 'robot' | 'orders' | 'planners'
+    scope: str                  # 'robot' | 'orders' | 'planners' | 'workers'
     robot_id: str = ''          # scope 'robot'
-    fleet_id: str = ''          # scope 'planners'
+    fleet_id: str = ''          # scope 'planners' (the fleet), 'workers' (the group)
     kind: str = ''              # 'status', 'telemetry/detections', 'cmd/mission', 'lease'...
 
     @property
@@ -196,6 +216,10 @@ def parse_topic(topic: object) -> Topic:
             raise TopicError(f'topic {topic[:80]!r} is not {TOPIC_ROOT}/planners/<fleet_id>/'
                              f'({"|".join(PLANNER_KINDS)})')
         return Topic('planners', fleet_id=check_fleet_id(parts[3]), kind=parts[4])
+    if parts[2] == 'workers':
+        if len(parts) != 5 or parts[4] != 'status':
+            raise TopicError(f'topic {topic[:80]!r} is not {TOPIC_ROOT}/workers/<group>/status')
+        return Topic('workers', fleet_id=check_fleet_id(parts[3]), kind=parts[4])
     if len(parts) < 4:
         raise TopicError(f'topic {topic[:80]!r} is not {TOPIC_ROOT}/<robot_id>/<kind>')
     return Topic('robot', robot_id=check_robot_id(parts[2]), kind='/'.join(parts[3:]))

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cobot_hybrid_protocol.mission import MISSION_SCHEMA
 from cobot_hybrid_protocol.signing import sign_command
+from cobot_hybrid_protocol.snapshot import parse_snapshot
 
 pytestmark = [pytest.mark.ros, pytest.mark.broker]
 
@@ -142,8 +143,13 @@ def test_only_exceptions_and_summaries_go_up(make_node: Any, ros_process: Any, t
         harness.spin_for(0.5)   # the subject: time for a repeated state to go up (it must not)
         stops = [json.loads(p)['data']['data'] for p in cloud.on('events/protective_stop')]
         assert stops == [False, True, False]  # changes only
-        (snapshot,) = cloud.on('events/stop_snapshot')
-        assert snapshot[:2] == b'\xff\xd8'  # a JPEG, sent once, when the stop began
+        (raw,) = cloud.on('events/stop_snapshot')   # sent once, when the stop began
+        snapshot = parse_snapshot(raw)
+        assert snapshot.jpeg[:2] == b'\xff\xd8' and (snapshot.width, snapshot.height) == (64, 48)
+        assert snapshot.envelope.robot_id == 'cobot-a'
+        assert snapshot.trigger['topic'] == 'protective_stop' and snapshot.trigger['value'] is True
+        edge = snapshot.context['detections']['data']['detections']   # what the edge had,
+        assert len(edge) == 2                                         # before its filters
         people = [json.loads(p) for p in cloud.on('telemetry/people')]
         assert people and all(d['data']['detections'][0]['results'][0]['hypothesis']
                               ['class_id'] == 'person' and len(d['data']['detections']) == 1

@@ -225,7 +225,9 @@ class BridgeNode(Node):
         else:
             pixels, encoding = image_to_numpy(msg), msg.encoding
         jpeg, _ = encode_compressed(pixels, encoding, 'jpeg', 80)
-        self.bridge.send_snapshot(index, bytes(jpeg))
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        self.bridge.send_snapshot(index, bytes(jpeg), pixels.shape[1], pixels.shape[0],
+                                  msg.header.frame_id, stamp if stamp > 0 else None)
         self.bridge.record('stop_snapshots')
 
     def _tick(self) -> None:
