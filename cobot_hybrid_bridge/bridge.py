@@ -272,8 +272,9 @@ class EdgeBridge:
         """Queue a snapshot: the JPEG of the route's latest image, its trigger, its context.
 
         The node encoded the JPEG; the context is the newest message of each topic the
-        route's ``context`` names. A context that would make the header larger than the contract allows is left out
-        and counted (``uplink_refused['snapshot_context_too_large']``): the image still goes.
+        route's ``context`` names. A context that would make the header larger than the
+        contract allows is left out and counted
+        (``uplink_refused['snapshot_context_too_large']``): the image still goes.
         """
         state = self.states[index]
         route = state.route

@@ -422,5 +422,6 @@ def register(subparsers: Any) -> None:
     _register_model(subparsers)
     from cobot_hybrid_planner import rollout_cli
     rollout_cli.register(subparsers)
-    from cobot_hybrid_planner.offload import worker_cli
+    from cobot_hybrid_planner.offload import history_cli, worker_cli
     worker_cli.register(subparsers)
+    history_cli.register(subparsers)

@@ -137,6 +137,12 @@ def robot_filter(robot_id: str) -> str:
     return f'{robot_prefix(robot_id)}/#'
 
 
+def uplink_filters() -> tuple[str, ...]:
+    """Return the filters of every robot's liveness, routed telemetry and events."""
+    return (f'{TOPIC_ROOT}/+/{STATUS}', f'{TOPIC_ROOT}/+/telemetry/#',
+            f'{TOPIC_ROOT}/+/events/#')
+
+
 def fleet_filter() -> str:
     """Return the filter of the whole tree (a planner without a site list)."""
     return f'{TOPIC_ROOT}/#'
