@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +80,12 @@ def test_two_replicas_split_the_snapshots_and_a_killed_ones_job_is_redone(
     # A is slow (four passes at 1280), so it is surely in the middle of a job when killed.
     a = replica('worker-a', mosquitto_broker.port, data, logs[0],
                 '--option', 'snapshot.sizes=1280,1280,1280,1280')
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        metrics_port = probe.getsockname()[1]
     b = replica('worker-b', mosquitto_broker.port, data, logs[1],
-                '--option', 'snapshot.sizes=640', '--option', 'snapshot.tta=false')
+                '--option', 'snapshot.sizes=640', '--option', 'snapshot.tta=false',
+                '--metrics-port', str(metrics_port))
     robot = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id='cobot-7',
                         protocol=mqtt.MQTTv5)
     statuses: list[dict[str, Any]] = []
@@ -124,6 +130,11 @@ def test_two_replicas_split_the_snapshots_and_a_killed_ones_job_is_redone(
                          for s in statuses), 30, logs)
         final = [s for s in statuses if s['worker'] == 'worker-b'][-1]
         assert final['latency_p99_s'] > 0 and final['vectors'] == 10
+        base = f'http://127.0.0.1:{metrics_port}'
+        with urllib.request.urlopen(f'{base}/status', timeout=10) as answer:
+            assert json.loads(answer.read())['backlog'] == 0     # what KEDA reads
+        with urllib.request.urlopen(f'{base}/metrics', timeout=10) as answer:
+            assert 'cobot_worker_done{group="cell-a"} 10' in answer.read().decode()
     finally:
         robot.loop_stop()
         robot.disconnect()

@@ -12,8 +12,9 @@ runs jobs claimed from the ledger under a lease on ``concurrency`` threads:
   :mod:`incident index <cobot_hybrid_planner.offload.similarity>`, and is added to it;
 * the group's backlog, oldest wait, latency (p50/p99, from the upload being taken and from
   the robot's stamp), done and dead go out retained on ``cobot/v1/workers/<group>/status``
-  every ``status_period_s``, and on ``GET /metrics`` (Prometheus text) when
-  ``metrics_port`` is set, which is what the Kubernetes autoscaler reads.
+  every ``status_period_s``, and on ``GET /metrics`` (Prometheus text) and ``GET /status``
+  (the same JSON) when ``metrics_port`` is set, which is what the Kubernetes autoscaler
+  reads (KEDA's metrics-api trigger, ``valueLocation: backlog``).
 
 What an upload must be: a topic of the tree from a robot (``cobot/v1/<robot_id>/<kind>``),
 not retained, at most ``max_upload_bytes``, with its seq in the MQTT 5 user properties or in

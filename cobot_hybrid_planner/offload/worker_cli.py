@@ -59,12 +59,17 @@ class _Metrics(BaseHTTPRequestHandler):
     worker: Worker
 
     def do_GET(self) -> None:   # noqa: N802 (http.server's name)
-        if self.path.split('?')[0] != '/metrics':
-            self.send_error(404, 'GET /metrics')
+        path = self.path.split('?')[0]
+        if path == '/metrics':
+            body, kind = self.worker.metrics_text().encode(), 'text/plain; version=0.0.4'
+        elif path == '/status':   # what KEDA's metrics-api trigger reads (valueLocation)
+            body = json.dumps(self.worker.last_status or self.worker.status()).encode()
+            kind = 'application/json'
+        else:
+            self.send_error(404, 'GET /metrics or /status')
             return
-        body = self.worker.metrics_text().encode()
         self.send_response(200)
-        self.send_header('Content-Type', 'text/plain; version=0.0.4')
+        self.send_header('Content-Type', kind)
         self.send_header('Content-Length', str(len(body)))
         self.end_headers()
         self.wfile.write(body)
