@@ -33,6 +33,7 @@ from cobot_hybrid_bridge.link import CommandHandler, Link, LinkFactory
 from cobot_hybrid_bridge.model_fetch import FetchConfig, ModelFetcher
 from cobot_hybrid_bridge.mqtt_link import LinkConfig, MqttLink
 from cobot_hybrid_bridge.routes import Route
+from cobot_hybrid_protocol.advisory import Advisory
 from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock
 from cobot_hybrid_protocol.crdt import HLC, HlcTimestamp, PNCounter, TelemetryState
 from cobot_hybrid_protocol.envelope import CONTRACT_TYPES, MAX_SEQ, build_envelope
@@ -154,6 +155,8 @@ class EdgeBridge:
         self.model_updates: deque[LocalUpdate] = deque(maxlen=16)
         #: Every ack sent up, for the node to show on ROS (``mission_ack``); the newest kept.
         self.acks: deque[MissionAck] = deque(maxlen=64)
+        #: Accepted cloud advisories, for the node to log and show (``advisories``).
+        self.advisories: deque[Advisory] = deque(maxlen=64)
         self._fetcher: ModelFetcher | None = None
         self._verifier = None
         self._state = TelemetryState()
@@ -444,7 +447,10 @@ class EdgeBridge:
         if kind == 'model' and not retained and self._verifier is not None:
             self._take_model_command(payload, now_s)
             return None
-        if kind not in ('mission', 'model'):
+        if kind == 'advisory' and not retained and self._verifier is not None:
+            self._take_advisory(payload, now_s)
+            return None
+        if kind not in ('mission', 'model', 'advisory'):
             self._reject(kind, 'unsupported', f'no handler for command kind {kind!r}')
             return None
         if retained:   # a command is for its moment; a retained one re-arrives on every start
@@ -465,11 +471,26 @@ class EdgeBridge:
         self._ack(mission.mission_id, mission.version, 'accepted', '')
         return mission
 
+    def _take_advisory(self, payload: bytes, now_s: float | None) -> None:
+        assert self._verifier is not None
+        try:
+            advisory = self._verifier.verify_advisory(payload, now_s)
+        except CommandRejected as exc:
+            self._reject('advisory', exc.reason, exc.detail)
+            return
+        self.record('advisories')
+        self.advisories.append(advisory)
+        _LOG.warning('cloud advisory %s on %s seq %d: %s (logged only: never a safety '
+                     'input)', advisory.verdict, advisory.upload_kind, advisory.upload_seq,
+                     advisory.summary)
+
     def _reject(self, kind: str, reason: str, detail: str,
                 mission: Mission | ModelCommand | None = None) -> None:
         self.rejected[reason] += 1
         self.record('commands_rejected')
         _LOG.warning('command %s rejected: %s', kind, detail)
+        if kind == 'advisory':   # nothing to answer: the count is in the bridge's stats
+            return
         if kind == 'model' or isinstance(mission, ModelCommand):
             command = mission if isinstance(mission, ModelCommand) else None
             self._send_model_status(ModelStatus(

@@ -35,6 +35,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cobot_hybrid_bridge.errors import BridgeError
+from cobot_hybrid_protocol.advisory import Advisory, validate_advisory
 from cobot_hybrid_protocol.clock import SYSTEM_CLOCK, Clock
 from cobot_hybrid_protocol.errors import PayloadError, SchemaError, SignatureError
 from cobot_hybrid_protocol.limits import COMMAND_LIMITS, parse_json
@@ -57,8 +58,9 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS model_revisions (slot TEXT PRIMARY KEY, revision INTEGER NOT NULL);
 """
 #: What each command kind is read with (``cmd/<kind>``).
-_VALIDATORS: dict[str, Callable[[Any], Mission | ModelCommand]] = {
-    'mission': validate_mission, 'model': validate_model_command}
+_VALIDATORS: dict[str, Callable[[Any], Mission | ModelCommand | Advisory]] = {
+    'mission': validate_mission, 'model': validate_model_command,
+    'advisory': validate_advisory}
 
 
 class CommandRejected(BridgeError):
@@ -139,9 +141,15 @@ class CommandVerifier:
         assert isinstance(command, ModelCommand)
         return command
 
+    def verify_advisory(self, raw: bytes, now_s: float | None = None) -> Advisory:
+        """Return the advisory if every check passes; else count and raise."""
+        advisory = self.verify_kind('advisory', raw, now_s)
+        assert isinstance(advisory, Advisory)
+        return advisory
+
     def verify_kind(self, kind: str, raw: bytes, now_s: float | None = None
-                    ) -> Mission | ModelCommand:
-        """Check a command of ``kind`` (``mission``, ``model``); count and raise on failure."""
+                    ) -> Mission | ModelCommand | Advisory:
+        """Check a command of ``kind`` (mission, model, advisory); count and raise on failure."""
         try:
             command = self._check(kind, raw, self.clock.wall() if now_s is None else now_s)
         except CommandRejected as exc:
@@ -150,7 +158,7 @@ class CommandVerifier:
         self.accepted += 1
         return command
 
-    def _check(self, kind: str, raw: bytes, now: float) -> Mission | ModelCommand:
+    def _check(self, kind: str, raw: bytes, now: float) -> Mission | ModelCommand | Advisory:
         try:
             payload = open_signed(raw, self.keys, self.robot_id, self.max_bytes)
         except SignatureError as exc:
@@ -178,19 +186,22 @@ class CommandVerifier:
         if self.rebuilt_at is not None and mission.issued_at < self.rebuilt_at:
             raise CommandRejected('store_rebuilt', 'issued before the replay store was '
                                   f'rebuilt at {self.rebuilt_at:.0f}: send a new version',
-                                  mission)
+                                  None if isinstance(mission, Advisory) else mission)
         self._remember(mission, now)
         return mission
 
-    def _remember(self, mission: Mission | ModelCommand, now: float) -> None:
+    def _remember(self, mission: Mission | ModelCommand | Advisory, now: float) -> None:
         """Refuse a replay or an old version; else record both, in one transaction."""
         db = self._db
         with _transaction(db):
             if db.execute('SELECT 1 FROM seen WHERE command_id = ?',
                           (mission.command_id,)).fetchone():
                 raise CommandRejected('replayed', f'command {mission.command_id!r} was '
-                                      'already accepted', mission)
-            if isinstance(mission, ModelCommand):
+                                      'already accepted',
+                                      None if isinstance(mission, Advisory) else mission)
+            if isinstance(mission, Advisory):
+                pass   # no versions: an advisory is read once, by its command id
+            elif isinstance(mission, ModelCommand):
                 row = db.execute('SELECT revision FROM model_revisions WHERE slot = ?',
                                  (mission.stream,)).fetchone()
                 if row is not None and row[0] >= mission.revision:
@@ -210,6 +221,8 @@ class CommandVerifier:
                        'ORDER BY forget_after DESC LIMIT -1 OFFSET ?)', (MAX_SEEN - 1,))
             db.execute('INSERT INTO seen (command_id, forget_after) VALUES (?, ?)',
                        (mission.command_id, mission.valid_until + self.max_clock_skew_s))
+            if isinstance(mission, Advisory):
+                return
             if isinstance(mission, ModelCommand):
                 db.execute('INSERT OR REPLACE INTO model_revisions VALUES (?, ?)',
                            (mission.stream, mission.revision))

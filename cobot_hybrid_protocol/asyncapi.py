@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 from cobot_hybrid_protocol import (
+    advisory,
     delivery,
     envelope,
     mission,
@@ -113,6 +114,13 @@ def _examples() -> dict[str, Any]:
         'SignedCommand': _json(signed),
         'Mission': json.loads(base64.b64decode(_json(signed)['payload'])),
         'Delivered': _json(delivery.delivered_payload(EXAMPLE_ROBOT, [(1, 40), (42, 45)])),
+        'Advisory': advisory.advisory_to_json(advisory.Advisory(
+            'adv-cobot-1-49-snapshot', EXAMPLE_ROBOT, _NOW, _NOW + 3600.0,
+            'events/stop_snapshot', 49, 'edge_missed_people', 'the cloud (snapshot) found 2 '
+            'people, the robot reported 1: 1 missed; like cobot-4 seq 17 (0.93)', 2, 1,
+            ((412.0, 96.5, 470.2, 301.0),), (), ({'robot_id': 'cobot-4', 'seq': 17,
+                                                   'label': 'edge_missed_people',
+                                                   'similarity': 0.93},))),
         'Snapshot': '<a SnapshotHeader>\n<image.bytes bytes of JPEG>',
         'SnapshotHeader': _json(env(EXAMPLE_ROBOT, 49, _NOW, 'image', snapshot.SNAPSHOT_TYPE, {
             'image': {'width': 640, 'height': 480, 'frame_id': 'camera_optical',
@@ -159,6 +167,10 @@ CHANNELS: dict[str, tuple[str, dict[str, Any], str, str, int, bool, str]] = {
     'missionCommand': (f'{topics.TOPIC_ROOT}/{{robot_id}}/cmd/mission', _ROBOT,
                        'SignedCommand', 'cloud', 1, False, 'a signed mission (MQTT 5 message '
                        'expiry = its validity); never retained'),
+    'advisoryCommand': (f'{topics.TOPIC_ROOT}/{{robot_id}}/cmd/advisory', _ROBOT,
+                        'SignedCommand', 'cloud worker', 1, False, 'a signed advisory '
+                        '(payload: Advisory; MQTT 5 message expiry = its validity): the '
+                        'robot logs it and shows it on ROS, never a safety input'),
     'modelCommand': (f'{topics.TOPIC_ROOT}/{{robot_id}}/cmd/model', _ROBOT, 'SignedCommand',
                      'cloud', 1, False, 'a signed model install or rollback (payload: '
                      'ModelCommand; MQTT 5 message expiry = its validity); never retained'),
@@ -207,7 +219,7 @@ def document() -> dict[str, Any]:
     examples = _examples()
     messages: dict[str, Any] = {}
     for name, body in schemas.SCHEMAS.items():
-        if name in ('Mission', 'ModelCommand', 'SnapshotHeader'):
+        if name in ('Mission', 'ModelCommand', 'Advisory', 'SnapshotHeader'):
             continue   # parts of other messages (signed payloads, a snapshot's first line)
         message: dict[str, Any] = {
             'name': name, 'title': name, 'contentType': 'application/json',
@@ -226,7 +238,8 @@ def document() -> dict[str, Any]:
     messages['SignedCommand']['description'] = (
         'The payload decodes (base64) to a Mission (cmd/mission): '
         + json.dumps(examples['Mission']) + ' or a ModelCommand (cmd/model): '
-        + json.dumps(examples['ModelCommand']))
+        + json.dumps(examples['ModelCommand']) + ' or an Advisory (cmd/advisory): '
+        + json.dumps(examples['Advisory']))
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     for channel_id, (address, params, kind, sender, qos, retain, summary) in \

@@ -250,6 +250,25 @@ BLOB_CHUNK = {'type': 'string', 'contentEncoding': 'binary',
               'description': 'the raw bytes of one chunk (application/octet-stream); the '
               "file's sha256 in the signed command authenticates the whole"}
 
+_BOX = {'type': 'array', 'items': {'type': 'number'}, 'minItems': 4, 'maxItems': 4,
+        'description': 'x1, y1, x2, y2 [px]'}
+ADVISORY = _object({
+    'schema': {'const': 'cobot_hybrid/advisory/v1'}, 'kind': {'const': 'advisory'},
+    'command_id': _id(), 'robot_id': _id(), 'issued_at': _UNIX, 'valid_until': _UNIX,
+    'upload': _object({'kind': _id(256, 'events/<name> or telemetry/<name>'),
+                       'seq': _integer(1, _MAX_SEQ, "the upload's seq")}),
+    'verdict': {'enum': ['edge_missed_people', 'edge_false_alarm', 'both']},
+    'summary': {'type': 'string', 'maxLength': 500},
+    'cloud_people': _integer(0, 10000), 'edge_people': _integer(0, 10000),
+    'missed': {'type': 'array', 'maxItems': 20, 'items': _BOX},
+    'false_alarms': {'type': 'array', 'maxItems': 20, 'items': _BOX},
+    'similar': {'type': 'array', 'maxItems': 10, 'items': _object({
+        'robot_id': _id(), 'seq': _integer(1, _MAX_SEQ),
+        'label': {'type': 'string', 'maxLength': 200},
+        'similarity': _number(-1.0, 1.0, 'cosine similarity')})}},
+    description="the cloud's second look at an upload, for the robot's log (never a safety "
+    'input); the signed payload of cmd/advisory')
+
 SNAPSHOT_HEADER = _envelope(_object({
     'image': _object({'width': _integer(1, 16384, '[px]'), 'height': _integer(1, 16384, '[px]'),
                       'frame_id': {'type': 'string', 'maxLength': 256},
@@ -301,6 +320,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     'Mission': MISSION,
     'ModelCommand': MODEL_COMMAND,
     'BlobChunk': BLOB_CHUNK,
+    'Advisory': ADVISORY,
     'Snapshot': SNAPSHOT,
     'SnapshotHeader': SNAPSHOT_HEADER,
     'WorkerStatus': WORKER_STATUS,

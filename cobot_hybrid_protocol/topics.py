@@ -9,7 +9,7 @@
                                                   task_progress, model_status, model_metrics,
                                                   blob_request (never retained)
     cobot/v1/<robot_id>/cmd/<kind>                cloud -> robot: signed commands (mission,
-                                                  model)
+                                                  model, advisory)
     cobot/v1/<robot_id>/blob/<sha256>/<offset>    cloud -> robot: a chunk of a model file it
                                                   asked for (events/blob_request)
     cobot/v1/<robot_id>/delivered                 cloud -> robot: seqs the cloud has stored
@@ -58,7 +58,7 @@ MODEL_METRICS = 'events/model_metrics'   # an event: the cloud reads it (telemet
 BLOB_REQUEST = 'events/blob_request'
 BLOB = 'blob'
 UPLINK_BRANCHES = ('telemetry/', 'events/')   # what a route may write under a robot's prefix
-COMMAND_KINDS = ('mission', 'model')         # cmd/<kind>
+COMMAND_KINDS = ('mission', 'model', 'advisory')   # cmd/<kind>
 PLANNER_KINDS = ('lease', 'ledger', 'orders')  # planners/<fleet_id>/<kind>
 
 

@@ -381,3 +381,39 @@ def test_bad_routes_or_keys_exit_with_the_reason(ros_process: Any, tmp_path: Pat
                        f'cloud_public_keys:=[planner={tmp_path}/missing.pub]')
     assert keys.wait(30.0) == 2
     assert 'cannot be read' in keys.log()
+
+
+def test_a_signed_cloud_advisory_is_shown_on_ros_and_a_forged_one_is_not(
+        make_node: Any, ros_process: Any, tmp_path: Path, mosquitto_broker: Any) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    cloud = Cloud(mosquitto_broker.port)
+    bridge = start_bridge(ros_process, tmp_path, mosquitto_broker.port)
+    harness = make_node('robot_side')
+    shown: list[Any] = []
+    harness.node.create_subscription(DiagnosticArray, 'advisories', shown.append, 10)
+    assert harness.spin_until(lambda: cloud.on('cobot-a/status'), 30.0), bridge.log()
+    wait_until_commands_get_through(harness, cloud, bridge)
+    now = time.time()
+    body = {'schema': 'cobot_hybrid/advisory/v1', 'kind': 'advisory', 'command_id': 'adv-7',
+            'robot_id': 'cobot-a', 'issued_at': now, 'valid_until': now + 600,
+            'upload': {'kind': 'events/stop_snapshot', 'seq': 7},
+            'verdict': 'edge_missed_people', 'summary': 'the cloud found 2 people, the robot '
+            'reported 1: 1 missed', 'cloud_people': 2, 'edge_people': 1,
+            'missed': [[1.0, 2.0, 3.0, 4.0]], 'false_alarms': [], 'similar': []}
+    topic = 'cobot/v1/cobot-a/cmd/advisory'
+    forged = sign_command(Ed25519PrivateKey.generate(), 'planner',
+                          {**body, 'command_id': 'adv-8'}, 'cobot-a')
+    for payload in (forged, sign_command(KEY, 'planner', body, 'cobot-a')):
+        cloud.client.publish(topic, payload, qos=1).wait_for_publish(5)
+    try:
+        assert harness.spin_until(lambda: shown, 20.0), bridge.log()
+        harness.spin_for(0.5)   # the subject: time for the forged one, which must not come
+        assert len(shown) == 1
+        (status,) = shown[0].status
+        values = {kv.key: kv.value for kv in status.values}
+        assert status.message.startswith('the cloud found 2 people') and \
+            values['verdict'] == 'edge_missed_people' and values['upload'].endswith('seq 7')
+        assert 'cloud advisory edge_missed_people' in bridge.log()
+    finally:
+        cloud.close()

@@ -10,7 +10,10 @@ publishes what the cloud sends down once verified:
 * ``mission_ack`` (``cobot_hybrid_msgs/MissionAck``): every answer it sends up to a mission
   command, accepted or rejected with its reason;
 * ``bridge_status`` (``cobot_hybrid_msgs/BridgeStatus``) and ``diagnostics`` (link state,
-  backlog, drops by reason, drain rate, RTT, rejected commands), every stats period.
+  backlog, drops by reason, drain rate, RTT, rejected commands), every stats period;
+* ``advisories`` (``diagnostic_msgs/DiagnosticArray``, level WARN): each verified cloud
+  advisory (:mod:`cobot_hybrid_protocol.advisory`: the cloud's second look at a snapshot),
+  also in the node's log; no safety decision reads it.
 
 It sends up the robot's ``task_progress`` (``cobot_hybrid_msgs/TaskProgress``) next to the
 mission acknowledgements, and watches ``protective_stop`` and ``speed_scale`` (when routed)
@@ -109,6 +112,8 @@ class BridgeNode(Node):
         self._ack_pub = self.create_publisher(MissionAckMsg, 'mission_ack', 10)
         self._status_pub = self.create_publisher(BridgeStatus, 'bridge_status', 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, 'diagnostics', 10)
+        # cloud advisories (verified): shown and logged, read by no safety decision
+        self._advisory_pub = self.create_publisher(DiagnosticArray, 'advisories', 10)
         self.create_subscription(TaskProgressMsg, 'task_progress', self._on_progress, 100)
         self._json_pub = None
         if cfg.json_topics:   # deprecated: std_msgs/String JSON, for one release
@@ -239,6 +244,17 @@ class BridgeNode(Node):
             self._publish_mission(mission)
         while self.bridge.acks:
             self._ack_pub.publish(ack_to_msg(self.bridge.acks.popleft()))
+        while self.bridge.advisories:
+            advisory = self.bridge.advisories.popleft()
+            self._advisory_pub.publish(diagnostic_array(
+                self.get_clock(), 'bridge_node: cloud advisory', 'WARN', advisory.summary,
+                {'verdict': advisory.verdict, 'upload': f'{advisory.upload_kind} seq '
+                 f'{advisory.upload_seq}', 'cloud_people': advisory.cloud_people,
+                 'edge_people': advisory.edge_people, 'missed': len(advisory.missed),
+                 'false_alarms': len(advisory.false_alarms),
+                 'similar': ', '.join(f'{n["robot_id"]} seq {n["seq"]} ({n["similarity"]:.2f})'
+                                      for n in advisory.similar)},
+                self.bridge.cfg.robot_id))
         for update in self.bridge.take_model_updates():
             self._update_pub.publish(String(data=json.dumps(local_update_to_json(update))))
             where = update.path or '(a rollback to a version it keeps)'

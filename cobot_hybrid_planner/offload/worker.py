@@ -10,6 +10,9 @@ runs jobs claimed from the ledger under a lease on ``concurrency`` threads:
   any other exception is retried with backoff, then dead;
 * a result with an ``embedding`` gets its ``similar`` past uploads from the
   :mod:`incident index <cobot_hybrid_planner.offload.similarity>`, and is added to it;
+* a result whose ``verdict`` says the edge was wrong (missed people, a false alarm) goes
+  back to the robot as a signed advisory (:mod:`cobot_hybrid_protocol.advisory`) when
+  ``advisory_key`` is set: the robot logs it; it is never a safety input;
 * the group's backlog, oldest wait, latency (p50/p99, from the upload being taken and from
   the robot's stamp), done and dead go out retained on ``cobot/v1/workers/<group>/status``
   every ``status_period_s``, and on ``GET /metrics`` (Prometheus text) and ``GET /status``
@@ -41,12 +44,22 @@ from typing import Any
 from cobot_hybrid_planner.errors import PlannerError
 from cobot_hybrid_planner.offload.job_ledger import Claim, JobLedger, LedgerError, LedgerFull
 from cobot_hybrid_planner.offload.similarity import IncidentIndex, SimilarityError
+from cobot_hybrid_protocol.advisory import (
+    MAX_BOXES,
+    MAX_SIMILAR,
+    VERDICTS,
+    Advisory,
+    advisory_to_json,
+    validate_advisory,
+)
 from cobot_hybrid_protocol.envelope import parse_envelope, parse_seq
-from cobot_hybrid_protocol.errors import PayloadError, SchemaError, TopicError
+from cobot_hybrid_protocol.errors import KeyFileError, PayloadError, SchemaError, TopicError
 from cobot_hybrid_protocol.offload import JOB_GROUP, Job, JobInputError, Upload
 from cobot_hybrid_protocol.settings import check_settings, setting
+from cobot_hybrid_protocol.signing import load_private_key, sign_command
 from cobot_hybrid_protocol.topics import (
     check_fleet_id,
+    command_topic,
     parse_topic,
     shared_uploads_filter,
     worker_status_topic,
@@ -99,6 +112,12 @@ class WorkerConfig:
                                 'off)', low=0, high=65535)
     metrics_host: str = setting('127.0.0.1', 'address of the metrics server (0.0.0.0 in a '
                                 'pod)')
+    advisory_key: str = setting('', 'Ed25519 private key (PEM) that signs advisories to '
+                                'robots (empty: none are sent)')
+    advisory_key_id: str = setting('planner', 'the key id robots know that key by '
+                                   '(cloud_public_keys)')
+    advisory_validity_s: float = setting(3600.0, 'an advisory not received by then is '
+                                         'dropped', unit='s', low=10.0, high=86400.0)
     broker_host: str = setting('127.0.0.1', 'MQTT broker')
     broker_port: int = setting(1883, 'MQTT broker port (8883 with TLS)', low=1, high=65535)
     session_expiry_s: int = setting(3600, 'MQTT 5 session kept by the broker while the '
@@ -182,6 +201,13 @@ class Worker:
         self._next_status = 0.0
         self._next_renew = 0.0
         self.last_status: dict[str, Any] = {}
+        self.advisories_sent = 0
+        self._signing_key = None
+        if cfg.advisory_key:
+            try:
+                self._signing_key = load_private_key(cfg.advisory_key)
+            except KeyFileError as exc:
+                raise WorkerError(f'advisory_key: {exc}') from None
 
     # --- taking uploads (paho's network thread: PUBACK goes when this returns) ------------
 
@@ -306,8 +332,44 @@ class Worker:
         except (TypeError, ValueError) as exc:
             self._failed(claim, f'the result is not JSON ({exc})', retry=False)
             return
-        self.ledger.complete(claim, owner, result, self.clock())
+        if self.ledger.complete(claim, owner, result, self.clock()):
+            self._advise(claim, result)   # only the replica whose result was stored
         self.ran += 1
+
+    def _advise(self, claim: Claim, result: Mapping[str, Any]) -> None:
+        """Send the robot a signed advisory when the result says the edge was wrong."""
+        verdict = result.get('verdict')
+        if self._signing_key is None or verdict not in VERDICTS:
+            return
+        now = self.clock()
+        missed = [b for b in result.get('missed', [])][:MAX_BOXES]
+        false_alarms = [b for b in result.get('false_alarms', [])][:MAX_BOXES]
+        similar = [n for n in result.get('similar', [])][:MAX_SIMILAR]
+        words = {'edge_missed_people': f'{len(result.get("missed", []))} missed',
+                 'edge_false_alarm': f'{len(result.get("false_alarms", []))} false alarm(s)',
+                 'both': f'{len(result.get("missed", []))} missed and '
+                         f'{len(result.get("false_alarms", []))} false alarm(s)'}[verdict]
+        like = f'; like {similar[0]["robot_id"]} seq {similar[0]["seq"]} ' \
+            f'({similar[0]["similarity"]:.2f})' if similar else ''
+        advisory = Advisory(
+            f'adv-{claim.robot_id}-{claim.seq}-{claim.job}'[:128], claim.robot_id, now,
+            now + self.cfg.advisory_validity_s, claim.kind, claim.seq, str(verdict),
+            f'the cloud ({claim.job}) found {result.get("cloud_people", 0)} people, the robot '
+            f'reported {result.get("edge_people", 0)}: {words}{like}'[:500],
+            int(result.get('cloud_people', 0)), int(result.get('edge_people', 0)),
+            tuple(tuple(b) for b in missed), tuple(tuple(b) for b in false_alarms),
+            tuple(similar))
+        try:
+            body = advisory_to_json(advisory)
+            validate_advisory(body)          # what the robot will check, checked here first
+        except (SchemaError, TypeError, ValueError) as exc:
+            _LOG.error('advisory for %s seq %d not sent: %s', claim.robot_id, claim.seq, exc)
+            return
+        signed = sign_command(self._signing_key, self.cfg.advisory_key_id, body,
+                              claim.robot_id)
+        self.transport.publish(command_topic(claim.robot_id, 'advisory'), signed, qos=1,
+                               expiry_s=int(self.cfg.advisory_validity_s))
+        self.advisories_sent += 1
 
     def _failed(self, claim: Claim, reason: str, retry: bool) -> None:
         state = self.ledger.fail(claim, self.cfg.client_id, reason, self.clock(), retry)
@@ -327,6 +389,7 @@ class Worker:
                 **group, 'vectors': len(self.index),
                 'replica': {'taken': self.taken, 'duplicates': self.duplicates,
                             'ran': self.ran, 'failed': self.failed, 'dead': self.dead,
+                            'advisories_sent': self.advisories_sent,
                             'busy': self.busy, 'concurrency': self.cfg.concurrency,
                             'refused': dict(self.refused)}}
 

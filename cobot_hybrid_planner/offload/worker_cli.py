@@ -25,8 +25,9 @@ __all__ = ['register']
 _AUTH = ('tls_ca', 'tls_cert', 'tls_key', 'username', 'password_file', 'password_env')
 _RUN = ('group', 'worker_id', 'data_dir', 'concurrency', 'lease_s', 'max_attempts',
         'retry_base_s', 'retry_max_s', 'max_upload_bytes', 'max_backlog_bytes', 'neighbours',
-        'index_kind', 'status_period_s', 'metrics_port', 'metrics_host', 'broker_host',
-        'broker_port', 'session_expiry_s')
+        'index_kind', 'status_period_s', 'metrics_port', 'metrics_host', 'advisory_key',
+        'advisory_key_id', 'advisory_validity_s', 'broker_host', 'broker_port',
+        'session_expiry_s')
 
 
 def _flags(parser: argparse.ArgumentParser, names: tuple[str, ...], config: type) -> None:
