@@ -9,9 +9,9 @@ vectors with who sent them and their label.
   worker's FAISS index is a cache of it, caught up before every search with the rows other
   replicas added (ids only grow), so two replicas answer alike;
 * **the index scales**: ``Flat`` (exact) is the reference; ``HNSW32`` (the default: no
-  training, incremental adds, ~0.2 ms a query at 1M vectors) or ``IVF<n>,Flat`` (trained
-  once) are the approximate ones, measured against exact search in
-  ``benchmarks/bench_similarity.py`` (recall@10 and query time at 10k and 1M);
+  training, incremental adds, efSearch 128) or ``IVF`` (trained once) are the approximate
+  ones, measured against exact search in ``benchmarks/bench_similarity.py`` (recall and
+  query time at 10k and 1M: docs/offload.md);
 * a vector that is not finite, or of another dimension, is refused
   (:class:`SimilarityError`), never stored.
 """
@@ -65,7 +65,7 @@ class Neighbour:
 
 
 def build_faiss(kind: str, dim: int, train: npt.NDArray[np.float32] | None = None,
-                nlist: int = 0, hnsw_ef_search: int = 64, nprobe: int = 16) -> Any:
+                nlist: int = 0, hnsw_ef_search: int = 128, nprobe: int = 64) -> Any:
     """Return an empty FAISS index of ``kind`` over inner product (IVF: trained on ``train``)."""
     import faiss
 
@@ -80,7 +80,9 @@ def build_faiss(kind: str, dim: int, train: npt.NDArray[np.float32] | None = Non
         if train is None or len(train) < 39:
             raise SimilarityError('an IVF index is trained on at least 39 vectors')
         nlist = nlist or max(1, min(4096, int(4 * np.sqrt(len(train)))))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), nlist, faiss.METRIC_INNER_PRODUCT)
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.referenced_objects = [quantizer]   # the quantizer lives as long as the index
         index.train(np.ascontiguousarray(train, np.float32))
         index.nprobe = nprobe
     else:
