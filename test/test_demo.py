@@ -41,6 +41,13 @@ def test_short_demo_loop_loses_nothing(tmp_path: Path) -> None:
     assert summary['compared'] > 50 and summary['matched'] == summary['compared']
     assert summary['states'].get('PROTECTIVE_STOP', 0) > 0, summary   # people in the scene
     assert 'missions acknowledged              1' in report
+    # The cloud's two workers looked again at every stop snapshot; the fleet report was made.
+    analysed = [ln for ln in report.splitlines() if 'snapshots analysed in the cloud' in ln][0]
+    assert ' all ' in analysed and 'worker-' in analysed, analysed
+    fleet = json.loads((tmp_path / 'fleet_report' / 'report.json').read_text())
+    (day,) = fleet['robot_days']
+    assert day['stopped_s']['people'] > 0 and day['stopped_s']['unknown'] == 0, day
+    assert day['snapshots'] >= 1 and day['bytes_up'] > 0
     progress = [line for line in report.splitlines() if 'task progress reports' in line][0]
     assert int(progress.split()[-1]) >= 1   # the executor started a task of the mission
     # Every frame the stack published reaches rviz's fixed frame: camera, base and site.

@@ -169,6 +169,17 @@ def test_a_robot_day_by_hand() -> None:
     assert day['raw_camera_bytes'] == 500 * 300 and day['bytes_up'] == 1800
 
 
+def test_stop_events_before_the_first_monitor_state_are_not_counted_twice() -> None:
+    rows = _rows(('events/protective_stop', 1, {'data': True}),      # the monitor starts stopped
+                 ('events/safety_state', 2, _state('PROTECTIVE_STOP', 'no_perception')),
+                 ('events/protective_stop', 9, {'data': False}),
+                 ('events/safety_state', 9, _state('RUN', 'clear')),
+                 ('status', 100, {'state': 'offline'}))
+    day = robot_day(rows, DAY0 + 86400, Prices())
+    assert day['stopped_s'] == {'people': 0.0, 'stale_perception': 7.0, 'fault': 0.0,
+                                'unknown': 0.0}
+
+
 def test_a_robot_without_monitor_states_counts_its_stops_as_unknown() -> None:
     rows = _rows(('events/protective_stop', 10, {'data': True}),
                  ('events/protective_stop', 12, {'data': True}),

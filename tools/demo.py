@@ -19,6 +19,15 @@ the safety monitor's perception age limit (:func:`choose_settings`): the network
 camera resolution and rate. At the end it reports how long the robot was stopped or slowed
 per cause (from the monitor's own diagnostics) and both nodes' perception budget, and fails
 when the robot was stopped for stale perception more than ``--max-stale-share`` of the run.
+
+The cloud's offload side runs beside the planner (docs/offload.md): two ``cobot-hybrid
+worker`` replicas split the robot's stop snapshots through the MQTT 5 shared subscription
+and look again (640 + 1280, mirrored), comparing with the robot's detections; where the
+edge was wrong they send a signed advisory the robot shows on ``advisories``. ``cobot-hybrid
+history record`` keeps the robot's uplink, and at the end ``cobot-hybrid history report``
+writes the run's fleet report (``demo_out/fleet_report/report.html``). The demo fails when a
+snapshot was not analysed.
+
 At the end: a report, and
 ``demo_out/report.html`` with plots (per-stage latency, speed scale with the tasks done, bytes
 up vs raw camera bytes, queue depth, messages committed / delivered / lost, missions issued
@@ -322,6 +331,8 @@ class RobotSide:
         node.create_subscription(DiagnosticArray, 'diagnostics', self._on_diag, 10)
         node.create_subscription(Mission, 'mission', self.missions.append, latched)
         node.create_subscription(TaskProgress, 'task_progress', self._on_progress, 100)
+        self.advisories: list[Any] = []   # verified cloud advisories the bridge showed
+        node.create_subscription(DiagnosticArray, 'advisories', self.advisories.append, 10)
         self._last_stop = False
 
     def _on_image(self, raw: bytes) -> None:
@@ -481,6 +492,60 @@ def replay_bag(bag: Path, params: Path, out: Path) -> str:
     return f'DIFFERENT: {counts} matched, see {out} ({again})'
 
 
+def worker_results(work: Path) -> list[tuple[Any, ...]]:
+    """Return the workers' stored results: (seq, worker, attempts, result JSON)."""
+    db = work / 'workers' / 'ledger.db'
+    if not db.is_file():
+        return []
+    try:
+        with sqlite3.connect(f'file:{db}?mode=ro', uri=True, timeout=5) as conn:
+            return conn.execute('SELECT seq, worker, attempts, result FROM results').fetchall()
+    except sqlite3.Error:
+        return []
+
+
+def offload_report(work: Path, out: Path, sent: int, robot: RobotSide) -> dict[str, str]:
+    """Report the offload side of the run: snapshots analysed, advisories, the fleet report.
+
+    The history is sealed (today included) and ``cobot-hybrid history report`` writes the
+    fleet report of the run to ``out/fleet_report``.
+    """
+    results = worker_results(work)
+    verdicts: dict[str, int] = {}
+    for _, _, _, text in results:
+        verdict = json.loads(text).get('verdict', '?')
+        verdicts[verdict] = verdicts.get(verdict, 0) + 1
+    db = work / 'workers' / 'ledger.db'
+    takers: dict[str, int] = {}
+    if db.is_file():
+        with sqlite3.connect(f'file:{db}?mode=ro', uri=True, timeout=5) as conn:
+            takers = dict(conn.execute('SELECT taken_by, COUNT(*) FROM jobs GROUP BY taken_by'))
+    seqs = {r[0] for r in results}
+    analysed = (f'{"all" if sent and len(seqs) >= sent else "only"} {len(seqs)} of {sent} '
+                f'({json.dumps(verdicts)}; taken by {json.dumps(takers)})')
+    history = work / 'history'
+    subprocess.run([sys.executable, '-m', 'cobot_hybrid_cli', 'history', 'seal', '--today-too',
+                    '--data-dir', str(history)], capture_output=True, timeout=120, check=False)
+    day = time.strftime('%Y-%m-%d', time.gmtime())
+    fleet = out / 'fleet_report'
+    shutil.rmtree(fleet, ignore_errors=True)
+    done = subprocess.run([sys.executable, '-m', 'cobot_hybrid_cli', 'history', 'report',
+                           '--data-dir', str(history), '--first', day, '--last', day,
+                           '--out', str(fleet)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    if done.returncode == 0:
+        data = json.loads((fleet / 'report.json').read_text())
+        row = data['robot_days'][0] if data['robot_days'] else {}
+        stopped = {k: round(v, 1) for k, v in row.get('stopped_s', {}).items() if v}
+        summary = (f'{fleet / "report.html"}: stopped {json.dumps(stopped)} s, '
+                   f'{row.get("bytes_up", 0) / 1e3:.0f} kB up')
+    else:
+        summary = f'not written: {(done.stdout + done.stderr).strip()[-300:]}'
+    return {'snapshots analysed in the cloud': analysed,
+            'advisories shown on the robot': str(len(robot.advisories)),
+            'fleet report (cobot-hybrid history)': summary}
+
+
 def ros_node(module: str, *params: str) -> list[str]:
     """Command line of a node module with ``-p`` parameters."""
     command = [sys.executable, '-m', module, '--ros-args']
@@ -608,6 +673,18 @@ def main() -> int:
                           BACKGROUND_NICE),
         'skill': start(ros_node('cobot_hybrid_bridge.nodes.skill_server_node'),
                        work / 'skill.log', BACKGROUND_NICE),
+        # The cloud's offload side: two worker replicas split the stop snapshots (the
+        # shared subscription), sign advisories with the planner's key; the history
+        # recorder keeps the robot's uplink for the fleet report written at the end.
+        **{name: start([sys.executable, '-m', 'cobot_hybrid_cli', 'worker', 'run',
+                        '--broker-port', str(port), '--data-dir', str(work / 'workers'),
+                        '--worker-id', name, '--group', 'demo', '--status-period-s', '2',
+                        '--advisory-key', str(private), '--option', 'snapshot.threads=1'],
+                       work / f'{name}.log', BACKGROUND_NICE)
+           for name in ('worker-a', 'worker-b')},
+        'history': start([sys.executable, '-m', 'cobot_hybrid_cli', 'history', 'record',
+                          '--port', str(port), '--data-dir', str(work / 'history')],
+                         work / 'history.log', BACKGROUND_NICE),
         'detector': start(ros_node('cobot_hybrid_perception.nodes.detector_node',
                                    'backend:=ort-cpu', f'imgsz:={settings["imgsz"]}',
                                    'threads:=1'),
@@ -668,6 +745,11 @@ def main() -> int:
             if stats and stats['queued'] == 0:
                 break
         robot.spin_for(2.0)
+        sent = cloud.by_topic.get('events/stop_snapshot', 0)
+        deadline = time.monotonic() + 90.0   # the workers' second look at every snapshot
+        while time.monotonic() < deadline and len(worker_results(work)) < sent:
+            robot.spin_for(0.5)
+        robot.spin_for(1.5)                   # the advisories reach the robot
         if profiler is not None:
             profiler.wait(timeout=60)
     finally:
@@ -678,6 +760,9 @@ def main() -> int:
             proc = procs[name]
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
+        for name in ('worker-a', 'worker-b', 'history'):
+            if procs[name].poll() is None:
+                procs[name].send_signal(signal.SIGTERM)
         for proc in procs.values():
             try:
                 proc.wait(timeout=15)
@@ -689,6 +774,7 @@ def main() -> int:
         broker.terminate()
         broker.wait(timeout=10)
     replay = replay_bag(bag, safety_params, work / 'replay.json')
+    offload = offload_report(work, out, cloud.by_topic.get('events/stop_snapshot', 0), robot)
     stats = queue_stats(queue_file) or {}
     committed = set(range(1, stats.get('next_seq', 1)))
     missions, tasks = ledger(work / 'cloud' / 'ledger.db')
@@ -714,6 +800,7 @@ def main() -> int:
         'frames published': json.dumps({f: sorted(t) for f, t in robot.watcher.frames.items()}),
         'TF tree': tf_verdict(robot.watcher),
         'safety replay (bag)': replay,
+        **offload,
         'rviz': f'rviz2 -d {RVIZ_CONFIG.relative_to(ROOT)} (fixed frame {rviz_fixed_frame()})',
     }
     matrix = out / 'profile' / 'decision_matrix.md'
@@ -743,9 +830,13 @@ def main() -> int:
     if any(level >= 2 for level, _ in robot.budgets.values()):
         print('demo: WARNING: a perception budget ended at ERROR (above): the last seconds '
               'of the run did not fit the age limit on this machine')
+    analysed = report['snapshots analysed in the cloud']
     ok = (report['lost'] == 0 and robot.frames > 0 and report['missions acknowledged'] >= 1
           and report['TF tree'].startswith('complete') and stale_ok
-          and replay.startswith('same decisions'))
+          and replay.startswith('same decisions') and analysed.startswith('all '))
+    if not analysed.startswith('all '):
+        print(f'demo: not every stop snapshot was analysed by the workers: {analysed} (logs: '
+              f'{work}/worker-*.log)')
     print('demo:', 'OK' if ok else 'FAILED')
     return 0 if ok else 1
 

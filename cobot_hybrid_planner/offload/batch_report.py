@@ -101,7 +101,10 @@ def robot_day(rows: Iterable[tuple[str, float, float, int, dict[str, Any]]],
     stops = dict.fromkeys(GROUPS, 0)
     stop_since: tuple[float, str] | None = None
     legacy_since: float | None = None
-    has_states = False
+    rows = list(rows)
+    # a robot that sends the monitor's states is judged on them alone, whatever came first
+    has_states = any(row[0] == 'events/safety_state' and isinstance(row[4].get('state'), str)
+                     for row in rows)
     near, min_sep, min_ratio = 0, math.inf, math.inf
     outages, outage_s, offline_since = 0, 0.0, None
     online_since: float | None = None
@@ -118,7 +121,6 @@ def robot_day(rows: Iterable[tuple[str, float, float, int, dict[str, Any]]],
         by_kind[kind.split('/')[0] if kind == 'status' else kind] += size
         last_stamp = max(last_stamp, stamp)
         if kind == 'events/safety_state':
-            has_states = True
             state, cause = str(data.get('state', '')), str(data.get('cause', ''))
             closest = _float(data.get('closest_distance_m'))
             required = _float(data.get('required_separation_m'))
@@ -291,7 +293,12 @@ class BatchJob:
             by_robot: dict[str, list[tuple[str, float, float, int, dict[str, Any]]]] = \
                 defaultdict(list)
             for robot, kind, stamp, received, size, data in rows:
-                by_robot[robot].append((kind, stamp, received, size, json.loads(data)))
+                try:
+                    parsed = json.loads(data)
+                except ValueError:
+                    parsed = None
+                by_robot[robot].append((kind, stamp, received, size,
+                                        parsed if isinstance(parsed, dict) else {}))
             day_end = _day_start(day) + 86400.0
             for robot in todo:
                 metrics = robot_day(by_robot[robot], day_end, self.prices,
