@@ -20,6 +20,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 setup: $(STAMP)
 
 $(STAMP): requirements/base.txt requirements/dev.txt requirements/models.txt requirements/cloud.txt \
+          requirements/offload.txt \
           requirements/constraints.txt setup.py \
           tools/build_interfaces.py $(wildcard tools/interfaces/*/msg/*.msg) \
           $(wildcard tools/interfaces/*/srv/*.srv) \

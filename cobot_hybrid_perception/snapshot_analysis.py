@@ -28,6 +28,8 @@ inference gives both.
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,15 +93,31 @@ class AnalysisConfig:
             raise ConfigError(f'sizes {list(self.sizes)}: give 1-4 multiples of 32 in 32..4096')
 
 
-def embedding_model(onnx_path: Path, layer: str, cache: Path | None = None) -> Path:
-    """Return the model with ``layer`` as a second output (written once, beside the cache)."""
-    import onnx
+def _writable_cache(cache: Path) -> Path:
+    """``cache``, or a per-user cache under $XDG_CACHE_HOME or /tmp when it is read-only."""
+    if os.access(cache, os.W_OK) or not cache.exists() and os.access(cache.parent, os.W_OK):
+        return cache
+    base = Path(os.environ.get('XDG_CACHE_HOME') or tempfile.gettempdir())
+    return base / 'cobot_hybrid' / 'models'
 
+
+def embedding_model(onnx_path: Path, layer: str, cache: Path | None = None) -> Path:
+    """Return the model with ``layer`` as a second output (written once, into the cache).
+
+    The model cache of an image is read-only: the file made at build time is used, or one
+    is written under ``$XDG_CACHE_HOME`` (or /tmp).
+    """
     source = Path(onnx_path)
     digest = hashlib.sha256(source.read_bytes() + layer.encode()).hexdigest()[:12]
-    target = (cache or model_cache_dir()) / f'{source.stem}-embed-{digest}.onnx'
+    name = f'{source.stem}-embed-{digest}.onnx'
+    home = cache or model_cache_dir()
+    if (home / name).is_file():
+        return home / name
+    target = _writable_cache(home) / name
     if target.is_file():
         return target
+    import onnx
+
     model = onnx.load(str(source))
     produced = {out for node in model.graph.node for out in node.output}
     if layer not in produced:
@@ -110,7 +128,7 @@ def embedding_model(onnx_path: Path, layer: str, cache: Path | None = None) -> P
         model.graph.output.append(onnx.helper.make_tensor_value_info(
             layer, onnx.TensorProto.FLOAT, None))
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix('.part')
+    partial = target.with_name(f'{name}.{os.getpid()}.part')   # replicas may race here
     onnx.save(model, str(partial))
     partial.replace(target)
     return target

@@ -154,14 +154,17 @@ def test_every_copy_source_exists_and_is_in_the_build_context(path: Path) -> Non
 
 
 def test_the_cloud_image_installs_only_packages_of_the_requirements() -> None:
+    """base.txt's runtime (no ROS) and the offload jobs' offload.txt, nothing else."""
     base = {re.split(r'[<>=\s#]', line)[0].lower() for line in
             (ROOT / 'requirements' / 'base.txt').read_text().splitlines()
             if line.strip() and not line.startswith('#')}
     run = ' && '.join(a for w, a in instructions(IMAGES / 'Containerfile.cloud') if w == 'RUN')
     install = re.search(r'constraints\.txt (.*?)(?:&&|$)', run)
     assert install is not None
-    packages = set(install.group(1).split())
-    assert {'ortools', 'paho-mqtt', 'cryptography'} <= packages <= base
+    words = install.group(1).split()
+    assert '-r' in words and words[words.index('-r') + 1] == '/src/requirements/offload.txt'
+    packages = {w for n, w in enumerate(words) if w != '-r' and (n == 0 or words[n - 1] != '-r')}
+    assert {'ortools', 'paho-mqtt', 'cryptography', 'onnxruntime'} <= packages <= base
     assert not {p for p in packages if p.startswith('ros-')}   # the cloud image has no ROS
 
 

@@ -183,3 +183,26 @@ def test_an_unknown_option_is_named() -> None:
         make_job({'size': '640'})
     with pytest.raises(ConfigError, match='tta'):
         AnalysisConfig(tta='yes')   # type: ignore[arg-type]
+
+
+
+def test_a_read_only_model_cache_gets_the_embedding_model_written_elsewhere(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import shutil
+
+    from cobot_hybrid_perception import snapshot_analysis
+
+    cache = tmp_path / 'image_models'
+    cache.mkdir()
+    source = cache / 'm.onnx'
+    shutil.copy(resolve_model('default', 320), source)
+    real_access = os.access
+    # an image's read-only model folder (root writes anywhere, so the check is what is faked)
+    monkeypatch.setattr(snapshot_analysis.os, 'access', lambda path, mode: False if Path(
+        path) in (cache, tmp_path) else real_access(path, mode))
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+    made = embedding_model(source, '/model.10/cv2/act/Mul_output_0', cache)
+    assert made.parent == tmp_path / 'xdg' / 'cobot_hybrid' / 'models' and made.is_file()
+    assert not list(cache.glob('*embed*'))
+    assert embedding_model(source, '/model.10/cv2/act/Mul_output_0', cache) == made

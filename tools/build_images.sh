@@ -75,21 +75,23 @@ wheels() {
     || die "$PY is not Python 3.11 (Debian $SUITE's python3, which the images run)"
   local stamp=$OUT/wheels/.requirements
   local want
-  want=$(cat requirements/base.txt requirements/constraints.txt | sha256sum | cut -c1-16)
+  want=$(cat requirements/base.txt requirements/offload.txt requirements/constraints.txt \
+    | sha256sum | cut -c1-16)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log 'downloading the wheels of requirements/base.txt (pinned by requirements/constraints.txt)'
     rm -rf "$OUT/wheels" && mkdir -p "$OUT/wheels"   # no versions left from older pins
     # `pip wheel`: the few sdist-only packages (empy, ...) are built into wheels here, so the
     # image needs no build tools for them.
     "$PY" -m pip wheel -q --disable-pip-version-check -w "$OUT/wheels" \
-      -r requirements/base.txt -c requirements/constraints.txt 2> >(grep -v "is ignored" >&2)
+      -r requirements/base.txt -r requirements/offload.txt -c requirements/constraints.txt \
+      2> >(grep -v "is ignored" >&2)
     echo "$want" >"$stamp"
   fi
   local cache
   cache=$("$PY" -c 'from cobot_hybrid_perception.models import model_cache_dir as d; print(d())')
   mkdir -p "$OUT/models"
   local size
-  for size in 640 320; do
+  for size in 640 320 1280; do   # 1280: the cloud's snapshot job
     [ -s "$cache/yolo11n-pose-$size.onnx" ] \
       || die "$cache/yolo11n-pose-$size.onnx is missing: run make setup (it exports the models)"
     cp -p "$cache/yolo11n-pose-$size.onnx" "$OUT/models/"
@@ -183,6 +185,23 @@ prove() {
   in_image "$cloud_ref" cobot-hybrid plan --site /opt/cobot_hybrid/examples/site.yaml \
     /opt/cobot_hybrid/examples/orders.yaml
   in_image "$cloud_ref" cobot-hybrid serve --help >/dev/null
+  # the offload jobs: the snapshot job on a real photo (its models baked in, read-only root)
+  in_image "$cloud_ref" python -c 'import json, sys, time, cv2, numpy as np
+from cobot_hybrid_perception.snapshot_analysis import make_job
+from cobot_hybrid_protocol.envelope import build_envelope
+from cobot_hybrid_protocol.offload import Upload
+from cobot_hybrid_protocol.snapshot import SNAPSHOT_TYPE, build_snapshot
+image = np.full((480, 640, 3), 90, np.uint8)
+jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+now = time.time()
+data = {"image": {"width": 640, "height": 480, "frame_id": "", "stamp": now, "bytes": len(jpeg)},
+        "trigger": {"topic": "protective_stop", "field": "data", "value": True, "stamp": now}}
+result = make_job({})(Upload("cobot-1", 1, "events/stop_snapshot",
+                             build_snapshot(build_envelope("cobot-1", 1, now, "image", SNAPSHOT_TYPE, data), jpeg), now))
+assert result["passes"] == 4 and len(result["embedding"]) == 256, result
+print("snapshot job in the image:", result["verdict"], result["passes"], "passes")'
+  in_image "$cloud_ref" cobot-hybrid worker run --help >/dev/null
+  in_image "$cloud_ref" cobot-hybrid history report --help >/dev/null
   healthcheck "$cloud_ref"
   log "proving $edge_ref"
   in_image "$edge_ref" id
