@@ -289,3 +289,27 @@ def test_the_status_is_published_retained_and_follows_its_schema(tmp_path: Path)
 def test_a_bad_worker_config_says_what_is_wrong(options: dict[str, Any], text: str) -> None:
     with pytest.raises(WorkerError, match=text):
         WorkerConfig(**options)
+
+
+def test_a_hung_job_loses_its_lease_and_a_replica_whose_threads_all_hang_stops(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    release = threading.Event()
+    worker, broker, _ = make(tmp_path, lambda u: release.wait(30) and {}, clock, lease_s=3.0,
+                             job_timeout_s=5.0)
+    send(broker, 'cobot-1', 1)
+    worker.step()
+    other = JobLedger(tmp_path / 'group' / 'ledger.db')
+    for _ in range(4):                   # renewed while under the timeout
+        clock.now += 1.0
+        worker.step()
+    assert other.claim('w-other', clock.now, 3.0) is None
+    clock.now += 2.0                     # 6 s: hung; its lease is no longer renewed
+    with pytest.raises(WorkerError, match='every job thread hangs'):
+        worker.step()
+    clock.now += 3.5
+    retry = other.claim('w-other', clock.now, 3.0)
+    assert retry is not None and retry.attempts == 2
+    release.set()
+    worker.close()
+    other.close()

@@ -328,9 +328,10 @@ class HistoryRecorder:
         """Store one message (a refusal is counted; nothing ends the loop)."""
         try:
             self.store.record(message.topic, message.payload, message.retained, self.clock())
-        except (sqlite3.Error, ValueError) as exc:
+        except Exception as exc:   # noqa: BLE001 - paho's thread: one message never ends it
             self.store.refused['store_error'] += 1
-            _LOG.error('history: %s not stored (%s)', message.topic[:120], exc)
+            _LOG.error('history: %s not stored (%s: %s)', message.topic[:120],
+                       type(exc).__name__, exc)
 
     def tick(self) -> None:
         """Seal the finished days and expire old ones every ``seal_period_s``."""

@@ -93,6 +93,10 @@ class WorkerConfig:
                                'in memory)', low=1, high=64)
     lease_s: float = setting(60.0, 'a claimed job not finished or renewed by then is taken '
                              'by another replica', unit='s', low=1.0, high=86400.0)
+    job_timeout_s: float = setting(600.0, 'a job running longer is hung: its lease is no '
+                                   'longer renewed (another replica retries it) and, once '
+                                   'every thread hangs, the replica exits to be restarted',
+                                   unit='s', low=1.0, high=86400.0)
     max_attempts: int = setting(3, 'attempts before a job is dead', low=1, high=100)
     retry_base_s: float = setting(2.0, 'wait after the first failed attempt (doubling)',
                                   unit='s', low=0.0, high=3600.0)
@@ -196,7 +200,8 @@ class Worker:
         self.refused: Counter[str] = Counter()
         self.taken = self.duplicates = self.ran = self.failed = self.dead = 0
         self._pool = ThreadPoolExecutor(cfg.concurrency, thread_name_prefix='job')
-        self._running: dict[tuple[str, int, str], Future[None]] = {}
+        self._running: dict[tuple[str, int, str], tuple[Future[None], float]] = {}
+        self.hung = 0
         self._lock = threading.Lock()
         self._next_status = 0.0
         self._next_renew = 0.0
@@ -229,6 +234,9 @@ class Worker:
             self._refuse('backlog_full', str(exc))
         except LedgerError as exc:
             self._refuse('ledger_error', str(exc))
+        except Exception as exc:   # noqa: BLE001 - paho's thread: one upload never ends it
+            _LOG.exception('upload on %s not taken', message.topic[:120])
+            self._refuse('internal_error', f'{type(exc).__name__}: {exc}')
 
     def _take(self, message: Message) -> None:
         try:
@@ -282,20 +290,30 @@ class Worker:
         """Claim what the free threads can run, renew leases, publish the status when due."""
         now = self.clock()
         with self._lock:
-            for key in [k for k, f in self._running.items() if f.done()]:
+            for key in [k for k, (f, _) in self._running.items() if f.done()]:
                 del self._running[key]
+            hung = [k for k, (_, since) in self._running.items()
+                    if now - since > self.cfg.job_timeout_s]
             free = self.cfg.concurrency - len(self._running)
+        if len(hung) > self.hung:
+            _LOG.error('%d job(s) ran longer than job_timeout_s %.0f s: %s; their leases are '
+                       'no longer renewed (another replica retries them)', len(hung),
+                       self.cfg.job_timeout_s, hung)
+        self.hung = len(hung)
+        if hung and len(hung) >= self.cfg.concurrency:
+            raise WorkerError(f'every job thread hangs ({len(hung)} longer than '
+                              f'job_timeout_s): this replica stops, to be restarted')
         for _ in range(free):
             claim = self.ledger.claim(self.cfg.client_id, now, self.cfg.lease_s)
             if claim is None:
                 break
             with self._lock:
-                self._running[(claim.robot_id, claim.seq, claim.job)] = \
-                    self._pool.submit(self._run, claim)
+                self._running[(claim.robot_id, claim.seq, claim.job)] = (
+                    self._pool.submit(self._run, claim), now)
         if now >= self._next_renew:
             self._next_renew = now + self.cfg.lease_s / 3
             with self._lock:
-                keys = list(self._running)
+                keys = [k for k in self._running if k not in hung]
             if keys:
                 self.ledger.renew(self.cfg.client_id, keys, now, self.cfg.lease_s)
         if now >= self._next_status:
@@ -306,7 +324,7 @@ class Worker:
     def busy(self) -> int:
         """Jobs this replica runs now."""
         with self._lock:
-            return sum(1 for f in self._running.values() if not f.done())
+            return sum(1 for f, _ in self._running.values() if not f.done())
 
     def _run(self, claim: Claim) -> None:
         owner = self.cfg.client_id
@@ -390,7 +408,8 @@ class Worker:
                 'replica': {'taken': self.taken, 'duplicates': self.duplicates,
                             'ran': self.ran, 'failed': self.failed, 'dead': self.dead,
                             'advisories_sent': self.advisories_sent,
-                            'busy': self.busy, 'concurrency': self.cfg.concurrency,
+                            'busy': self.busy, 'hung': self.hung,
+                            'concurrency': self.cfg.concurrency,
                             'refused': dict(self.refused)}}
 
     def publish_status(self, now: float) -> None:
@@ -421,7 +440,7 @@ class Worker:
 
     def close(self) -> None:
         """Finish the running jobs, disconnect, close the files."""
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=self.hung == 0, cancel_futures=True)   # hung: never joins
         self.transport.disconnect()
         self.ledger.close()
         self.index.close()

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from cobot_hybrid_planner.offload.job_ledger import LedgerError
 from cobot_hybrid_planner.offload.worker import Worker, WorkerConfig, WorkerError, load_jobs
 from cobot_hybrid_protocol.broker_auth import BrokerAuth
 from cobot_hybrid_protocol.settings import specs
@@ -23,7 +26,8 @@ from cobot_hybrid_protocol.settings import specs
 __all__ = ['register']
 
 _AUTH = ('tls_ca', 'tls_cert', 'tls_key', 'username', 'password_file', 'password_env')
-_RUN = ('group', 'worker_id', 'data_dir', 'concurrency', 'lease_s', 'max_attempts',
+_RUN = ('group', 'worker_id', 'data_dir', 'concurrency', 'lease_s', 'job_timeout_s',
+        'max_attempts',
         'retry_base_s', 'retry_max_s', 'max_upload_bytes', 'max_backlog_bytes', 'neighbours',
         'index_kind', 'status_period_s', 'metrics_port', 'metrics_host', 'advisory_key',
         'advisory_key_id', 'advisory_validity_s', 'broker_host', 'broker_port',
@@ -102,10 +106,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f'{cfg.data_path}', flush=True)
     try:
         while not stop.is_set():
-            worker.step()
+            try:
+                worker.step()
+            except LedgerError as exc:   # locked or unwritable for now: try again
+                print(f'worker: {exc}', file=sys.stderr, flush=True)
+                stop.wait(1.0)
             stop.wait(0.05 if worker.busy < cfg.concurrency else 0.02)
     except KeyboardInterrupt:
         pass
+    except WorkerError as exc:   # every job thread hangs: only a new process frees them
+        print(f'cobot-hybrid worker run: {exc}', file=sys.stderr, flush=True)
+        worker.close()
+        os._exit(3)
     finally:
         if server is not None:
             server.shutdown()
