@@ -35,6 +35,7 @@ from cobot_hybrid_planner.offload.worker import Worker, WorkerConfig  # noqa: E4
 from cobot_hybrid_protocol.envelope import build_envelope  # noqa: E402
 from cobot_hybrid_protocol.offload import Upload  # noqa: E402
 from cobot_hybrid_protocol.snapshot import SNAPSHOT_TYPE, build_snapshot  # noqa: E402
+from cobot_hybrid_protocol.topics import robot_topic  # noqa: E402
 from cobot_hybrid_protocol.transport import MemoryBroker  # noqa: E402
 
 PHOTOS = ('bus', 'zidane', 'astronaut', 'camera', 'coffee')
@@ -93,7 +94,7 @@ def main() -> int:
             robot.connect([], lambda m: None)
             t0 = time.perf_counter()
             for payload in payloads:
-                robot.publish('cobot/v1/cobot-1/events/stop_snapshot', payload)
+                robot.publish(robot_topic('cobot-1', 'events/stop_snapshot'), payload)
             while worker.ledger.stats(time.time())['done'] < len(payloads):
                 worker.step()
                 time.sleep(0.002)
