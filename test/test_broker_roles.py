@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 pytestmark = pytest.mark.broker
 
 ROBOTS = ('cobot-a', 'cobot-b')
-CLOUD = ('planner', 'orders', 'observer')
+CLOUD = ('planner', 'orders', 'observer', 'worker', 'history')
 NOT_AUTHORIZED = 0x87
 
 #: (role, topic, allowed) for writes.
@@ -63,6 +63,18 @@ WRITES = [
     ('observer', 'cobot/v1/cobot-a/cmd/mission', False),
     ('observer', 'cobot/v1/orders', False),
     ('observer', 'cobot/v1/planners/site-1/lease', False),
+    ('worker', 'cobot/v1/workers/site-1/status', True),
+    ('worker', 'cobot/v1/cobot-a/cmd/advisory', True),
+    ('worker', 'cobot/v1/cobot-a/cmd/mission', False),             # advisories only
+    ('worker', 'cobot/v1/cobot-a/cmd/model', False),
+    ('worker', 'cobot/v1/cobot-a/events/stop_snapshot', False),    # no robot uplink
+    ('worker', 'cobot/v1/cobot-a/delivered', False),
+    ('worker', 'cobot/v1/planners/site-1/lease', False),
+    ('history', 'cobot/v1/cobot-a/telemetry/bridge', False),       # it writes nothing
+    ('history', 'cobot/v1/workers/site-1/status', False),
+    ('history', 'cobot/v1/cobot-a/cmd/advisory', False),
+    ('cobot-a', 'cobot/v1/cobot-a/cmd/advisory', False),          # not its own advisories
+    ('cobot-a', 'cobot/v1/workers/site-1/status', False),
 ]
 #: (reader, topic, writer, allowed) for reads.
 READS = [
@@ -89,6 +101,15 @@ READS = [
     ('cobot-b', 'cobot/v1/cobot-a/cmd/mission', 'planner', False),   # another robot's
     ('cobot-b', 'cobot/v1/cobot-a/telemetry/bridge', 'cobot-a', False),
     ('cobot-b', 'cobot/v1/orders', 'orders', False),
+    ('worker', '$share/workers-site-1/cobot/v1/+/events/stop_snapshot', 'cobot-a', True),
+    ('worker', 'cobot/v1/cobot-a/telemetry/bridge', 'cobot-a', True),
+    ('worker', 'cobot/v1/cobot-a/cmd/mission', 'planner', False),
+    ('worker', 'cobot/v1/planners/site-1/ledger', 'planner', False),
+    ('worker', 'cobot/v1/orders', 'orders', False),
+    ('history', 'cobot/v1/cobot-a/status', 'cobot-a', True),
+    ('history', 'cobot/v1/cobot-a/events/task_progress', 'cobot-a', True),
+    ('history', 'cobot/v1/cobot-a/cmd/mission', 'planner', False),
+    ('history', 'cobot/v1/planners/site-1/lease', 'planner', False),
 ]
 
 
@@ -194,6 +215,7 @@ def test_each_role_can_do_exactly_what_it_should(roles: dict[str, Role]) -> None
     read_payloads = {}
     for index, (_, topic, writer, _) in enumerate(READS):
         plain = topic.split('/', 2)[2] if topic.startswith('$share/') else topic
+        plain = plain.replace('/+/', f'/{writer}/')   # a wildcard read: the writer's topic
         payload = f'read-{index}'.encode()
         read_payloads[index] = (plain, payload)
         assert publish(roles[writer], plain, payload) < 0x80, (writer, plain)

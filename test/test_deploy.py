@@ -186,7 +186,8 @@ def test_secrets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp('values')
     pem = {name: f'stand-in for {name}\n' for name in (
         'ca.crt', 'cobot-1.crt', 'cobot-1.key', 'planner_ed25519.pub', 'planner.crt',
-        'planner.key', 'planner_ed25519.pem', 'cloud-ca.crt', 'broker.crt', 'broker.key')}
+        'planner.key', 'planner_ed25519.pem', 'cloud-ca.crt', 'broker.crt', 'broker.key',
+        'worker.crt', 'worker.key', 'history.crt', 'history.key')}
     edge = {'robot': {'id': 'cobot-1'}, 'secrets': {'create': True, 'data': {
         'certs': {k: pem[k] for k in ('ca.crt', 'cobot-1.crt', 'cobot-1.key')},
         'keys': {'planner_ed25519.pub': pem['planner_ed25519.pub']}}}}
@@ -194,7 +195,9 @@ def test_secrets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         'plannerCerts': {k: pem[k] for k in ('ca.crt', 'planner.crt', 'planner.key')},
         'plannerKey': {'planner_ed25519.pem': pem['planner_ed25519.pem']},
         'brokerCerts': {k: pem[k] for k in ('ca.crt', 'cloud-ca.crt', 'broker.crt',
-                                            'broker.key')}}}}
+                                            'broker.key')},
+        'workerCerts': {k: pem[k] for k in ('ca.crt', 'worker.crt', 'worker.key')},
+        'historyCerts': {k: pem[k] for k in ('ca.crt', 'history.crt', 'history.key')}}}}
     out = {'edge': folder / 'edge.yaml', 'cloud': folder / 'cloud.yaml'}
     out['edge'].write_text(yaml.safe_dump(edge))
     out['cloud'].write_text(yaml.safe_dump(cloud))
@@ -287,15 +290,107 @@ def test_the_cloud_chart_refuses_a_single_planner(helm_home: dict[str, str]) -> 
     assert result.returncode != 0 and 'planner.replicas must be 2 or more' in result.stderr
 
 
-@pytest.mark.parametrize('case', CASES)
-def test_rendered_manifests_validate_strictly(case: str, renders: dict[str, Render],
-                                              rendered_dir: Path) -> None:
-    render = renders[case]
-    result = _run([str(VENV_BIN / 'kubernetes-validate'), '--strict', '-k', render.k8s,
-                   str(rendered_dir / f'{case}.yaml')])
+#: Kinds of others' CRDs: kubernetes-validate has no schema for them (nothing is downloaded
+#: here), so they are checked by their own structural tests below.
+CRD_GROUPS = ('keda.sh/',)
+
+
+def _core(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if not str(d.get('apiVersion', '')).startswith(CRD_GROUPS)]
+
+
+def _validate(docs: list[dict[str, Any]], k8s: str, path: Path) -> None:
+    path.write_text(yaml.safe_dump_all(docs, width=1000))
+    result = _run([str(VENV_BIN / 'kubernetes-validate'), '--strict', '-k', k8s, str(path)])
     assert result.returncode == 0, result.stdout + result.stderr
     passed = re.findall(r'passed for resource (\S+)', result.stdout)
-    assert len(passed) == len(render.docs), result.stdout
+    assert len(passed) == len(docs), result.stdout
+
+
+@pytest.mark.parametrize('case', CASES)
+def test_rendered_manifests_validate_strictly(case: str, renders: dict[str, Render],
+                                              tmp_path: Path) -> None:
+    """Every core kind strictly; the KEDA ScaledObject has its own test (no schema here)."""
+    render = renders[case]
+    _validate(_core(render.docs), render.k8s, tmp_path / f'{case}.yaml')
+
+
+def test_the_workers_scale_on_their_backlog_through_keda(renders: dict[str, Render]) -> None:
+    """The ScaledObject, checked by structure: KEDA's CRD schema is not available here."""
+    for case in ('cloud', 'fleet-cloud'):
+        render = renders[case]
+        (scaled,) = render.kind('ScaledObject')
+        (worker,) = [d for d in render.kind('Deployment')
+                     if d['metadata']['name'].endswith('-worker')]
+        (service,) = [d for d in render.kind('Service')
+                      if d['metadata']['name'] == worker['metadata']['name']]
+        assert scaled['apiVersion'] == 'keda.sh/v1alpha1'
+        assert scaled['spec']['scaleTargetRef']['name'] == worker['metadata']['name']
+        assert scaled['spec']['minReplicaCount'] >= 1
+        (trigger,) = scaled['spec']['triggers']
+        port = service['spec']['ports'][0]['port']
+        assert trigger['type'] == 'metrics-api'
+        assert trigger['metadata']['url'] == (
+            f'http://{service["metadata"]["name"]}.{service["metadata"]["namespace"]}.svc:'
+            f'{port}/status')
+        assert trigger['metadata']['valueLocation'] == 'backlog'
+        assert 'replicas' not in worker['spec']          # the scaler owns the count
+        args = worker['spec']['template']['spec']['containers'][0]['args']
+        assert args[args.index('--metrics-port') + 1] == str(port)
+        affinity = worker['spec']['template']['spec']['affinity']['podAffinity']
+        assert affinity['requiredDuringSchedulingIgnoredDuringExecution'][0][
+            'topologyKey'] == 'kubernetes.io/hostname'   # one node: the SQLite ledger
+
+
+@pytest.mark.parametrize(('mode', 'kinds'), [('hpa', {'HorizontalPodAutoscaler'}),
+                                             ('none', set())])
+def test_the_other_autoscaling_modes_render_valid_manifests(
+        mode: str, kinds: set[str], helm_home: dict[str, str], test_secrets: dict[str, Path],
+        tmp_path: Path) -> None:
+    text = _helm_template(helm_home, 'cobot-hybrid', CHARTS / 'cobot-hybrid-cloud',
+                          'cobot-hybrid-cloud', [test_secrets['cloud']],
+                          ['--set', f'worker.autoscaling.mode={mode}'])
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    assert {d['kind'] for d in docs} & {'ScaledObject', 'HorizontalPodAutoscaler'} == kinds
+    _validate(docs, CLOUD_K8S, tmp_path / 'render.yaml')    # no CRD left: all strictly
+    (worker,) = [d for d in docs if d['kind'] == 'Deployment'
+                 and d['metadata']['name'].endswith('-worker')]
+    assert ('replicas' in worker['spec']) == (mode == 'none')
+    if mode == 'hpa':
+        (hpa,) = [d for d in docs if d['kind'] == 'HorizontalPodAutoscaler']
+        assert hpa['spec']['metrics'][0]['external']['metric']['name'] == 'cobot_worker_backlog'
+
+
+@pytest.mark.parametrize(('settings', 'message'), [
+    (['--set', 'worker.autoscaling.minReplicas=0'], 'minReplicas must be 1 or more'),
+    (['--set', 'worker.autoscaling.mode=magic'], 'use keda, hpa or none'),
+])
+def test_the_cloud_chart_refuses_bad_worker_values(settings: list[str], message: str,
+                                                   helm_home: dict[str, str]) -> None:
+    result = _run([_tool(HELM), 'template', 'x', str(CHARTS / 'cobot-hybrid-cloud'),
+                   *settings], helm_home)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_the_history_report_runs_nightly_on_the_recorders_node(
+        renders: dict[str, Render]) -> None:
+    render = renders['cloud']
+    (cron,) = render.kind('CronJob')
+    (recorder,) = [d for d in render.kind('Deployment')
+                   if d['metadata']['name'].endswith('-history')]
+    assert recorder['spec']['replicas'] == 1 and recorder['spec']['strategy']['type'] == \
+        'Recreate'                                       # one writer of the buffer
+    spec = cron['spec']
+    assert spec['concurrencyPolicy'] == 'Forbid' and spec['jobTemplate']['spec'][
+        'backoffLimit'] >= 1                             # preempted: started again, resumes
+    pod = spec['jobTemplate']['spec']['template']['spec']
+    assert pod['restartPolicy'] == 'OnFailure'
+    selector = pod['affinity']['podAffinity']['requiredDuringSchedulingIgnoredDuringExecution'][
+        0]['labelSelector']['matchLabels']
+    assert selector['app.kubernetes.io/name'] == recorder['spec']['selector']['matchLabels'][
+        'app.kubernetes.io/name']
+    command = ' '.join(pod['containers'][0]['args'])
+    assert 'date -u -d yesterday' in command and 'history report' in command
 
 
 def test_strict_validation_would_catch_an_unknown_field(renders: dict[str, Render],
@@ -453,10 +548,21 @@ def _health_command(containerfile: str) -> list[str]:
                                                      ('cloud', 'Containerfile.cloud')])
 def test_probes_run_the_images_own_health_check(case: str, containerfile: str,
                                                renders: dict[str, Render]) -> None:
+    """The planner and the edge stack probe with the image's HEALTHCHECK; the cloud's offload
+    workers with GET /status, the history recorder with ``history stats``."""
     command = _health_command(containerfile)
     ours = [c for _, c in _containers(renders[case]) if 'mosquitto' not in c['image']]
+    own = {'worker': {'httpGet': {'path': '/status', 'port': 'metrics'}},
+           'recorder': {'exec': {'command': ['cobot-hybrid', 'history', 'stats', '--data-dir',
+                                             '/var/lib/cobot_hybrid/history']}}}
     assert ours
+    assert case != 'cloud' or {c['name'] for c in ours} == {'planner', *own}
     for container in ours:
+        if container['name'] in own:
+            for probe in ('livenessProbe', 'readinessProbe'):
+                want = own[container['name']]
+                assert {k: container[probe][k] for k in want} == want, (container['name'], probe)
+            continue
         for probe in ('startupProbe', 'livenessProbe', 'readinessProbe'):
             assert container[probe]['exec']['command'] == command, (container['name'], probe)
 

@@ -40,6 +40,12 @@ cobot-hybrid.io/fleet: {{ .Values.fleetId | quote }}
 {{- define "cloud.plannerKey" -}}
 {{- .Values.secrets.plannerKey | default (printf "%s-planner-key" (include "cloud.fullname" .)) -}}
 {{- end -}}
+{{- define "cloud.workerCerts" -}}
+{{- .Values.secrets.workerCerts | default (printf "%s-worker-certs" (include "cloud.fullname" .)) -}}
+{{- end -}}
+{{- define "cloud.historyCerts" -}}
+{{- .Values.secrets.historyCerts | default (printf "%s-history-certs" (include "cloud.fullname" .)) -}}
+{{- end -}}
 {{- define "cloud.brokerCerts" -}}
 {{- .Values.secrets.brokerCerts | default (printf "%s-broker-certs" (include "cloud.fullname" .)) -}}
 {{- end -}}
@@ -66,4 +72,24 @@ checkov.io/skip2: CKV_K8S_43=the tag is the release version; the fleet repositor
 {{/* The cloud image's HEALTHCHECK command (deploy/images/Containerfile.cloud), as a JSON list. */}}
 {{- define "cloud.plannerHealth" -}}
 {{- toJson (list "cobot-hybrid" "planner-health") -}}
+{{- end -}}
+
+{{/* The pod security context every cloud workload shares. */}}
+{{- define "cloud.podSecurity" -}}
+runAsUser: 10001
+runAsGroup: 10001
+runAsNonRoot: true
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* The container security context every cloud workload shares. */}}
+{{- define "cloud.containerSecurity" -}}
+allowPrivilegeEscalation: false
+privileged: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
 {{- end -}}
