@@ -197,7 +197,8 @@ class EdgeBridge:
             self._verifier = CommandVerifier(
                 self.cfg.robot_id, keys,
                 data / 'replay.db', max_bytes=self.cfg.max_command_bytes,
-                max_clock_skew_s=self.cfg.max_clock_skew_s, clock=self.clock)
+                max_clock_skew_s=self.cfg.max_clock_skew_s, clock=self.clock,
+                advisory_only=frozenset(self.cfg.advisory_key_ids))
             self._fetcher = ModelFetcher(data / 'models', project(self.cfg, FetchConfig),
                                          self._reopen_model, self.clock.wall,
                                          self.clock.monotonic)
@@ -275,9 +276,9 @@ class EdgeBridge:
         """Queue a snapshot: the JPEG of the route's latest image, its trigger, its context.
 
         The node encoded the JPEG; the context is the newest message of each topic the
-        route's ``context`` names. A context that would make the header larger than the
-        contract allows is left out and counted
-        (``uplink_refused['snapshot_context_too_large']``): the image still goes.
+        route's ``context`` names. A context the header cannot carry (too large, non-finite,
+        too deep) is left out and counted by reason
+        (``uplink_refused['snapshot_context_<reason>']``): the image still goes.
         """
         state = self.states[index]
         route = state.route
@@ -302,10 +303,10 @@ class EdgeBridge:
                                    SNAPSHOT_TYPE, data)
             if len(probe) > SNAPSHOT_HEADER_LIMITS.max_bytes:
                 raise PayloadError('too_large', f'{len(probe)} bytes')
-        except PayloadError as exc:
-            self.uplink_refused['snapshot_context_too_large'] += 1
-            _LOG.warning('%s snapshot sent without its context: the header would be too '
-                         'large (%s)', route.ros_topic, exc.detail)
+        except PayloadError as exc:   # too large, non-finite, too deep: counted by reason
+            self.uplink_refused[f'snapshot_context_{exc.reason}'] += 1
+            _LOG.warning('%s snapshot sent without its context (%s: %s)', route.ros_topic,
+                         exc.reason, exc.detail)
             data['context'] = {}
 
         def payload(seq: int) -> bytes:

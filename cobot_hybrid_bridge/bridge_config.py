@@ -50,6 +50,9 @@ class BridgeConfig:
     cloud_public_keys: tuple[str, ...] = setting(
         (), 'key_id=path of the cloud Ed25519 public keys (none: every command is refused)',
         array_type='string')
+    advisory_key_ids: tuple[str, ...] = setting(
+        (), "key ids of cloud_public_keys that may sign advisories only (the cloud workers' "
+        'key): a mission or model command signed with one is refused', array_type='string')
     max_command_bytes: int = setting(256 * 1024, 'larger commands are rejected', unit='bytes',
                                      low=64, high=2**26)
     max_clock_skew_s: float = setting(30.0, 'tolerated difference between robot and cloud '
@@ -74,6 +77,10 @@ class BridgeConfig:
         for entry in self.cloud_public_keys:
             if '=' not in entry:
                 raise BridgeError(f'cloud_public_keys entry {entry!r} must be key_id=path')
+        unknown = set(self.advisory_key_ids) - set(self.key_paths())
+        if unknown:
+            raise BridgeError(f'advisory_key_ids {sorted(unknown)} are not key ids of '
+                              'cloud_public_keys')
         self.queue_config()
         self.link_config()
 

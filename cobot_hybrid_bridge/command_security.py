@@ -24,6 +24,7 @@ are counted by reason.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sqlite3
 from collections import Counter
@@ -46,7 +47,7 @@ from cobot_hybrid_protocol.signing import SIGNATURE_REASONS, open_signed
 __all__ = ['CommandRejected', 'CommandVerifier', 'REJECT_REASONS']
 
 REJECT_REASONS = (*SIGNATURE_REASONS, 'schema', 'wrong_robot', 'not_yet_valid', 'expired',
-                  'validity_too_long', 'replayed', 'superseded', 'store_rebuilt')
+                  'validity_too_long', 'replayed', 'superseded', 'store_rebuilt', 'wrong_key')
 MAX_MISSIONS = 10_000     # mission ids whose last version is remembered (oldest forgotten)
 MAX_SEEN = 100_000        # command ids remembered at most (soonest to expire forgotten)
 _LOG = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class CommandVerifier:
     rejected: Counter[str] = field(default_factory=Counter)
     accepted: int = 0
     rebuilt_at: float | None = None       # when a corrupt replay store was replaced
+    #: Keys that sign advisories only (the cloud workers'): never a mission or a model.
+    advisory_only: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.keys:
@@ -163,6 +166,11 @@ class CommandVerifier:
             payload = open_signed(raw, self.keys, self.robot_id, self.max_bytes)
         except SignatureError as exc:
             raise CommandRejected(exc.reason, exc.detail) from None
+        if kind != 'advisory' and self.advisory_only:
+            key_id = json.loads(raw).get('key_id')   # the envelope open_signed just checked
+            if key_id in self.advisory_only:
+                raise CommandRejected('wrong_key', f'key {key_id!r} signs advisories only, '
+                                      f'not {kind} commands')
         try:
             mission = _VALIDATORS[kind](parse_json(payload, COMMAND_LIMITS, 'the command'))
         except PayloadError as exc:

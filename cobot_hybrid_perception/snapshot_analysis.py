@@ -12,7 +12,9 @@ often found twice, as a whole and as a part), and the result is compared with th
   overlaps (IoU >= ``match_iou``, or the cloud box mostly inside an edge box): what the edge
   did not see;
 * ``false_alarms``: edge people that no cloud detection (score >= ``conf``) overlaps;
-* ``verdict``: ``agree``, ``edge_missed_people``, ``edge_false_alarm`` or ``both``.
+* ``verdict``: ``agree``, ``edge_missed_people``, ``edge_false_alarm`` or ``both``;
+  ``no_edge_context`` when the snapshot carries no detections of the robot's (nothing to
+  compare with: no advisory goes).
 
 The result also carries ``embedding``: the mean over both passes at the first size of the
 globally pooled
@@ -30,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,7 +347,21 @@ class SnapshotJob:
 
     def __init__(self, cfg: AnalysisConfig) -> None:
         self.cfg = cfg
-        self.analyser = SnapshotAnalyser(cfg)
+        self.analyser = SnapshotAnalyser(cfg)   # this thread's; others make their own
+        self._local = threading.local()
+        self._local.analyser = self.analyser
+
+    @property
+    def _analyser(self) -> SnapshotAnalyser:
+        """Return the calling thread's analyser.
+
+        A detector holds one input buffer and one output binding: two threads on one would
+        overwrite each other's frames.
+        """
+        analyser = getattr(self._local, 'analyser', None)
+        if analyser is None:
+            analyser = self._local.analyser = SnapshotAnalyser(self.cfg)
+        return analyser
 
     def __call__(self, upload: Upload) -> dict[str, Any]:
         """Analyse one upload (JobInputError: it is not a snapshot this job can read)."""
@@ -366,7 +383,9 @@ class SnapshotJob:
             if 'detections' in entry['data']:
                 edge.extend(edge_people(entry['data'], cfg.person_class))
                 context_age = round(snapshot.image_stamp - float(entry['stamp']), 3)
-        result = self.analyser.analyse(image, edge)
+        result = self._analyser.analyse(image, edge)
+        if context_age is None:   # nothing to compare with: not a verdict on the edge
+            result.update(verdict='no_edge_context', missed=[], false_alarms=[])
         result.update({'trigger': snapshot.trigger, 'image_stamp': snapshot.image_stamp,
                        'edge_context_age_s': context_age,
                        'edge_context': bool(snapshot.context)})
@@ -380,9 +399,10 @@ class SnapshotJob:
         """
         image = decode_jpeg(image_bytes, self.cfg.max_pixels)
         rng = np.random.default_rng(seed)
-        out = [('', self.analyser.embed(image).tolist())]
+        analyser = self._analyser
+        out = [('', analyser.embed(image).tolist())]
         for n in range(variants):
-            out.append((f'~{n + 1}', self.analyser.embed(augment(image, rng)).tolist()))
+            out.append((f'~{n + 1}', analyser.embed(augment(image, rng)).tolist()))
         return out
 
 

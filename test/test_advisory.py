@@ -185,3 +185,76 @@ def test_the_contract_checks_its_own_examples() -> None:
     assert advisory.false_alarms == ((1.0, 2.0, 3.0, 4.0),)
     with pytest.raises(SchemaError, match='valid_until'):
         validate_advisory({**GOOD, 'valid_until': T0})
+
+
+def test_the_workers_key_signs_advisories_but_never_a_mission(tmp_path: Path) -> None:
+    from cobot_hybrid_protocol.mission import MISSION_SCHEMA
+
+    worker_key = Ed25519PrivateKey.generate()
+    paths = {}
+    for name, key in (('planner', KEY), ('worker', worker_key)):
+        paths[name] = tmp_path / f'{name}.pub'
+        paths[name].write_bytes(key.public_key().public_bytes(
+            Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    cfg = BridgeConfig(robot_id='cobot-a', data_dir=str(tmp_path / 'robot'),
+                       cloud_public_keys=tuple(f'{n}={p}' for n, p in paths.items()),
+                       advisory_key_ids=('worker',), state_period_s=3600.0)
+    routes = parse_routes({'routes': [{'ros_topic': 'e', 'type': 'std_msgs/msg/String',
+                                       'mqtt_topic': 'telemetry/e'}]})
+    edge = EdgeBridge(cfg, routes, clock=SteppableClock(wall_s=T0))
+    mission = {'schema': MISSION_SCHEMA, 'kind': 'mission', 'command_id': 'm-1-v1',
+               'robot_id': 'cobot-a', 'mission_id': 'm-1', 'version': 1, 'issued_at': T0,
+               'valid_until': T0 + 600, 'frame_id': 'map', 'tasks': []}
+    edge._on_command('cobot/v1/cobot-a/cmd/mission',
+                     sign_command(worker_key, 'worker', mission, 'cobot-a'))
+    assert edge.take_commands() == []
+    assert edge.stats()['commands_rejected'] == {'wrong_key': 1}
+    edge._on_command('cobot/v1/cobot-a/cmd/advisory',
+                     sign_command(worker_key, 'worker', GOOD, 'cobot-a'))
+    edge.take_commands()
+    assert len(edge.advisories) == 1                  # its own job it may do
+    edge._on_command('cobot/v1/cobot-a/cmd/mission', sign_command(KEY, 'planner', mission,
+                                                                  'cobot-a'))
+    assert [m.mission_id for m in edge.take_commands()] == ['m-1']   # the planner's still go
+    edge.queue.close()
+    with pytest.raises(Exception, match='advisory_key_ids'):
+        BridgeConfig(robot_id='cobot-a', cloud_public_keys=(f'planner={paths["planner"]}',),
+                     advisory_key_ids=('nobody',))
+
+
+SNAP_ROUTES = parse_routes({'routes': [
+    {'ros_topic': 'stop', 'type': 'std_msgs/msg/Bool', 'mqtt_topic': 'events/stop'},
+    {'ros_topic': 'detections', 'type': 'vision_msgs/msg/Detection2DArray',
+     'mqtt_topic': 'telemetry/people'},
+    {'ros_topic': 'image', 'type': 'sensor_msgs/msg/Image', 'mqtt_topic': 'events/snap',
+     'encoding': 'jpeg', 'filter': {'kind': 'snapshot', 'trigger_topic': 'stop',
+                                    'field': 'data', 'equals': True,
+                                    'context': ['detections']}}]})
+
+
+@pytest.mark.parametrize(('detections', 'kept', 'counted'), [
+    ({'detections': [{'id': 'a', 'score': 0.9}]}, True, {}),
+    ({'detections': [{'id': 'a', 'score': float('nan')}]}, False,
+     {'snapshot_context_non_finite': 1}),
+    ({'detections': [{'id': 'x' * 1000}] * 80}, False, {'snapshot_context_too_large': 1}),
+])
+def test_a_snapshot_carries_the_robots_detections_or_says_why_not(
+        tmp_path: Path, detections: dict[str, Any], kept: bool,
+        counted: dict[str, int]) -> None:
+    from cobot_hybrid_protocol.snapshot import parse_snapshot
+
+    edge = EdgeBridge(BridgeConfig(robot_id='cobot-a', data_dir=str(tmp_path),
+                                   state_period_s=3600.0), SNAP_ROUTES,
+                      clock=SteppableClock(wall_s=T0))
+    edge.offer(1, detections, None)
+    assert edge.offer(0, {'data': True}, None) == [2]          # the stop fires the snapshot
+    edge.send_snapshot(2, b'\xff\xd8\xff jpeg', 4, 3, 'cam', T0 - 0.1)
+    edge.tick()
+    (message,) = [m for m in edge.queue.peek(50) if m.topic.endswith('events/snap')]
+    snapshot = parse_snapshot(message.payload)
+    assert snapshot.trigger['topic'] == 'stop' and (snapshot.width, snapshot.height) == (4, 3)
+    assert ('detections' in snapshot.context) == kept
+    context_counts = {k: v for k, v in edge.uplink_refused.items()
+                      if k.startswith('snapshot_context_')}
+    assert context_counts == counted                 # the route itself counts its own
+    edge.queue.close()

@@ -187,7 +187,7 @@ def test_secrets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     pem = {name: f'stand-in for {name}\n' for name in (
         'ca.crt', 'cobot-1.crt', 'cobot-1.key', 'planner_ed25519.pub', 'planner.crt',
         'planner.key', 'planner_ed25519.pem', 'cloud-ca.crt', 'broker.crt', 'broker.key',
-        'worker.crt', 'worker.key', 'history.crt', 'history.key')}
+        'worker.crt', 'worker.key', 'history.crt', 'history.key', 'worker_ed25519.pem')}
     edge = {'robot': {'id': 'cobot-1'}, 'secrets': {'create': True, 'data': {
         'certs': {k: pem[k] for k in ('ca.crt', 'cobot-1.crt', 'cobot-1.key')},
         'keys': {'planner_ed25519.pub': pem['planner_ed25519.pub']}}}}
@@ -197,7 +197,8 @@ def test_secrets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         'brokerCerts': {k: pem[k] for k in ('ca.crt', 'cloud-ca.crt', 'broker.crt',
                                             'broker.key')},
         'workerCerts': {k: pem[k] for k in ('ca.crt', 'worker.crt', 'worker.key')},
-        'historyCerts': {k: pem[k] for k in ('ca.crt', 'history.crt', 'history.key')}}}}
+        'historyCerts': {k: pem[k] for k in ('ca.crt', 'history.crt', 'history.key')},
+        'workerKey': {'worker_ed25519.pem': pem['worker_ed25519.pem']}}}}
     out = {'edge': folder / 'edge.yaml', 'cloud': folder / 'cloud.yaml'}
     out['edge'].write_text(yaml.safe_dump(edge))
     out['cloud'].write_text(yaml.safe_dump(cloud))
@@ -337,6 +338,8 @@ def test_the_workers_scale_on_their_backlog_through_keda(renders: dict[str, Rend
         assert 'replicas' not in worker['spec']          # the scaler owns the count
         args = worker['spec']['template']['spec']['containers'][0]['args']
         assert args[args.index('--metrics-port') + 1] == str(port)
+        assert args[args.index('--advisory-key') + 1].endswith('/worker_ed25519.pem')
+        assert 'planner_ed25519' not in json.dumps(worker)   # never the planner's key
         affinity = worker['spec']['template']['spec']['affinity']['podAffinity']
         assert affinity['requiredDuringSchedulingIgnoredDuringExecution'][0][
             'topologyKey'] == 'kubernetes.io/hostname'   # one node: the SQLite ledger
@@ -548,8 +551,10 @@ def _health_command(containerfile: str) -> list[str]:
                                                      ('cloud', 'Containerfile.cloud')])
 def test_probes_run_the_images_own_health_check(case: str, containerfile: str,
                                                renders: dict[str, Render]) -> None:
-    """The planner and the edge stack probe with the image's HEALTHCHECK; the cloud's offload
-    workers with GET /status, the history recorder with ``history stats``."""
+    """Probe with the image's HEALTHCHECK (the planner, the edge stack), or their own.
+
+    The cloud's offload workers probe GET /status, the history recorder ``history stats``.
+    """
     command = _health_command(containerfile)
     ours = [c for _, c in _containers(renders[case]) if 'mosquitto' not in c['image']]
     own = {'worker': {'httpGet': {'path': '/status', 'port': 'metrics'}},

@@ -278,3 +278,15 @@ def test_prices_are_checked() -> None:
     with pytest.raises(BatchError, match='per_gb_up'):
         Prices(per_gb_up=-1.0)
     assert math.isclose(FleetSim().robots, 20)
+
+
+def test_a_robot_clock_far_off_files_its_rows_under_the_clouds_day(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path / 'h', retention_days=30)
+    now = DAY0 + 3600
+    store.add([HistoryRow('cobot-1', 'events/x', 1, 10.0, now, 10, {}),            # 1970
+               HistoryRow('cobot-1', 'events/x', 2, 3_900_000_000.0, now, 10, {}),  # 2093
+               HistoryRow('cobot-1', 'events/x', 3, now - 3 * 86400, now, 10, {})])  # late
+    assert store.refused['clock_off'] == 2
+    store.seal(DAY0 + 86400)
+    assert store.days() == ['2026-11-20', FIRST]   # the late backlog keeps its own day
+    store.close()

@@ -41,7 +41,8 @@ def snapshot(robot: str, seq: int, photo: str) -> bytes:
     data = {'image': {'width': image.shape[1], 'height': image.shape[0], 'frame_id': 'cam',
                       'stamp': now, 'bytes': len(jpeg)},
             'trigger': {'topic': 'protective_stop', 'field': 'data', 'value': True,
-                        'stamp': now}, 'context': {}}
+                        'stamp': now},
+            'context': {'detections': {'stamp': now, 'data': {'detections': []}}}}  # saw nobody
     return build_snapshot(build_envelope(robot, seq, now, 'image', SNAPSHOT_TYPE, data),
                           jpeg.tobytes())
 
@@ -114,8 +115,13 @@ def test_two_replicas_split_the_snapshots_and_a_killed_ones_job_is_redone(
         killed_seq = owners[0][0]
         a.send_signal(signal.SIGKILL)                  # in the middle of that job
         a.wait(10)
+        time.sleep(0.5)
+        for seq in range(11, 15):   # sent after the kill: a dead replica takes no share
+            robot.publish('cobot/v1/cobot-7/events/stop_snapshot',
+                          snapshot('cobot-7', seq, 'coffee'), qos=1).wait_for_publish(10)
+            sent.append(seq)
         done = wait(lambda: (r := rows(db, 'SELECT seq, worker, attempts FROM results'))
-                    and len(r) == 10 and r, 240, logs)
+                    and len(r) == 14 and r, 240, logs)
         by_seq = {seq: (worker, attempts) for seq, worker, attempts in done}
         assert sorted(by_seq) == sent                   # each snapshot exactly once
         assert by_seq[killed_seq] == ('worker-b', 2)    # redone by the other replica
@@ -124,17 +130,18 @@ def test_two_replicas_split_the_snapshots_and_a_killed_ones_job_is_redone(
         results = [json.loads(r[0]) for r in rows(db, 'SELECT result FROM results')]
         assert all(len(r['detections']) >= 0 and 'similar' in r for r in results)
         assert {r['verdict'] for r in results} >= {'edge_missed_people', 'agree'}
+        assert not {r['verdict'] for r in results} & {'no_edge_context'}
         counters = dict(rows(db, 'SELECT name, value FROM counters'))
         assert counters.get('duplicates', 0) == 1
-        wait(lambda: any(s['worker'] == 'worker-b' and s['done'] == 10 and s['backlog'] == 0
+        wait(lambda: any(s['worker'] == 'worker-b' and s['done'] == 14 and s['backlog'] == 0
                          for s in statuses), 30, logs)
         final = [s for s in statuses if s['worker'] == 'worker-b'][-1]
-        assert final['latency_p99_s'] > 0 and final['vectors'] == 10
+        assert final['latency_p99_s'] > 0 and final['vectors'] == 14
         base = f'http://127.0.0.1:{metrics_port}'
         with urllib.request.urlopen(f'{base}/status', timeout=10) as answer:
             assert json.loads(answer.read())['backlog'] == 0     # what KEDA reads
         with urllib.request.urlopen(f'{base}/metrics', timeout=10) as answer:
-            assert 'cobot_worker_done{group="cell-a"} 10' in answer.read().decode()
+            assert 'cobot_worker_done{group="cell-a"} 14' in answer.read().decode()
     finally:
         robot.loop_stop()
         robot.disconnect()

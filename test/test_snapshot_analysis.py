@@ -91,7 +91,9 @@ def test_people_the_edge_did_not_report_are_missed_ones(
     result = job(upload(image, seen[:1]))            # the edge reported one of the people
     assert result['verdict'] == 'edge_missed_people'
     assert len(result['missed']) == result['cloud_people'] - 1 >= 2
-    assert job(upload(image, None))['edge_context'] is False
+    alone = job(upload(image, None))             # no detections of the robot's: no verdict
+    assert alone['edge_context'] is False and alone['verdict'] == 'no_edge_context'
+    assert alone['missed'] == [] and alone['cloud_people'] >= 3
 
 
 def test_an_edge_person_where_the_cloud_sees_nobody_is_a_false_alarm(job: SnapshotJob) -> None:
@@ -206,3 +208,13 @@ def test_a_read_only_model_cache_gets_the_embedding_model_written_elsewhere(
     assert made.parent == tmp_path / 'xdg' / 'cobot_hybrid' / 'models' and made.is_file()
     assert not list(cache.glob('*embed*'))
     assert embedding_model(source, '/model.10/cv2/act/Mul_output_0', cache) == made
+
+
+def test_threads_sharing_the_job_get_the_same_answers_as_one(job: SnapshotJob) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    uploads = [upload(load_image(sample_photo_path(n)), []) for n in ('zidane', 'bus') * 4]
+    alone = [job(u)['detections'] for u in uploads[:2]]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda u: job(u)['detections'], uploads))
+    assert together == alone * 4

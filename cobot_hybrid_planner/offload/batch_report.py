@@ -18,8 +18,9 @@ What it measures, per robot-day (:func:`robot_day`):
 
 It runs as a batch job, meant for preemptible machines: the work is cut into robot-days,
 each written to ``checkpoints/<day>/<robot>.json`` (atomically, with the fingerprint of the
-partition it came from) as soon as it is done; a run started again on the same ``out``
-folder keeps every checkpoint whose partition is unchanged and does only the rest, so a run
+partition it came from and of the prices and ratio it was measured with) as soon as it is
+done; a run started again on the same ``out`` folder keeps every checkpoint whose partition
+and settings are unchanged and does only the rest, so a run
 killed half-way and started again gives the same report as one that was never stopped.
 The report (``report.html``, plots inline as SVG; ``report.json``) depends only on the
 checkpoints, never on when it was made.
@@ -262,9 +263,13 @@ class BatchJob:
             raise BatchError(f'no sealed history between {self.first} and {self.last} in '
                              f'{self.history} (cobot-hybrid history seal writes finished days)')
         units: dict[tuple[str, str], dict[str, Any]] = {}
+        # a checkpoint is kept only for the same partition, prices, near-miss ratio and code
+        settings = hashlib.sha256(json.dumps(
+            [asdict(self.prices), self.near_miss_ratio, _CHECKPOINT_VERSION],
+            sort_keys=True).encode()).hexdigest()[:16]
         for path in partitions:
             day = path.parent.name[4:]
-            fingerprint = _fingerprint(path)
+            fingerprint = f'{_fingerprint(path)}:{settings}'
             con = duckdb.connect()
             try:
                 robots = [r for (r,) in con.execute(

@@ -15,7 +15,10 @@ Where it lives, and why two formats:
   changed again; the batch job queries those partitions with DuckDB in place, without a
   server and without ever locking the recorder out;
 * **retention** is deleting whole partitions older than ``retention_days`` (and hot rows
-  older than that).
+  older than that);
+* a row goes to the UTC day of the robot's stamp, or of the cloud's receive time when the
+  stamp is more than a day ahead of it or older than the retention (a robot clock in 2096 or
+  1970: counted ``clock_off``); a backlog sent days late keeps its own days.
 
 A row: ``robot_id``, ``kind`` (what follows ``cobot/v1/<robot_id>/``), ``seq`` (the robot's,
 or 0 for status), ``stamp`` (the robot's clock), ``received_s`` (the cloud's), ``bytes``
@@ -51,6 +54,7 @@ __all__ = ['HISTORY_FILTERS', 'HistoryError', 'HistoryRecorder', 'HistoryRow', '
            'day_of']
 
 MAX_DATA_CHARS = 64 * 1024       # the stored JSON of one message; longer is cut to a marker
+MAX_CLOCK_OFF_S = 86400.0        # a robot stamp this far ahead of the cloud's: the cloud's day
 #: What the recorder subscribes: liveness, routed telemetry, events (the CRDT state is the
 #: fleet store's: its latest value is what matters).
 HISTORY_FILTERS = uplink_filters()
@@ -187,7 +191,15 @@ class HistoryStore:
             text = json.dumps(row.data, separators=(',', ':'), allow_nan=False)
             if len(text) > MAX_DATA_CHARS:
                 text = json.dumps({'cut': len(text)})
-            values.append((day_of(row.stamp), row.robot_id, row.kind, int(row.seq),
+            day = day_of(row.stamp)
+            if row.stamp > row.received_s + MAX_CLOCK_OFF_S \
+                    or row.stamp < row.received_s - self.retention_days * 86400.0:
+                # a robot clock far off (2096, 1970) would file the row where nothing ever
+                # seals it, or where expiry deletes it at once: the cloud's day instead (a
+                # backlog sent days late keeps its own day)
+                self.refused['clock_off'] += 1
+                day = day_of(row.received_s)
+            values.append((day, row.robot_id, row.kind, int(row.seq),
                            float(row.stamp), float(row.received_s), int(row.bytes), text))
         with self._lock:
             before = self._db.total_changes
@@ -226,9 +238,10 @@ class HistoryStore:
         written = []
         for day in days:
             with self._lock:
-                fresh = self._db.execute(
-                    'SELECT robot_id, kind, seq, stamp, received_s, bytes, data FROM rows '
-                    'WHERE day = ?', (day,)).fetchall()
+                read = self._db.execute(
+                    'SELECT rowid, robot_id, kind, seq, stamp, received_s, bytes, data FROM '
+                    'rows WHERE day = ?', (day,)).fetchall()
+            fresh = [r[1:] for r in read]
             target = self.partition(day)
             table = pa.table({name: [r[i] for r in fresh] for i, name in enumerate(_COLUMNS)},
                              schema=_arrow_schema())
@@ -250,8 +263,11 @@ class HistoryStore:
             partial = target.with_name('history.parquet.part')
             pq.write_table(table, partial, compression='zstd')
             partial.replace(target)
-            with self._lock:
-                self._db.execute('DELETE FROM rows WHERE day = ?', (day,))
+            with self._lock:   # only the rows written: one that came meanwhile stays
+                self._db.execute('BEGIN IMMEDIATE')
+                self._db.executemany('DELETE FROM rows WHERE rowid = ?',
+                                     [(r[0],) for r in read])
+                self._db.execute('COMMIT')
             written.append(day)
         return written
 

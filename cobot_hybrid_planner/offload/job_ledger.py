@@ -15,9 +15,13 @@ expires, and another replica claims the job again.
   and the reason, for ``cobot-hybrid worker dead`` to show and ``retry`` to requeue;
 * a job whose worker died counts the attempt too, so an upload that kills every worker that
   takes it ends dead instead of killing the group in turn;
-* **bounded**: an upload over ``max_upload_bytes`` is refused; when the pending payloads
-  reach ``max_backlog_bytes`` new uploads are refused (counted, logged, never silently);
-  a done job keeps its key and result, not its payload.
+* **bounded**: an upload over ``max_upload_bytes`` is refused; when the payloads held
+  (pending, running and dead jobs) reach ``max_backlog_bytes`` new uploads are refused
+  (counted, logged, never silently); a done job keeps its key and result, not its payload
+  (keys and results are not pruned yet);
+* every SQLite failure (locked, disk full, I/O) is a :class:`LedgerError`: an upload that
+  could not be written is counted ``ledger_error``; a result that could not be stored is
+  done again after its lease.
 
 The replicas of a group share one file (WAL: readers never wait for the writer), so they
 must share a disk: one node, or a volume that gives SQLite its locks (never NFS).
@@ -129,17 +133,23 @@ class JobLedger:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; every SQLite failure (locked, disk full, I/O) is a LedgerError."""
         with self._lock:
             try:
                 self._db.execute('BEGIN IMMEDIATE')
-            except sqlite3.OperationalError as exc:
-                raise LedgerError(f'the job ledger {self.path} stayed locked ({exc})') from None
+            except sqlite3.Error as exc:
+                raise LedgerError(f'the job ledger {self.path} cannot be written ({exc})') \
+                    from None
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute('ROLLBACK')
+                self._db.execute('COMMIT')
+            except BaseException as exc:
+                if self._db.in_transaction:   # SQLite may have rolled back already
+                    self._db.execute('ROLLBACK')
+                if isinstance(exc, sqlite3.Error):
+                    raise LedgerError(f'the job ledger {self.path} cannot be written ({exc}): '
+                                      'a full or failing disk?') from None
                 raise
-            self._db.execute('COMMIT')
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to a counter shared by the group (refusals, duplicates)."""
@@ -156,8 +166,9 @@ class JobLedger:
                 db.execute("INSERT INTO counters VALUES ('duplicates', 1) ON CONFLICT(name) "
                            'DO UPDATE SET value = value + 1')
                 return False
+            # dead jobs keep their payloads for inspection: they count against the budget
             held = db.execute("SELECT COALESCE(SUM(size), 0) FROM jobs WHERE state IN "
-                              "('pending', 'running')").fetchone()[0]
+                              "('pending', 'running', 'dead')").fetchone()[0]
             full = held + len(payload) > self.max_backlog_bytes
             if full:   # counted in this transaction; raised once it is committed
                 db.execute("INSERT INTO counters VALUES ('refused_backlog_full', 1) ON "
@@ -227,11 +238,14 @@ class JobLedger:
         delay = min(self.retry_max_s, self.retry_base_s * 2 ** max(0, claim.attempts - 1))
         state = 'dead' if dead else 'pending'
         with self._write() as db:
-            db.execute("UPDATE jobs SET state = ?, owner = '', next_try_s = ?, error = ? WHERE "
-                       "robot_id = ? AND seq = ? AND job = ? AND state = 'running'",
-                       (state, now + delay, reason[:2000], claim.robot_id, claim.seq,
-                        claim.job))
-        return state
+            # only while it is still ours: a replica whose lease ran out must not take the
+            # job back from the one that claimed it since
+            changed = db.execute(
+                "UPDATE jobs SET state = ?, owner = '', next_try_s = ?, error = ? WHERE "
+                "robot_id = ? AND seq = ? AND job = ? AND state = 'running' AND owner = ?",
+                (state, now + delay, reason[:2000], claim.robot_id, claim.seq, claim.job,
+                 owner)).rowcount
+        return state if changed else 'lost_lease'
 
     def retry_dead(self, now: float) -> int:
         """Requeue every dead job (after a fix): attempts start again."""

@@ -13,11 +13,13 @@ vectors with who sent them and their label.
   ones, measured against exact search in ``benchmarks/bench_similarity.py`` (recall and
   query time at 10k and 1M: docs/offload.md);
 * a vector that is not finite, or of another dimension, is refused
-  (:class:`SimilarityError`), never stored.
+  (:class:`SimilarityError`), never stored; a stored row that is not (another model's, a
+  damaged one) is skipped and counted (``skipped``), never ends a search.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from cobot_hybrid_planner.errors import PlannerError
 
 __all__ = ['INDEX_KINDS', 'IncidentIndex', 'Neighbour', 'SimilarityError', 'build_faiss']
 
+_LOG = logging.getLogger('cobot_hybrid.similarity')
 INDEX_KINDS = ('Flat', 'HNSW32', 'IVF')
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
@@ -111,6 +114,7 @@ class IncidentIndex:
                                   'fill a new one') from None
         self._index = build_faiss(kind, self.dim)
         self._seen = 0          # the highest row id in the FAISS cache
+        self.skipped = 0        # stored rows that could not go into it (counted, logged)
 
     def close(self) -> None:
         """Close the store."""
@@ -137,10 +141,22 @@ class IncidentIndex:
                                 (self._seen,)).fetchall()
         if not rows:
             return
-        ids = np.array([r[0] for r in rows], np.int64)
-        vectors = np.frombuffer(b''.join(r[1] for r in rows), np.float32).reshape(-1, self.dim)
-        self._index.add_with_ids(np.ascontiguousarray(vectors), ids)
-        self._seen = int(ids[-1])
+        width = 4 * self.dim
+        good = [r for r in rows if isinstance(r[1], bytes) and len(r[1]) == width]
+        if len(good) < len(rows):   # another dimension (another model), a damaged row
+            self.skipped += len(rows) - len(good)
+            _LOG.error('vector store %s: %d row(s) are not %d float32 values: skipped (was '
+                       'build-index run with another model or embed_layer?)', self.path,
+                       len(rows) - len(good), self.dim)
+        if good:
+            ids = np.array([r[0] for r in good], np.int64)
+            vectors = np.frombuffer(b''.join(r[1] for r in good), np.float32).reshape(-1,
+                                                                                     self.dim)
+            finite = np.isfinite(vectors).all(axis=1)
+            self.skipped += int((~finite).sum())
+            if finite.any():
+                self._index.add_with_ids(np.ascontiguousarray(vectors[finite]), ids[finite])
+        self._seen = int(rows[-1][0])
 
     def add(self, robot_id: str, seq: int, label: str, values: Any) -> bool:
         """Store one vector; False if ``(robot_id, seq)`` is stored already."""

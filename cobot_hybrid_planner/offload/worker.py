@@ -124,8 +124,12 @@ class WorkerConfig:
                                          'dropped', unit='s', low=10.0, high=86400.0)
     broker_host: str = setting('127.0.0.1', 'MQTT broker')
     broker_port: int = setting(1883, 'MQTT broker port (8883 with TLS)', low=1, high=65535)
-    session_expiry_s: int = setting(3600, 'MQTT 5 session kept by the broker while the '
-                                    'replica is away', unit='s', low=0, high=2**32 - 1)
+    session_expiry_s: int = setting(0, 'MQTT 5 session kept by the broker while the replica '
+                                    'is away. 0 (the default): mosquitto keeps handing a '
+                                    'departed member of a shared subscription its share of '
+                                    'the uploads while its session lives, and a replaced pod '
+                                    'never comes back for them', unit='s', low=0,
+                                    high=2**32 - 1)
 
     def __post_init__(self) -> None:
         check_settings(self, WorkerError)
@@ -186,8 +190,11 @@ class Worker:
     """One replica: takes uploads into the ledger, runs jobs from it, reports the group."""
 
     def __init__(self, cfg: WorkerConfig, transport: Transport, jobs: Mapping[str, Job],
-                 clock: Callable[[], float] = time.time, dim: int = 256) -> None:
+                 clock: Callable[[], float] = time.time, dim: int = 256,
+                 mono: Callable[[], float] | None = None) -> None:
         self.cfg, self.transport, self.clock = cfg, transport, clock
+        # schedules and hang detection; the wall clock (a step) only stamps the ledger
+        self.mono = mono or (time.monotonic if clock is time.time else clock)
         self.uploads = parse_uploads(cfg.uploads)
         missing = set(self.uploads.values()) - set(jobs)
         if missing:
@@ -203,8 +210,8 @@ class Worker:
         self._running: dict[tuple[str, int, str], tuple[Future[None], float]] = {}
         self.hung = 0
         self._lock = threading.Lock()
-        self._next_status = 0.0
-        self._next_renew = 0.0
+        self._next_status = -float('inf')
+        self._next_renew = -float('inf')
         self.last_status: dict[str, Any] = {}
         self.advisories_sent = 0
         self._signing_key = None
@@ -288,12 +295,12 @@ class Worker:
 
     def step(self) -> None:
         """Claim what the free threads can run, renew leases, publish the status when due."""
-        now = self.clock()
+        now, mono = self.clock(), self.mono()   # wall: the shared ledger; mono: our timing
         with self._lock:
             for key in [k for k, (f, _) in self._running.items() if f.done()]:
                 del self._running[key]
             hung = [k for k, (_, since) in self._running.items()
-                    if now - since > self.cfg.job_timeout_s]
+                    if mono - since > self.cfg.job_timeout_s]
             free = self.cfg.concurrency - len(self._running)
         if len(hung) > self.hung:
             _LOG.error('%d job(s) ran longer than job_timeout_s %.0f s: %s; their leases are '
@@ -307,18 +314,27 @@ class Worker:
             claim = self.ledger.claim(self.cfg.client_id, now, self.cfg.lease_s)
             if claim is None:
                 break
+            future = self._pool.submit(self._run, claim)
+            future.add_done_callback(self._after)
             with self._lock:
-                self._running[(claim.robot_id, claim.seq, claim.job)] = (
-                    self._pool.submit(self._run, claim), now)
-        if now >= self._next_renew:
-            self._next_renew = now + self.cfg.lease_s / 3
+                self._running[(claim.robot_id, claim.seq, claim.job)] = (future, mono)
+        if mono >= self._next_renew:
+            self._next_renew = mono + self.cfg.lease_s / 3
             with self._lock:
                 keys = [k for k in self._running if k not in hung]
             if keys:
                 self.ledger.renew(self.cfg.client_id, keys, now, self.cfg.lease_s)
-        if now >= self._next_status:
-            self._next_status = now + self.cfg.status_period_s
+        if mono >= self._next_status:
+            self._next_status = mono + self.cfg.status_period_s
             self.publish_status(now)
+
+    def _after(self, future: Future[None]) -> None:
+        """Count a job thread's own failure (the ledger could not store its result)."""
+        exc = future.exception() if not future.cancelled() else None
+        if exc is not None:
+            self.refused['result_not_stored'] += 1
+            _LOG.error('a job ended without its result stored (%s: %s): it is done again '
+                       'after its lease', type(exc).__name__, exc)
 
     @property
     def busy(self) -> int:
@@ -392,6 +408,10 @@ class Worker:
     def _failed(self, claim: Claim, reason: str, retry: bool) -> None:
         state = self.ledger.fail(claim, self.cfg.client_id, reason, self.clock(), retry)
         self.failed += 1
+        if state == 'lost_lease':
+            _LOG.warning('job %s of %s seq %d failed after its lease ran out (%s): the replica '
+                         'that holds it now decides', claim.job, claim.robot_id, claim.seq,
+                         reason)
         if state == 'dead':
             self.dead += 1
             _LOG.error('job %s of %s seq %d is dead after %d attempt(s): %s', claim.job,
@@ -422,7 +442,7 @@ class Worker:
     def metrics_text(self) -> str:
         """Return the last status as Prometheus text (what the autoscaler reads)."""
         status = self.last_status or self.status()
-        group = self.cfg.group
+        group = self.cfg.group.replace('\\', '\\\\').replace('"', '\\"')   # a label value
         lines = []
         for name, key, help_text in (
                 ('cobot_worker_backlog', 'backlog', 'uploads taken and not yet done'),

@@ -43,6 +43,9 @@ cobot-hybrid.io/fleet: {{ .Values.fleetId | quote }}
 {{- define "cloud.workerCerts" -}}
 {{- .Values.secrets.workerCerts | default (printf "%s-worker-certs" (include "cloud.fullname" .)) -}}
 {{- end -}}
+{{- define "cloud.workerKey" -}}
+{{- .Values.secrets.workerKey | default (printf "%s-worker-key" (include "cloud.fullname" .)) -}}
+{{- end -}}
 {{- define "cloud.historyCerts" -}}
 {{- .Values.secrets.historyCerts | default (printf "%s-history-certs" (include "cloud.fullname" .)) -}}
 {{- end -}}
