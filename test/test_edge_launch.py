@@ -156,7 +156,8 @@ def test_the_default_cloud_overrides_name_only_planner_settings() -> None:
 
 
 @pytest.mark.ros
-def test_the_launched_edge_stack_comes_up(make_node: Any, ros_process: Any,
+@pytest.mark.xdist_group('whole_machine')   # six processes brought up in 120 s: not beside
+def test_the_launched_edge_stack_comes_up(make_node: Any, ros_process: Any,   # heavy tests
                                           tmp_path: Path) -> None:
     """Start what edge.launch.py resolves to, as separate processes, and watch it come up."""
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy

@@ -21,6 +21,10 @@ from cobot_hybrid_protocol.snapshot import SNAPSHOT_TYPE, build_snapshot
 from cobot_hybrid_protocol.status import status_payload
 from cobot_hybrid_protocol.transport import MemoryBroker
 
+# The fleet week's report runs in subprocesses on both cores: beside the other heavy tests
+# (the edge stack brought up against a deadline) it would starve them.
+pytestmark = pytest.mark.xdist_group('whole_machine')
+
 DAY0 = 1_795_392_000.0            # 2026-11-23 00:00 UTC
 FIRST, LAST = '2026-11-23', '2026-11-29'
 CLI = [sys.executable, '-m', 'cobot_hybrid_cli']
