@@ -2,10 +2,13 @@
 
 Roles: a robot (its own prefix, not its own ``cmd/``), the planner (robots' uplink, commands,
 delivery acknowledgements, its replicas' topics), the order producer (``cobot/v1/orders``
-only) and the observer (robots' reports, read only). Every row of the matrix is checked: a
-write by its PUBACK reason code (0x87 refused) and by whether a reader allowed to read the
-topic received it; a read by whether the message, published by a role allowed to write it,
-reached a subscriber of the exact topic.
+only), the observer (robots' reports, read only), the offload worker (robots' events and
+telemetry, also through its group's shared subscription; its group's topics; advisories to
+robots and no other command) and the history recorder (robots' reports, read only). Every
+row of the matrix is checked: a write by its PUBACK reason code (0x87 refused) and by whether
+a reader allowed to read the topic received it; a read by whether the message, published by
+a role allowed to write it, reached a subscriber of the topic filter (a wildcard or shared
+filter gets the writer's own topic).
 """
 
 from __future__ import annotations
@@ -70,9 +73,19 @@ WRITES = [
     ('worker', 'cobot/v1/cobot-a/events/stop_snapshot', False),    # no robot uplink
     ('worker', 'cobot/v1/cobot-a/delivered', False),
     ('worker', 'cobot/v1/planners/site-1/lease', False),
+    ('worker', 'cobot/v1/cobot-a/telemetry/bridge', False),
+    ('worker', 'cobot/v1/cobot-a/status', False),
+    ('worker', 'cobot/v1/cobot-a/blob/' + 'a' * 64 + '/0', False),
+    ('worker', 'cobot/v1/orders', False),
     ('history', 'cobot/v1/cobot-a/telemetry/bridge', False),       # it writes nothing
     ('history', 'cobot/v1/workers/site-1/status', False),
     ('history', 'cobot/v1/cobot-a/cmd/advisory', False),
+    ('history', 'cobot/v1/cobot-a/status', False),
+    ('history', 'cobot/v1/cobot-a/events/stop_snapshot', False),
+    ('history', 'cobot/v1/cobot-a/cmd/mission', False),
+    ('history', 'cobot/v1/cobot-a/delivered', False),
+    ('history', 'cobot/v1/orders', False),
+    ('history', 'cobot/v1/planners/site-1/lease', False),
     ('cobot-a', 'cobot/v1/cobot-a/cmd/advisory', False),          # not its own advisories
     ('cobot-a', 'cobot/v1/workers/site-1/status', False),
 ]
@@ -103,11 +116,21 @@ READS = [
     ('cobot-b', 'cobot/v1/orders', 'orders', False),
     ('worker', '$share/workers-site-1/cobot/v1/+/events/stop_snapshot', 'cobot-a', True),
     ('worker', 'cobot/v1/cobot-a/telemetry/bridge', 'cobot-a', True),
+    ('worker', 'cobot/v1/cobot-a/events/task_progress', 'cobot-a', True),
+    ('worker', 'cobot/v1/workers/site-1/status', 'worker', True),   # its group's status
+    ('worker', 'cobot/v1/cobot-a/status', 'cobot-a', False),
+    ('worker', 'cobot/v1/cobot-a/cmd/advisory', 'worker', False),   # writes them, reads none
     ('worker', 'cobot/v1/cobot-a/cmd/mission', 'planner', False),
     ('worker', 'cobot/v1/planners/site-1/ledger', 'planner', False),
     ('worker', 'cobot/v1/orders', 'orders', False),
     ('history', 'cobot/v1/cobot-a/status', 'cobot-a', True),
     ('history', 'cobot/v1/cobot-a/events/task_progress', 'cobot-a', True),
+    ('history', 'cobot/v1/+/status', 'cobot-a', True),              # the recorder's own
+    ('history', 'cobot/v1/+/telemetry/#', 'cobot-a', True),         # three filters
+    ('history', 'cobot/v1/+/events/#', 'cobot-a', True),
+    ('history', 'cobot/v1/cobot-a/state', 'cobot-a', False),
+    ('history', 'cobot/v1/cobot-a/cmd/advisory', 'worker', False),
+    ('history', 'cobot/v1/workers/site-1/status', 'worker', False),
     ('history', 'cobot/v1/cobot-a/cmd/mission', 'planner', False),
     ('history', 'cobot/v1/planners/site-1/lease', 'planner', False),
 ]
@@ -216,6 +239,7 @@ def test_each_role_can_do_exactly_what_it_should(roles: dict[str, Role]) -> None
     for index, (_, topic, writer, _) in enumerate(READS):
         plain = topic.split('/', 2)[2] if topic.startswith('$share/') else topic
         plain = plain.replace('/+/', f'/{writer}/')   # a wildcard read: the writer's topic
+        plain = plain.removesuffix('/#') + ('/x' if plain.endswith('/#') else '')
         payload = f'read-{index}'.encode()
         read_payloads[index] = (plain, payload)
         assert publish(roles[writer], plain, payload) < 0x80, (writer, plain)
